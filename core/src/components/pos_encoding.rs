@@ -1,0 +1,17 @@
+//! Positional encodings (RecTools `PositionalEncodingBase`).
+
+use candle_core::Tensor;
+use serde_json::Value;
+
+use crate::{context::BuildContext, Result};
+
+/// Adds position information to session embeddings `[B, L, d] -> [B, L, d]`.
+pub trait PositionalEncoding: Send + Sync {
+    /// Applies the encoding.
+    fn forward_t(&self, sessions: &Tensor, train: bool) -> Result<Tensor>;
+}
+
+/// Builds a positional encoding (reads `use_pos_emb`, `session_max_len`, `n_factors` from the
+/// context).
+pub type BuildPositionalEncoding =
+    fn(ctx: &BuildContext<'_>, kwargs: &Value) -> Result<Box<dyn PositionalEncoding>>;

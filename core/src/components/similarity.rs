@@ -1,0 +1,44 @@
+//! Similarity modules (RecTools `SimilarityModuleBase`): score sessions against items.
+
+use candle_core::Tensor;
+use serde_json::Value;
+
+use crate::{context::BuildContext, Result};
+
+/// The distance a similarity module ranks by at inference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Distance {
+    /// Dot product.
+    Dot,
+    /// Cosine (both sides L2-normalised with `max(||x||, 1e-8)`).
+    Cosine,
+}
+
+/// Scores session embeddings against item embeddings.
+pub trait Similarity: Send + Sync {
+    /// Session-side transform used at inference (identity by default).
+    fn session_tower(&self, sessions: &Tensor) -> Result<Tensor> {
+        Ok(sessions.clone())
+    }
+    /// Item-side transform used at inference (identity by default).
+    fn item_tower(&self, items: &Tensor) -> Result<Tensor> {
+        Ok(items.clone())
+    }
+    /// Logits against the whole catalog: `[B, L, d] x [N, d] -> [B, L, N]`.
+    fn full_catalog_logits(&self, sessions: &Tensor, item_embs: &Tensor) -> Result<Tensor>;
+    /// Logits against candidates `[B, L, K]` (u32 ids; `[B, 1, K]` broadcasts over L):
+    /// `[B, L, d] -> [B, L, K]`.
+    fn candidate_logits(
+        &self,
+        sessions: &Tensor,
+        item_embs: &Tensor,
+        candidates: &Tensor,
+    ) -> Result<Tensor>;
+    /// The distance used to rank at inference.
+    fn distance(&self) -> Distance;
+}
+
+/// Builds a similarity module.
+pub type BuildSimilarity =
+    fn(ctx: &BuildContext<'_>, kwargs: &Value) -> Result<Box<dyn Similarity>>;

@@ -1,0 +1,42 @@
+//! recblocks-core: what every recblocks component and plugin builds on.
+//!
+//! - [`components`]: one object-safe trait per component kind (item net block, item net
+//!   constructor, positional encoding, transformer layers, similarity, negative sampler, data
+//!   preparator, backbone, training objective, validation mask function, trainer, model preset),
+//!   with the build-fn signature of each kind.
+//! - [`registry`]: registration structs collected with `inventory`, and the [`Registry`] built
+//!   from them once, which detects duplicates and resolves RecTools' class names and dotted paths.
+//! - [`spec`]: the serde schema of a model spec, compatible with RecTools'
+//!   `get_config(simple_types=True)` output.
+//! - [`nn`]: reusable, differentiable building blocks (multi-head attention with RecTools' masks,
+//!   feed-forwards, layer norm, seeded dropout and initialisation).
+//!
+//! Core has no I/O and no CLI.
+
+pub mod batch;
+pub mod components;
+pub mod context;
+pub mod error;
+pub mod kind;
+pub mod kwargs;
+pub mod nn;
+pub mod registry;
+pub mod schema;
+pub mod spec;
+
+pub use batch::Batch;
+pub use context::{BuildContext, ParamStore, SharedRng};
+pub use error::{CoreError, Result};
+pub use kind::ComponentKind;
+pub use registry::{ComponentInfo, Registry};
+pub use schema::DatasetSchema;
+pub use spec::ModelSpec;
+
+/// Re-exported so plugins use exactly the candle and inventory that core was built with.
+pub use candle_core as candle;
+pub use candle_nn;
+pub use inventory;
+pub use serde_json;
+
+/// The version of this crate, recorded in model artifacts and plugin declarations.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

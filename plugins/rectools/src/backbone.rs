@@ -1,0 +1,1 @@
+//! backbone (to be written).

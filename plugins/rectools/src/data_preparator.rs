@@ -1,0 +1,1 @@
+//! data_preparator (to be written).

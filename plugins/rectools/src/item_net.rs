@@ -1,0 +1,1 @@
+//! item_net (to be written).

@@ -1,0 +1,1 @@
+//! layers (to be written).

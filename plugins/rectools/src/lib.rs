@@ -1,0 +1,20 @@
+//! recblocks-rectools: RecTools' standard SASRec and BERT4Rec components, under RecTools' class
+//! names (and dotted paths as aliases), registered exactly as any third-party plugin registers.
+//!
+//! Ports `rectools/models/nn/item_net.py` and `rectools/models/nn/transformers/*.py`
+//! (RecTools 0.17–0.19); the exact math is in `shared/reference/rectools.md` §2–3.
+
+pub mod backbone;
+pub mod data_preparator;
+pub mod item_net;
+pub mod layers;
+pub mod lightning;
+pub mod negative_sampler;
+pub mod pos_encoding;
+pub mod presets;
+pub mod similarity;
+pub mod trainer;
+pub mod val_mask;
+
+/// This crate's name, as recorded in every registration.
+pub const CRATE: &str = env!("CARGO_PKG_NAME");

@@ -1,0 +1,1 @@
+//! lightning (to be written).

@@ -1,0 +1,1 @@
+//! negative_sampler (to be written).

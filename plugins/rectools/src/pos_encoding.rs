@@ -1,0 +1,1 @@
+//! pos_encoding (to be written).

@@ -1,0 +1,1 @@
+//! similarity (to be written).

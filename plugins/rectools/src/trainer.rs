@@ -1,0 +1,1 @@
+//! trainer (to be written).

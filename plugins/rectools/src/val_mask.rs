@@ -1,0 +1,1 @@
+//! val_mask (to be written).
