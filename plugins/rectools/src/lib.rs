@@ -3,6 +3,7 @@
 //!
 //! Ports `rectools/models/nn/item_net.py` and `rectools/models/nn/transformers/*.py`
 //! (RecTools 0.17–0.19); the exact math is in `shared/reference/rectools.md` §2–3.
+#![recursion_limit = "256"]
 
 pub mod backbone;
 pub mod data_preparator;
