@@ -1,0 +1,1 @@
+//! Interaction data: reading logs (CSV, Parquet), item features, synthetic data, splits.
