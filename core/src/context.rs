@@ -135,7 +135,12 @@ impl SimpleBackend for ParamStore {
         Ok(out)
     }
 
-    fn get_unchecked(&self, name: &str, _dtype: DType, _dev: &Device) -> candle_core::Result<Tensor> {
+    fn get_unchecked(
+        &self,
+        name: &str,
+        _dtype: DType,
+        _dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
         match data.get(name) {
             Some(v) => Ok(v.as_tensor().clone()),

@@ -13,12 +13,17 @@ use serde_json::Value;
 
 use crate::{
     components::{
-        backbone::BuildBackbone, data_preparator::BuildDataPreparator,
+        backbone::BuildBackbone,
+        data_preparator::BuildDataPreparator,
         item_net::{BuildItemNetBlock, BuildItemNetConstructor},
-        model_preset::ModelDefaults, negative_sampler::BuildNegativeSampler,
-        objective::BuildObjective, pos_encoding::BuildPositionalEncoding,
-        similarity::BuildSimilarity, trainer::BuildTrainer,
-        transformer_layers::BuildTransformerLayers, val_mask::ValMaskFn,
+        model_preset::ModelDefaults,
+        negative_sampler::BuildNegativeSampler,
+        objective::BuildObjective,
+        pos_encoding::BuildPositionalEncoding,
+        similarity::BuildSimilarity,
+        trainer::BuildTrainer,
+        transformer_layers::BuildTransformerLayers,
+        val_mask::ValMaskFn,
     },
     error::CoreError,
     kind::ComponentKind,
@@ -243,7 +248,10 @@ mod tests {
 
     #[test]
     fn closest_finds_typos_and_ignores_unrelated_names() {
-        let known = vec!["SASRecTransformerLayers".to_string(), "LiGRLayers".to_string()];
+        let known = vec![
+            "SASRecTransformerLayers".to_string(),
+            "LiGRLayers".to_string(),
+        ];
         assert_eq!(
             closest("SasRecTransformerLayer", &known).as_deref(),
             Some("SASRecTransformerLayers")

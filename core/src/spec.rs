@@ -207,7 +207,8 @@ impl ModelSpec {
     /// Checks model-wide settings that no single component owns.
     fn check(&self) -> Result<()> {
         let bad = |m: String| Err(CoreError::Spec(m));
-        if self.n_factors == 0 || self.n_heads == 0 || self.n_factors % self.n_heads != 0 {
+        if self.n_factors == 0 || self.n_heads == 0 || !self.n_factors.is_multiple_of(self.n_heads)
+        {
             return bad(format!(
                 "n_factors ({}) must be a positive multiple of n_heads ({})",
                 self.n_factors, self.n_heads

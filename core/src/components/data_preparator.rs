@@ -4,11 +4,7 @@ use candle_core::{Device, Tensor};
 use serde_json::Value;
 
 use crate::{
-    batch::Batch,
-    components::NegativeSampler,
-    context::SharedRng,
-    spec::ModelSpec,
-    Result,
+    batch::Batch, components::NegativeSampler, context::SharedRng, spec::ModelSpec, Result,
 };
 
 /// One user's session: internal item ids in time order, with their weights.

@@ -36,13 +36,13 @@ impl MultiHeadAttention {
         vb: &VarBuilder,
         rng: SharedRng,
     ) -> Result<Self> {
-        if n_heads == 0 || d % n_heads != 0 {
+        if n_heads == 0 || !d.is_multiple_of(n_heads) {
             return Err(crate::CoreError::Other(format!(
                 "multi-head attention: width {d} is not divisible by n_heads {n_heads}"
             )));
         }
         let packed = init::xavier_normal(&[3 * d, d]);
-        let qkv = |name: &str| linear_with_init(d, d, true, packed.clone(), init::ZEROS, &vb.pp(name));
+        let qkv = |name: &str| linear_with_init(d, d, true, packed, init::ZEROS, &vb.pp(name));
         Ok(MultiHeadAttention {
             q_proj: qkv("q_proj")?,
             k_proj: qkv("k_proj")?,
@@ -134,7 +134,9 @@ mod tests {
         let mha = identity_attention(2, 2)?;
         let x = Tensor::new(&[[[1f32, 2.], [30., 40.]]], &Device::Cpu)?;
         let bias = crate::nn::masks::causal_bias(2, &Device::Cpu)?;
-        let out = mha.forward_t(&x, &x, &x, Some(&bias), false)?.to_vec3::<f32>()?;
+        let out = mha
+            .forward_t(&x, &x, &x, Some(&bias), false)?
+            .to_vec3::<f32>()?;
         // The first query sees only itself.
         assert_eq!(out[0][0], vec![1.0, 2.0]);
         Ok(())

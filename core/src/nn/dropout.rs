@@ -61,9 +61,14 @@ mod tests {
         let d = Dropout::new(0.25, SharedRng::new(1));
         assert_eq!(d.forward_t(&x, false)?.to_vec1::<f32>()?, vec![1f32; 1000]);
         let y = d.forward_t(&x, true)?.to_vec1::<f32>()?;
-        assert!(y.iter().all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6));
+        assert!(y
+            .iter()
+            .all(|v| *v == 0.0 || (*v - 1.0 / 0.75).abs() < 1e-6));
         let dropped = y.iter().filter(|v| **v == 0.0).count();
-        assert!((180..320).contains(&dropped), "dropped {dropped} of 1000 at p = 0.25");
+        assert!(
+            (180..320).contains(&dropped),
+            "dropped {dropped} of 1000 at p = 0.25"
+        );
         Ok(())
     }
 

@@ -105,7 +105,10 @@ mod tests {
         );
         let x = Tensor::new(&[[0u32, 4, 7]], &Device::Cpu)?;
         let m = merged_bias(&x)?.squeeze(0)?.squeeze(0)?.to_vec2::<f32>()?;
-        assert_eq!(m, vec![vec![0., NI, NI], vec![NI, 0., NI], vec![NI, 0., 0.]]);
+        assert_eq!(
+            m,
+            vec![vec![0., NI, NI], vec![NI, 0., NI], vec![NI, 0., 0.]]
+        );
         Ok(())
     }
 

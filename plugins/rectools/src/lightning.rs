@@ -1,1 +1,891 @@
-//! lightning (to be written).
+//! The training objective: ports the losses of RecTools' `TransformerLightningModule`
+//! (`rectools/models/nn/transformers/lightning.py`; reference §1.2 and §2.8): `softmax`, `BCE`,
+//! `gBCE` and `sampled_softmax`, with logits divided by the temperature `logits_t`.
+//!
+//! Each loss is also a free function over given logits, targets and weights ([`softmax_loss`],
+//! [`bce_loss`], [`gbce_loss`], [`sampled_softmax_loss`]), so it can be checked without a backbone.
+//! Every op used has a backward in candle 0.11.1 (`log_softmax` is built from max, sub, exp, sum,
+//! log; the stable BCE from relu, abs, exp, log; masks use `where_cond` or products).
+//!
+//! Conventions (PyTorch's): a loss whose denominator is zero (no counted position) is NaN, as
+//! `torch.sum(...) / 0` is.
+
+use recblocks_core::{
+    batch::Batch,
+    candle::{DType, Tensor, D},
+    candle_nn,
+    components::{Backbone, Objective},
+    error::CoreError,
+    inventory,
+    kind::ComponentKind,
+    kwargs::{decode_kwargs, default_kwargs_json},
+    registry::{ComponentInfo, LightningModuleRegistration},
+    schema::DatasetSchema,
+    serde_json::Value,
+    spec::ModelSpec,
+    Result,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::CRATE;
+
+const NAME: &str = "TransformerLightningModule";
+
+/// The gBCE clamp epsilon (RecTools `epsilon = 1e-10`).
+pub const GBCE_EPSILON: f64 = 1e-10;
+
+/// A RecTools loss name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loss {
+    /// `softmax`: cross-entropy over the whole catalog (PAD/MASK columns included).
+    Softmax,
+    /// `BCE`: binary cross-entropy over the positive and the sampled negatives.
+    Bce,
+    /// `gBCE`: BCE with the positive logit recalibrated for the sampling rate (gSASRec).
+    GBce,
+    /// `sampled_softmax`: cross-entropy over the positive and the sampled negatives.
+    SampledSoftmax,
+}
+
+impl Loss {
+    /// Every loss name, as written in a spec.
+    pub const NAMES: [&'static str; 4] = ["softmax", "BCE", "gBCE", "sampled_softmax"];
+
+    /// Parses a spec's `loss` (case-sensitive, as RecTools).
+    pub fn parse(name: &str) -> Result<Loss> {
+        match name {
+            "softmax" => Ok(Loss::Softmax),
+            "BCE" => Ok(Loss::Bce),
+            "gBCE" => Ok(Loss::GBce),
+            "sampled_softmax" => Ok(Loss::SampledSoftmax),
+            other => Err(CoreError::invalid(
+                ComponentKind::LightningModule,
+                NAME,
+                format!(
+                    "unknown loss `{other}`; supported losses: {}",
+                    Loss::NAMES.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// The name as written in a spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loss::Softmax => "softmax",
+            Loss::Bce => "BCE",
+            Loss::GBce => "gBCE",
+            Loss::SampledSoftmax => "sampled_softmax",
+        }
+    }
+
+    /// Whether batches must carry negatives (RecTools `requires_negatives`).
+    pub fn requires_negatives(self) -> bool {
+        !matches!(self, Loss::Softmax)
+    }
+}
+
+/// Kwargs of [`TransformerLightningModule`] (`lightning_module_kwargs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LightningKwargs {
+    /// Temperature: logits are divided by it before the loss (default 1.0).
+    pub logits_t: f64,
+    /// Accepted only to reject it with a clear message: RecTools passes `adam_betas=(0.9, 0.98)`
+    /// itself, so setting it here is an error there too.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adam_betas: Option<Value>,
+}
+
+impl Default for LightningKwargs {
+    fn default() -> Self {
+        LightningKwargs {
+            logits_t: 1.0,
+            adam_betas: None,
+        }
+    }
+}
+
+/// RecTools' `TransformerLightningModule` as a recblocks [`Objective`].
+#[derive(Debug, Clone)]
+pub struct TransformerLightningModule {
+    loss: Loss,
+    logits_t: f64,
+    /// gBCE's β (only for `gBCE`).
+    gbce_beta: Option<f64>,
+}
+
+impl TransformerLightningModule {
+    /// An objective for `loss` with temperature `logits_t`; `gbce_beta` is required for gBCE (see
+    /// [`gbce_beta`]).
+    pub fn new(loss: Loss, logits_t: f64, gbce_beta: Option<f64>) -> Result<Self> {
+        if !(logits_t.is_finite() && logits_t > 0.0) {
+            return Err(CoreError::BadKwargs {
+                kind: ComponentKind::LightningModule,
+                component: NAME.into(),
+                message: format!("`logits_t` must be positive and finite, found {logits_t}"),
+            });
+        }
+        if loss == Loss::GBce && gbce_beta.is_none() {
+            return Err(CoreError::invalid(
+                ComponentKind::LightningModule,
+                NAME,
+                "gBCE needs its beta (from n_negatives, gbce_t and the number of items)",
+            ));
+        }
+        Ok(TransformerLightningModule {
+            loss,
+            logits_t,
+            gbce_beta,
+        })
+    }
+
+    /// Builds from the spec (`loss`, `gbce_t`, `n_negatives`), the schema (number of real items,
+    /// for gBCE) and `lightning_module_kwargs`.
+    pub fn from_spec(spec: &ModelSpec, schema: &DatasetSchema, kwargs: &Value) -> Result<Self> {
+        let kw: LightningKwargs = decode_kwargs(ComponentKind::LightningModule, NAME, kwargs)?;
+        if kw.adam_betas.is_some() {
+            return Err(CoreError::BadKwargs {
+                kind: ComponentKind::LightningModule,
+                component: NAME.into(),
+                message: "`adam_betas` cannot be set: RecTools hard-codes Adam betas (0.9, 0.98) \
+                          (passing it in lightning_module_kwargs is a duplicate-argument error \
+                          there); remove it"
+                    .into(),
+            });
+        }
+        let loss = Loss::parse(&spec.loss)?;
+        let invalid = |m: String| CoreError::invalid(ComponentKind::LightningModule, NAME, m);
+        let gbce = match loss {
+            Loss::GBce => {
+                let n_real = schema.n_items.saturating_sub(schema.n_extra_tokens());
+                if n_real < 2 {
+                    return Err(invalid(format!(
+                        "gBCE needs at least 2 real items (its sampling rate is \
+                         n_negatives / (n_items - 1)); the catalog has {n_real}"
+                    )));
+                }
+                if spec.n_negatives == 0 {
+                    return Err(invalid("gBCE needs n_negatives >= 1".into()));
+                }
+                if !spec.gbce_t.is_finite() {
+                    return Err(invalid(format!(
+                        "gbce_t must be finite, found {}",
+                        spec.gbce_t
+                    )));
+                }
+                Some(gbce_beta(n_real, spec.n_negatives, spec.gbce_t))
+            }
+            Loss::SampledSoftmax if spec.n_negatives == 0 => {
+                return Err(invalid("sampled_softmax needs n_negatives >= 1".into()));
+            }
+            _ => None,
+        };
+        Self::new(loss, kw.logits_t, gbce)
+    }
+
+    /// The configured loss.
+    pub fn loss(&self) -> Loss {
+        self.loss
+    }
+
+    /// The temperature.
+    pub fn logits_t(&self) -> f64 {
+        self.logits_t
+    }
+
+    /// The configured loss over given (already temperature-scaled) logits: `[B, L, N]` for
+    /// softmax, `[B, L, 1 + K]` (positive first) otherwise; `y`, `w` `[B, L]`.
+    pub fn loss_from_logits(&self, logits: &Tensor, y: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self.loss {
+            Loss::Softmax => softmax_loss(logits, y, w),
+            Loss::Bce => bce_loss(logits, y, w),
+            Loss::GBce => gbce_loss(logits, y, w, self.gbce_beta.unwrap_or(1.0)),
+            Loss::SampledSoftmax => sampled_softmax_loss(logits, y, w),
+        }
+    }
+
+    /// The batch logits, divided by `logits_t` (RecTools `get_batch_logits`).
+    fn batch_logits(&self, backbone: &dyn Backbone, batch: &Batch, train: bool) -> Result<Tensor> {
+        let candidates = if self.loss.requires_negatives() {
+            let negatives = batch.negatives.as_ref().ok_or_else(|| {
+                CoreError::invalid(
+                    ComponentKind::LightningModule,
+                    NAME,
+                    format!(
+                        "loss `{}` needs negatives, but the batch has none (configure a negative \
+                         sampler)",
+                        self.loss.name()
+                    ),
+                )
+            })?;
+            let y = batch.y.unsqueeze(D::Minus1)?.to_dtype(negatives.dtype())?;
+            Some(Tensor::cat(&[&y, negatives], D::Minus1)?)
+        } else {
+            None
+        };
+        let logits = backbone.logits(&batch.x, candidates.as_ref(), train)?;
+        if self.logits_t == 1.0 {
+            Ok(logits)
+        } else {
+            Ok((logits / self.logits_t)?)
+        }
+    }
+}
+
+impl Objective for TransformerLightningModule {
+    fn requires_negatives(&self) -> bool {
+        self.loss.requires_negatives()
+    }
+
+    fn train_loss(&self, backbone: &dyn Backbone, batch: &Batch) -> Result<Tensor> {
+        let logits = self.batch_logits(backbone, batch, true)?;
+        self.loss_from_logits(&logits, &batch.y, &batch.yw)
+    }
+
+    fn val_loss(&self, backbone: &dyn Backbone, batch: &Batch) -> Result<Tensor> {
+        let logits = self.batch_logits(backbone, batch, false)?;
+        let l = logits.dim(1)?;
+        if l == 0 {
+            return Err(CoreError::invalid(
+                ComponentKind::LightningModule,
+                NAME,
+                "validation batch has no positions (session_max_len 0)",
+            ));
+        }
+        let last = logits.narrow(1, l - 1, 1)?;
+        self.loss_from_logits(&last, &batch.y, &batch.yw)
+    }
+}
+
+fn check_shapes(
+    what: &str,
+    logits: &Tensor,
+    y: &Tensor,
+    w: &Tensor,
+) -> Result<(usize, usize, usize)> {
+    let (b, l, c) = logits.dims3()?;
+    if y.dims() != [b, l] || w.dims() != [b, l] {
+        return Err(CoreError::invalid(
+            ComponentKind::LightningModule,
+            NAME,
+            format!(
+                "{what} loss: logits are {:?}, so targets and weights must be [{b}, {l}]; found \
+                 targets {:?}, weights {:?}",
+                logits.dims(),
+                y.dims(),
+                w.dims()
+            ),
+        ));
+    }
+    Ok((b, l, c))
+}
+
+/// Per-position cross-entropy `[B, L]` with class 0 ignored (0 where `y == 0`), like
+/// `cross_entropy(logits.transpose(1, 2), y, ignore_index=0, reduction="none")`.
+fn cross_entropy_ignore_0(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
+    let y = y.to_dtype(DType::U32)?;
+    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let picked = log_probs
+        .gather(&y.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
+        .squeeze(D::Minus1)?;
+    let ce = picked.neg()?;
+    Ok(y.ne(0u32)?.where_cond(&ce, &ce.zeros_like()?)?)
+}
+
+/// RecTools' `softmax` loss: `l = ce * w` per position (class 0 ignored), then
+/// `Σl / count(l > 0)` — the denominator counts positions with a positive *weighted* loss, not
+/// `y != 0`. `logits` `[B, L, C]` (all C classes, PAD/MASK included), `y` `[B, L]` integer
+/// targets, `w` `[B, L]` f32 weights.
+pub fn softmax_loss(logits: &Tensor, y: &Tensor, w: &Tensor) -> Result<Tensor> {
+    check_shapes("softmax", logits, y, w)?;
+    let l = cross_entropy_ignore_0(logits, y)?.mul(&w.to_dtype(logits.dtype())?)?;
+    let n = l.gt(0.0)?.to_dtype(logits.dtype())?.sum_all()?;
+    Ok(l.sum_all()?.div(&n)?)
+}
+
+/// Element-wise binary cross-entropy with logits, in the stable form
+/// `max(x, 0) − x·t + log(1 + exp(−|x|))`.
+fn bce_with_logits(x: &Tensor, t: &Tensor) -> Result<Tensor> {
+    let softplus_neg_abs = x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    Ok(x.relu()?.sub(&x.mul(t)?)?.add(&softplus_neg_abs)?)
+}
+
+/// RecTools' `BCE` loss over `[pos, negatives]` logits `[B, L, 1 + K]` (target 1 for column 0,
+/// else 0): `Σ(mean_over_columns(bce) · [y≠0] · w) / Σ[y≠0]`.
+pub fn bce_loss(logits: &Tensor, y: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, l, c) = check_shapes("BCE", logits, y, w)?;
+    if c == 0 {
+        return Err(CoreError::invalid(
+            ComponentKind::LightningModule,
+            NAME,
+            "BCE loss: logits have no column (the positive must be column 0)",
+        ));
+    }
+    let dtype = logits.dtype();
+    let dev = logits.device();
+    let pos = Tensor::ones((b, l, 1), dtype, dev)?;
+    let target = if c > 1 {
+        Tensor::cat(
+            &[&pos, &Tensor::zeros((b, l, c - 1), dtype, dev)?],
+            D::Minus1,
+        )?
+    } else {
+        pos
+    };
+    let per_pos = bce_with_logits(logits, &target)?.mean(D::Minus1)?;
+    let mask = y.ne(0u32)?.to_dtype(dtype)?;
+    let num = per_pos.mul(&mask)?.mul(&w.to_dtype(dtype)?)?.sum_all()?;
+    Ok(num.div(&mask.sum_all()?)?)
+}
+
+/// gBCE's β for `n_real_items` real items (extra tokens excluded), `n_negatives` negatives per
+/// position and calibration `t`: `α = n_negatives / (n_real_items − 1)`,
+/// `β = α·(t·(1 − 1/α) + 1/α)`.
+pub fn gbce_beta(n_real_items: usize, n_negatives: usize, t: f64) -> f64 {
+    let alpha = n_negatives as f64 / (n_real_items as f64 - 1.0);
+    alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+}
+
+/// gBCE's logit transform, in f64, applied to column 0 (the positive) of `[B, L, 1 + K]` logits;
+/// negatives are unchanged. With `p = clamp(σ(s), ε, 1 − ε)`, `a = clamp(p^(−β), 1 + ε, max)`,
+/// the positive becomes `log(clamp(1 / (a − 1), ε, max))` (= `logit(p^β)`), ε = 1e-10. The
+/// result has the dtype of `logits`.
+pub fn gbce_transform_logits(logits: &Tensor, beta: f64) -> Result<Tensor> {
+    let (_, _, c) = logits.dims3()?;
+    if c == 0 {
+        return Err(CoreError::invalid(
+            ComponentKind::LightningModule,
+            NAME,
+            "gBCE loss: logits have no column (the positive must be column 0)",
+        ));
+    }
+    let dtype = logits.dtype();
+    let eps = GBCE_EPSILON;
+    let s = logits.narrow(D::Minus1, 0, 1)?.to_dtype(DType::F64)?;
+    let p = candle_nn::ops::sigmoid(&s)?.clamp(eps, 1.0 - eps)?;
+    let a = p.powf(-beta)?.clamp(1.0 + eps, f64::MAX)?;
+    let s_new = (a - 1.0)?
+        .recip()?
+        .clamp(eps, f64::MAX)?
+        .log()?
+        .to_dtype(dtype)?;
+    if c == 1 {
+        return Ok(s_new);
+    }
+    let negs = logits.narrow(D::Minus1, 1, c - 1)?;
+    Ok(Tensor::cat(&[&s_new, &negs], D::Minus1)?)
+}
+
+/// RecTools' `gBCE` loss: [`bce_loss`] over [`gbce_transform_logits`]`(logits, beta)`.
+pub fn gbce_loss(logits: &Tensor, y: &Tensor, w: &Tensor, beta: f64) -> Result<Tensor> {
+    check_shapes("gBCE", logits, y, w)?;
+    bce_loss(&gbce_transform_logits(logits, beta)?, y, w)
+}
+
+/// RecTools' `sampled_softmax` loss over `[pos, negatives]` logits `[B, L, 1 + K]`, K ≥ 1:
+/// columns 0 and 1 are swapped so the positive sits at class 1 (class 0 is the ignore index),
+/// the target is 1 where `y ≠ 0` and 0 (ignored) elsewhere, then [`softmax_loss`] with weights
+/// `w`.
+pub fn sampled_softmax_loss(logits: &Tensor, y: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (_, _, c) = check_shapes("sampled_softmax", logits, y, w)?;
+    if c < 2 {
+        return Err(CoreError::invalid(
+            ComponentKind::LightningModule,
+            NAME,
+            "sampled_softmax loss needs at least one negative per position (logits [B, L, 1 + K] \
+             with K >= 1)",
+        ));
+    }
+    let first = logits.narrow(D::Minus1, 0, 1)?;
+    let second = logits.narrow(D::Minus1, 1, 1)?;
+    let swapped = if c > 2 {
+        let rest = logits.narrow(D::Minus1, 2, c - 2)?;
+        Tensor::cat(&[&second, &first, &rest], D::Minus1)?
+    } else {
+        Tensor::cat(&[&second, &first], D::Minus1)?
+    };
+    let target = y.ne(0u32)?.to_dtype(DType::U32)?;
+    softmax_loss(&swapped, &target, w)
+}
+
+fn build(spec: &ModelSpec, schema: &DatasetSchema, kwargs: &Value) -> Result<Box<dyn Objective>> {
+    Ok(Box::new(TransformerLightningModule::from_spec(
+        spec, schema, kwargs,
+    )?))
+}
+
+inventory::submit! {
+    LightningModuleRegistration {
+        info: ComponentInfo {
+            name: NAME,
+            aliases: &["rectools.models.nn.transformers.lightning.TransformerLightningModule"],
+            summary: "RecTools' training objective: softmax, BCE, gBCE or sampled_softmax loss on temperature-scaled logits",
+            crate_name: CRATE,
+            default_kwargs: default_kwargs_json::<LightningKwargs>,
+        },
+        build,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::sync::Mutex;
+
+    use recblocks_core::{
+        candle::{Device, Var},
+        components::{Distance, Similarity},
+        serde_json::{json, Map},
+    };
+
+    use super::*;
+
+    const TOL: f64 = 1e-5;
+
+    fn t3(v: &[f32], dims: (usize, usize, usize)) -> Tensor {
+        Tensor::from_vec(v.to_vec(), dims, &Device::Cpu).expect("tensor")
+    }
+
+    fn u2(v: &[u32], dims: (usize, usize)) -> Tensor {
+        Tensor::from_vec(v.to_vec(), dims, &Device::Cpu).expect("tensor")
+    }
+
+    fn f2(v: &[f32], dims: (usize, usize)) -> Tensor {
+        Tensor::from_vec(v.to_vec(), dims, &Device::Cpu).expect("tensor")
+    }
+
+    fn scalar(t: &Tensor) -> f64 {
+        t.to_dtype(DType::F64)
+            .and_then(|t| t.to_scalar::<f64>())
+            .expect("scalar")
+    }
+
+    fn lse(xs: &[f64]) -> f64 {
+        let m = xs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        m + xs.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+    }
+
+    /// BCE with logits, by the textbook formula.
+    fn bce(x: f64, t: f64) -> f64 {
+        let s = 1.0 / (1.0 + (-x).exp());
+        -(t * s.ln() + (1.0 - t) * (1.0 - s).ln())
+    }
+
+    fn mean_bce(row: &[f64]) -> f64 {
+        row.iter()
+            .enumerate()
+            .map(|(j, &x)| bce(x, if j == 0 { 1.0 } else { 0.0 }))
+            .sum::<f64>()
+            / row.len() as f64
+    }
+
+    /// The gBCE transform of one positive logit, step by step in f64.
+    fn gbce_scalar(s: f64, beta: f64) -> f64 {
+        let eps = 1e-10;
+        let p = (1.0 / (1.0 + (-s).exp())).clamp(eps, 1.0 - eps);
+        let a = p.powf(-beta).clamp(1.0 + eps, f64::MAX);
+        (1.0 / (a - 1.0)).clamp(eps, f64::MAX).ln()
+    }
+
+    #[test]
+    fn softmax_loss_counts_positive_weighted_losses() {
+        // b0: pad (y=0, w=1: ignored), target 2 with w=2; b1: target 1 with w=0 (l = 0, not
+        // counted although y != 0), target 1 with w=0.5.
+        let logits = t3(
+            &[
+                0.5, 1.0, -1.0, 0.1, 0.2, 0.3, 1.0, -0.5, 0.25, 2.0, 0.0, -2.0,
+            ],
+            (2, 2, 3),
+        );
+        let y = u2(&[0, 2, 1, 1], (2, 2));
+        let w = f2(&[1.0, 2.0, 0.0, 0.5], (2, 2));
+        let ce1 = lse(&[0.1, 0.2, 0.3]) - 0.3;
+        let ce2 = lse(&[2.0, 0.0, -2.0]) - 0.0;
+        let expected = (2.0 * ce1 + 0.5 * ce2) / 2.0;
+        let got = scalar(&softmax_loss(&logits, &y, &w).expect("loss"));
+        assert!((got - expected).abs() < TOL, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn bce_loss_matches_hand_computation() {
+        let rows = [
+            [0.3, -0.2, 0.1], // pad: ignored
+            [1.5, 0.5, -1.0], // y=4, w=2
+            [0.0, 0.0, 0.0],  // y=3, w=0.5
+            [-1.0, 2.0, 0.5], // y=5, w=1
+        ];
+        let flat: Vec<f32> = rows.iter().flatten().map(|&v| v as f32).collect();
+        let logits = t3(&flat, (2, 2, 3));
+        let y = u2(&[0, 4, 3, 5], (2, 2));
+        let w = f2(&[1.0, 2.0, 0.5, 1.0], (2, 2));
+        let expected =
+            (2.0 * mean_bce(&rows[1]) + 0.5 * mean_bce(&rows[2]) + mean_bce(&rows[3])) / 3.0;
+        let got = scalar(&bce_loss(&logits, &y, &w).expect("loss"));
+        assert!((got - expected).abs() < TOL, "{got} vs {expected}");
+        // Large logits stay finite (stable form).
+        let big = t3(&[80.0, -80.0, 90.0], (1, 1, 3));
+        let got = scalar(&bce_loss(&big, &u2(&[1], (1, 1)), &f2(&[1.0], (1, 1))).expect("loss"));
+        assert!((got - 30.0).abs() < 1e-4, "{got}");
+    }
+
+    #[test]
+    fn gbce_beta_and_transform() {
+        // 101 real items, 10 negatives: alpha = 0.1, beta = 0.1 * (0.2 * (1 - 10) + 10) = 0.82.
+        let beta = gbce_beta(101, 10, 0.2);
+        assert!((beta - 0.82).abs() < 1e-12, "{beta}");
+        // t = 0 gives beta = 1 (plain BCE); t = 1 gives beta = alpha.
+        assert!((gbce_beta(50, 7, 0.0) - 1.0).abs() < 1e-12);
+        assert!((gbce_beta(50, 7, 1.0) - 7.0 / 49.0).abs() < 1e-12);
+
+        let s = [0.5f64, -30.0, 40.0, 2.0];
+        let logits = t3(
+            &[
+                0.5, 0.7, -0.3, -30.0, 1.0, 2.0, 40.0, 0.0, 0.0, 2.0, -1.0, 3.0,
+            ],
+            (1, 4, 3),
+        );
+        let out = gbce_transform_logits(&logits, beta)
+            .expect("transform")
+            .to_vec3::<f32>()
+            .expect("vec");
+        for (i, &si) in s.iter().enumerate() {
+            let want = gbce_scalar(si, beta);
+            assert!(
+                (out[0][i][0] as f64 - want).abs() < 1e-4 * want.abs().max(1.0),
+                "s={si}: {} vs {want}",
+                out[0][i][0]
+            );
+        }
+        // Unclamped, s' = logit(sigmoid(s)^beta).
+        let p = (1.0 / (1.0 + (-0.5f64).exp())).powf(beta);
+        let closed = (p / (1.0 - p)).ln();
+        assert!((out[0][0][0] as f64 - closed).abs() < 1e-5);
+        // Clamped ends: p = 1e-10 gives log(1 / (1e-10^-beta - 1)); p = 1 - 1e-10 gives ~log(1e10).
+        assert!((out[0][1][0] as f64 - (1.0 / (1e-10f64.powf(-beta) - 1.0)).ln()).abs() < 1e-3);
+        assert!(
+            (out[0][2][0] as f64 - 1e10f64.ln()).abs() < 1e-3,
+            "{}",
+            out[0][2][0]
+        );
+        // beta = 1 (t = 0) leaves unclamped logits unchanged.
+        let id = gbce_transform_logits(&logits, 1.0)
+            .expect("transform")
+            .to_vec3::<f32>()
+            .expect("vec");
+        assert!((id[0][0][0] - 0.5).abs() < 1e-5 && (id[0][3][0] - 2.0).abs() < 1e-5);
+        // Negatives untouched.
+        assert_eq!((out[0][0][1], out[0][0][2]), (0.7, -0.3));
+
+        // gBCE loss = BCE over the transformed logits.
+        let y = u2(&[3, 0, 2, 9], (1, 4));
+        let w = f2(&[1.0, 1.0, 2.0, 0.5], (1, 4));
+        let rows: Vec<Vec<f64>> = [[0.5, 0.7, -0.3], [40.0, 0.0, 0.0], [2.0, -1.0, 3.0]]
+            .iter()
+            .map(|r| {
+                let mut r = r.to_vec();
+                r[0] = gbce_scalar(r[0], beta);
+                r
+            })
+            .collect();
+        let expected =
+            (mean_bce(&rows[0]) + 2.0 * mean_bce(&rows[1]) + 0.5 * mean_bce(&rows[2])) / 3.0;
+        let got = scalar(&gbce_loss(&logits, &y, &w, beta).expect("loss"));
+        assert!((got - expected).abs() < 1e-4, "{got} vs {expected}");
+    }
+
+    #[test]
+    fn sampled_softmax_puts_the_positive_at_class_1() {
+        // pad row ignored; the positive is column 0 of the input.
+        let logits = t3(&[0.4, 0.1, -0.3, 1.0, 2.0, 0.5], (1, 2, 3));
+        let y = u2(&[0, 7], (1, 2));
+        let w = f2(&[1.0, 1.5], (1, 2));
+        let expected = (lse(&[1.0, 2.0, 0.5]) - 1.0) * 1.5;
+        let got = scalar(&sampled_softmax_loss(&logits, &y, &w).expect("loss"));
+        assert!((got - expected).abs() < TOL, "{got} vs {expected}");
+        // One negative: two columns.
+        let two = t3(&[0.3, -0.6], (1, 1, 2));
+        let got = scalar(
+            &sampled_softmax_loss(&two, &u2(&[1], (1, 1)), &f2(&[1.0], (1, 1))).expect("loss"),
+        );
+        assert!((got - (lse(&[0.3, -0.6]) - 0.3)).abs() < TOL);
+        // No negative: error.
+        let one = t3(&[0.3], (1, 1, 1));
+        let err =
+            sampled_softmax_loss(&one, &u2(&[1], (1, 1)), &f2(&[1.0], (1, 1))).expect_err("K = 0");
+        assert!(err.to_string().contains("at least one negative"), "{err}");
+    }
+
+    #[test]
+    fn shape_mismatch_is_an_error() {
+        let logits = t3(&[0.0; 6], (1, 2, 3));
+        let err = softmax_loss(&logits, &u2(&[1], (1, 1)), &f2(&[1.0], (1, 1))).expect_err("shape");
+        assert!(err.to_string().contains("must be [1, 2]"), "{err}");
+    }
+
+    #[test]
+    fn every_loss_is_differentiable() {
+        let data = [
+            0.5f32, 1.0, -1.0, 0.1, 0.2, 0.3, 1.0, -0.5, 0.25, 2.0, 0.0, -2.0,
+        ];
+        let y = u2(&[0, 2, 1, 1], (2, 2));
+        let w = f2(&[1.0, 2.0, 0.3, 0.5], (2, 2));
+        let beta = gbce_beta(101, 2, 0.2);
+        for name in Loss::NAMES {
+            let var = Var::from_tensor(&t3(&data, (2, 2, 3))).expect("var");
+            let l = var.as_tensor();
+            let loss = match name {
+                "softmax" => softmax_loss(l, &y, &w),
+                "BCE" => bce_loss(l, &y, &w),
+                "gBCE" => gbce_loss(l, &y, &w, beta),
+                _ => sampled_softmax_loss(l, &y, &w),
+            }
+            .expect("loss");
+            let grads = loss.backward().expect("backward");
+            let g = grads
+                .get(var.as_tensor())
+                .unwrap_or_else(|| panic!("{name}: no gradient"))
+                .to_vec3::<f32>()
+                .expect("vec");
+            // The padded position (b0, p0) gets no gradient; real positions do.
+            assert!(g[0][0].iter().all(|&v| v == 0.0), "{name}: {g:?}");
+            assert!(g[0][1].iter().any(|&v| v != 0.0), "{name}: {g:?}");
+            assert!(g[1][1].iter().any(|&v| v != 0.0), "{name}: {g:?}");
+            assert!(
+                g.iter().flatten().flatten().all(|v| v.is_finite()),
+                "{name}"
+            );
+        }
+    }
+
+    // --- Wiring through a backbone -------------------------------------------------------------
+
+    /// Dot-product similarity.
+    struct Dot;
+
+    impl Similarity for Dot {
+        fn full_catalog_logits(&self, sessions: &Tensor, item_embs: &Tensor) -> Result<Tensor> {
+            Ok(sessions.broadcast_matmul(&item_embs.t()?)?)
+        }
+        fn candidate_logits(
+            &self,
+            sessions: &Tensor,
+            item_embs: &Tensor,
+            candidates: &Tensor,
+        ) -> Result<Tensor> {
+            let (b, lc, k) = candidates.dims3()?;
+            let d = item_embs.dim(1)?;
+            let c = item_embs
+                .index_select(&candidates.flatten_all()?, 0)?
+                .reshape((b, lc, k, d))?;
+            Ok(c.broadcast_mul(&sessions.unsqueeze(2)?)?.sum(D::Minus1)?)
+        }
+        fn distance(&self) -> Distance {
+            Distance::Dot
+        }
+    }
+
+    /// Session encoding = the embedding of the input item; records the `train` flags it sees.
+    struct Lookup {
+        embs: Var,
+        sim: Dot,
+        trains: Mutex<Vec<bool>>,
+    }
+
+    impl Backbone for Lookup {
+        fn item_embeddings(&self, train: bool) -> Result<Tensor> {
+            self.trains.lock().expect("lock").push(train);
+            Ok(self.embs.as_tensor().clone())
+        }
+        fn encode_sessions(&self, x: &Tensor, item_embs: &Tensor, _train: bool) -> Result<Tensor> {
+            let (b, l) = x.dims2()?;
+            let d = item_embs.dim(1)?;
+            Ok(item_embs
+                .index_select(&x.flatten_all()?, 0)?
+                .reshape((b, l, d))?)
+        }
+        fn similarity(&self) -> &dyn Similarity {
+            &self.sim
+        }
+    }
+
+    const EMBS: [[f32; 2]; 5] = [[0.0, 0.0], [0.0, 0.0], [1.0, 0.5], [-0.5, 2.0], [0.3, -1.0]];
+
+    fn lookup() -> Lookup {
+        let flat: Vec<f32> = EMBS.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (5, 2), &Device::Cpu).expect("embs");
+        Lookup {
+            embs: Var::from_tensor(&t).expect("var"),
+            sim: Dot,
+            trains: Mutex::new(vec![]),
+        }
+    }
+
+    fn dot(a: u32, b: u32) -> f64 {
+        let (a, b) = (EMBS[a as usize], EMBS[b as usize]);
+        (a[0] * b[0] + a[1] * b[1]) as f64
+    }
+
+    fn spec(overrides: Value) -> ModelSpec {
+        let mut m: Map<String, Value> = crate::presets::bert4rec_defaults();
+        if let Value::Object(o) = overrides {
+            m.extend(o);
+        }
+        serde_json::from_value(Value::Object(m)).expect("spec")
+    }
+
+    fn schema() -> DatasetSchema {
+        DatasetSchema::new(3, &["PAD", "MASK"])
+    }
+
+    #[test]
+    fn bce_objective_scores_positive_then_negatives_with_temperature() {
+        let s = spec(json!({"loss": "BCE", "n_negatives": 2}));
+        let obj = TransformerLightningModule::from_spec(&s, &schema(), &json!({"logits_t": 2.0}))
+            .expect("build");
+        assert!(obj.requires_negatives());
+        let bb = lookup();
+        // One session: x = [2, 3], y = [3, 4], negatives [[2, 4], [3, 2]].
+        let batch = Batch {
+            x: u2(&[2, 3], (1, 2)),
+            y: u2(&[3, 4], (1, 2)),
+            yw: f2(&[1.0, 0.5], (1, 2)),
+            negatives: Some(
+                Tensor::from_vec(vec![2u32, 4, 3, 2], (1, 2, 2), &Device::Cpu).expect("negs"),
+            ),
+        };
+        let row = |x: u32, cands: [u32; 3]| -> Vec<f64> {
+            cands.iter().map(|&c| dot(x, c) / 2.0).collect()
+        };
+        let r0 = row(2, [3, 2, 4]);
+        let r1 = row(3, [4, 3, 2]);
+        let expected = (mean_bce(&r0) + 0.5 * mean_bce(&r1)) / 2.0;
+        let got = scalar(&obj.train_loss(&bb, &batch).expect("loss"));
+        assert!((got - expected).abs() < TOL, "{got} vs {expected}");
+
+        // Validation: last position only, [B, 1] targets, [B, 1, K] negatives, train = false.
+        let val = Batch {
+            x: u2(&[2, 3], (1, 2)),
+            y: u2(&[2], (1, 1)),
+            yw: f2(&[2.0], (1, 1)),
+            negatives: Some(
+                Tensor::from_vec(vec![4u32, 3], (1, 1, 2), &Device::Cpu).expect("negs"),
+            ),
+        };
+        let expected = mean_bce(&row(3, [2, 4, 3])) * 2.0;
+        let got = scalar(&obj.val_loss(&bb, &val).expect("val loss"));
+        assert!((got - expected).abs() < TOL, "{got} vs {expected}");
+        assert_eq!(*bb.trains.lock().expect("lock"), vec![true, false]);
+
+        // Missing negatives: a clear error.
+        let no_negs = Batch {
+            negatives: None,
+            ..val
+        };
+        let err = obj.val_loss(&bb, &no_negs).expect_err("no negatives");
+        assert!(err.to_string().contains("needs negatives"), "{err}");
+    }
+
+    #[test]
+    fn softmax_objective_uses_the_full_catalog() {
+        let s = spec(json!({"loss": "softmax"}));
+        let obj =
+            TransformerLightningModule::from_spec(&s, &schema(), &Value::Null).expect("build");
+        assert!(!obj.requires_negatives());
+        assert_eq!(obj.logits_t(), 1.0);
+        let bb = lookup();
+        let batch = Batch {
+            x: u2(&[0, 2, 3], (1, 3)),
+            y: u2(&[0, 3, 4], (1, 3)),
+            yw: f2(&[0.0, 1.0, 1.0], (1, 3)),
+            negatives: None,
+        };
+        let ce = |x: u32, t: u32| {
+            let row: Vec<f64> = (0..5).map(|c| dot(x, c)).collect();
+            lse(&row) - dot(x, t)
+        };
+        let expected = (ce(2, 3) + ce(3, 4)) / 2.0;
+        let loss = obj.train_loss(&bb, &batch).expect("loss");
+        let got = scalar(&loss);
+        assert!((got - expected).abs() < TOL, "{got} vs {expected}");
+        let grads = loss.backward().expect("backward");
+        assert!(grads.get(bb.embs.as_tensor()).is_some());
+    }
+
+    #[test]
+    fn build_checks_kwargs_and_loss() {
+        assert_eq!(
+            default_kwargs_json::<LightningKwargs>(),
+            json!({"logits_t": 1.0})
+        );
+        let s = spec(json!({"loss": "softmax"}));
+        let err = TransformerLightningModule::from_spec(
+            &s,
+            &schema(),
+            &json!({"adam_betas": [0.9, 0.999]}),
+        )
+        .expect_err("adam_betas");
+        assert!(err.to_string().contains("hard-codes"), "{err}");
+        let err = TransformerLightningModule::from_spec(&s, &schema(), &json!({"lr": 0.1}))
+            .expect_err("unknown");
+        assert!(err.to_string().contains("lr"), "{err}");
+        let err = TransformerLightningModule::from_spec(&s, &schema(), &json!({"logits_t": 0.0}))
+            .expect_err("t = 0");
+        assert!(err.to_string().contains("logits_t"), "{err}");
+
+        let err = TransformerLightningModule::from_spec(
+            &spec(json!({"loss": "focal"})),
+            &schema(),
+            &Value::Null,
+        )
+        .expect_err("unknown loss");
+        let msg = err.to_string();
+        for name in Loss::NAMES {
+            assert!(msg.contains(name), "{msg}");
+        }
+
+        for (loss, neg) in [("BCE", true), ("gBCE", true), ("sampled_softmax", true)] {
+            let o = TransformerLightningModule::from_spec(
+                &spec(json!({"loss": loss})),
+                &schema(),
+                &Value::Null,
+            )
+            .expect("build");
+            assert_eq!(o.requires_negatives(), neg);
+            assert_eq!(o.loss().name(), loss);
+        }
+        // gBCE: beta from the real items (the schema has 3 real items besides PAD and MASK).
+        let o = TransformerLightningModule::from_spec(
+            &spec(json!({"loss": "gBCE", "n_negatives": 2, "gbce_t": 0.5})),
+            &schema(),
+            &Value::Null,
+        )
+        .expect("build");
+        assert_eq!(o.gbce_beta, Some(gbce_beta(3, 2, 0.5)));
+        let err = TransformerLightningModule::from_spec(
+            &spec(json!({"loss": "gBCE"})),
+            &DatasetSchema::new(1, &["PAD"]),
+            &Value::Null,
+        )
+        .expect_err("one item");
+        assert!(err.to_string().contains("at least 2 real items"), "{err}");
+        let err = TransformerLightningModule::from_spec(
+            &spec(json!({"loss": "sampled_softmax", "n_negatives": 0})),
+            &schema(),
+            &Value::Null,
+        )
+        .expect_err("K = 0");
+        assert!(err.to_string().contains("n_negatives >= 1"), "{err}");
+    }
+
+    #[test]
+    fn registered_under_class_name_and_dotted_path() {
+        let reg = recblocks_core::Registry::from_inventory().expect("registry");
+        let r = reg
+            .lightning_module(
+                "rectools.models.nn.transformers.lightning.TransformerLightningModule",
+            )
+            .expect("alias");
+        assert_eq!(r.info.name, NAME);
+    }
+}

@@ -68,7 +68,10 @@ pub fn sasrec_defaults() -> Map<String, Value> {
     let mut m = base_defaults();
     m.insert("cls".into(), json!("SASRecModel"));
     m.insert("data_preparator_type".into(), json!("SASRecDataPreparator"));
-    m.insert("transformer_layers_type".into(), json!("SASRecTransformerLayers"));
+    m.insert(
+        "transformer_layers_type".into(),
+        json!("SASRecTransformerLayers"),
+    );
     m.insert("use_causal_attn".into(), json!(true));
     m.insert("use_key_padding_mask".into(), json!(false));
     m
@@ -79,8 +82,14 @@ pub fn sasrec_defaults() -> Map<String, Value> {
 pub fn bert4rec_defaults() -> Map<String, Value> {
     let mut m = base_defaults();
     m.insert("cls".into(), json!("BERT4RecModel"));
-    m.insert("data_preparator_type".into(), json!("BERT4RecDataPreparator"));
-    m.insert("transformer_layers_type".into(), json!("PreLNTransformerLayers"));
+    m.insert(
+        "data_preparator_type".into(),
+        json!("BERT4RecDataPreparator"),
+    );
+    m.insert(
+        "transformer_layers_type".into(),
+        json!("PreLNTransformerLayers"),
+    );
     m.insert("use_causal_attn".into(), json!(false));
     m.insert("use_key_padding_mask".into(), json!(true));
     m.insert("mask_prob".into(), json!(0.15));

@@ -1,1 +1,0 @@
-//! layers (to be written).

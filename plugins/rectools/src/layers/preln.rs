@@ -1,0 +1,350 @@
+//! Pre-LN layers: port of RecTools' `PreLNTransformerLayer(s)`
+//! (`rectools/models/nn/transformers/net_blocks.py`, reference §3), BERT4Rec's default stack.
+//!
+//! `h = LN1(x); x = x + Drop1(MHA(h, h, h)); x = x + Drop2(FF(LN2(x))); x = Drop3(x)`, with a
+//! GELU (exact erf) feed-forward of width `m·d`. No timeline masking and no final norm: BERT4Rec
+//! relies on the key padding mask.
+
+use serde::{Deserialize, Serialize};
+
+use recblocks_core::{
+    candle::Tensor,
+    candle_nn::VarBuilder,
+    components::{AttentionMasks, TransformerLayers},
+    inventory,
+    kwargs::{decode_kwargs, default_kwargs_json},
+    nn::{Activation, Dropout, LayerNorm, MultiHeadAttention, PointWiseFeedForward},
+    registry::{ComponentInfo, TransformerLayersRegistration},
+    serde_json::Value,
+    BuildContext, ComponentKind, Result, SharedRng,
+};
+
+use super::{check_multiplier, StackDims, LAYER_NORM_EPS};
+use crate::CRATE;
+
+const NAME: &str = "PreLNTransformerLayers";
+
+/// Kwargs of [`PreLNTransformerLayers`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PreLNTransformerLayersKwargs {
+    /// Feed-forward hidden width as a multiple of `n_factors`.
+    pub ff_factors_multiplier: usize,
+}
+
+impl Default for PreLNTransformerLayersKwargs {
+    fn default() -> Self {
+        PreLNTransformerLayersKwargs {
+            ff_factors_multiplier: 4,
+        }
+    }
+}
+
+/// One pre-LN block: `multi_head_attn`, `layer_norm_1`, `layer_norm_2`, `feed_forward`
+/// (point-wise d → m·d → d, GELU, with bias), and three dropouts.
+#[derive(Debug, Clone)]
+pub struct PreLNTransformerLayer {
+    multi_head_attn: MultiHeadAttention,
+    layer_norm_1: LayerNorm,
+    dropout_1: Dropout,
+    layer_norm_2: LayerNorm,
+    feed_forward: PointWiseFeedForward,
+    dropout_2: Dropout,
+    dropout_3: Dropout,
+}
+
+impl PreLNTransformerLayer {
+    /// A block of width `d` with feed-forward width `ff_factors_multiplier · d`.
+    pub fn new(
+        d: usize,
+        n_heads: usize,
+        dropout_rate: f64,
+        ff_factors_multiplier: usize,
+        vb: &VarBuilder,
+        rng: SharedRng,
+    ) -> Result<Self> {
+        let drop = || Dropout::new(dropout_rate, rng.clone());
+        Ok(PreLNTransformerLayer {
+            multi_head_attn: MultiHeadAttention::new(
+                d,
+                n_heads,
+                dropout_rate,
+                &vb.pp("multi_head_attn"),
+                rng.clone(),
+            )?,
+            layer_norm_1: LayerNorm::new(d, LAYER_NORM_EPS, &vb.pp("layer_norm_1"))?,
+            dropout_1: drop(),
+            layer_norm_2: LayerNorm::new(d, LAYER_NORM_EPS, &vb.pp("layer_norm_2"))?,
+            feed_forward: PointWiseFeedForward::new(
+                d,
+                ff_factors_multiplier * d,
+                dropout_rate,
+                Activation::Gelu,
+                true,
+                &vb.pp("feed_forward"),
+                rng.clone(),
+            )?,
+            dropout_2: drop(),
+            dropout_3: drop(),
+        })
+    }
+
+    /// Applies the block to `x` `[B, L, d]` under the additive attention bias.
+    pub fn forward_t(&self, x: &Tensor, attn_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        let h = self.layer_norm_1.forward(x)?;
+        let a = self
+            .multi_head_attn
+            .forward_t(&h, &h, &h, attn_bias, train)?;
+        let x = (x + self.dropout_1.forward_t(&a, train)?)?;
+        let f = self
+            .feed_forward
+            .forward_t(&self.layer_norm_2.forward(&x)?, train)?;
+        let x = (x + self.dropout_2.forward_t(&f, train)?)?;
+        self.dropout_3.forward_t(&x, train)
+    }
+}
+
+/// RecTools' `PreLNTransformerLayers`: blocks `transformer_blocks.{i}` applied in sequence.
+#[derive(Debug, Clone)]
+pub struct PreLNTransformerLayers {
+    transformer_blocks: Vec<PreLNTransformerLayer>,
+}
+
+impl PreLNTransformerLayers {
+    /// Builds the stack from the spec's `n_blocks`, `n_heads`, `dropout_rate` at `ctx.n_factors`.
+    pub fn new(ctx: &BuildContext<'_>, kwargs: &PreLNTransformerLayersKwargs) -> Result<Self> {
+        let dims = StackDims::from_ctx(ctx, NAME)?;
+        check_multiplier(NAME, kwargs.ff_factors_multiplier)?;
+        let blocks_vb = ctx.vb.pp("transformer_blocks");
+        let transformer_blocks = (0..dims.n_blocks)
+            .map(|i| {
+                PreLNTransformerLayer::new(
+                    dims.d,
+                    dims.n_heads,
+                    dims.dropout_rate,
+                    kwargs.ff_factors_multiplier,
+                    &blocks_vb.pp(i),
+                    ctx.rng.clone(),
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PreLNTransformerLayers { transformer_blocks })
+    }
+}
+
+impl TransformerLayers for PreLNTransformerLayers {
+    fn forward_t(&self, seqs: &Tensor, masks: &AttentionMasks, train: bool) -> Result<Tensor> {
+        let bias = masks.attn_bias.as_ref();
+        let mut x = seqs.clone();
+        for block in &self.transformer_blocks {
+            x = block.forward_t(&x, bias, train)?;
+        }
+        Ok(x)
+    }
+}
+
+fn build(ctx: &BuildContext<'_>, kwargs: &Value) -> Result<Box<dyn TransformerLayers>> {
+    let kw: PreLNTransformerLayersKwargs =
+        decode_kwargs(ComponentKind::TransformerLayers, NAME, kwargs)?;
+    Ok(Box::new(PreLNTransformerLayers::new(ctx, &kw)?))
+}
+
+inventory::submit! {
+    TransformerLayersRegistration {
+        info: ComponentInfo {
+            name: NAME,
+            aliases: &["rectools.models.nn.transformers.net_blocks.PreLNTransformerLayers"],
+            summary: "pre-LayerNorm transformer blocks with a GELU feed-forward (BERT4Rec's default)",
+            crate_name: CRATE,
+            default_kwargs: default_kwargs_json::<PreLNTransformerLayersKwargs>,
+        },
+        build,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        backbone::test_util::{assert_close, Env},
+        layers::reference as r,
+    };
+    use recblocks_core::{
+        candle::{DType, Device},
+        nn::masks,
+        serde_json::json,
+        DatasetSchema,
+    };
+
+    fn env(n_blocks: usize, dropout: f64) -> Result<Env> {
+        Env::new(
+            json!({"n_factors": 4, "n_heads": 2, "n_blocks": n_blocks, "dropout_rate": dropout,
+                   "use_causal_attn": false, "use_key_padding_mask": true}),
+            DatasetSchema::new(5, &["PAD", "MASK"]),
+        )
+    }
+
+    fn inputs() -> Result<(Tensor, Tensor)> {
+        let ids = Tensor::new(&[[0u32, 2, 3], [1, 5, 4]], &Device::Cpu)?;
+        let x = Tensor::new(
+            &[
+                [
+                    [0.3f32, -1.2, 0.5, 2.0],
+                    [1.0, 0.1, -0.4, 0.2],
+                    [-0.7, 0.9, 1.5, -0.3],
+                ],
+                [
+                    [0.2, 0.4, -0.6, 0.8],
+                    [-1.1, 0.0, 0.3, 0.6],
+                    [0.5, -0.5, 1.0, 1.2],
+                ],
+            ],
+            &Device::Cpu,
+        )?;
+        Ok((ids, x))
+    }
+
+    fn masks_for(ids: &Tensor, causal: bool, kpm: bool) -> Result<AttentionMasks> {
+        Ok(AttentionMasks {
+            timeline_mask: masks::timeline_mask(ids)?,
+            attn_bias: masks::attention_bias(ids, causal, kpm)?,
+        })
+    }
+
+    #[test]
+    fn stack_matches_the_formula() -> Result<()> {
+        let env = env(2, 0.3)?;
+        let layers = build(&env.ctx(5), &json!({"ff_factors_multiplier": 2}))?;
+        env.set_param(
+            "transformer_blocks.1.layer_norm_1.weight",
+            &Tensor::new(&[0.5f32, 1.5, -1.0, 2.0], &Device::Cpu)?,
+        )?;
+        env.set_param(
+            "transformer_blocks.0.layer_norm_2.bias",
+            &Tensor::new(&[0.1f32, -0.2, 0.3, 0.0], &Device::Cpu)?,
+        )?;
+        let (ids, x) = inputs()?;
+        for (causal, kpm) in [(false, true), (true, true), (false, false)] {
+            let m = masks_for(&ids, causal, kpm)?;
+            let got = layers
+                .forward_t(&x, &m, false)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let biases = r::batch_biases(m.attn_bias.as_ref(), 2, 3)?;
+            let mut expected = Vec::new();
+            for (b, mut h) in r::batches(&x)?.into_iter().enumerate() {
+                for i in 0..2 {
+                    let p = format!("transformer_blocks.{i}");
+                    let mha = r::Mha::load(&env, &format!("{p}.multi_head_attn"), 2)?;
+                    let ln1 = r::Ln::load(&env, &format!("{p}.layer_norm_1"), 1e-5)?;
+                    let ln2 = r::Ln::load(&env, &format!("{p}.layer_norm_2"), 1e-5)?;
+                    let l1 = r::Lin::load(&env, &format!("{p}.feed_forward.ff_linear_1"))?;
+                    let l2 = r::Lin::load(&env, &format!("{p}.feed_forward.ff_linear_2"))?;
+                    let n = ln1.apply(&h);
+                    h = r::add(&h, &mha.apply(&n, &n, &n, &biases[b]));
+                    let ff = l2.apply(&r::map(&l1.apply(&ln2.apply(&h)), r::gelu));
+                    h = r::add(&h, &ff);
+                }
+                expected.extend(h.into_iter().flatten());
+            }
+            assert_close(&got, &expected, 2e-5);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn zeroed_sublayers_leave_the_residual_stream_plus_output_biases() -> Result<()> {
+        // Every projection zero: attention gives its output bias bo, the feed-forward its
+        // output bias b2, so n_blocks = 2 gives x + 2·(bo + b2), with no masking or final norm.
+        let env = env(2, 0.0)?;
+        let layers = build(&env.ctx(5), &Value::Null)?;
+        for name in env.param_names() {
+            let t = env.param(&name)?;
+            if name.ends_with("weight") && !name.contains("norm") {
+                env.set_param(&name, &Tensor::zeros(t.shape(), DType::F32, &Device::Cpu)?)?;
+            }
+        }
+        for i in 0..2 {
+            let p = format!("transformer_blocks.{i}");
+            env.set_param(
+                &format!("{p}.multi_head_attn.out_proj.bias"),
+                &Tensor::new(&[1f32, 0., -1., 0.5], &Device::Cpu)?,
+            )?;
+            env.set_param(
+                &format!("{p}.feed_forward.ff_linear_2.bias"),
+                &Tensor::new(&[0.25f32, 0.25, 0., -2.], &Device::Cpu)?,
+            )?;
+        }
+        let (ids, x) = inputs()?;
+        let got = layers.forward_t(&x, &masks_for(&ids, false, true)?, false)?;
+        let shift = Tensor::new(&[2.5f32, 0.5, -2., -3.], &Device::Cpu)?;
+        let expected: Vec<f64> = x
+            .broadcast_add(&shift)?
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| *v as f64)
+            .collect();
+        assert_close(&got.flatten_all()?.to_vec1::<f32>()?, &expected, 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn dropout_acts_only_in_training() -> Result<()> {
+        let env = env(1, 0.5)?;
+        let layers = build(&env.ctx(5), &Value::Null)?;
+        let (ids, x) = inputs()?;
+        let m = masks_for(&ids, false, true)?;
+        let e1 = layers.forward_t(&x, &m, false)?.to_vec3::<f32>()?;
+        let e2 = layers.forward_t(&x, &m, false)?.to_vec3::<f32>()?;
+        let t = layers.forward_t(&x, &m, true)?.to_vec3::<f32>()?;
+        assert_eq!(e1, e2);
+        assert_ne!(e1, t);
+        Ok(())
+    }
+
+    #[test]
+    fn parameter_count_names_and_gradients() -> Result<()> {
+        let (nb, d) = (2usize, 4usize);
+        for m in [4usize, 3] {
+            let env = env(nb, 0.1)?;
+            let layers = build(&env.ctx(5), &json!({ "ff_factors_multiplier": m }))?;
+            // n_blocks · ((4 + 2m)d² + (9 + m)d) (reference §6).
+            assert_eq!(env.n_params(), nb * ((4 + 2 * m) * d * d + (9 + m) * d));
+            assert_eq!(
+                env.param("transformer_blocks.1.feed_forward.ff_linear_1.weight")?
+                    .dims(),
+                &[m * d, d]
+            );
+            assert!(env
+                .param_names()
+                .iter()
+                .all(|n| !n.contains("last_layernorm")));
+            let (ids, x) = inputs()?;
+            let out = layers.forward_t(&x, &masks_for(&ids, false, true)?, true)?;
+            r::assert_every_parameter_learns(&env, &out)?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_bad_configs() -> Result<()> {
+        let env0 = env(0, 0.1)?;
+        assert!(build(&env0.ctx(0), &Value::Null).is_err());
+        let env1 = env(1, 0.1)?;
+        assert!(build(&env1.ctx(0), &json!({"ff_factors_multiplier": 0})).is_err());
+        let err = build(&env1.ctx(0), &json!({"ff_multiplier": 2}))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("ff_multiplier") && err.contains("ff_factors_multiplier"),
+            "{err}"
+        );
+        assert_eq!(
+            default_kwargs_json::<PreLNTransformerLayersKwargs>(),
+            json!({"ff_factors_multiplier": 4})
+        );
+        Ok(())
+    }
+}
