@@ -1,0 +1,59 @@
+//! Command-line arguments and dispatch. Each subcommand lives in its own file.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod components;
+mod data_args;
+mod evaluate;
+mod fit;
+mod validate;
+
+/// Transformer sequential recommenders assembled from JSON specs.
+#[derive(Debug, Parser)]
+#[command(name = "recblocks", version, about, long_about = None)]
+pub struct Cli {
+    /// Subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List every registered component with kind, aliases, crate, summary and kwargs.
+    Components(components::Args),
+    /// Assemble a spec without data and print the resolved spec and parameter counts.
+    Validate(validate::Args),
+    /// Train a spec on an interaction log (or the built-in dataset) and save the model.
+    Fit(fit::Args),
+    /// Split a log, fit on the train part, and report top-k metrics on the test part.
+    Evaluate(evaluate::Args),
+}
+
+/// Logs go to stderr; `RUST_LOG` adjusts the level.
+pub fn init_tracing(_args: &Cli) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Components(a) => components::run(a),
+        Command::Validate(a) => validate::run(a),
+        Command::Fit(a) => fit::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
+    }
+}
+
+/// The registry of every component this binary knows.
+pub fn registry() -> Result<recblocks_core::Registry> {
+    Ok(recblocks::builtin_registry()?)
+}

@@ -1,0 +1,61 @@
+//! `recblocks validate SPEC --n-items N [--json]`: assemble a spec without data and print the
+//! resolved spec and the parameter count of each component and in total.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::Device;
+use recblocks::assembly;
+use recblocks_core::ModelSpec;
+use serde_json::json;
+
+/// Arguments of `recblocks validate`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The spec (a RecTools-style JSON config).
+    spec: PathBuf,
+    /// Number of real items in the catalog (PAD, and MASK for BERT4Rec, are added).
+    #[arg(long)]
+    n_items: usize,
+    /// Print one JSON object with keys `spec`, `components` and `n_params`.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Reads and resolves a spec file.
+pub fn read_spec(path: &std::path::Path, registry: &recblocks_core::Registry) -> Result<ModelSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read spec {}", path.display()))?;
+    ModelSpec::from_json_str(&text, registry).with_context(|| format!("in spec {}", path.display()))
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<()> {
+    let registry = super::registry()?;
+    let spec = read_spec(&args.spec, &registry)?;
+    let schema = assembly::schema_for(&spec, &registry, args.n_items)?;
+    let model = assembly::assemble(&spec, &schema, &registry, &Device::Cpu)
+        .with_context(|| format!("assembling {}", args.spec.display()))?;
+    let counts = model.param_counts();
+    let total = model.n_params();
+    if args.json {
+        let out = json!({"spec": spec, "components": counts, "n_params": total});
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("{}", spec.to_json_pretty());
+    println!();
+    println!(
+        "catalog: {} items + {} extra tokens ({}) = {} embedding rows",
+        args.n_items,
+        schema.n_extra_tokens(),
+        schema.item_extra_tokens.join(", "),
+        schema.n_items
+    );
+    println!("parameters:");
+    for (slot, n) in &counts {
+        println!("  {slot:<22} {n:>12}");
+    }
+    println!("  {:<22} {total:>12}", "total");
+    Ok(())
+}
