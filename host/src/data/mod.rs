@@ -23,6 +23,8 @@ pub mod split;
 pub mod synthetic;
 mod values;
 
+pub use values::parse_datetime;
+
 pub use csv_reader::{read_interactions_csv, read_interactions_csv_from};
 pub use csv_writer::write_interactions_csv;
 pub use error::{DataError, Location};

@@ -46,7 +46,7 @@ pub(crate) fn float_seconds(value: f64) -> Option<i64> {
 }
 
 /// Unix seconds from integer/float seconds or an ISO-8601 date/datetime.
-pub(crate) fn parse_datetime(text: &str) -> Option<i64> {
+pub fn parse_datetime(text: &str) -> Option<i64> {
     let s = text.trim();
     if s.is_empty() {
         return None;

@@ -1,0 +1,418 @@
+//! Model directories (DESIGN §6): `model.json` (format version, recblocks version, resolved
+//! spec, which crate provided each component), `dataset_schema.json` (catalog facts and item id
+//! map: enough to rebuild the model without data), `weights.safetensors`,
+//! `optimizer.safetensors` and `trainer_state.json` (so training resumes exactly),
+//! `train_log.csv` and `training_curve.svg`. No pickle.
+//!
+//! Saving writes a sibling temp directory and renames it into place, so a failed or interrupted
+//! save never leaves a half-written model where a good one was. Loading rebuilds the model from
+//! spec + schema, then fills every parameter, checking names and shapes.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+use candle_core::{Device, Tensor};
+use recblocks_core::{components::trainer::TrainerSettings, DatasetSchema, ModelSpec, Registry};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    assembly,
+    error::HostError,
+    model::Model,
+    train::{adam::AdamConfig, fit::TrainingState, Adam, EpochLog},
+    Result,
+};
+
+/// The artifact format this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The `format` tag in `model.json`.
+pub const FORMAT_NAME: &str = "recblocks-model";
+
+/// `model.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ModelFile {
+    /// Always [`FORMAT_NAME`].
+    pub format: String,
+    /// [`FORMAT_VERSION`] of the writer.
+    pub format_version: u32,
+    /// recblocks version of the writer.
+    pub recblocks_version: String,
+    /// The resolved spec.
+    pub spec: Value,
+    /// Spec slot → component name and the crate (plugin) that provided it.
+    pub components: BTreeMap<String, ComponentSource>,
+    /// Number of trainable parameters.
+    pub n_params: usize,
+}
+
+/// Which crate provided a component.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentSource {
+    /// Canonical component name.
+    pub name: String,
+    /// Crate that registered it.
+    #[serde(rename = "crate")]
+    pub crate_name: String,
+}
+
+/// `dataset_schema.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SchemaFile {
+    /// Catalog facts the model is built from.
+    pub schema: DatasetSchema,
+    /// Internal item id → external id (extra tokens first).
+    pub item_external_ids: Vec<String>,
+}
+
+/// `trainer_state.json`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TrainerStateFile {
+    /// Trainer settings of the run.
+    pub settings: TrainerSettings,
+    /// Epochs done, random stream states, early stopping.
+    pub training: TrainingState,
+    /// The per-epoch log.
+    pub log: Vec<EpochLog>,
+}
+
+fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T> {
+    r.map_err(|e| HostError::io(path, e))
+}
+
+fn artifact_err(dir: &Path, message: impl Into<String>) -> HostError {
+    HostError::Artifact {
+        dir: dir.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| HostError::Other(format!("cannot serialise {}: {e}", path.display())))?;
+    io(path, std::fs::write(path, text + "\n"))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, file: &str) -> Result<T> {
+    let path = dir.join(file);
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| artifact_err(dir, format!("cannot read {file}: {e}")))?;
+    serde_json::from_str(&text).map_err(|e| {
+        artifact_err(
+            dir,
+            format!("{file} is not a valid recblocks file (line {}): {e}", e.line()),
+        )
+    })
+}
+
+fn tensors_of(model: &Model) -> HashMap<String, Tensor> {
+    let data = model
+        .net
+        .varmap
+        .data()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    data.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+        .collect()
+}
+
+impl Model {
+    /// Writes the model directory `dir` (replacing a previous model there atomically).
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        if dir.exists() && !dir.join("model.json").exists() {
+            let empty = io(dir, std::fs::read_dir(dir))?.next().is_none();
+            if !empty {
+                return Err(artifact_err(
+                    dir,
+                    "exists, is not empty and holds no model.json; refusing to replace it \
+                     (choose another --out)",
+                ));
+            }
+        }
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_else(|| "model".into());
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        io(&parent, std::fs::create_dir_all(&parent))?;
+        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+        if tmp.exists() {
+            io(&tmp, std::fs::remove_dir_all(&tmp))?;
+        }
+        io(&tmp, std::fs::create_dir_all(&tmp))?;
+        if let Err(e) = self.write_files(&tmp) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if dir.exists() {
+            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            io(dir, std::fs::rename(dir, &old))?;
+            if let Err(e) = std::fs::rename(&tmp, dir) {
+                let _ = std::fs::rename(&old, dir);
+                return Err(HostError::io(dir, e));
+            }
+            let _ = std::fs::remove_dir_all(&old);
+        } else {
+            io(dir, std::fs::rename(&tmp, dir))?;
+        }
+        Ok(())
+    }
+
+    fn write_files(&self, dir: &Path) -> Result<()> {
+        let components = self
+            .provenance
+            .iter()
+            .map(|(slot, (name, krate))| {
+                (
+                    slot.clone(),
+                    ComponentSource {
+                        name: name.clone(),
+                        crate_name: krate.clone(),
+                    },
+                )
+            })
+            .collect();
+        let spec = serde_json::to_value(&self.net.spec)
+            .map_err(|e| HostError::Other(format!("cannot serialise the spec: {e}")))?;
+        write_json(
+            &dir.join("model.json"),
+            &ModelFile {
+                format: FORMAT_NAME.into(),
+                format_version: FORMAT_VERSION,
+                recblocks_version: crate::VERSION.into(),
+                spec,
+                components,
+                n_params: self.n_params(),
+            },
+        )?;
+        write_json(
+            &dir.join("dataset_schema.json"),
+            &SchemaFile {
+                schema: self.net.schema.clone(),
+                item_external_ids: self.item_ids.clone(),
+            },
+        )?;
+        let weights = dir.join("weights.safetensors");
+        candle_core::safetensors::save(&tensors_of(self), &weights)?;
+        if let Some(adam) = &self.adam {
+            let (state, _) = adam.state();
+            let state: HashMap<String, Tensor> = state.into_iter().collect();
+            candle_core::safetensors::save(&state, dir.join("optimizer.safetensors"))?;
+        }
+        if let Some(best) = &self.best_weights {
+            let best: HashMap<String, Tensor> =
+                best.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            candle_core::safetensors::save(&best, dir.join("best_weights.safetensors"))?;
+        }
+        write_json(
+            &dir.join("trainer_state.json"),
+            &TrainerStateFile {
+                settings: self.settings.clone(),
+                training: self.training.clone(),
+                log: self.train_log.clone(),
+            },
+        )?;
+        write_train_log(&dir.join("train_log.csv"), &self.train_log)?;
+        if !self.train_log.is_empty() {
+            crate::plot::training_curve_svg(
+                &self.train_log,
+                self.settings.val_k,
+                &dir.join("training_curve.svg"),
+            )
+            .map_err(|e| HostError::Other(format!("cannot draw the training curve: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Reads a model directory written by [`Model::save`].
+    pub fn load(dir: &Path, registry: &Registry) -> Result<Model> {
+        if !dir.is_dir() {
+            return Err(artifact_err(dir, "is not a directory"));
+        }
+        let file: ModelFile = read_json(dir, "model.json")?;
+        if file.format != FORMAT_NAME {
+            return Err(artifact_err(
+                dir,
+                format!("model.json has format {:?}, expected {FORMAT_NAME:?}", file.format),
+            ));
+        }
+        if file.format_version > FORMAT_VERSION {
+            return Err(artifact_err(
+                dir,
+                format!(
+                    "written by recblocks {} in format version {}; this recblocks ({}) reads \
+                     up to version {FORMAT_VERSION}",
+                    file.recblocks_version,
+                    file.format_version,
+                    crate::VERSION
+                ),
+            ));
+        }
+        check_components_available(dir, &file, registry)?;
+        let spec = ModelSpec::from_value(file.spec.clone(), registry)
+            .map_err(|e| artifact_err(dir, format!("model.json spec: {e}")))?;
+        let schema_file: SchemaFile = read_json(dir, "dataset_schema.json")?;
+        let schema = schema_file.schema;
+        if schema_file.item_external_ids.len() != schema.n_items {
+            return Err(artifact_err(
+                dir,
+                format!(
+                    "dataset_schema.json lists {} item ids for n_items = {}",
+                    schema_file.item_external_ids.len(),
+                    schema.n_items
+                ),
+            ));
+        }
+        if let Some(cat) = &schema.cat_features {
+            cat.check(schema.n_items)
+                .map_err(|m| artifact_err(dir, format!("dataset_schema.json: {m}")))?;
+        }
+        let net = assembly::assemble(&spec, &schema, registry, &Device::Cpu)?;
+        fill_weights(dir, "weights.safetensors", &net)?;
+        let state: TrainerStateFile = read_json(dir, "trainer_state.json")?;
+        let adam = load_optimizer(dir, &net, state.training.adam_step)?;
+        let best_path = dir.join("best_weights.safetensors");
+        let best_weights = if best_path.exists() {
+            let t = candle_core::safetensors::load(&best_path, &Device::Cpu).map_err(|e| {
+                artifact_err(dir, format!("best_weights.safetensors is unreadable: {e}"))
+            })?;
+            Some(t.into_iter().collect())
+        } else {
+            None
+        };
+        state
+            .training
+            .model_rng
+            .restore(&net.rng)
+            .map_err(|m| artifact_err(dir, format!("trainer_state.json: {m}")))?;
+        let provenance = file
+            .components
+            .into_iter()
+            .map(|(slot, c)| (slot, (c.name, c.crate_name)))
+            .collect();
+        let preparator = assembly::build_data_preparator(&spec, registry)?;
+        Ok(Model {
+            preparator,
+            n_extra_tokens: schema.n_extra_tokens(),
+            item_ids: schema_file.item_external_ids,
+            net,
+            train_log: state.log,
+            settings: state.settings,
+            training: state.training,
+            provenance,
+            adam,
+            best_weights,
+        })
+    }
+}
+
+/// Fails with a message naming the plugin crate when a component of the model is not registered.
+fn check_components_available(dir: &Path, file: &ModelFile, registry: &Registry) -> Result<()> {
+    for (slot, source) in &file.components {
+        let kind = slot
+            .split('.')
+            .next()
+            .and_then(recblocks_core::ComponentKind::parse);
+        if let Some(kind) = kind {
+            if registry.lookup(kind, &source.name).is_err() {
+                return Err(artifact_err(
+                    dir,
+                    format!(
+                        "the model uses {kind} `{}` from crate `{}`, which is not loaded; pass \
+                         that plugin with --plugin PATH (or RECBLOCKS_PLUGINS)",
+                        source.name, source.crate_name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Fills every parameter of `net` from a safetensors file, checking names and shapes.
+pub fn fill_weights(dir: &Path, file: &str, net: &assembly::AssembledModel) -> Result<()> {
+    let path = dir.join(file);
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+        .map_err(|e| artifact_err(dir, format!("{file} is missing or unreadable: {e}")))?;
+    let data = net.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    for (name, var) in data.iter() {
+        let t = tensors.get(name).ok_or_else(|| {
+            artifact_err(dir, format!("{file} has no tensor `{name}`, which the model needs"))
+        })?;
+        if t.dims() != var.dims() {
+            return Err(artifact_err(
+                dir,
+                format!(
+                    "{file}: tensor `{name}` has shape {:?}, the model expects {:?}",
+                    t.dims(),
+                    var.dims()
+                ),
+            ));
+        }
+        var.set(&t.to_dtype(var.dtype())?)?;
+    }
+    let mut extra: Vec<&String> = tensors.keys().filter(|k| !data.contains_key(*k)).collect();
+    if !extra.is_empty() {
+        extra.sort();
+        return Err(artifact_err(
+            dir,
+            format!("{file} holds tensors the model does not have: {extra:?}"),
+        ));
+    }
+    Ok(())
+}
+
+fn load_optimizer(dir: &Path, net: &assembly::AssembledModel, step: u64) -> Result<Option<Adam>> {
+    let path = dir.join("optimizer.safetensors");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+        .map_err(|e| artifact_err(dir, format!("optimizer.safetensors is unreadable: {e}")))?;
+    let mut adam = Adam::new(
+        crate::model::trainable_vars(net),
+        AdamConfig::rectools(net.spec.lr),
+    )?;
+    let tensors: BTreeMap<String, Tensor> = tensors.into_iter().collect();
+    adam.load_state(&tensors, step)
+        .map_err(|m| artifact_err(dir, format!("optimizer.safetensors: {m}")))?;
+    Ok(Some(adam))
+}
+
+fn write_train_log(path: &Path, log: &[EpochLog]) -> Result<()> {
+    let mut w = csv::Writer::from_path(path)
+        .map_err(|e| HostError::Other(format!("{}: {e}", path.display())))?;
+    let fmt = |v: Option<f64>| v.map(|x| format!("{x}")).unwrap_or_default();
+    let mut rows = vec![vec![
+        "epoch".to_string(),
+        "train_loss".into(),
+        "val_loss".into(),
+        "val_recall".into(),
+        "val_ndcg".into(),
+        "seconds".into(),
+        "sequences_per_second".into(),
+    ]];
+    for e in log {
+        rows.push(vec![
+            e.epoch.to_string(),
+            format!("{}", e.train_loss),
+            fmt(e.val_loss),
+            fmt(e.val_recall),
+            fmt(e.val_ndcg),
+            format!("{:.3}", e.seconds),
+            format!("{:.1}", e.sequences_per_second),
+        ]);
+    }
+    for r in rows {
+        w.write_record(&r)
+            .map_err(|e| HostError::Other(format!("{}: {e}", path.display())))?;
+    }
+    w.flush().map_err(|e| HostError::io(path, e))
+}

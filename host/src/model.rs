@@ -1,0 +1,296 @@
+//! The library API: [`Model::fit`] trains a spec on interactions, [`Model::resume`] continues a
+//! saved run, [`Model::save`]/[`Model::load`] write and read model directories (see
+//! [`crate::artifact`]). Recommending lives in [`crate::recommend`].
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+use recblocks_core::{
+    components::{trainer::TrainerSettings, DataPreparator, NegativeSampler, Objective},
+    ComponentKind, ModelSpec, Registry, SharedRng,
+};
+
+use crate::{
+    assembly::{self, AssembledModel},
+    data::{Interactions, ItemFeatures},
+    error::HostError,
+    train::{
+        adam::{Adam, AdamConfig},
+        fit::{EpochLog, FitOptions, TrainRun, TrainingState},
+        prepare::{prepare, PreparedData, ValMask},
+        rng_state::RngState,
+    },
+    Result,
+};
+
+/// The trainer used when a spec's `get_trainer_func` is null.
+pub const DEFAULT_TRAINER: &str = "default_trainer";
+
+/// Offset between the model seed and the data stream's seed.
+const DATA_STREAM_OFFSET: u64 = 0xD1B5_4A32_D192_ED03;
+
+/// Training input: interactions and, optionally, categorical item features.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainData<'a> {
+    /// The interaction log.
+    pub interactions: &'a Interactions,
+    /// Item features for `CatFeaturesItemNet`.
+    pub item_features: Option<&'a ItemFeatures>,
+}
+
+/// A trained (or loaded) model with its id maps and training state.
+pub struct Model {
+    /// The assembled network and its parameters.
+    pub net: AssembledModel,
+    /// Internal item id → external id (extra tokens first).
+    pub item_ids: Vec<String>,
+    /// Number of extra tokens (PAD, MASK) at the start of `item_ids`.
+    pub n_extra_tokens: usize,
+    /// Per-epoch log.
+    pub train_log: Vec<EpochLog>,
+    /// Trainer settings of the run.
+    pub settings: TrainerSettings,
+    /// Epochs done, random stream states, early stopping.
+    pub training: TrainingState,
+    /// Spec slot → (component name, crate that provided it).
+    pub provenance: BTreeMap<String, (String, String)>,
+    pub(crate) preparator: Box<dyn DataPreparator>,
+    pub(crate) adam: Option<Adam>,
+    pub(crate) best_weights: Option<BTreeMap<String, Tensor>>,
+}
+
+/// The parts of a training pipeline built from a spec.
+struct Pipeline {
+    preparator: Box<dyn DataPreparator>,
+    settings: TrainerSettings,
+}
+
+fn pipeline(spec: &ModelSpec, registry: &Registry) -> Result<Pipeline> {
+    let preparator = assembly::build_data_preparator(spec, registry)?;
+    let trainer_name = spec.get_trainer_func.as_deref().unwrap_or(DEFAULT_TRAINER);
+    let settings = (registry.trainer(trainer_name)?.build)(
+        spec,
+        &ModelSpec::kwargs_value(&spec.get_trainer_func_kwargs),
+    )?;
+    Ok(Pipeline {
+        preparator,
+        settings,
+    })
+}
+
+fn prepare_data(
+    spec: &ModelSpec,
+    registry: &Registry,
+    preparator: &dyn DataPreparator,
+    interactions: &Interactions,
+    data_rng: &SharedRng,
+) -> Result<PreparedData> {
+    let val_kwargs = ModelSpec::kwargs_value(&spec.get_val_mask_func_kwargs);
+    let val_mask = match &spec.get_val_mask_func {
+        Some(name) => Some(ValMask {
+            func: registry.val_mask_func(name)?.build,
+            kwargs: &val_kwargs,
+        }),
+        None => None,
+    };
+    prepare(interactions, spec, preparator, val_mask, data_rng)
+}
+
+/// Spec slot → (component name, crate) for every component a spec uses.
+pub fn provenance(
+    spec: &ModelSpec,
+    registry: &Registry,
+) -> Result<BTreeMap<String, (String, String)>> {
+    use ComponentKind as K;
+    let mut slots: Vec<(String, K, String)> = vec![
+        ("cls".into(), K::Model, spec.cls.clone()),
+        ("data_preparator_type".into(), K::DataPreparator, spec.data_preparator_type.clone()),
+        ("item_net_constructor_type".into(), K::ItemNetConstructor, spec.item_net_constructor_type.clone()),
+        ("pos_encoding_type".into(), K::PosEncoding, spec.pos_encoding_type.clone()),
+        ("transformer_layers_type".into(), K::TransformerLayers, spec.transformer_layers_type.clone()),
+        ("lightning_module_type".into(), K::LightningModule, spec.lightning_module_type.clone()),
+        ("negative_sampler_type".into(), K::NegativeSampler, spec.negative_sampler_type.clone()),
+        ("similarity_module_type".into(), K::Similarity, spec.similarity_module_type.clone()),
+        ("backbone_type".into(), K::Backbone, spec.backbone_type.clone()),
+    ];
+    for (i, b) in spec.item_net_block_types.iter().enumerate() {
+        slots.push((format!("item_net_block_types.{i}"), K::ItemNetBlock, b.clone()));
+    }
+    if let Some(f) = &spec.get_val_mask_func {
+        slots.push(("get_val_mask_func".into(), K::ValMaskFunc, f.clone()));
+    }
+    let trainer = spec.get_trainer_func.clone().unwrap_or(DEFAULT_TRAINER.into());
+    slots.push(("get_trainer_func".into(), K::Trainer, trainer));
+    let mut out = BTreeMap::new();
+    for (slot, kind, name) in slots {
+        let info = registry.lookup(kind, &name)?.info();
+        out.insert(slot, (info.name.to_string(), info.crate_name.to_string()));
+    }
+    Ok(out)
+}
+
+impl Model {
+    /// Trains `spec` on `data` (the README's `recblocks fit`).
+    pub fn fit(
+        mut spec: ModelSpec,
+        data: TrainData<'_>,
+        registry: &Registry,
+        opts: &FitOptions,
+    ) -> Result<Model> {
+        if let Some(seed) = opts.seed {
+            spec.seed = Some(seed);
+        }
+        if let Some(epochs) = opts.epochs {
+            spec.epochs = epochs;
+        }
+        let Pipeline {
+            preparator,
+            mut settings,
+        } = pipeline(&spec, registry)?;
+        if settings.seed != spec.seed_or_default() {
+            spec.seed = Some(settings.seed);
+        }
+        if let Some(epochs) = opts.epochs {
+            settings.epochs = epochs;
+        }
+        let seed = spec.seed_or_default();
+        let data_rng = SharedRng::new(seed ^ DATA_STREAM_OFFSET);
+        let prepared = prepare_data(&spec, registry, preparator.as_ref(), data.interactions, &data_rng)?;
+        let mut schema = recblocks_core::DatasetSchema {
+            n_items: prepared.item_ids.len(),
+            item_extra_tokens: prepared.item_ids[..prepared.n_extra_tokens].to_vec(),
+            cat_features: None,
+        };
+        if let Some(features) = data.item_features {
+            let cat = features.to_cat_feature_schema(&prepared.item_ids, prepared.n_extra_tokens);
+            if cat.n_values() > 0 {
+                schema.cat_features = Some(cat);
+            }
+        }
+        let net = assembly::assemble(&spec, &schema, registry, &Device::Cpu)?;
+        let adam = Adam::new(trainable_vars(&net), AdamConfig::rectools(spec.lr))?;
+        let training = TrainingState {
+            epochs_done: 0,
+            adam_step: 0,
+            model_rng: RngState::capture(&net.rng),
+            data_rng: RngState::capture(&data_rng),
+            early_stopping: None,
+            stopped_early: false,
+        };
+        let mut model = Model {
+            provenance: provenance(&spec, registry)?,
+            item_ids: prepared.item_ids.clone(),
+            n_extra_tokens: prepared.n_extra_tokens,
+            net,
+            train_log: Vec::new(),
+            settings,
+            training,
+            preparator,
+            adam: Some(adam),
+            best_weights: None,
+        };
+        model.train(&prepared, registry, &data_rng, opts)?;
+        Ok(model)
+    }
+
+    /// Continues training a saved model on the same data until `opts.epochs` (or the spec's
+    /// epochs) are done in total; gives the same weights as an uninterrupted run.
+    pub fn resume(
+        &mut self,
+        data: TrainData<'_>,
+        registry: &Registry,
+        opts: &FitOptions,
+    ) -> Result<()> {
+        if self.adam.is_none() {
+            return Err(HostError::Other(
+                "this model directory has no optimizer state, so it cannot be resumed".into(),
+            ));
+        }
+        if let Some(epochs) = opts.epochs {
+            self.net.spec.epochs = epochs;
+            self.settings.epochs = epochs;
+        }
+        let spec = self.net.spec.clone();
+        let data_rng = SharedRng::new(spec.seed_or_default() ^ DATA_STREAM_OFFSET);
+        let prepared = prepare_data(
+            &spec,
+            registry,
+            self.preparator.as_ref(),
+            data.interactions,
+            &data_rng,
+        )?;
+        if prepared.item_ids != self.item_ids {
+            return Err(HostError::TrainingData(
+                "--resume needs the data the model was trained on: its item id map differs".into(),
+            ));
+        }
+        self.training
+            .data_rng
+            .restore(&data_rng)
+            .map_err(HostError::Other)?;
+        self.training
+            .model_rng
+            .restore(&self.net.rng)
+            .map_err(HostError::Other)?;
+        self.train(&prepared, registry, &data_rng, opts)
+    }
+
+    fn train(
+        &mut self,
+        prepared: &PreparedData,
+        registry: &Registry,
+        data_rng: &SharedRng,
+        opts: &FitOptions,
+    ) -> Result<()> {
+        let spec = self.net.spec.clone();
+        let objective: Box<dyn Objective> =
+            assembly::build_objective(&spec, &self.net.schema, registry)?;
+        let sampler: Option<Box<dyn NegativeSampler>> = if objective.requires_negatives() {
+            Some(assembly::build_negative_sampler(&spec, registry)?)
+        } else {
+            None
+        };
+        let Some(adam) = self.adam.as_mut() else {
+            return Err(HostError::Other("no optimizer state".into()));
+        };
+        let mut run = TrainRun {
+            model: &self.net,
+            data: prepared,
+            preparator: self.preparator.as_ref(),
+            objective: objective.as_ref(),
+            sampler: sampler.as_deref(),
+            settings: &self.settings,
+            adam,
+            data_rng,
+            log: &mut self.train_log,
+            state: &mut self.training,
+            best_weights: &mut self.best_weights,
+            progress: opts.progress,
+        };
+        let outcome = run.run();
+        self.training.model_rng = RngState::capture(&self.net.rng);
+        self.training.data_rng = RngState::capture(data_rng);
+        outcome
+    }
+
+    /// Total number of trainable parameters.
+    pub fn n_params(&self) -> usize {
+        self.net.n_params()
+    }
+
+    /// External id → internal id of every real item.
+    pub fn item_index(&self) -> std::collections::HashMap<&str, u32> {
+        self.item_ids
+            .iter()
+            .enumerate()
+            .skip(self.n_extra_tokens)
+            .map(|(i, id)| (id.as_str(), i as u32))
+            .collect()
+    }
+}
+
+/// The model's variables by name.
+pub fn trainable_vars(net: &AssembledModel) -> BTreeMap<String, candle_core::Var> {
+    let data = net.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    data.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}

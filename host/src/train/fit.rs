@@ -1,0 +1,335 @@
+//! The epoch loop (RecTools' Lightning `fit` with `TransformerLightningModule.training_step`):
+//! shuffled batches from the data preparator, the objective's loss, backward, an Adam step;
+//! validation and early stopping after each epoch; a progress bar with loss and sequences/s.
+//!
+//! Reproducibility: initialisation, dropout (model stream) and shuffling, masking and negatives
+//! (data stream) all draw from seeded streams whose states are saved with the model, so
+//! `--resume` continues exactly where a run stopped.
+
+use std::{collections::BTreeMap, io::IsTerminal, time::Instant};
+
+use candle_core::Tensor;
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+use recblocks_core::{
+    components::{trainer::TrainerSettings, DataPreparator, NegativeSampler, Objective, SessionRef},
+    SharedRng,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    assembly::AssembledModel,
+    error::HostError,
+    train::{
+        adam::Adam,
+        prepare::PreparedData,
+        rng_state::RngState,
+        validation::{validate, ValInputs, ValResult},
+    },
+    Result,
+};
+
+/// How `fit` reports progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Progress {
+    /// A progress bar on a terminal, one log line per epoch otherwise.
+    #[default]
+    Auto,
+    /// Nothing.
+    Quiet,
+}
+
+/// Options of a fit that are not part of the spec.
+#[derive(Debug, Clone, Default)]
+pub struct FitOptions {
+    /// Overrides the number of epochs (the total, counting epochs already done on resume).
+    pub epochs: Option<usize>,
+    /// Overrides the seed (recorded in the saved spec).
+    pub seed: Option<u64>,
+    /// Progress reporting.
+    pub progress: Progress,
+}
+
+/// One epoch's figures, as written to `train_log.csv`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochLog {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss (weighted by batch size).
+    pub train_loss: f64,
+    /// Validation loss, when validation is configured.
+    pub val_loss: Option<f64>,
+    /// Validation Recall@k.
+    pub val_recall: Option<f64>,
+    /// Validation NDCG@k.
+    pub val_ndcg: Option<f64>,
+    /// Wall-clock seconds of the training part of the epoch.
+    pub seconds: f64,
+    /// Training sequences per second.
+    pub sequences_per_second: f64,
+}
+
+/// Early-stopping bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStoppingState {
+    /// Best monitored value so far.
+    pub best_value: f64,
+    /// Epoch that reached it.
+    pub best_epoch: usize,
+    /// Epochs since the last improvement.
+    pub bad_epochs: usize,
+}
+
+/// What `--resume` needs besides weights and optimizer moments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingState {
+    /// Epochs completed.
+    pub epochs_done: usize,
+    /// Optimizer steps taken.
+    pub adam_step: u64,
+    /// The model's stream (dropout).
+    pub model_rng: RngState,
+    /// The data stream (shuffling, masking, negatives).
+    pub data_rng: RngState,
+    /// Early-stopping state, when configured.
+    pub early_stopping: Option<EarlyStoppingState>,
+    /// Whether early stopping ended training.
+    pub stopped_early: bool,
+}
+
+/// Everything one training run uses.
+pub struct TrainRun<'a> {
+    /// The model being trained.
+    pub model: &'a AssembledModel,
+    /// Prepared sessions.
+    pub data: &'a PreparedData,
+    /// Batches.
+    pub preparator: &'a dyn DataPreparator,
+    /// Loss.
+    pub objective: &'a dyn Objective,
+    /// Negatives, when the loss needs them.
+    pub sampler: Option<&'a dyn NegativeSampler>,
+    /// Epochs, seed, early stopping, val k.
+    pub settings: &'a TrainerSettings,
+    /// The optimizer.
+    pub adam: &'a mut Adam,
+    /// The data stream.
+    pub data_rng: &'a SharedRng,
+    /// Per-epoch log (appended to).
+    pub log: &'a mut Vec<EpochLog>,
+    /// Early-stopping state and epoch count (updated).
+    pub state: &'a mut TrainingState,
+    /// Best weights seen, for early stopping (updated).
+    pub best_weights: &'a mut Option<BTreeMap<String, Tensor>>,
+    /// Progress reporting.
+    pub progress: Progress,
+}
+
+impl TrainRun<'_> {
+    /// Trains until `state.epochs_done == settings.epochs` or early stopping.
+    pub fn run(&mut self) -> Result<()> {
+        let n_sessions = self.data.sessions.len();
+        if n_sessions == 0 {
+            return Err(HostError::TrainingData("no training session".into()));
+        }
+        let batch_size = self.model.spec.batch_size;
+        let n_batches = n_sessions.div_ceil(batch_size);
+        while self.state.epochs_done < self.settings.epochs && !self.state.stopped_early {
+            let epoch = self.state.epochs_done + 1;
+            let bar = self.progress_bar(epoch, n_batches);
+            let started = Instant::now();
+            let order = self.epoch_order(n_sessions);
+            let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+            for (b, chunk) in order.chunks(batch_size).enumerate() {
+                let refs: Vec<SessionRef<'_>> = chunk
+                    .iter()
+                    .map(|&i| SessionRef {
+                        items: &self.data.sessions[i].items,
+                        weights: &self.data.sessions[i].weights,
+                    })
+                    .collect();
+                let batch = self.preparator.collate_train(
+                    &refs,
+                    self.model.schema.n_items,
+                    self.sampler,
+                    self.data_rng,
+                    &self.model.device,
+                )?;
+                let loss = self.objective.train_loss(self.model.backbone.as_ref(), &batch)?;
+                let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+                if !value.is_finite() {
+                    bar.abandon();
+                    return Err(HostError::NonFiniteLoss {
+                        epoch,
+                        batch: b + 1,
+                        value,
+                    });
+                }
+                let grads = loss.backward()?;
+                self.adam.step(&grads)?;
+                loss_sum += value as f64 * chunk.len() as f64;
+                seen += chunk.len();
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                bar.set_message(format!(
+                    "loss {:.4}  {:.0} seq/s",
+                    loss_sum / seen as f64,
+                    seen as f64 / secs
+                ));
+                bar.inc(1);
+            }
+            let seconds = started.elapsed().as_secs_f64();
+            bar.finish_and_clear();
+            let val = self.validate_epoch()?;
+            let entry = EpochLog {
+                epoch,
+                train_loss: loss_sum / seen.max(1) as f64,
+                val_loss: val.map(|v| v.loss),
+                val_recall: val.map(|v| v.recall),
+                val_ndcg: val.map(|v| v.ndcg),
+                seconds,
+                sequences_per_second: seen as f64 / seconds.max(1e-9),
+            };
+            self.report(&entry);
+            self.log.push(entry);
+            self.state.epochs_done = epoch;
+            self.state.adam_step = self.adam.step_count();
+            if let Some(v) = val {
+                self.early_stopping(epoch, v)?;
+            }
+        }
+        if self.state.stopped_early {
+            self.restore_best()?;
+        }
+        Ok(())
+    }
+
+    fn epoch_order(&self, n: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..n).collect();
+        if self.preparator.shuffle_train() {
+            let mut rng = self.data_rng.lock();
+            for i in (1..n).rev() {
+                let j = rng.random_range(0..=i);
+                order.swap(i, j);
+            }
+        }
+        order
+    }
+
+    fn validate_epoch(&self) -> Result<Option<ValResult>> {
+        if self.data.val_sessions.is_empty() {
+            return Ok(None);
+        }
+        let inputs = ValInputs {
+            sessions: &self.data.val_sessions,
+            preparator: self.preparator,
+            objective: self.objective,
+            sampler: self.sampler,
+            n_extra_tokens: self.data.n_extra_tokens,
+            batch_size: self.model.spec.batch_size,
+            k: self.settings.val_k,
+        };
+        Ok(Some(validate(self.model, &inputs, self.data_rng)?))
+    }
+
+    fn early_stopping(&mut self, epoch: usize, v: ValResult) -> Result<()> {
+        let Some(es) = &self.settings.early_stopping else {
+            return Ok(());
+        };
+        let (value, higher_is_better) = if es.monitor == "val_loss" {
+            (v.loss, false)
+        } else if es.monitor.starts_with("recall@") {
+            (v.recall, true)
+        } else if es.monitor.starts_with("ndcg@") {
+            (v.ndcg, true)
+        } else {
+            return Err(HostError::Other(format!(
+                "early stopping monitor `{}` is not one of val_loss, recall@k, ndcg@k",
+                es.monitor
+            )));
+        };
+        let improved = match &self.state.early_stopping {
+            None => true,
+            Some(s) if higher_is_better => value > s.best_value + es.min_delta,
+            Some(s) => value < s.best_value - es.min_delta,
+        };
+        if improved {
+            self.state.early_stopping = Some(EarlyStoppingState {
+                best_value: value,
+                best_epoch: epoch,
+                bad_epochs: 0,
+            });
+            *self.best_weights = Some(snapshot(self.model)?);
+        } else if let Some(s) = &mut self.state.early_stopping {
+            s.bad_epochs += 1;
+            if s.bad_epochs >= es.patience {
+                self.state.stopped_early = true;
+                if self.progress != Progress::Quiet {
+                    tracing::info!(
+                        "early stopping after epoch {epoch}: {} did not improve for {} epochs; \
+                         restoring the weights of epoch {} ({} = {:.5})",
+                        es.monitor,
+                        s.bad_epochs,
+                        s.best_epoch,
+                        es.monitor,
+                        s.best_value
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn restore_best(&mut self) -> Result<()> {
+        if let Some(best) = self.best_weights.as_ref() {
+            let data = self.model.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+            for (name, var) in data.iter() {
+                if let Some(t) = best.get(name) {
+                    var.set(t)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn progress_bar(&self, epoch: usize, n_batches: usize) -> ProgressBar {
+        if self.progress == Progress::Quiet || !std::io::stderr().is_terminal() {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(n_batches as u64);
+        let style = ProgressStyle::with_template(
+            "epoch {prefix} [{bar:30}] {pos}/{len} batches  {msg}  ({elapsed})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("{epoch}/{}", self.settings.epochs));
+        bar
+    }
+
+    fn report(&self, e: &EpochLog) {
+        if self.progress == Progress::Quiet {
+            return;
+        }
+        let mut line = format!(
+            "epoch {}/{}: train_loss {:.5}, {:.1} s, {:.0} seq/s",
+            e.epoch, self.settings.epochs, e.train_loss, e.seconds, e.sequences_per_second
+        );
+        if let (Some(l), Some(r), Some(n)) = (e.val_loss, e.val_recall, e.val_ndcg) {
+            let k = self.settings.val_k;
+            line.push_str(&format!(
+                ", val_loss {l:.5}, val recall@{k} {r:.4}, val ndcg@{k} {n:.4}"
+            ));
+        }
+        eprintln!("{line}");
+    }
+}
+
+/// A copy of every parameter's current value.
+pub fn snapshot(model: &AssembledModel) -> Result<BTreeMap<String, Tensor>> {
+    let data = model.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut out = BTreeMap::new();
+    for (name, var) in data.iter() {
+        out.insert(name.clone(), var.as_tensor().copy()?);
+    }
+    Ok(out)
+}
