@@ -9,7 +9,8 @@
 //! - [`spec`]: the serde schema of a model spec, compatible with RecTools'
 //!   `get_config(simple_types=True)` output.
 //! - [`nn`]: reusable, differentiable building blocks (multi-head attention with RecTools' masks,
-//!   feed-forwards, layer norm, seeded dropout and initialisation).
+//!   feed-forwards, layer norm, seeded dropout and initialisation, and the SASRec and pre-LN
+//!   transformer blocks that layer stacks reuse).
 //!
 //! Core has no I/O and no CLI.
 

@@ -1,6 +1,7 @@
 //! Transformer layer stacks: ports of RecTools' `SASRecTransformerLayers` (`sasrec.py`),
 //! `PreLNTransformerLayers` (`net_blocks.py`) and `LiGRLayers` (`ligr.py`); reference §2.3 and
-//! §3 give the exact math.
+//! §3 give the exact math. The SASRec and pre-LN blocks themselves live in core
+//! (`recblocks_core::nn::layers`) and are re-exported here.
 //!
 //! Every stack reads `n_blocks`, `n_heads` and `dropout_rate` from the spec and its width from
 //! the build context, and names its blocks `transformer_blocks.{i}` as RecTools' `ModuleList`.
@@ -18,8 +19,9 @@ pub use sasrec::{SASRecTransformerLayer, SASRecTransformerLayers};
 
 use recblocks_core::{BuildContext, ComponentKind, CoreError, Result};
 
-/// LayerNorm epsilon of torch's default `nn.LayerNorm` (every block norm).
-pub const LAYER_NORM_EPS: f64 = 1e-5;
+/// LayerNorm epsilon of torch's default `nn.LayerNorm` (every block norm); defined in core with
+/// the blocks.
+pub use recblocks_core::nn::layers::LAYER_NORM_EPS;
 
 /// The sizes every stack is built from.
 #[derive(Debug, Clone, Copy)]

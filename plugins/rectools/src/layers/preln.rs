@@ -1,6 +1,7 @@
-//! Pre-LN layers: port of RecTools' `PreLNTransformerLayer(s)`
+//! Pre-LN layers: port of RecTools' `PreLNTransformerLayers`
 //! (`rectools/models/nn/transformers/net_blocks.py`, reference §3), BERT4Rec's default stack.
 //!
+//! Each block ([`PreLNTransformerLayer`], in core) computes
 //! `h = LN1(x); x = x + Drop1(MHA(h, h, h)); x = x + Drop2(FF(LN2(x))); x = Drop3(x)`, with a
 //! GELU (exact erf) feed-forward of width `m·d`. No timeline masking and no final norm: BERT4Rec
 //! relies on the key padding mask.
@@ -9,17 +10,19 @@ use serde::{Deserialize, Serialize};
 
 use recblocks_core::{
     candle::Tensor,
-    candle_nn::VarBuilder,
     components::{AttentionMasks, TransformerLayers},
     inventory,
     kwargs::{decode_kwargs, default_kwargs_json},
-    nn::{Activation, Dropout, LayerNorm, MultiHeadAttention, PointWiseFeedForward},
     registry::{ComponentInfo, TransformerLayersRegistration},
     serde_json::Value,
-    BuildContext, ComponentKind, Result, SharedRng,
+    BuildContext, ComponentKind, Result,
 };
 
-use super::{check_multiplier, StackDims, LAYER_NORM_EPS};
+/// The block lives in core (`recblocks_core::nn::layers`), so other plugins can stack it;
+/// re-exported here under its old path.
+pub use recblocks_core::nn::layers::preln::PreLNTransformerLayer;
+
+use super::{check_multiplier, StackDims};
 use crate::CRATE;
 
 const NAME: &str = "PreLNTransformerLayers";
@@ -37,70 +40,6 @@ impl Default for PreLNTransformerLayersKwargs {
         PreLNTransformerLayersKwargs {
             ff_factors_multiplier: 4,
         }
-    }
-}
-
-/// One pre-LN block: `multi_head_attn`, `layer_norm_1`, `layer_norm_2`, `feed_forward`
-/// (point-wise d → m·d → d, GELU, with bias), and three dropouts.
-#[derive(Debug, Clone)]
-pub struct PreLNTransformerLayer {
-    multi_head_attn: MultiHeadAttention,
-    layer_norm_1: LayerNorm,
-    dropout_1: Dropout,
-    layer_norm_2: LayerNorm,
-    feed_forward: PointWiseFeedForward,
-    dropout_2: Dropout,
-    dropout_3: Dropout,
-}
-
-impl PreLNTransformerLayer {
-    /// A block of width `d` with feed-forward width `ff_factors_multiplier · d`.
-    pub fn new(
-        d: usize,
-        n_heads: usize,
-        dropout_rate: f64,
-        ff_factors_multiplier: usize,
-        vb: &VarBuilder,
-        rng: SharedRng,
-    ) -> Result<Self> {
-        let drop = || Dropout::new(dropout_rate, rng.clone());
-        Ok(PreLNTransformerLayer {
-            multi_head_attn: MultiHeadAttention::new(
-                d,
-                n_heads,
-                dropout_rate,
-                &vb.pp("multi_head_attn"),
-                rng.clone(),
-            )?,
-            layer_norm_1: LayerNorm::new(d, LAYER_NORM_EPS, &vb.pp("layer_norm_1"))?,
-            dropout_1: drop(),
-            layer_norm_2: LayerNorm::new(d, LAYER_NORM_EPS, &vb.pp("layer_norm_2"))?,
-            feed_forward: PointWiseFeedForward::new(
-                d,
-                ff_factors_multiplier * d,
-                dropout_rate,
-                Activation::Gelu,
-                true,
-                &vb.pp("feed_forward"),
-                rng.clone(),
-            )?,
-            dropout_2: drop(),
-            dropout_3: drop(),
-        })
-    }
-
-    /// Applies the block to `x` `[B, L, d]` under the additive attention bias.
-    pub fn forward_t(&self, x: &Tensor, attn_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        let h = self.layer_norm_1.forward(x)?;
-        let a = self
-            .multi_head_attn
-            .forward_t(&h, &h, &h, attn_bias, train)?;
-        let x = (x + self.dropout_1.forward_t(&a, train)?)?;
-        let f = self
-            .feed_forward
-            .forward_t(&self.layer_norm_2.forward(&x)?, train)?;
-        let x = (x + self.dropout_2.forward_t(&f, train)?)?;
-        self.dropout_3.forward_t(&x, train)
     }
 }
 

@@ -1,84 +1,29 @@
 //! SASRec layers: port of RecTools' `SASRecTransformerLayer(s)`
 //! (`rectools/models/nn/transformers/sasrec.py`, reference §3), the SASRec authors' block.
 //!
-//! Not a standard pre-LN block: keys and values come from the un-normalised input, both
-//! residuals start from normalised tensors, the timeline mask is applied before every block and
-//! after the last, and the stack ends with a LayerNorm of eps 1e-8.
+//! The block itself ([`SASRecTransformerLayer`]: keys and values from the un-normalised input,
+//! both residuals from normalised tensors) lives in core; this stack applies the timeline mask
+//! before every block and after the last, and ends with a LayerNorm of eps 1e-8.
 
 use recblocks_core::{
     candle::Tensor,
-    candle_nn::VarBuilder,
     components::{AttentionMasks, TransformerLayers},
     inventory,
     kwargs::{decode_kwargs, default_kwargs_json, NoKwargs},
-    nn::{Activation, Dropout, LayerNorm, MultiHeadAttention, PointWiseFeedForward},
+    nn::LayerNorm,
     registry::{ComponentInfo, TransformerLayersRegistration},
     serde_json::Value,
-    BuildContext, ComponentKind, Result, SharedRng,
+    BuildContext, ComponentKind, Result,
 };
 
-use super::{StackDims, LAYER_NORM_EPS};
+/// The block and the final norm's epsilon live in core (`recblocks_core::nn::layers`), so other
+/// plugins can stack the same block; re-exported here under their old paths.
+pub use recblocks_core::nn::layers::sasrec::{SASRecTransformerLayer, LAST_LAYER_NORM_EPS};
+
+use super::StackDims;
 use crate::CRATE;
 
 const NAME: &str = "SASRecTransformerLayers";
-/// Epsilon of the stack's final `last_layernorm`.
-pub const LAST_LAYER_NORM_EPS: f64 = 1e-8;
-
-/// One SASRec block: `multi_head_attn`, `q_layer_norm`, `ff_layer_norm`, `feed_forward`
-/// (point-wise d → d → d, ReLU, with bias).
-///
-/// `q = LN_q(x); x = q + MHA(q, x, x); f = LN_ff(x); out = Dropout(FF(f)) + f`.
-#[derive(Debug, Clone)]
-pub struct SASRecTransformerLayer {
-    multi_head_attn: MultiHeadAttention,
-    q_layer_norm: LayerNorm,
-    ff_layer_norm: LayerNorm,
-    feed_forward: PointWiseFeedForward,
-    dropout: Dropout,
-}
-
-impl SASRecTransformerLayer {
-    /// A block of width `d` with parameters under `vb`.
-    pub fn new(
-        d: usize,
-        n_heads: usize,
-        dropout_rate: f64,
-        vb: &VarBuilder,
-        rng: SharedRng,
-    ) -> Result<Self> {
-        Ok(SASRecTransformerLayer {
-            multi_head_attn: MultiHeadAttention::new(
-                d,
-                n_heads,
-                dropout_rate,
-                &vb.pp("multi_head_attn"),
-                rng.clone(),
-            )?,
-            q_layer_norm: LayerNorm::new(d, LAYER_NORM_EPS, &vb.pp("q_layer_norm"))?,
-            ff_layer_norm: LayerNorm::new(d, LAYER_NORM_EPS, &vb.pp("ff_layer_norm"))?,
-            feed_forward: PointWiseFeedForward::new(
-                d,
-                d,
-                dropout_rate,
-                Activation::Relu,
-                true,
-                &vb.pp("feed_forward"),
-                rng.clone(),
-            )?,
-            dropout: Dropout::new(dropout_rate, rng),
-        })
-    }
-
-    /// Applies the block to `x` `[B, L, d]` under the additive attention bias.
-    pub fn forward_t(&self, x: &Tensor, attn_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        let q = self.q_layer_norm.forward(x)?;
-        let a = self.multi_head_attn.forward_t(&q, x, x, attn_bias, train)?;
-        let x = (q + a)?;
-        let f = self.ff_layer_norm.forward(&x)?;
-        let ff = self.feed_forward.forward_t(&f, train)?;
-        Ok((self.dropout.forward_t(&ff, train)? + f)?)
-    }
-}
 
 /// RecTools' `SASRecTransformerLayers`: blocks `transformer_blocks.{i}` and `last_layernorm`
 /// (eps 1e-8). Each block sees `x ⊙ timeline_mask`, and so does the final norm.
@@ -154,12 +99,7 @@ mod tests {
         backbone::test_util::{assert_close, Env},
         layers::reference as r,
     };
-    use recblocks_core::{
-        candle::{DType, Device},
-        nn::masks,
-        serde_json::json,
-        DatasetSchema,
-    };
+    use recblocks_core::{candle::Device, nn::masks, serde_json::json, DatasetSchema};
 
     fn env(n_blocks: usize, dropout: f64) -> Result<Env> {
         Env::new(
@@ -254,48 +194,6 @@ mod tests {
             let expected = reference(&env, 2, &ids, &x, bias.as_ref())?;
             assert_close(&got, &expected, 2e-5);
         }
-        Ok(())
-    }
-
-    #[test]
-    fn block_residuals_start_from_the_normalised_tensors() -> Result<()> {
-        // With attention and feed-forward zeroed except their output biases bo and b2, one block
-        // gives out = LN_ff(LN_q(x) + bo) + b2: neither residual carries x itself.
-        let env = env(1, 0.0)?;
-        let vb =
-            recblocks_core::ParamStore::new(env.varmap.clone(), 0).into_var_builder(&Device::Cpu);
-        let block = SASRecTransformerLayer::new(4, 2, 0.0, &vb, env.rng.clone())?;
-        for name in env.param_names() {
-            if name.ends_with("weight") && !name.contains("norm") {
-                let shape = env.param(&name)?.shape().clone();
-                env.set_param(&name, &Tensor::zeros(shape, DType::F32, &Device::Cpu)?)?;
-            }
-        }
-        let bo = [1.0f64, -1.0, 2.0, 0.0];
-        let b2 = [0.5f64, 0.25, -0.5, 3.0];
-        env.set_param(
-            "multi_head_attn.out_proj.bias",
-            &Tensor::new(&[1f32, -1., 2., 0.], &Device::Cpu)?,
-        )?;
-        env.set_param(
-            "feed_forward.ff_linear_2.bias",
-            &Tensor::new(&[0.5f32, 0.25, -0.5, 3.], &Device::Cpu)?,
-        )?;
-        let xv = [1.0f64, 2.0, 4.0, 7.0];
-        let x = Tensor::new(&[[[1f32, 2., 4., 7.]]], &Device::Cpu)?;
-        let got = block
-            .forward_t(&x, None, false)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let ln = |v: &[f64]| -> Vec<f64> {
-            let mean = v.iter().sum::<f64>() / 4.0;
-            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 4.0;
-            v.iter().map(|x| (x - mean) / (var + 1e-5).sqrt()).collect()
-        };
-        let q = ln(&xv);
-        let x1: Vec<f64> = q.iter().zip(bo).map(|(a, b)| a + b).collect();
-        let expected: Vec<f64> = ln(&x1).iter().zip(b2).map(|(a, b)| a + b).collect();
-        assert_close(&got, &expected, 1e-5);
         Ok(())
     }
 
