@@ -102,7 +102,10 @@ fn read_json<T: for<'de> Deserialize<'de>>(dir: &Path, file: &str) -> Result<T> 
     serde_json::from_str(&text).map_err(|e| {
         artifact_err(
             dir,
-            format!("{file} is not a valid recblocks file (line {}): {e}", e.line()),
+            format!(
+                "{file} is not a valid recblocks file (line {}): {e}",
+                e.line()
+            ),
         )
     })
 }
@@ -240,7 +243,10 @@ impl Model {
         if file.format != FORMAT_NAME {
             return Err(artifact_err(
                 dir,
-                format!("model.json has format {:?}, expected {FORMAT_NAME:?}", file.format),
+                format!(
+                    "model.json has format {:?}, expected {FORMAT_NAME:?}",
+                    file.format
+                ),
             ));
         }
         if file.format_version > FORMAT_VERSION {
@@ -344,7 +350,10 @@ pub fn fill_weights(dir: &Path, file: &str, net: &assembly::AssembledModel) -> R
     let data = net.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     for (name, var) in data.iter() {
         let t = tensors.get(name).ok_or_else(|| {
-            artifact_err(dir, format!("{file} has no tensor `{name}`, which the model needs"))
+            artifact_err(
+                dir,
+                format!("{file} has no tensor `{name}`, which the model needs"),
+            )
         })?;
         if t.dims() != var.dims() {
             return Err(artifact_err(

@@ -103,7 +103,10 @@ pub fn build_negative_sampler(
     registry: &Registry,
 ) -> Result<Box<dyn NegativeSampler>, CoreError> {
     let reg = registry.negative_sampler(&spec.negative_sampler_type)?;
-    (reg.build)(spec, &ModelSpec::kwargs_value(&spec.negative_sampler_kwargs))
+    (reg.build)(
+        spec,
+        &ModelSpec::kwargs_value(&spec.negative_sampler_kwargs),
+    )
 }
 
 /// The schema of a catalog of `n_real_items` items without features, with the extra tokens of

@@ -2,4 +2,25 @@
 //! evaluates, recommends, and saves/loads model artifacts. The `recblocks` binary is a thin CLI
 //! over this library.
 
+pub mod artifact;
+pub mod assembly;
 pub mod data;
+pub mod error;
+pub mod evaluate;
+pub mod metrics;
+pub mod model;
+pub mod output;
+pub mod plot;
+pub mod ranking;
+pub mod recommend;
+pub mod registry;
+pub mod train;
+
+pub use assembly::{assemble, AssembledModel};
+pub use error::{HostError, Result};
+pub use model::{Model, TrainData};
+pub use registry::builtin_registry;
+pub use train::FitOptions;
+
+/// The version of recblocks, recorded in model directories.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

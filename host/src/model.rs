@@ -104,22 +104,61 @@ pub fn provenance(
     use ComponentKind as K;
     let mut slots: Vec<(String, K, String)> = vec![
         ("cls".into(), K::Model, spec.cls.clone()),
-        ("data_preparator_type".into(), K::DataPreparator, spec.data_preparator_type.clone()),
-        ("item_net_constructor_type".into(), K::ItemNetConstructor, spec.item_net_constructor_type.clone()),
-        ("pos_encoding_type".into(), K::PosEncoding, spec.pos_encoding_type.clone()),
-        ("transformer_layers_type".into(), K::TransformerLayers, spec.transformer_layers_type.clone()),
-        ("lightning_module_type".into(), K::LightningModule, spec.lightning_module_type.clone()),
-        ("negative_sampler_type".into(), K::NegativeSampler, spec.negative_sampler_type.clone()),
-        ("similarity_module_type".into(), K::Similarity, spec.similarity_module_type.clone()),
-        ("backbone_type".into(), K::Backbone, spec.backbone_type.clone()),
+        (
+            "data_preparator_type".into(),
+            K::DataPreparator,
+            spec.data_preparator_type.clone(),
+        ),
+        (
+            "item_net_constructor_type".into(),
+            K::ItemNetConstructor,
+            spec.item_net_constructor_type.clone(),
+        ),
+        (
+            "pos_encoding_type".into(),
+            K::PosEncoding,
+            spec.pos_encoding_type.clone(),
+        ),
+        (
+            "transformer_layers_type".into(),
+            K::TransformerLayers,
+            spec.transformer_layers_type.clone(),
+        ),
+        (
+            "lightning_module_type".into(),
+            K::LightningModule,
+            spec.lightning_module_type.clone(),
+        ),
+        (
+            "negative_sampler_type".into(),
+            K::NegativeSampler,
+            spec.negative_sampler_type.clone(),
+        ),
+        (
+            "similarity_module_type".into(),
+            K::Similarity,
+            spec.similarity_module_type.clone(),
+        ),
+        (
+            "backbone_type".into(),
+            K::Backbone,
+            spec.backbone_type.clone(),
+        ),
     ];
     for (i, b) in spec.item_net_block_types.iter().enumerate() {
-        slots.push((format!("item_net_block_types.{i}"), K::ItemNetBlock, b.clone()));
+        slots.push((
+            format!("item_net_block_types.{i}"),
+            K::ItemNetBlock,
+            b.clone(),
+        ));
     }
     if let Some(f) = &spec.get_val_mask_func {
         slots.push(("get_val_mask_func".into(), K::ValMaskFunc, f.clone()));
     }
-    let trainer = spec.get_trainer_func.clone().unwrap_or(DEFAULT_TRAINER.into());
+    let trainer = spec
+        .get_trainer_func
+        .clone()
+        .unwrap_or(DEFAULT_TRAINER.into());
     slots.push(("get_trainer_func".into(), K::Trainer, trainer));
     let mut out = BTreeMap::new();
     for (slot, kind, name) in slots {
@@ -155,7 +194,13 @@ impl Model {
         }
         let seed = spec.seed_or_default();
         let data_rng = SharedRng::new(seed ^ DATA_STREAM_OFFSET);
-        let prepared = prepare_data(&spec, registry, preparator.as_ref(), data.interactions, &data_rng)?;
+        let prepared = prepare_data(
+            &spec,
+            registry,
+            preparator.as_ref(),
+            data.interactions,
+            &data_rng,
+        )?;
         let mut schema = recblocks_core::DatasetSchema {
             n_items: prepared.item_ids.len(),
             item_extra_tokens: prepared.item_ids[..prepared.n_extra_tokens].to_vec(),

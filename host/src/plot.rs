@@ -76,12 +76,17 @@ pub fn training_curve_svg(log: &[EpochLog], val_k: usize, path: &Path) -> Result
             .draw()
             .map_err(|e| e.to_string())?;
         for (name, color, get) in [
-            ("recall", GREEN, (|e: &EpochLog| e.val_recall) as fn(&EpochLog) -> Option<f64>),
+            (
+                "recall",
+                GREEN,
+                (|e: &EpochLog| e.val_recall) as fn(&EpochLog) -> Option<f64>,
+            ),
             ("ndcg", MAGENTA, |e: &EpochLog| e.val_ndcg),
         ] {
             chart
                 .draw_series(LineSeries::new(
-                    log.iter().filter_map(|e| get(e).map(|v| (e.epoch as f64, v))),
+                    log.iter()
+                        .filter_map(|e| get(e).map(|v| (e.epoch as f64, v))),
                     &color,
                 ))
                 .map_err(|e| e.to_string())?

@@ -51,7 +51,10 @@ pub fn run(args: Args) -> Result<()> {
     for row in &rows {
         let kind = row["kind"].as_str().unwrap_or_default();
         if kind != current {
-            println!("{kind} ({}):", row["spec_slot"].as_str().unwrap_or_default());
+            println!(
+                "{kind} ({}):",
+                row["spec_slot"].as_str().unwrap_or_default()
+            );
             current = kind.to_string();
         }
         println!(

@@ -36,7 +36,8 @@ pub struct DataArgs {
 }
 
 impl DataArgs {
-    fn columns(&self) -> ColumnNames {
+    /// The column names given by the flags.
+    pub fn columns(&self) -> ColumnNames {
         ColumnNames {
             user: self.user_col.clone(),
             item: self.item_col.clone(),
@@ -88,9 +89,8 @@ pub fn read_log(
     skip_bad_rows: bool,
     quiet: bool,
 ) -> Result<Interactions> {
-    let (log, skipped) =
-        data::read_interactions(path, columns, &ReadOptions { skip_bad_rows })
-            .with_context(|| format!("reading interactions {}", path.display()))?;
+    let (log, skipped) = data::read_interactions(path, columns, &ReadOptions { skip_bad_rows })
+        .with_context(|| format!("reading interactions {}", path.display()))?;
     if skipped > 0 && !quiet {
         eprintln!("skipped {skipped} malformed row(s) of {}", path.display());
     }

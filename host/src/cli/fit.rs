@@ -3,10 +3,7 @@
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
-use recblocks::{
-    train::fit::Progress,
-    FitOptions, Model, TrainData,
-};
+use recblocks::{train::fit::Progress, FitOptions, Model, TrainData};
 
 use super::data_args::DataArgs;
 

@@ -7,6 +7,8 @@ mod components;
 mod data_args;
 mod evaluate;
 mod fit;
+mod recommend;
+mod similar;
 mod validate;
 
 /// Transformer sequential recommenders assembled from JSON specs.
@@ -29,6 +31,10 @@ pub enum Command {
     Fit(fit::Args),
     /// Split a log, fit on the train part, and report top-k metrics on the test part.
     Evaluate(evaluate::Args),
+    /// Top-k items for users from their history (u2i).
+    Recommend(recommend::Args),
+    /// Top-k most similar items for items (i2i, cosine).
+    Similar(similar::Args),
 }
 
 /// Logs go to stderr; `RUST_LOG` adjusts the level.
@@ -50,6 +56,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Validate(a) => validate::run(a),
         Command::Fit(a) => fit::run(a),
         Command::Evaluate(a) => evaluate::run(a),
+        Command::Recommend(a) => recommend::run(a),
+        Command::Similar(a) => similar::run(a),
     }
 }
 

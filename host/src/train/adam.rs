@@ -146,8 +146,7 @@ mod tests {
     #[test]
     fn two_steps_match_torch_adam() -> candle_core::Result<()> {
         // torch: p = tensor([1., -2.], requires_grad=True); opt = Adam([p], lr=0.1, betas=(0.9, 0.98), eps=1e-8)
-        // loss = (p ** 2).sum(); two steps → p = [0.8000000, -1.8000000]
-        // (Adam's first steps move each coordinate by ≈ lr against the gradient sign.)
+        // loss = (p ** 2).sum(); two steps; expected values by the update formula in f64.
         let p = Var::new(&[1f32, -2.], &Device::Cpu)?;
         let mut vars = BTreeMap::new();
         vars.insert("p".to_string(), p.clone());
@@ -173,7 +172,8 @@ mod tests {
         for (g, w) in got.iter().zip(want) {
             assert!((*g as f64 - w).abs() < 1e-6, "{g} vs {w}");
         }
-        assert!((got[0] - 0.8).abs() < 1e-4 && (got[1] + 1.8).abs() < 1e-4);
+        // Adam's first step moves every coordinate by lr against the gradient's sign.
+        assert!(got[0] < 1.0 - 0.1 && got[1] > -2.0 + 0.1);
         assert_eq!(opt.step_count(), 2);
         Ok(())
     }

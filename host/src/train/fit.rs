@@ -12,7 +12,9 @@ use candle_core::Tensor;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use recblocks_core::{
-    components::{trainer::TrainerSettings, DataPreparator, NegativeSampler, Objective, SessionRef},
+    components::{
+        trainer::TrainerSettings, DataPreparator, NegativeSampler, Objective, SessionRef,
+    },
     SharedRng,
 };
 use serde::{Deserialize, Serialize};
@@ -155,7 +157,9 @@ impl TrainRun<'_> {
                     self.data_rng,
                     &self.model.device,
                 )?;
-                let loss = self.objective.train_loss(self.model.backbone.as_ref(), &batch)?;
+                let loss = self
+                    .objective
+                    .train_loss(self.model.backbone.as_ref(), &batch)?;
                 let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
                 if !value.is_finite() {
                     bar.abandon();
@@ -281,7 +285,12 @@ impl TrainRun<'_> {
 
     fn restore_best(&mut self) -> Result<()> {
         if let Some(best) = self.best_weights.as_ref() {
-            let data = self.model.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+            let data = self
+                .model
+                .varmap
+                .data()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             for (name, var) in data.iter() {
                 if let Some(t) = best.get(name) {
                     var.set(t)?;
@@ -326,7 +335,11 @@ impl TrainRun<'_> {
 
 /// A copy of every parameter's current value.
 pub fn snapshot(model: &AssembledModel) -> Result<BTreeMap<String, Tensor>> {
-    let data = model.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let data = model
+        .varmap
+        .data()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let mut out = BTreeMap::new();
     for (name, var) in data.iter() {
         out.insert(name.clone(), var.as_tensor().copy()?);

@@ -22,7 +22,11 @@ impl RngState {
     pub fn capture(rng: &SharedRng) -> Self {
         let state = rng.state();
         RngState {
-            seed: state.get_seed().iter().map(|b| format!("{b:02x}")).collect(),
+            seed: state
+                .get_seed()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect(),
             stream: state.get_stream(),
             word_pos: state.get_word_pos().to_string(),
         }
@@ -31,7 +35,10 @@ impl RngState {
     /// Puts `rng` back into this state.
     pub fn restore(&self, rng: &SharedRng) -> Result<(), String> {
         if self.seed.len() != 64 {
-            return Err(format!("rng seed must be 64 hex digits, found {:?}", self.seed));
+            return Err(format!(
+                "rng seed must be 64 hex digits, found {:?}",
+                self.seed
+            ));
         }
         let mut seed = [0u8; 32];
         for (i, b) in seed.iter_mut().enumerate() {

@@ -1,0 +1,30 @@
+//! Shared helpers: a small synthetic dataset and spec builders.
+
+use recblocks::data::{generate_synthetic, Interactions, SyntheticConfig};
+use recblocks_core::{ModelSpec, Registry};
+
+pub fn registry() -> Registry {
+    recblocks::builtin_registry().unwrap_or_else(|e| panic!("registry: {e}"))
+}
+
+pub fn spec(json: &str) -> ModelSpec {
+    ModelSpec::from_json_str(json, &registry()).unwrap_or_else(|e| panic!("spec: {e}"))
+}
+
+pub fn small_data() -> Interactions {
+    generate_synthetic(&SyntheticConfig {
+        n_users: 60,
+        n_items: 40,
+        min_len: 6,
+        max_len: 14,
+        ..SyntheticConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("synthetic data: {e}"))
+}
+
+pub fn tiny_sasrec(extra: &str) -> ModelSpec {
+    spec(&format!(
+        r#"{{"cls": "SASRecModel", "n_factors": 16, "n_heads": 2, "n_blocks": 2,
+            "session_max_len": 10, "batch_size": 16, "epochs": 2, "lr": 0.01 {extra}}}"#
+    ))
+}
