@@ -157,10 +157,10 @@ pub fn evaluate(
         &ids,
     );
     let n_catalog = model.item_ids.len() - model.n_extra_tokens;
-    let metrics = score(&opts.metrics, lists, &split, &ids, n_catalog)?;
+    let metrics = score(&opts.metrics, lists, &split, n_catalog)?;
     let baseline_popular = if opts.baseline_popular {
         let lists = popular_lists(&split, &test_users, opts.k, &ids);
-        Some(score(&opts.metrics, lists, &split, &ids, n_catalog)?)
+        Some(score(&opts.metrics, lists, &split, n_catalog)?)
     } else {
         None
     };
@@ -270,7 +270,6 @@ fn score(
     specs: &[MetricSpec],
     lists: Vec<(u32, Vec<u32>)>,
     split: &Split,
-    _ids: &IdSpace<'_>,
     n_catalog: usize,
 ) -> Result<std::collections::BTreeMap<String, f64>> {
     let reco =

@@ -221,16 +221,14 @@ impl Model {
             .map_err(|e| HostError::Other(e.to_string()))?;
         let mut rows = Vec::new();
         for (user, list) in s.users.iter().zip(ranked) {
-            rows.extend(
-                self.rows_for(user, list)
-                    .into_iter()
-                    .map(|(item, score, rank)| Recommendation {
-                        user_id: user.clone(),
-                        item_id: item,
-                        score,
-                        rank,
-                    }),
-            );
+            rows.extend(self.rows_for(list).into_iter().map(|(item, score, rank)| {
+                Recommendation {
+                    user_id: user.clone(),
+                    item_id: item,
+                    score,
+                    rank,
+                }
+            }));
         }
         Ok(RecommendOutput {
             rows,
@@ -238,7 +236,7 @@ impl Model {
         })
     }
 
-    fn rows_for(&self, _subject: &str, list: Vec<Scored>) -> Vec<(String, f32, usize)> {
+    fn rows_for(&self, list: Vec<Scored>) -> Vec<(String, f32, usize)> {
         list.into_iter()
             .enumerate()
             .map(|(i, (id, score))| (self.item_ids[id as usize].clone(), score, i + 1))
@@ -295,7 +293,7 @@ impl Model {
         let mut rows = Vec::new();
         for (target, list) in names.iter().zip(ranked) {
             rows.extend(
-                self.rows_for(target, list)
+                self.rows_for(list)
                     .into_iter()
                     .map(|(item, score, rank)| SimilarItem {
                         target_item_id: target.clone(),

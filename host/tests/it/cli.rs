@@ -223,3 +223,135 @@ fn a_malformed_csv_row_is_reported_with_file_line_and_column() {
         "{stderr}"
     );
 }
+
+#[test]
+fn evaluate_with_a_time_split_and_the_full_metric_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.csv");
+    // 30 users active over the same 12 seconds, so a global time cut leaves each user a train
+    // part and a test part; items are distinct within a user.
+    let rows = (0..30).flat_map(|u: usize| {
+        (0..12).map(move |t: usize| {
+            (
+                format!("u{u}"),
+                format!("i{}", (u + 2 * t) % 25),
+                1.0f32,
+                t as i64,
+            )
+        })
+    });
+    let data = recblocks::data::Interactions::from_rows(rows).unwrap();
+    write_interactions_csv(&log, &data).unwrap();
+    let spec = dir.path().join("s.json");
+    std::fs::write(
+        &spec,
+        r#"{"cls": "BERT4RecModel", "n_factors": 16, "n_heads": 2, "session_max_len": 10, "batch_size": 16}"#,
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = recblocks(&[
+        "evaluate",
+        spec.to_str().unwrap(),
+        "--data",
+        log.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--split",
+        "time:0.3",
+        "-k",
+        "5",
+        "--json",
+        "--metrics",
+        "recall,precision,hitrate,ndcg,ndcg_rectools,map,mrr,coverage,avg_rec_pop,serendipity",
+    ]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let m = v["metrics"].as_object().unwrap();
+    let keys: Vec<&str> = m.keys().map(String::as_str).collect();
+    for key in [
+        "recall@5",
+        "precision@5",
+        "hitrate@5",
+        "ndcg@5",
+        "ndcg_rectools@5",
+        "map@5",
+        "mrr@5",
+        "coverage@5",
+        "avg_rec_pop@5",
+        "serendipity@5",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    // RecTools' NDCG divides by the ideal DCG of k items: never above the standard one.
+    assert!(m["ndcg_rectools@5"].as_f64().unwrap() <= m["ndcg@5"].as_f64().unwrap() + 1e-12);
+    let (ok, _, stderr) = recblocks(&[
+        "evaluate",
+        spec.to_str().unwrap(),
+        "--data",
+        log.to_str().unwrap(),
+        "--split",
+        "time:1.5",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("a fraction must be in (0, 1)"), "{stderr}");
+}
+
+#[test]
+fn recommend_and_similar_write_csv_with_external_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.csv");
+    let data = small_data();
+    write_interactions_csv(&log, &data).unwrap();
+    let spec = dir.path().join("s.json");
+    std::fs::write(
+        &spec,
+        r#"{"cls": "SASRecModel", "n_factors": 16, "n_heads": 2, "session_max_len": 10, "epochs": 1}"#,
+    )
+    .unwrap();
+    let model = dir.path().join("m");
+    let (ok, _, stderr) = recblocks(&[
+        "fit",
+        spec.to_str().unwrap(),
+        "--data",
+        log.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    let users = dir.path().join("users.txt");
+    std::fs::write(
+        &users,
+        format!("user_id\n{}\n{}\n", data.user_ids[0], data.user_ids[1]),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = recblocks(&[
+        "recommend",
+        model.to_str().unwrap(),
+        "--data",
+        log.to_str().unwrap(),
+        "--users",
+        users.to_str().unwrap(),
+        "-k",
+        "3",
+    ]);
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "user_id,item_id,score,rank");
+    assert_eq!(lines.len(), 1 + 2 * 3);
+    assert!(lines[1].starts_with(&format!("{},", data.user_ids[0])) && lines[1].ends_with(",1"));
+
+    let out = dir.path().join("sim.parquet");
+    let (ok, _, stderr) = recblocks(&[
+        "similar",
+        model.to_str().unwrap(),
+        "-k",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(std::fs::metadata(&out).unwrap().len() > 0);
+    let (ok, stdout, _) = recblocks(&["similar", model.to_str().unwrap(), "-k", "2"]);
+    assert!(ok);
+    assert!(stdout.starts_with("target_item_id,item_id,score,rank\n"));
+}
