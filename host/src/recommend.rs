@@ -136,15 +136,19 @@ impl Model {
 
     /// Session encodings at the last position (after the session tower), `[n, d]` row-major.
     pub fn encode_sessions(&self, sessions: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let item_embs = self.net.backbone.item_embeddings(false)?;
+        self.encode_sessions_with(sessions, &item_embs)
+    }
+
+    fn encode_sessions_with(&self, sessions: &[Vec<u32>], item_embs: &Tensor) -> Result<Vec<f32>> {
         let net = &self.net;
-        let item_embs = net.backbone.item_embeddings(false)?;
         let sim = net.backbone.similarity();
         let d = net.spec.n_factors;
         let mut out = Vec::with_capacity(sessions.len() * d);
         for chunk in sessions.chunks(net.spec.recommend_batch_size.max(1)) {
             let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
             let x = self.preparator.collate_recommend(&refs, &net.device)?;
-            let enc = net.backbone.encode_sessions(&x, &item_embs, false)?;
+            let enc = net.backbone.encode_sessions(&x, item_embs, false)?;
             let l = enc.dim(1)?;
             let last = enc.narrow(1, l - 1, 1)?.squeeze(1)?;
             let last = sim.session_tower(&last)?;
@@ -153,13 +157,12 @@ impl Model {
         Ok(out)
     }
 
-    /// Item embeddings after the item tower, `[n_items, d]` row-major.
-    fn item_vectors(&self, tower: bool) -> Result<Vec<f32>> {
-        let embs: Tensor = self.net.backbone.item_embeddings(false)?;
+    /// Item embeddings as a flat `[n_items, d]` vector, after the item tower when `tower`.
+    fn item_vectors(&self, embs: &Tensor, tower: bool) -> Result<Vec<f32>> {
         let embs = if tower {
-            self.net.backbone.similarity().item_tower(&embs)?
+            self.net.backbone.similarity().item_tower(embs)?
         } else {
-            embs
+            embs.clone()
         };
         Ok(embs.flatten_all()?.to_vec1::<f32>()?)
     }
@@ -202,8 +205,10 @@ impl Model {
             }
         }
         let d = self.net.spec.n_factors;
-        let users = self.encode_sessions(&s.sessions)?;
-        let objects = self.item_vectors(true)?;
+        // Item embeddings are computed once, for the sessions and for the scores.
+        let item_embs = self.net.backbone.item_embeddings(false)?;
+        let users = self.encode_sessions_with(&s.sessions, &item_embs)?;
+        let objects = self.item_vectors(&item_embs, true)?;
         let distance: Distance = self.net.backbone.similarity().distance();
         let whitelist = self.whitelist(req.items_to_recommend);
         let ranker = Ranker::new(&objects, d, distance, Some(&whitelist), &self.net.device)
@@ -267,7 +272,7 @@ impl Model {
             }
         }
         let d = self.net.spec.n_factors;
-        let objects = self.item_vectors(false)?;
+        let objects = self.item_vectors(&self.net.backbone.item_embeddings(false)?, false)?;
         let mut subjects = Vec::with_capacity(ids.len() * d);
         for &id in &ids {
             subjects.extend_from_slice(&objects[id as usize * d..(id as usize + 1) * d]);
