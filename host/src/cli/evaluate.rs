@@ -55,7 +55,7 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let registry = super::registry()?;
-    let spec = super::validate::read_spec(&args.spec, &registry)?;
+    let spec = super::read_spec(&args.spec, &registry)?;
     let quiet = args.quiet || args.json;
     let interactions = args.data.interactions(quiet)?;
     let features = args.data.item_features(quiet)?;

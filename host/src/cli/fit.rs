@@ -57,7 +57,7 @@ pub fn run(args: Args) -> Result<()> {
         }
         let mut model = Model::load(&args.out, &registry)
             .with_context(|| format!("loading {} to resume", args.out.display()))?;
-        let spec = super::validate::read_spec(&args.spec, &registry)?;
+        let spec = super::read_spec(&args.spec, &registry)?;
         let mut saved = model.net.spec.clone();
         saved.epochs = spec.epochs;
         saved.seed = spec.seed.or(saved.seed);
@@ -75,7 +75,7 @@ pub fn run(args: Args) -> Result<()> {
         let result = model.resume(data, &registry, &opts);
         finish(model, result, &args)?
     } else {
-        let spec = super::validate::read_spec(&args.spec, &registry)?;
+        let spec = super::read_spec(&args.spec, &registry)?;
         let model = Model::fit(spec, data, &registry, &opts).with_context(|| {
             format!("training failed; {} was left as it was", args.out.display())
         })?;

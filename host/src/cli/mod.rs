@@ -1,6 +1,6 @@
 //! Command-line arguments and dispatch. Each subcommand lives in its own file.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 mod components;
@@ -64,4 +64,15 @@ pub fn run(cli: Cli) -> Result<()> {
 /// The registry of every component this binary knows.
 pub fn registry() -> Result<recblocks_core::Registry> {
     Ok(recblocks::builtin_registry()?)
+}
+
+/// Reads and resolves a spec file.
+pub fn read_spec(
+    path: &std::path::Path,
+    registry: &recblocks_core::Registry,
+) -> Result<recblocks_core::ModelSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read spec {}", path.display()))?;
+    recblocks_core::ModelSpec::from_json_str(&text, registry)
+        .with_context(|| format!("in spec {}", path.display()))
 }

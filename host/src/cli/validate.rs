@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use recblocks::assembly;
-use recblocks_core::ModelSpec;
 use serde_json::json;
 
 /// Arguments of `recblocks validate`.
@@ -22,17 +21,10 @@ pub struct Args {
     json: bool,
 }
 
-/// Reads and resolves a spec file.
-pub fn read_spec(path: &std::path::Path, registry: &recblocks_core::Registry) -> Result<ModelSpec> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read spec {}", path.display()))?;
-    ModelSpec::from_json_str(&text, registry).with_context(|| format!("in spec {}", path.display()))
-}
-
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
     let registry = super::registry()?;
-    let spec = read_spec(&args.spec, &registry)?;
+    let spec = super::read_spec(&args.spec, &registry)?;
     let schema = assembly::schema_for(&spec, &registry, args.n_items)?;
     let model = assembly::assemble(&spec, &schema, &registry, &Device::Cpu)
         .with_context(|| format!("assembling {}", args.spec.display()))?;
