@@ -19,6 +19,7 @@ use recblocks_core::{
     inventory,
     kind::ComponentKind,
     kwargs::{decode_kwargs, default_kwargs_json},
+    nn::softmax_cross_entropy_ignore_0,
     registry::{ComponentInfo, LightningModuleRegistration},
     schema::DatasetSchema,
     serde_json::Value,
@@ -205,9 +206,35 @@ impl TransformerLightningModule {
         }
     }
 
-    /// The batch logits, divided by `logits_t` (RecTools `get_batch_logits`).
-    fn batch_logits(&self, backbone: &dyn Backbone, batch: &Batch, train: bool) -> Result<Tensor> {
-        let candidates = if self.loss.requires_negatives() {
+    /// The logits of the positions that have a target (`y != 0`), divided by `logits_t`
+    /// (RecTools `get_batch_logits`), with their targets and weights: `[M, 1, C]`, `[M, 1]`,
+    /// `[M, 1]`. Positions without a target add nothing to any of the four losses (neither to the
+    /// sum nor to the denominator), so dropping them before the catalog matmul gives the same loss
+    /// while never materialising `[B, L, N]` logits for padding.
+    fn target_logits(
+        &self,
+        backbone: &dyn Backbone,
+        batch: &Batch,
+        train: bool,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let item_embs = backbone.item_embeddings(train)?;
+        let sessions = backbone.encode_sessions(&batch.x, &item_embs, train)?;
+        let (b, l, d) = sessions.dims3()?;
+        let y = batch.y.to_dtype(DType::U32)?.flatten_all()?;
+        let keep: Vec<u32> = y
+            .to_vec1::<u32>()?
+            .iter()
+            .enumerate()
+            .filter(|(_, &t)| t != 0)
+            .map(|(i, _)| i as u32)
+            .collect();
+        let m = keep.len();
+        let idx = Tensor::from_vec(keep, m, sessions.device())?;
+        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx, 0)?.unsqueeze(1)?) };
+        let h = pick(&sessions.reshape((b * l, d))?)?;
+        let y_sel = pick(&y)?;
+        let w_sel = pick(&batch.yw.flatten_all()?)?;
+        let logits = if self.loss.requires_negatives() {
             let negatives = batch.negatives.as_ref().ok_or_else(|| {
                 CoreError::invalid(
                     ComponentKind::LightningModule,
@@ -219,17 +246,59 @@ impl TransformerLightningModule {
                     ),
                 )
             })?;
-            let y = batch.y.unsqueeze(D::Minus1)?.to_dtype(negatives.dtype())?;
-            Some(Tensor::cat(&[&y, negatives], D::Minus1)?)
+            let pos = batch.y.unsqueeze(D::Minus1)?.to_dtype(negatives.dtype())?;
+            let k = negatives.dim(D::Minus1)?;
+            let negatives = negatives.broadcast_as((b, l, k))?;
+            let candidates = Tensor::cat(&[&pos, &negatives], D::Minus1)?;
+            let candidates = pick(&candidates.reshape((b * l, k + 1))?)?;
+            backbone
+                .similarity()
+                .candidate_logits(&h, &item_embs, &candidates)?
         } else {
-            None
+            backbone.similarity().full_catalog_logits(&h, &item_embs)?
         };
-        let logits = backbone.logits(&batch.x, candidates.as_ref(), train)?;
-        if self.logits_t == 1.0 {
-            Ok(logits)
+        let logits = if self.logits_t == 1.0 {
+            logits
         } else {
-            Ok((logits / self.logits_t)?)
+            (logits / self.logits_t)?
+        };
+        Ok((logits, y_sel, w_sel))
+    }
+}
+
+impl TransformerLightningModule {
+    /// The training loss in RecTools' order of operations: logits for every `[B, L]` position
+    /// against the whole catalog (or the candidates), then candle's composed `log_softmax` for
+    /// the catalog softmax. The reference that [`Objective::train_loss`] (target positions only,
+    /// fused kernel) is tested and benchmarked against; same value and gradients within f32
+    /// rounding.
+    pub fn reference_train_loss(&self, backbone: &dyn Backbone, batch: &Batch) -> Result<Tensor> {
+        let candidates = match (&batch.negatives, self.loss.requires_negatives()) {
+            (Some(negatives), true) => {
+                let pos = batch.y.unsqueeze(D::Minus1)?.to_dtype(negatives.dtype())?;
+                Some(Tensor::cat(&[&pos, negatives], D::Minus1)?)
+            }
+            _ => None,
+        };
+        let logits = backbone.logits(&batch.x, candidates.as_ref(), true)?;
+        let logits = if self.logits_t == 1.0 {
+            logits
+        } else {
+            (logits / self.logits_t)?
+        };
+        if self.loss != Loss::Softmax {
+            return self.loss_from_logits(&logits, &batch.y, &batch.yw);
         }
+        check_shapes("softmax", &logits, &batch.y, &batch.yw)?;
+        let (b, l, c) = logits.dims3()?;
+        let ce = recblocks_core::nn::cross_entropy::composed(
+            &logits.reshape((b * l, c))?,
+            &batch.y.flatten_all()?,
+        )?
+        .reshape((b, l))?;
+        let lw = ce.mul(&batch.yw.to_dtype(ce.dtype())?)?;
+        let n = lw.gt(0.0)?.to_dtype(ce.dtype())?.sum_all()?;
+        Ok(lw.sum_all()?.div(&n)?)
     }
 }
 
@@ -239,22 +308,56 @@ impl Objective for TransformerLightningModule {
     }
 
     fn train_loss(&self, backbone: &dyn Backbone, batch: &Batch) -> Result<Tensor> {
-        let logits = self.batch_logits(backbone, batch, true)?;
-        self.loss_from_logits(&logits, &batch.y, &batch.yw)
+        let (logits, y, w) = self.target_logits(backbone, batch, true)?;
+        self.loss_from_logits(&logits, &y, &w)
     }
 
     fn val_loss(&self, backbone: &dyn Backbone, batch: &Batch) -> Result<Tensor> {
-        let logits = self.batch_logits(backbone, batch, false)?;
-        let l = logits.dim(1)?;
-        if l == 0 {
+        let l = batch.x.dim(1)?;
+        if l == 0 || batch.y.dim(1)? != 1 {
             return Err(CoreError::invalid(
                 ComponentKind::LightningModule,
                 NAME,
-                "validation batch has no positions (session_max_len 0)",
+                format!(
+                    "a validation batch has one target per session (y [B, 1]) and at least one \
+                     position; found x {:?}, y {:?}",
+                    batch.x.dims(),
+                    batch.y.dims()
+                ),
             ));
         }
-        let last = logits.narrow(1, l - 1, 1)?;
-        self.loss_from_logits(&last, &batch.y, &batch.yw)
+        // Only the last position is scored: keep its encoding.
+        let item_embs = backbone.item_embeddings(false)?;
+        let sessions = backbone.encode_sessions(&batch.x, &item_embs, false)?;
+        let last = sessions.narrow(1, l - 1, 1)?;
+        let logits = match (&batch.negatives, self.loss.requires_negatives()) {
+            (Some(negatives), true) => {
+                let pos = batch.y.unsqueeze(D::Minus1)?.to_dtype(negatives.dtype())?;
+                let candidates = Tensor::cat(&[&pos, negatives], D::Minus1)?;
+                backbone
+                    .similarity()
+                    .candidate_logits(&last, &item_embs, &candidates)?
+            }
+            (None, true) => {
+                return Err(CoreError::invalid(
+                    ComponentKind::LightningModule,
+                    NAME,
+                    format!(
+                        "loss `{}` needs negatives, but the validation batch has none",
+                        self.loss.name()
+                    ),
+                ))
+            }
+            _ => backbone
+                .similarity()
+                .full_catalog_logits(&last, &item_embs)?,
+        };
+        let logits = if self.logits_t == 1.0 {
+            logits
+        } else {
+            (logits / self.logits_t)?
+        };
+        self.loss_from_logits(&logits, &batch.y, &batch.yw)
     }
 }
 
@@ -282,15 +385,12 @@ fn check_shapes(
 }
 
 /// Per-position cross-entropy `[B, L]` with class 0 ignored (0 where `y == 0`), like
-/// `cross_entropy(logits.transpose(1, 2), y, ignore_index=0, reduction="none")`.
+/// `cross_entropy(logits.transpose(1, 2), y, ignore_index=0, reduction="none")`; the fused
+/// catalog kernel of `recblocks_core::nn::cross_entropy` on the CPU.
 fn cross_entropy_ignore_0(logits: &Tensor, y: &Tensor) -> Result<Tensor> {
-    let y = y.to_dtype(DType::U32)?;
-    let log_probs = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = log_probs
-        .gather(&y.unsqueeze(D::Minus1)?.contiguous()?, D::Minus1)?
-        .squeeze(D::Minus1)?;
-    let ce = picked.neg()?;
-    Ok(y.ne(0u32)?.where_cond(&ce, &ce.zeros_like()?)?)
+    let (b, l, c) = logits.dims3()?;
+    let ce = softmax_cross_entropy_ignore_0(&logits.reshape((b * l, c))?, &y.flatten_all()?)?;
+    Ok(ce.reshape((b, l))?)
 }
 
 /// RecTools' `softmax` loss: `l = ce * w` per position (class 0 ignored), then
@@ -810,6 +910,73 @@ mod tests {
         assert!((got - expected).abs() < TOL, "{got} vs {expected}");
         let grads = loss.backward().expect("backward");
         assert!(grads.get(bb.embs.as_tensor()).is_some());
+    }
+
+    /// A lookup backbone over `n` pseudo-random 3-wide item embeddings.
+    fn random_lookup(n: usize) -> Lookup {
+        let flat: Vec<f32> = (0..n * 3)
+            .map(|i| (((i * 7919 + 13) % 101) as f32 / 101.0 - 0.5) * 3.0)
+            .collect();
+        let t = Tensor::from_vec(flat, (n, 3), &Device::Cpu).expect("embs");
+        Lookup {
+            embs: Var::from_tensor(&t).expect("var"),
+            sim: Dot,
+            trains: Mutex::new(vec![]),
+        }
+    }
+
+    #[test]
+    fn scoring_only_target_positions_changes_no_loss_or_gradient() {
+        // 3 sessions of 4 positions over 11 items; padded and weightless positions included.
+        let n = 11;
+        let x = u2(&[0, 0, 2, 3, 4, 5, 6, 7, 0, 8, 9, 10], (3, 4));
+        let y = u2(&[0, 0, 3, 4, 5, 6, 7, 8, 0, 9, 10, 2], (3, 4));
+        let yw = f2(
+            &[1.0, 1.0, 2.0, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 3.0, 1.0],
+            (3, 4),
+        );
+        let negatives: Vec<u32> = (0..3 * 4 * 3).map(|i| 2 + (i * 5 % 9) as u32).collect();
+        let negatives = Tensor::from_vec(negatives, (3, 4, 3), &Device::Cpu).expect("negs");
+        for loss in ["softmax", "BCE", "gBCE", "sampled_softmax"] {
+            let s = spec(json!({"loss": loss, "n_negatives": 3}));
+            let obj = TransformerLightningModule::from_spec(
+                &s,
+                &DatasetSchema::new(n - 2, &["PAD", "MASK"]),
+                &json!({"logits_t": 0.7}),
+            )
+            .expect("build");
+            let negs = obj.requires_negatives().then(|| negatives.clone());
+            let batch = Batch {
+                x: x.clone(),
+                y: y.clone(),
+                yw: yw.clone(),
+                negatives: negs.clone(),
+            };
+            let bb = random_lookup(n);
+            let got = obj.train_loss(&bb, &batch).expect("loss");
+            let g_got = got.backward().expect("backward");
+            let g_got = g_got.get(bb.embs.as_tensor()).expect("grad").clone();
+
+            // Reference: all [B, L, C] logits (RecTools' order of operations).
+            let bb_ref = random_lookup(n);
+            let want = obj
+                .reference_train_loss(&bb_ref, &batch)
+                .expect("reference");
+            let g_want = want.backward().expect("backward");
+            let g_want = g_want.get(bb_ref.embs.as_tensor()).expect("grad").clone();
+
+            let (a, b) = (scalar(&got), scalar(&want));
+            assert!(
+                (a - b).abs() < 1e-6 * b.abs().max(1.0),
+                "{loss}: {a} vs {b}"
+            );
+            let diff = (g_got - g_want)
+                .and_then(|d| d.abs())
+                .and_then(|d| d.max_all())
+                .and_then(|d| d.to_scalar::<f32>())
+                .expect("diff");
+            assert!(diff < 1e-6, "{loss}: gradients differ by {diff}");
+        }
     }
 
     #[test]
