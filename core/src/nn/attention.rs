@@ -6,7 +6,7 @@
 //! RecTools leaves torch's MHA: xavier-normal over the packed `[3d, d]` (std √(2 / 4d)) for q/k/v,
 //! xavier-normal for `out_proj`, zero biases.
 
-use candle_core::{Tensor, D};
+use candle_core::Tensor;
 use candle_nn::{Module, VarBuilder};
 
 use crate::{
@@ -87,7 +87,7 @@ impl MultiHeadAttention {
         if let Some(bias) = attn_bias {
             scores = scores.broadcast_add(bias)?;
         }
-        let attn = candle_nn::ops::softmax(&scores, D::Minus1)?;
+        let attn = crate::nn::softmax::softmax_last_dim(&scores)?;
         let attn = self.dropout.forward_t(&attn, train)?;
         let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, d))?;
         Ok(self.out_proj.forward(&out)?)

@@ -1,15 +1,124 @@
-//! Linear layer with RecTools' initialisation (xavier-normal weight, torch-default bias).
+//! Linear layer with RecTools' initialisation (xavier-normal weight, torch-default bias), as
+//! `torch.nn.Linear`: `y = x·Wᵀ + b` over the last dimension.
+//!
+//! Leading dimensions are flattened so that the weight gradient is one 2-D matmul (candle's own
+//! `Linear` broadcasts the weight over the batch and then reduces the batched gradient), and the
+//! bias is added by a fused op whose gradient is a deterministic column sum.
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::{nn::init, Result};
+use crate::{
+    nn::{column_sum::column_sums, init},
+    Result,
+};
 
-/// `y = x Wᵀ + b`, weight `[out, in]` (torch's layout).
-pub type Linear = candle_nn::Linear;
+/// A linear layer: weight `[out, in]`, optional bias `[out]` (torch's layout and names).
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
 
-/// A linear layer `in_dim → out_dim` named `{vb}.weight` / `{vb}.bias`, initialised as RecTools
-/// does: xavier-normal weight, bias U(±1/√in_dim) (torch's default).
+impl Linear {
+    /// A layer from its tensors.
+    pub fn new(weight: Tensor, bias: Option<Tensor>) -> Self {
+        Linear { weight, bias }
+    }
+
+    /// The weight `[out, in]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The bias `[out]`, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (out_dim, in_dim) = self.weight.dims2()?;
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x.reshape((rows, in_dim))?.matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => add_bias(&y, b)?,
+            None => y,
+        };
+        let mut out_dims = dims;
+        if let Some(last) = out_dims.last_mut() {
+            *last = out_dim;
+        }
+        y.reshape(out_dims)
+    }
+}
+
+/// `x [R, C] + b [C]`; on the CPU a fused op whose bias gradient is a column sum.
+pub fn add_bias(x: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    if matches!(x.device(), Device::Cpu) && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op2(&b.contiguous()?, BiasAdd)
+    } else {
+        x.broadcast_add(b)
+    }
+}
+
+struct BiasAdd;
+
+impl CustomOp2 for BiasAdd {
+    fn name(&self) -> &'static str {
+        "bias-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (r, c) = l1.shape().dims2()?;
+        let (x, b) = match (s1, l1.contiguous_offsets(), s2, l2.contiguous_offsets()) {
+            (CpuStorage::F32(x), Some((a1, e1)), CpuStorage::F32(b), Some((a2, e2))) => {
+                (&x[a1..e1], &b[a2..e2])
+            }
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "bias-add: expects contiguous f32".into(),
+                ))
+            }
+        };
+        if b.len() != c {
+            return Err(candle_core::Error::Msg(format!(
+                "bias-add: input rows are {c} wide but the bias has {} values",
+                b.len()
+            )));
+        }
+        let mut out = x.to_vec();
+        for row in out.chunks_exact_mut(c.max(1)) {
+            for (o, &v) in row.iter_mut().zip(b) {
+                *o += v;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((r, c))))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (_, c) = grad.dims2()?;
+        let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
+        let gb = Tensor::from_vec(column_sums(&g, c), c, b.device())?;
+        Ok((Some(grad.clone()), Some(gb)))
+    }
+}
+
+/// A linear layer with RecTools' initialisation, variables `weight` and (if `bias`) `bias`.
 pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: &VarBuilder) -> Result<Linear> {
     linear_with_init(
         in_dim,
@@ -21,7 +130,7 @@ pub fn linear(in_dim: usize, out_dim: usize, bias: bool, vb: &VarBuilder) -> Res
     )
 }
 
-/// A linear layer with explicit initialisations.
+/// A linear layer with explicit initialisers.
 pub fn linear_with_init(
     in_dim: usize,
     out_dim: usize,
@@ -37,4 +146,62 @@ pub fn linear_with_init(
         None
     };
     Ok(Linear::new(weight, bias))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Var};
+
+    #[test]
+    fn equals_torch_linear_values_and_gradients() -> candle_core::Result<()> {
+        let dev = Device::Cpu;
+        let w = Var::new(&[[1f32, 2., 3.], [-1., 0.5, 0.]], &dev)?;
+        let b = Var::new(&[0.25f32, -2.], &dev)?;
+        let x = Var::new(&[[[1f32, 0., 2.], [0., 1., -1.]]], &dev)?; // [1, 2, 3]
+        let lin = Linear::new(w.as_tensor().clone(), Some(b.as_tensor().clone()));
+        let y = lin.forward(x.as_tensor())?;
+        assert_eq!(y.dims(), &[1, 2, 2]);
+        // Hand-computed: row (1,0,2) -> (1+6+0.25, -1+0-2) ; row (0,1,-1) -> (2-3+0.25, 0.5-2).
+        assert_eq!(
+            y.to_vec3::<f32>()?,
+            vec![vec![vec![7.25, -3.], vec![-0.75, -1.5]]]
+        );
+
+        // Gradients of Σ y·c against candle's composed broadcast ops.
+        let c = Tensor::new(&[[[1f32, -2.], [0.5, 3.]]], &dev)?;
+        let g = y.mul(&c)?.sum_all()?.backward()?;
+        let y_ref = x
+            .as_tensor()
+            .broadcast_matmul(&w.as_tensor().t()?)?
+            .broadcast_add(b.as_tensor())?;
+        let g_ref = y_ref.mul(&c)?.sum_all()?.backward()?;
+        for v in [&w, &b, &x] {
+            let a: Vec<f32> = g
+                .get(v)
+                .map(|t| t.flatten_all())
+                .transpose()?
+                .map(|t| t.to_vec1())
+                .transpose()?
+                .unwrap_or_default();
+            let e: Vec<f32> = g_ref
+                .get(v)
+                .map(|t| t.flatten_all())
+                .transpose()?
+                .map(|t| t.to_vec1())
+                .transpose()?
+                .unwrap_or_default();
+            assert!(!a.is_empty());
+            assert_eq!(a, e);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn bias_width_mismatch_is_an_error() -> candle_core::Result<()> {
+        let x = Tensor::zeros((2, 3), DType::F32, &Device::Cpu)?;
+        let b = Tensor::zeros(2, DType::F32, &Device::Cpu)?;
+        assert!(add_bias(&x, &b).is_err());
+        Ok(())
+    }
 }
