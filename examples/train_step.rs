@@ -37,6 +37,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The same thread set-up as the binary (RAYON_NUM_THREADS / CANDLE_NUM_THREADS honoured).
+    recblocks::threads::configure(None)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(spec_path) = args.first() else {
         bail!("usage: train_step SPEC [CSV] [STEPS]");

@@ -14,6 +14,7 @@ pub mod plot;
 pub mod ranking;
 pub mod recommend;
 pub mod registry;
+pub mod threads;
 pub mod train;
 
 pub use assembly::{assemble, AssembledModel};

@@ -15,6 +15,10 @@ mod validate;
 #[derive(Debug, Parser)]
 #[command(name = "recblocks", version, about, long_about = None)]
 pub struct Cli {
+    /// CPU threads for matmuls, fused kernels and ranking (default: RAYON_NUM_THREADS, else all
+    /// cores). candle's element-wise pool follows CANDLE_NUM_THREADS (default 1).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
     /// Subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -51,6 +55,8 @@ pub fn init_tracing(_args: &Cli) {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    let threads = recblocks::threads::configure(cli.threads)?;
+    tracing::debug!(?threads, "thread pools");
     match cli.command {
         Command::Components(a) => components::run(a),
         Command::Validate(a) => validate::run(a),

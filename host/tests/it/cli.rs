@@ -147,6 +147,43 @@ fn fit_then_evaluate_on_a_csv_log() {
 }
 
 #[test]
+fn the_thread_count_does_not_change_the_trained_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.csv");
+    write_interactions_csv(&log, &small_data()).unwrap();
+    let spec = dir.path().join("s.json");
+    std::fs::write(
+        &spec,
+        r#"{"cls": "SASRecModel", "n_factors": 16, "n_heads": 2, "session_max_len": 10, "batch_size": 16, "seed": 3}"#,
+    )
+    .unwrap();
+    let mut weights = Vec::new();
+    for threads in ["1", "2", "3"] {
+        let out = dir.path().join(format!("model{threads}"));
+        let (ok, _, stderr) = recblocks(&[
+            "fit",
+            spec.to_str().unwrap(),
+            "--data",
+            log.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--epochs",
+            "2",
+            "--quiet",
+            "--threads",
+            threads,
+        ]);
+        assert!(ok, "{stderr}");
+        weights.push(std::fs::read(out.join("weights.safetensors")).unwrap());
+    }
+    assert!(weights[0] == weights[1] && weights[1] == weights[2]);
+
+    let (ok, _, stderr) = recblocks(&["components", "--threads", "0"]);
+    assert!(!ok);
+    assert!(stderr.contains("--threads must be at least 1"), "{stderr}");
+}
+
+#[test]
 fn a_failed_fit_leaves_the_previous_model_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log.csv");

@@ -1,0 +1,50 @@
+//! How many CPU threads training, evaluation and ranking use (`--threads N`).
+//!
+//! Three pools do the work: rayon's global pool (the matmuls through `gemm`, the fused loss,
+//! norm and softmax kernels, and ranking), and candle's own spinning barrier pool for its
+//! element-wise ops. Both size themselves from environment variables the first time they are
+//! used, so this must run before any tensor is created.
+//!
+//! candle's barrier pool spins while it waits for its workers, and pins them to cores; when the
+//! machine is busy with anything else a descheduled worker stalls every element-wise op (measured:
+//! a training step twice as slow on a loaded 2-core machine). Since the heavy ops are fused
+//! kernels on rayon, recblocks runs candle's element-wise ops on the calling thread unless
+//! `CANDLE_NUM_THREADS` says otherwise.
+
+/// The thread settings applied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Threads {
+    /// rayon's global pool (matmuls, fused kernels, ranking).
+    pub rayon: usize,
+    /// candle's element-wise pool.
+    pub candle: usize,
+}
+
+/// Sets the pools' sizes: `threads` for rayon (default: `RAYON_NUM_THREADS`, else every core),
+/// and `CANDLE_NUM_THREADS` (default 1) for candle's element-wise ops. Call once, first thing.
+pub fn configure(threads: Option<usize>) -> crate::Result<Threads> {
+    let from_env = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+    };
+    if threads == Some(0) {
+        return Err(crate::HostError::Other(
+            "--threads must be at least 1".to_string(),
+        ));
+    }
+    let rayon = threads
+        .or_else(|| from_env("RAYON_NUM_THREADS"))
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let candle = from_env("CANDLE_NUM_THREADS").unwrap_or(1);
+    // Single-threaded at this point (called before any pool exists), so setting the variables
+    // that candle and gemm read later is sound.
+    std::env::set_var("RAYON_NUM_THREADS", rayon.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", candle.to_string());
+    // Fails only if the global pool already exists; it then keeps its size.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon)
+        .build_global();
+    Ok(Threads { rayon, candle })
+}
