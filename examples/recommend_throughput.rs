@@ -51,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             epochs: Some(0),
             seed: None,
             progress: Progress::Quiet,
+            ..FitOptions::default()
         },
     )?;
     let started = Instant::now();

@@ -5,6 +5,7 @@
 pub mod artifact;
 pub mod assembly;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod metrics;

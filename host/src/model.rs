@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use recblocks_core::{
     components::{trainer::TrainerSettings, DataPreparator, NegativeSampler, Objective},
     ComponentKind, ModelSpec, Registry, SharedRng,
@@ -212,7 +212,8 @@ impl Model {
                 schema.cat_features = Some(cat);
             }
         }
-        let net = assembly::assemble(&spec, &schema, registry, &Device::Cpu)?;
+        let device = opts.device.open()?;
+        let net = assembly::assemble(&spec, &schema, registry, &device)?;
         let adam = Adam::new(trainable_vars(&net), AdamConfig::rectools(spec.lr))?;
         let training = TrainingState {
             epochs_done: 0,

@@ -50,6 +50,9 @@ pub struct Args {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// Train on `cpu` (default) or `cuda[:N]` (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: recblocks::device::DeviceSpec,
 }
 
 /// Runs the command.
@@ -94,6 +97,7 @@ pub fn run(args: Args) -> Result<()> {
             } else {
                 Progress::Auto
             },
+            device: args.device,
         },
     };
     let data = TrainData {

@@ -30,6 +30,9 @@ pub struct Args {
     /// No progress bar or per-epoch lines.
     #[arg(long)]
     pub quiet: bool,
+    /// Train on `cpu` (default) or `cuda[:N]` (a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: recblocks::device::DeviceSpec,
 }
 
 /// Runs the command.
@@ -49,11 +52,15 @@ pub fn run(args: Args) -> Result<()> {
         } else {
             Progress::Auto
         },
+        device: args.device,
     };
     let started = Instant::now();
     let model = if args.resume {
         if args.seed.is_some() {
             bail!("--seed cannot change on --resume: the run continues with its saved seed");
+        }
+        if args.device != recblocks::device::DeviceSpec::Cpu {
+            bail!("--resume continues on the CPU, where saved models load; drop --device");
         }
         let mut model = Model::load(&args.out, &registry)
             .with_context(|| format!("loading {} to resume", args.out.display()))?;

@@ -50,6 +50,8 @@ pub struct FitOptions {
     pub seed: Option<u64>,
     /// Progress reporting.
     pub progress: Progress,
+    /// Where a new model is built and trained (a resumed model stays where it was loaded).
+    pub device: crate::device::DeviceSpec,
 }
 
 /// One epoch's figures, as written to `train_log.csv`.

@@ -16,6 +16,7 @@ fn quiet(epochs: Option<usize>, seed: Option<u64>) -> FitOptions {
         epochs,
         seed,
         progress: Progress::Quiet,
+        ..Default::default()
     }
 }
 
