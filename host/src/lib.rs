@@ -13,6 +13,7 @@ pub mod output;
 pub mod plot;
 pub mod ranking;
 pub mod recommend;
+pub mod rectools_import;
 pub mod registry;
 pub mod train;
 

@@ -6,6 +6,7 @@
 
 mod cli;
 mod param_counts;
+mod parity;
 mod recommend;
 mod registry_set;
 mod spec;
