@@ -35,6 +35,15 @@ pub enum HostError {
         /// What is wrong, and what was expected.
         message: String,
     },
+    /// A RecTools checkpoint (or fixture) cannot be imported: what was found, and what was
+    /// expected.
+    #[error("RecTools model {origin}: {message}")]
+    RecTools {
+        /// The checkpoint file (or other source).
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The training data cannot train this model.
     #[error("training data: {0}")]
     TrainingData(String),

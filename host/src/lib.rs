@@ -14,6 +14,7 @@ pub mod output;
 pub mod plot;
 pub mod ranking;
 pub mod recommend;
+pub mod rectools_import;
 pub mod registry;
 pub mod threads;
 pub mod train;

@@ -7,6 +7,7 @@ mod components;
 mod data_args;
 mod evaluate;
 mod fit;
+mod import_rectools;
 mod recommend;
 mod similar;
 mod validate;
@@ -39,6 +40,8 @@ pub enum Command {
     Recommend(recommend::Args),
     /// Top-k most similar items for items (i2i, cosine).
     Similar(similar::Args),
+    /// Convert a RecTools Lightning checkpoint into a model directory.
+    ImportRectools(import_rectools::Args),
 }
 
 /// Logs go to stderr; `RUST_LOG` adjusts the level.
@@ -64,6 +67,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(a) => evaluate::run(a),
         Command::Recommend(a) => recommend::run(a),
         Command::Similar(a) => similar::run(a),
+        Command::ImportRectools(a) => import_rectools::run(a),
     }
 }
 

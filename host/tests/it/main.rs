@@ -5,7 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cli;
+mod import_rectools;
 mod param_counts;
+mod parity;
 mod recommend;
 mod registry_set;
 mod spec;
