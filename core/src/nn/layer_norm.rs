@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Error, Layout, Shape, Te
 use candle_nn::VarBuilder;
 
 use crate::{
-    nn::{column_sum::column_sums, init},
+    nn::{column_sum::column_sums, cpu_slice::with_f32, init},
     Result,
 };
 
@@ -152,39 +152,54 @@ impl CustomOp3 for FusedLayerNorm {
                 stats.len()
             )));
         }
-        let xs: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let w: Vec<f32> = weight.to_vec1()?;
-        let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
-        let mut dx = vec![0f32; r * d];
-        // Per element: x̂ and dy·x̂ for the weight gradient.
-        let mut g_xhat = vec![0f32; r * d];
-        if d > 0 {
-            let rows = dx
-                .chunks_exact_mut(d)
-                .zip(g_xhat.chunks_exact_mut(d))
-                .zip(xs.chunks_exact(d).zip(g.chunks_exact(d)))
-                .zip(&stats);
-            for (((dxr, gxr), (xr, gr)), &(mean, rstd)) in rows {
-                let (mut sum_dyh, mut sum_dyh_xhat) = (0f32, 0f32);
-                for (((&v, &gv), &wj), gx) in xr.iter().zip(gr).zip(&w).zip(gxr.iter_mut()) {
-                    let xhat = (v - mean) * rstd;
-                    let dyh = gv * wj;
-                    sum_dyh += dyh;
-                    sum_dyh_xhat += dyh * xhat;
-                    *gx = gv * xhat;
-                }
-                let (m1, m2) = (sum_dyh / d as f32, sum_dyh_xhat / d as f32);
-                for (((o, &v), &gv), &wj) in dxr.iter_mut().zip(xr).zip(gr).zip(&w) {
-                    let xhat = (v - mean) * rstd;
-                    *o = (gv * wj - m1 - xhat * m2) * rstd;
-                }
-            }
-        }
+        let (dx, g_xhat, db) = with_f32(x, |xs| {
+            with_f32(grad, |g| {
+                let (dx, g_xhat) = layer_norm_grad(xs, g, &w, &stats, d);
+                (dx, g_xhat, column_sums(g, d))
+            })
+        })??;
         let dev = x.device();
         let dw = Tensor::from_vec(column_sums(&g_xhat, d), d, dev)?;
-        let db = Tensor::from_vec(column_sums(&g, d), d, dev)?;
+        let db = Tensor::from_vec(db, d, dev)?;
         Ok((Some(Tensor::from_vec(dx, (r, d), dev)?), Some(dw), Some(db)))
     }
+}
+
+/// `(dx, dy·x̂)` of a layer norm over rows of `d`, from the saved `(mean, 1/σ)` per row.
+fn layer_norm_grad(
+    xs: &[f32],
+    g: &[f32],
+    w: &[f32],
+    stats: &[(f32, f32)],
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut dx = vec![0f32; xs.len()];
+    let mut g_xhat = vec![0f32; xs.len()];
+    if d == 0 {
+        return (dx, g_xhat);
+    }
+    let rows = dx
+        .chunks_exact_mut(d)
+        .zip(g_xhat.chunks_exact_mut(d))
+        .zip(xs.chunks_exact(d).zip(g.chunks_exact(d)))
+        .zip(stats);
+    for (((dxr, gxr), (xr, gr)), &(mean, rstd)) in rows {
+        let (mut sum_dyh, mut sum_dyh_xhat) = (0f32, 0f32);
+        for (((&v, &gv), &wj), gx) in xr.iter().zip(gr).zip(w).zip(gxr.iter_mut()) {
+            let xhat = (v - mean) * rstd;
+            let dyh = gv * wj;
+            sum_dyh += dyh;
+            sum_dyh_xhat += dyh * xhat;
+            *gx = gv * xhat;
+        }
+        let (m1, m2) = (sum_dyh / d as f32, sum_dyh_xhat / d as f32);
+        for (((o, &v), &gv), &wj) in dxr.iter_mut().zip(xr).zip(gr).zip(w) {
+            let xhat = (v - mean) * rstd;
+            *o = (gv * wj - m1 - xhat * m2) * rstd;
+        }
+    }
+    (dx, g_xhat)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, Device, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::{
-    nn::{column_sum::column_sums, init},
+    nn::{column_sum::column_sums, cpu_slice::with_f32, init},
     Result,
 };
 
@@ -95,10 +95,10 @@ impl CustomOp2 for BiasAdd {
                 b.len()
             )));
         }
-        let mut out = x.to_vec();
-        for row in out.chunks_exact_mut(c.max(1)) {
-            for (o, &v) in row.iter_mut().zip(b) {
-                *o += v;
+        let mut out = vec![0f32; x.len()];
+        for (row, xr) in out.chunks_exact_mut(c.max(1)).zip(x.chunks_exact(c.max(1))) {
+            for ((o, &v), &bv) in row.iter_mut().zip(xr).zip(b) {
+                *o = v + bv;
             }
         }
         Ok((CpuStorage::F32(out), Shape::from((r, c))))
@@ -112,8 +112,8 @@ impl CustomOp2 for BiasAdd {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let (_, c) = grad.dims2()?;
-        let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
-        let gb = Tensor::from_vec(column_sums(&g, c), c, b.device())?;
+        let sums = with_f32(grad, |g| column_sums(g, c))?;
+        let gb = Tensor::from_vec(sums, c, b.device())?;
         Ok((Some(grad.clone()), Some(gb)))
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod column_sum;
+pub mod cpu_slice;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod fast_exp;

@@ -8,6 +8,8 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Error, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
+use super::cpu_slice::with_f32;
+
 /// Softmax over the last dimension; fused on the CPU for f32.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
@@ -68,26 +70,30 @@ impl CustomOp1 for FusedSoftmax {
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let n = res.dims().last().copied().unwrap_or(1).max(1);
-        let y: Vec<f32> = res.flatten_all()?.to_vec1()?;
-        let g: Vec<f32> = grad.flatten_all()?.to_vec1()?;
-        let mut dx = vec![0f32; y.len()];
-        let task = n * MIN_TASK.div_ceil(n);
-        dx.par_chunks_mut(task)
-            .zip(y.par_chunks(task).zip(g.par_chunks(task)))
-            .for_each(|(dt, (yt, gt))| {
-                for ((dr, yr), gr) in dt
-                    .chunks_exact_mut(n)
-                    .zip(yt.chunks_exact(n))
-                    .zip(gt.chunks_exact(n))
-                {
-                    let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
-                    for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
-                        *o = yv * (gv - dot);
-                    }
-                }
-            });
+        let dx = with_f32(res, |y| with_f32(grad, |g| softmax_grad(y, g, n)))??;
         Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
     }
+}
+
+/// `dx = y·(dy − Σ dy·y)` per row of `n`.
+fn softmax_grad(y: &[f32], g: &[f32], n: usize) -> Vec<f32> {
+    let mut dx = vec![0f32; y.len()];
+    let task = n * MIN_TASK.div_ceil(n);
+    dx.par_chunks_mut(task)
+        .zip(y.par_chunks(task).zip(g.par_chunks(task)))
+        .for_each(|(dt, (yt, gt))| {
+            for ((dr, yr), gr) in dt
+                .chunks_exact_mut(n)
+                .zip(yt.chunks_exact(n))
+                .zip(gt.chunks_exact(n))
+            {
+                let dot: f32 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+                for ((o, &yv), &gv) in dr.iter_mut().zip(yr).zip(gr) {
+                    *o = yv * (gv - dot);
+                }
+            }
+        });
+    dx
 }
 
 #[cfg(test)]
