@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cli;
+mod generate;
 mod param_counts;
 mod recommend;
 mod registry_set;
