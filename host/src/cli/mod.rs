@@ -7,6 +7,7 @@ mod components;
 mod data_args;
 mod evaluate;
 mod fit;
+mod generate;
 mod import_rectools;
 mod recommend;
 mod similar;
@@ -36,6 +37,8 @@ pub enum Command {
     Fit(fit::Args),
     /// Split a log, fit on the train part, and report top-k metrics on the test part.
     Evaluate(evaluate::Args),
+    /// Write a synthetic interaction log of any size (users, items, history length) as CSV.
+    Generate(generate::Args),
     /// Top-k items for users from their history (u2i).
     Recommend(recommend::Args),
     /// Top-k most similar items for items (i2i, cosine).
@@ -65,6 +68,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Validate(a) => validate::run(a),
         Command::Fit(a) => fit::run(a),
         Command::Evaluate(a) => evaluate::run(a),
+        Command::Generate(a) => generate::run(a),
         Command::Recommend(a) => recommend::run(a),
         Command::Similar(a) => similar::run(a),
         Command::ImportRectools(a) => import_rectools::run(a),

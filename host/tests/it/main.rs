@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cli;
+mod generate;
 mod import_rectools;
 mod param_counts;
 mod parity;
