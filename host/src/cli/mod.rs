@@ -7,6 +7,7 @@ mod components;
 mod data_args;
 mod evaluate;
 mod fit;
+mod plugins;
 mod recommend;
 mod similar;
 mod validate;
@@ -15,6 +16,10 @@ mod validate;
 #[derive(Debug, Parser)]
 #[command(name = "recblocks", version, about, long_about = None)]
 pub struct Cli {
+    /// Load a plugin library (repeatable); also read from RECBLOCKS_PLUGINS (`:`-separated).
+    /// Only the files named are loaded. A plugin runs with your rights: load only trusted files.
+    #[arg(long = "plugin", value_name = "PATH", global = true)]
+    pub plugins: Vec<std::path::PathBuf>,
     /// Subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -35,6 +40,9 @@ pub enum Command {
     Recommend(recommend::Args),
     /// Top-k most similar items for items (i2i, cosine).
     Similar(similar::Args),
+    /// List loaded plugins, or run the conformance suite on a plugin's components.
+    #[command(subcommand)]
+    Plugins(plugins::Command),
 }
 
 /// Logs go to stderr; `RUST_LOG` adjusts the level.
@@ -51,6 +59,10 @@ pub fn init_tracing(_args: &Cli) {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    let env = std::env::var(recblocks::plugins::PLUGINS_ENV).ok();
+    let paths = recblocks::plugins::plugin_paths(env.as_deref(), &cli.plugins);
+    let (registry, _) = recblocks::registry::registry_with_plugins(&paths)?;
+    let _ = REGISTRY.set(registry);
     match cli.command {
         Command::Components(a) => components::run(a),
         Command::Validate(a) => validate::run(a),
@@ -58,12 +70,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluate(a) => evaluate::run(a),
         Command::Recommend(a) => recommend::run(a),
         Command::Similar(a) => similar::run(a),
+        Command::Plugins(c) => plugins::run(c),
     }
 }
 
-/// The registry of every component this binary knows.
+/// The registry built by [`run`]: built-in components plus those of the loaded plugins.
+static REGISTRY: std::sync::OnceLock<recblocks_core::Registry> = std::sync::OnceLock::new();
+
+/// The registry of every component this run knows: built-in and from loaded plugins.
 pub fn registry() -> Result<recblocks_core::Registry> {
-    Ok(recblocks::builtin_registry()?)
+    match REGISTRY.get() {
+        Some(r) => Ok(r.clone()),
+        None => Ok(recblocks::builtin_registry()?),
+    }
 }
 
 /// Reads and resolves a spec file.
