@@ -1,11 +1,13 @@
 //! Integration tests of the recblocks host: spec reading and its error messages, parameter
 //! counts, the registered component set, training (reproducibility, resume, artifacts) and the
-//! CLI. One test binary, so candle is linked once.
+//! CLI, and plugins loaded at run time. One test binary, so candle is linked once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cli;
 mod param_counts;
+mod plugin_libs;
+mod plugins;
 mod recommend;
 mod registry_set;
 mod spec;
