@@ -16,10 +16,6 @@ use recblocks::{
 };
 use recblocks_core::ModelSpec;
 
-/// The same allocator as the `recblocks` binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     // The same thread set-up as the binary (RAYON_NUM_THREADS / CANDLE_NUM_THREADS honoured).
     recblocks::threads::configure(None)?;

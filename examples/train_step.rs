@@ -27,10 +27,6 @@ use recblocks_core::{
 };
 use recblocks_rectools::lightning::TransformerLightningModule;
 
-/// The same allocator as the `recblocks` binary.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)

@@ -11,6 +11,8 @@
 //! - [`nn`]: reusable, differentiable building blocks (multi-head attention with RecTools' masks,
 //!   feed-forwards, layer norm, seeded dropout and initialisation, and the SASRec and pre-LN
 //!   transformer blocks that layer stacks reuse).
+//! - [`plugin`]: the declaration a run-time plugin library exports, the host's compatibility
+//!   check, and the [`export_plugin!`] macro.
 //!
 //! Core has no I/O and no CLI.
 
@@ -21,6 +23,7 @@ pub mod error;
 pub mod kind;
 pub mod kwargs;
 pub mod nn;
+pub mod plugin;
 pub mod registry;
 pub mod schema;
 pub mod spec;

@@ -7,7 +7,10 @@
 //! name, an alias (RecTools' dotted path), or any dotted path ending in a registered class name
 //! (`__main__.AlbertLayers`, as RecTools exports a notebook class).
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::OnceLock,
+};
 
 use serde_json::Value;
 
@@ -76,6 +79,10 @@ macro_rules! registrations {
             pub fn info(&self) -> &'static ComponentInfo {
                 match self { $(Registered::$variant(r) => &r.info,)* }
             }
+            /// Whether both are the very same registration entry (same static, same library).
+            pub fn same_entry(&self, other: &Registered) -> bool {
+                std::ptr::eq(self.info(), other.info())
+            }
         }
 
         /// Every registration that `inventory` collected in this binary or library image.
@@ -128,6 +135,15 @@ registrations! {
     TrainerRegistration => Trainer, Trainer, BuildTrainer, trainer;
 }
 
+static STATIC_REGISTRATIONS: OnceLock<Vec<Registered>> = OnceLock::new();
+
+/// The registrations linked into the program itself, snapshotted on first call. Host and run-time
+/// plugins share one core, so a loaded plugin's `inventory` entries join the same list; the plugin
+/// loader takes this snapshot before it loads anything, which keeps plugin entries out of it.
+pub fn static_registrations() -> &'static [Registered] {
+    STATIC_REGISTRATIONS.get_or_init(inventory_registrations)
+}
+
 /// All registered components, by kind and name.
 #[derive(Default, Clone)]
 pub struct Registry {
@@ -141,10 +157,16 @@ impl Registry {
         Registry::default()
     }
 
-    /// A registry of everything `inventory` collected in this image. Fails on duplicates.
+    /// A registry of the statically linked registrations ([`static_registrations`]). Fails on
+    /// duplicates.
     pub fn from_inventory() -> Result<Self> {
+        Registry::from_registrations(static_registrations().iter().copied())
+    }
+
+    /// A registry of the given registrations. Fails on duplicates.
+    pub fn from_registrations(regs: impl IntoIterator<Item = Registered>) -> Result<Self> {
         let mut r = Registry::empty();
-        for reg in inventory_registrations() {
+        for reg in regs {
             r.add(reg)?;
         }
         Ok(r)

@@ -56,6 +56,9 @@ pub struct ComponentSource {
     /// Crate that registered it.
     #[serde(rename = "crate")]
     pub crate_name: String,
+    /// The plugin library (file name) that provided it, when it was loaded at run time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
 }
 
 /// `dataset_schema.json`.
@@ -178,6 +181,7 @@ impl Model {
                     ComponentSource {
                         name: name.clone(),
                         crate_name: krate.clone(),
+                        plugin: crate::plugins::plugin_providing(krate),
                     },
                 )
             })
@@ -328,11 +332,15 @@ fn check_components_available(dir: &Path, file: &ModelFile, registry: &Registry)
             .and_then(recblocks_core::ComponentKind::parse);
         if let Some(kind) = kind {
             if registry.lookup(kind, &source.name).is_err() {
+                let plugin = match &source.plugin {
+                    Some(file) => format!("the plugin library `{file}`"),
+                    None => format!("the plugin that provides crate `{}`", source.crate_name),
+                };
                 return Err(artifact_err(
                     dir,
                     format!(
                         "the model uses {kind} `{}` from crate `{}`, which is not loaded; pass \
-                         that plugin with --plugin PATH (or RECBLOCKS_PLUGINS)",
+                         {plugin} with --plugin PATH (or RECBLOCKS_PLUGINS)",
                         source.name, source.crate_name
                     ),
                 ));

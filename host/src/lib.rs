@@ -1,6 +1,6 @@
 //! recblocks host: assembles models from specs and the registry, reads interaction logs, trains,
 //! evaluates, recommends, and saves/loads model artifacts. The `recblocks` binary is a thin CLI
-//! over this library.
+//! over this library. [`plugins`] loads plugin libraries at run time.
 
 pub mod artifact;
 pub mod assembly;
@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod plot;
+pub mod plugins;
 pub mod ranking;
 pub mod recommend;
 pub mod rectools_import;

@@ -20,6 +20,11 @@ pub trait ItemNetBlock: Send + Sync {
     }
     /// Width of the embeddings.
     fn out_dim(&self) -> usize;
+    /// The number of parameter elements the component created, when it declares it; the
+    /// conformance suite compares it with the parameter map. `None`: not declared.
+    fn n_params(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Builds a block at width `ctx.n_factors`. `Ok(None)` means "not applicable to this dataset"
@@ -33,6 +38,11 @@ pub trait ItemNetConstructor: Send + Sync {
     fn all_embeddings(&self, train: bool) -> Result<Tensor>;
     /// Width of the embeddings (the model's `n_factors`).
     fn out_dim(&self) -> usize;
+    /// The number of parameter elements the component created, when it declares it; the
+    /// conformance suite compares it with the parameter map. `None`: not declared.
+    fn n_params(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Builds a constructor from the spec's `item_net_block_types` (resolved through the registry by

@@ -9,6 +9,11 @@ use crate::{context::BuildContext, Result};
 pub trait PositionalEncoding: Send + Sync {
     /// Applies the encoding.
     fn forward_t(&self, sessions: &Tensor, train: bool) -> Result<Tensor>;
+    /// The number of parameter elements the component created, when it declares it; the
+    /// conformance suite compares it with the parameter map. `None`: not declared.
+    fn n_params(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Builds a positional encoding (reads `use_pos_emb`, `session_max_len`, `n_factors` from the

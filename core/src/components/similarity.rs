@@ -37,6 +37,11 @@ pub trait Similarity: Send + Sync {
     ) -> Result<Tensor>;
     /// The distance used to rank at inference.
     fn distance(&self) -> Distance;
+    /// The number of parameter elements the component created, when it declares it; the
+    /// conformance suite compares it with the parameter map. `None`: not declared.
+    fn n_params(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Builds a similarity module.

@@ -20,6 +20,11 @@ pub struct AttentionMasks {
 pub trait TransformerLayers: Send + Sync {
     /// Applies the stack.
     fn forward_t(&self, seqs: &Tensor, masks: &AttentionMasks, train: bool) -> Result<Tensor>;
+    /// The number of parameter elements the component created, when it declares it; the
+    /// conformance suite compares it with the parameter map. `None`: not declared.
+    fn n_params(&self) -> Option<usize> {
+        None
+    }
 }
 
 /// Builds a layer stack (reads `n_blocks`, `n_heads`, `dropout_rate` from the spec and the width

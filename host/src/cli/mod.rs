@@ -9,6 +9,7 @@ mod evaluate;
 mod fit;
 mod generate;
 mod import_rectools;
+mod plugins;
 mod recommend;
 mod similar;
 mod validate;
@@ -21,6 +22,10 @@ pub struct Cli {
     /// cores). candle's element-wise pool follows CANDLE_NUM_THREADS (default 1).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// Load a plugin library (repeatable); also read from RECBLOCKS_PLUGINS (`:`-separated).
+    /// Only the files named are loaded. A plugin runs with your rights: load only trusted files.
+    #[arg(long = "plugin", value_name = "PATH", global = true)]
+    pub plugins: Vec<std::path::PathBuf>,
     /// Subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -45,6 +50,9 @@ pub enum Command {
     Similar(similar::Args),
     /// Convert a RecTools Lightning checkpoint into a model directory.
     ImportRectools(import_rectools::Args),
+    /// List loaded plugins, or run the conformance suite on a plugin's components.
+    #[command(subcommand)]
+    Plugins(plugins::Command),
 }
 
 /// Logs go to stderr; `RUST_LOG` adjusts the level.
@@ -63,6 +71,10 @@ pub fn init_tracing(_args: &Cli) {
 pub fn run(cli: Cli) -> Result<()> {
     let threads = recblocks::threads::configure(cli.threads)?;
     tracing::debug!(?threads, "thread pools");
+    let env = std::env::var(recblocks::plugins::PLUGINS_ENV).ok();
+    let paths = recblocks::plugins::plugin_paths(env.as_deref(), &cli.plugins);
+    let (registry, _) = recblocks::registry::registry_with_plugins(&paths)?;
+    let _ = REGISTRY.set(registry);
     match cli.command {
         Command::Components(a) => components::run(a),
         Command::Validate(a) => validate::run(a),
@@ -72,12 +84,19 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Recommend(a) => recommend::run(a),
         Command::Similar(a) => similar::run(a),
         Command::ImportRectools(a) => import_rectools::run(a),
+        Command::Plugins(c) => plugins::run(c),
     }
 }
 
-/// The registry of every component this binary knows.
+/// The registry built by [`run`]: built-in components plus those of the loaded plugins.
+static REGISTRY: std::sync::OnceLock<recblocks_core::Registry> = std::sync::OnceLock::new();
+
+/// The registry of every component this run knows: built-in and from loaded plugins.
 pub fn registry() -> Result<recblocks_core::Registry> {
-    Ok(recblocks::builtin_registry()?)
+    match REGISTRY.get() {
+        Some(r) => Ok(r.clone()),
+        None => Ok(recblocks::builtin_registry()?),
+    }
 }
 
 /// Reads and resolves a spec file.

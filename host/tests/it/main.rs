@@ -1,6 +1,6 @@
 //! Integration tests of the recblocks host: spec reading and its error messages, parameter
 //! counts, the registered component set, training (reproducibility, resume, artifacts) and the
-//! CLI. One test binary, so candle is linked once.
+//! CLI, and plugins loaded at run time. One test binary, so candle is linked once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -9,6 +9,8 @@ mod generate;
 mod import_rectools;
 mod param_counts;
 mod parity;
+mod plugin_libs;
+mod plugins;
 mod recommend;
 mod registry_set;
 mod spec;

@@ -1,0 +1,34 @@
+//! Build facts for the plugin handshake (`src/plugin/build_info.rs`): the rustc version, target
+//! and profile. A run-time plugin is only loaded when these
+//! equal the host's: a change in any of them can change the layout of what crosses the boundary
+//! without changing a symbol name.
+
+use std::{env, process::Command};
+
+fn main() {
+    // Only this script's own inputs: the source hash is computed by the compiler
+    // (`src/plugin/source.rs`), so that rebuilding core from another build graph (a plugin's)
+    // does not rerun this script and rebuild core.
+    println!("cargo:rerun-if-changed=build.rs");
+    let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let rustc_version = Command::new(rustc)
+        .arg("-V")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let flags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let prefer_dynamic = flags.split('\x1f').any(|f| f.contains("prefer-dynamic"));
+    let fingerprint = format!(
+        "target={};profile={};opt-level={};debug-assertions={};panic={};prefer-dynamic={}",
+        env::var("TARGET").unwrap_or_default(),
+        env::var("PROFILE").unwrap_or_default(),
+        env::var("OPT_LEVEL").unwrap_or_default(),
+        env::var("CARGO_CFG_DEBUG_ASSERTIONS").is_ok(),
+        env::var("CARGO_CFG_PANIC").unwrap_or_default(),
+        prefer_dynamic,
+    );
+    println!("cargo:rustc-env=RECBLOCKS_RUSTC_VERSION={rustc_version}");
+    println!("cargo:rustc-env=RECBLOCKS_BUILD_FINGERPRINT={fingerprint}");
+}
