@@ -207,8 +207,8 @@ impl TransformerLightningModule {
     }
 
     /// The logits of the positions that have a target (`y != 0`), divided by `logits_t`
-    /// (RecTools `get_batch_logits`), with their targets and weights: `[M, 1, C]`, `[M, 1]`,
-    /// `[M, 1]`. Positions without a target add nothing to any of the four losses (neither to the
+    /// (RecTools `get_batch_logits`), with their targets and weights: `[1, M, C]`, `[1, M]`,
+    /// `[1, M]`. Positions without a target add nothing to any of the four losses (neither to the
     /// sum nor to the denominator), so dropping them before the catalog matmul gives the same loss
     /// while never materialising `[B, L, N]` logits for padding.
     fn target_logits(
@@ -230,7 +230,9 @@ impl TransformerLightningModule {
             .collect();
         let m = keep.len();
         let idx = Tensor::from_vec(keep, m, sessions.device())?;
-        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx, 0)?.unsqueeze(1)?) };
+        // As one session of M positions ([1, M, ...]): candidates then take the per-position
+        // path of the similarity (a gather), not M one-row matmuls.
+        let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx, 0)?.unsqueeze(0)?) };
         let h = pick(&sessions.reshape((b * l, d))?)?;
         let y_sel = pick(&y)?;
         let w_sel = pick(&batch.yw.flatten_all()?)?;
