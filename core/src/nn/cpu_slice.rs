@@ -3,7 +3,7 @@
 //! candle hands custom ops' backward passes tensors, not buffers. On the CPU a contiguous f32
 //! tensor's buffer can be read in place; anything else is copied once.
 
-use candle_core::{CpuStorage, Result, Storage, Tensor};
+use candle_core::{CpuStorage, Error, Layout, Result, Storage, Tensor};
 
 /// Calls `f` with the elements of `t` in row-major order: borrowed when `t` is a contiguous f32
 /// CPU tensor, copied otherwise.
@@ -21,6 +21,27 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
         .to_dtype(candle_core::DType::F32)?
         .to_vec1()?;
     Ok(f(&v))
+}
+
+/// The elements of an f32 CPU storage seen through a contiguous layout (custom ops' forward);
+/// `what` names the input in the error.
+pub fn storage_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(Error::Msg(format!(
+            "{what} must be a contiguous f32 tensor"
+        ))),
+    }
+}
+
+/// As [`storage_f32`], for u32 ids.
+pub fn storage_u32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::U32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(Error::Msg(format!(
+            "{what} must be a contiguous u32 tensor"
+        ))),
+    }
 }
 
 #[cfg(test)]

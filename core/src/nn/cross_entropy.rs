@@ -15,7 +15,10 @@ use candle_core::{
 };
 use rayon::prelude::*;
 
-use super::fast_exp;
+use super::{
+    cpu_slice::{storage_f32, storage_u32},
+    fast_exp,
+};
 
 /// Per-row cross-entropy `[M]` of `logits` `[M, C]` (f32) against `targets` `[M]` (u32 class
 /// ids), with class 0 ignored: rows whose target is 0 give 0 and no gradient. Differentiable with
@@ -54,24 +57,6 @@ struct FusedSoftmaxCe {
     log_sum_exp: Arc<Mutex<Vec<f32>>>,
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => Err(Error::Msg(format!(
-            "softmax cross-entropy: {what} must be a contiguous f32 tensor"
-        ))),
-    }
-}
-
-fn u32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [u32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::U32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => Err(Error::Msg(format!(
-            "softmax cross-entropy: {what} must be a contiguous u32 tensor"
-        ))),
-    }
-}
-
 fn check_targets(targets: &[u32], c: usize) -> Result<()> {
     match targets.iter().position(|&t| t as usize >= c) {
         Some(row) => Err(Error::Msg(format!(
@@ -95,8 +80,8 @@ impl CustomOp2 for FusedSoftmaxCe {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (m, c) = l1.shape().dims2()?;
-        let x = f32_slice(s1, l1, "logits")?;
-        let t = u32_slice(s2, l2, "targets")?;
+        let x = storage_f32(s1, l1, "softmax cross-entropy: logits")?;
+        let t = storage_u32(s2, l2, "softmax cross-entropy: targets")?;
         check_targets(t, c)?;
         let mut ce = vec![0f32; m];
         let mut lse = vec![0f32; m];
@@ -160,9 +145,9 @@ impl CustomOp3 for FusedSoftmaxCeGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (m, c) = l1.shape().dims2()?;
-        let x = f32_slice(s1, l1, "logits")?;
-        let t = u32_slice(s2, l2, "targets")?;
-        let g = f32_slice(s3, l3, "upstream gradient")?;
+        let x = storage_f32(s1, l1, "softmax cross-entropy: logits")?;
+        let t = storage_u32(s2, l2, "softmax cross-entropy: targets")?;
+        let g = storage_f32(s3, l3, "softmax cross-entropy: upstream gradient")?;
         if self.log_sum_exp.len() != m || g.len() != m {
             return Err(Error::Msg(format!(
                 "softmax cross-entropy backward: expected {m} rows, found {} saved and {} upstream",

@@ -12,7 +12,11 @@ use candle_core::{CpuStorage, CustomOp3, DType, Device, Error, Layout, Shape, Te
 use candle_nn::VarBuilder;
 
 use crate::{
-    nn::{column_sum::column_sums, cpu_slice::with_f32, init},
+    nn::{
+        column_sum::column_sums,
+        cpu_slice::{storage_f32, with_f32},
+        init,
+    },
     Result,
 };
 
@@ -90,15 +94,6 @@ struct FusedLayerNorm {
     stats: RowStats,
 }
 
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    match (s, l.contiguous_offsets()) {
-        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => Err(Error::Msg(
-            "layer norm: expects contiguous f32 tensors".into(),
-        )),
-    }
-}
-
 fn poisoned<T>(_: T) -> Error {
     Error::Msg("layer norm: poisoned state".into())
 }
@@ -118,7 +113,9 @@ impl CustomOp3 for FusedLayerNorm {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (r, d) = l1.shape().dims2()?;
-        let (x, w, b) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let x = storage_f32(s1, l1, "layer norm: input")?;
+        let w = storage_f32(s2, l2, "layer norm: weight")?;
+        let b = storage_f32(s3, l3, "layer norm: bias")?;
         let mut y = vec![0f32; r * d];
         let mut stats = vec![(0f32, 0f32); r];
         if d > 0 {

@@ -9,7 +9,11 @@ use candle_core::{CpuStorage, CustomOp2, Device, Layout, Module, Shape, Tensor};
 use candle_nn::{Init, VarBuilder};
 
 use crate::{
-    nn::{column_sum::column_sums, cpu_slice::with_f32, init},
+    nn::{
+        column_sum::column_sums,
+        cpu_slice::{storage_f32, with_f32},
+        init,
+    },
     Result,
 };
 
@@ -79,16 +83,8 @@ impl CustomOp2 for BiasAdd {
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (r, c) = l1.shape().dims2()?;
-        let (x, b) = match (s1, l1.contiguous_offsets(), s2, l2.contiguous_offsets()) {
-            (CpuStorage::F32(x), Some((a1, e1)), CpuStorage::F32(b), Some((a2, e2))) => {
-                (&x[a1..e1], &b[a2..e2])
-            }
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "bias-add: expects contiguous f32".into(),
-                ))
-            }
-        };
+        let x = storage_f32(s1, l1, "bias-add: input")?;
+        let b = storage_f32(s2, l2, "bias-add: bias")?;
         if b.len() != c {
             return Err(candle_core::Error::Msg(format!(
                 "bias-add: input rows are {c} wide but the bias has {} values",

@@ -5,10 +5,10 @@
 //! row (max, `exp`, normalise; libm `exp`, so masked `-inf` scores give exactly 0) and the backward
 //! is `dx = y·(dy − Σ dy·y)` from the saved output. [`composed`] is the reference.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Device, Error, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor, D};
 use rayon::prelude::*;
 
-use super::cpu_slice::with_f32;
+use super::cpu_slice::{storage_f32, with_f32};
 
 /// Softmax over the last dimension; fused on the CPU for f32.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -39,14 +39,7 @@ impl CustomOp1 for FusedSoftmax {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = match (s, l.contiguous_offsets()) {
-            (CpuStorage::F32(v), Some((a, b))) => &v[a..b],
-            _ => {
-                return Err(Error::Msg(
-                    "softmax: expects a contiguous f32 tensor".into(),
-                ))
-            }
-        };
+        let x = storage_f32(s, l, "softmax: input")?;
         let n = last_dim(l);
         let mut y = vec![0f32; x.len()];
         let task = n * MIN_TASK.div_ceil(n);
@@ -131,7 +124,7 @@ mod tests {
             let grads = y.mul(&up)?.sum_all()?.backward()?;
             let g = grads
                 .get(x.as_tensor())
-                .ok_or_else(|| Error::Msg("no grad".into()))?;
+                .ok_or_else(|| candle_core::Error::Msg("no grad".into()))?;
             Ok((y.flatten_all()?.to_vec1()?, g.flatten_all()?.to_vec1()?))
         };
         let (yf, gf) = run(true)?;
