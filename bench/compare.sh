@@ -5,7 +5,7 @@
 #
 # Usage: bench/compare.sh [--datasets ml100k,synth20k,synth100k] [--models sasrec,bert4rec]
 #            [--epochs N] [--seeds 42,1,2] [--threads T] [--systems recblocks,rectools]
-#            [--quick] [--out DIR]
+#            [--quick] [--device cpu|cuda] [--out DIR]
 #   --datasets  ml100k (bench/../shared/data/get-ml100k.sh), synth20k (20k users x 10k items x 50
 #               interactions), synth100k (100k x 100k x 50; sampled_softmax specs). Default: ml100k.
 #   --models    spec names: bench/specs/<dataset>_<model>.json. Default: sasrec,bert4rec.
@@ -16,20 +16,23 @@
 #               else RAYON_NUM_THREADS (candle's CPU thread count). Default: nproc.
 #   --systems   which systems to run (default both; rectools only when an interpreter is there).
 #   --quick     1 epoch, first seed only (a smoke run).
+#   --device    cpu (default) or cuda: recblocks `--device cuda` (a binary built with
+#               `--features cuda`), RecTools' Lightning accelerator and recommend device.
 #   --out       raw results (default bench/out/compare): <dataset>_<model>_<system>_s<seed>.json
 #               (the system's JSON line), .time (/usr/bin/time -v), summary.md (the tables).
 # Environment: RECTOOLS_PYTHON = a Python with bench/rectools/requirements.txt installed; if unset,
 #   bench/.venv is created from that file (large download: torch) and used.
 #   RECBLOCKS_DATA = where datasets are cached (default $HOME/.cache/recblocks-data).
 #   RECBLOCKS_BIN = a prebuilt recblocks binary (default: cargo build --release, then target/release).
-# Needs GNU time (/usr/bin/time) and python3. Every run also scores the popularity baseline on
-# its split; the summary checks that both systems saw the same split (train/test counts and
-# identical baseline metrics, which depend on every train and test row).
+# Needs python3; peak RSS comes from GNU time (/usr/bin/time), or bench/timev.py where it is
+# missing. Every run also scores the popularity baseline on its split; the summary checks that
+# both systems saw the same split (train/test counts and identical baseline metrics, which depend
+# on every train and test row).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 datasets=ml100k models=sasrec,bert4rec epochs="" seeds=42 threads=$(nproc) systems=recblocks,rectools
-quick=0 out=bench/out/compare
+quick=0 out=bench/out/compare device=cpu
 while [ $# -gt 0 ]; do
   case $1 in
     --datasets) datasets=$2; shift 2 ;;
@@ -39,8 +42,9 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --systems) systems=$2; shift 2 ;;
     --quick) quick=1; shift ;;
+    --device) device=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -50,7 +54,8 @@ IFS=, read -r -a dataset_list <<< "$datasets"
 IFS=, read -r -a model_list <<< "$models"
 IFS=, read -r -a seed_list <<< "$seeds"
 want() { [[ ",$systems," == *",$1,"* ]]; }
-[ -x /usr/bin/time ] || { echo "needs GNU time at /usr/bin/time" >&2; exit 1; }
+# Peak RSS: GNU time where it is installed, else a Python stand-in printing the same line.
+if [ -x /usr/bin/time ]; then timer=(/usr/bin/time -v); else timer=(python3 bench/timev.py); fi
 mkdir -p "$out"
 data_dir=${RECBLOCKS_DATA:-$HOME/.cache/recblocks-data}
 mkdir -p "$data_dir"
@@ -85,7 +90,8 @@ fi
 
 dataset_csv() {
   case $1 in
-    ml100k) bash ../shared/data/get-ml100k.sh "$data_dir" ;;
+    ml100k) if [ -s "$data_dir/ml-100k.csv" ]; then echo "$data_dir/ml-100k.csv"
+            else bash ../shared/data/get-ml100k.sh "$data_dir"; fi ;;
     synth20k) synth "$1" 20000 10000 50 ;;
     synth100k) synth "$1" 100000 100000 50 ;;
     *) echo "unknown dataset $1 (ml100k, synth20k, synth100k)" >&2; return 1 ;;
@@ -98,6 +104,7 @@ synth() { # name users items len
 }
 
 machine="$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ "$device" = cpu ] || machine="$machine, device $device ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
 echo "# compare: $(date -u +%FT%TZ), $machine, threads $threads, epochs $epochs, seeds $seeds" >&2
 for ds in "${dataset_list[@]}"; do
   csv=$(dataset_csv "$ds")
@@ -108,14 +115,14 @@ for ds in "${dataset_list[@]}"; do
       base=$out/${ds}_${model}
       if want recblocks; then
         echo "== $ds $model recblocks seed $seed ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2
-        env "${rb_env[@]}" /usr/bin/time -v "$bin" evaluate "$spec" --data "$csv" --epochs "$epochs" \
+        env "${rb_env[@]}" "${timer[@]}" "$bin" evaluate "$spec" --data "$csv" --epochs "$epochs" \
           --seed "$seed" --json --quiet --baseline popular --metrics recall,ndcg,mrr,hitrate \
-          "${rb_threads[@]}" > "${base}_recblocks_s$seed.json" 2> "${base}_recblocks_s$seed.time"
+          --device "$device" "${rb_threads[@]}" > "${base}_recblocks_s$seed.json" 2> "${base}_recblocks_s$seed.time"
       fi
       if [ -n "$py" ]; then
         echo "== $ds $model rectools seed $seed ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2
-        /usr/bin/time -v "$py" bench/rectools/run_rectools.py "$spec" --data "$csv" --epochs "$epochs" \
-          --seed "$seed" --threads "$threads" --baseline-popular \
+        "${timer[@]}" "$py" bench/rectools/run_rectools.py "$spec" --data "$csv" --epochs "$epochs" \
+          --seed "$seed" --threads "$threads" --device "$device" --baseline-popular \
           > "${base}_rectools_s$seed.json" 2> "${base}_rectools_s$seed.time"
       fi
     done

@@ -26,8 +26,8 @@ What it does, step by step, exactly as recblocks' `host/src/evaluate.rs`:
    test item unknown to the model is a miss. The script checks these against `rectools.metrics`.
    MRR@k and HitRate@k are reported too.
 
-Output keys: metrics, n_params, fit_seconds, epoch_seconds, recommend_seconds, n_test_users,
-n_test_interactions, n_train_interactions, split_sha256, peak_rss_mib, seed, threads, versions,
+Output keys: metrics, n_params, fit_seconds, epoch_seconds, train_loss, recommend_seconds,
+n_test_users, n_test_interactions, n_train_interactions, split_sha256, peak_rss_mib, seed, threads, versions,
 and (with --baseline-popular) baseline_popular, the popularity baseline of recblocks'
 `--baseline popular` (most interacted train items, ties by first appearance in the log, viewed
 filtered), which depends on every train and test row and so cross-checks the split.
@@ -87,6 +87,7 @@ TYPE_KEYS = (
 
 # Epoch timings of the current fit, filled by EpochTimer.
 EPOCH_SECONDS: list[float] = []
+TRAIN_LOSS: list[float] = []  # per epoch: mean of the batch losses weighted by batch size
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -174,10 +175,18 @@ def make_trainer(epochs: int, accelerator: str = "cpu", deterministic: bool = Fa
 
     class EpochTimer(Callback):
         def on_train_epoch_start(self, trainer, pl_module):  # noqa: ARG002
+            self._loss_sum, self._n = 0.0, 0
             self._t = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # noqa: ARG002
+            loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+            n = len(batch["x"])
+            self._loss_sum = self._loss_sum + loss.detach() * n  # no device sync per step
+            self._n += n
 
         def on_train_epoch_end(self, trainer, pl_module):  # noqa: ARG002
             EPOCH_SECONDS.append(time.perf_counter() - self._t)
+            TRAIN_LOSS.append(float(self._loss_sum) / max(self._n, 1))
 
     return Trainer(
         max_epochs=epochs,
@@ -286,6 +295,7 @@ def main(argv: list[str] | None = None) -> None:
     model = model_cls.from_config(config)
 
     EPOCH_SECONDS.clear()
+    TRAIN_LOSS.clear()
     started = time.perf_counter()
     model.fit(dataset)
     fit_seconds = time.perf_counter() - started
@@ -305,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
         "n_params": int(n_params),
         "fit_seconds": fit_seconds,
         "epoch_seconds": list(EPOCH_SECONDS),
+        "train_loss": list(TRAIN_LOSS),
         "recommend_seconds": recommend_seconds,
         "n_test_users": len(test_users),
         "n_test_interactions": len(test),

@@ -94,6 +94,8 @@ pub struct EvalReport {
     pub fit_seconds: f64,
     /// Training seconds of each epoch.
     pub epoch_seconds: Vec<f64>,
+    /// Mean training loss of each epoch (the `train_loss` column of `train_log.csv`).
+    pub train_loss: Vec<f64>,
     /// Seconds to recommend for every test user.
     pub recommend_seconds: f64,
     /// Users evaluated.
@@ -170,6 +172,7 @@ pub fn evaluate(
         n_params: model.n_params(),
         fit_seconds,
         epoch_seconds: model.train_log.iter().map(|e| e.seconds).collect(),
+        train_loss: model.train_log.iter().map(|e| e.train_loss).collect(),
         recommend_seconds,
         n_test_users: test_users.len(),
         n_test_interactions: split.test.len(),

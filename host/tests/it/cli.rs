@@ -141,6 +141,9 @@ fn fit_then_evaluate_on_a_csv_log() {
         assert!(v["baseline_popular"][key].as_f64().is_some());
     }
     assert_eq!(v["epoch_seconds"].as_array().unwrap().len(), 1);
+    let loss = v["train_loss"].as_array().unwrap();
+    assert_eq!(loss.len(), 1);
+    assert!(loss[0].as_f64().unwrap() > 0.0);
     assert!(v["n_params"].as_u64().unwrap() > 0);
     assert!(v["recommend_seconds"].as_f64().is_some() && v["fit_seconds"].as_f64().is_some());
     assert_eq!(v["spec"]["cls"], "SASRecModel");
