@@ -148,9 +148,7 @@ impl Model {
         for chunk in sessions.chunks(net.spec.recommend_batch_size.max(1)) {
             let refs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
             let x = self.preparator.collate_recommend(&refs, &net.device)?;
-            let enc = net.backbone.encode_sessions(&x, item_embs, false)?;
-            let l = enc.dim(1)?;
-            let last = enc.narrow(1, l - 1, 1)?.squeeze(1)?;
+            let last = net.backbone.encode_last(&x, item_embs)?.squeeze(1)?;
             let last = sim.session_tower(&last)?;
             out.extend(last.flatten_all()?.to_vec1::<f32>()?);
         }

@@ -52,6 +52,7 @@ fn module_checks_actually_run_on_transformer_layers() {
         "train forward is deterministic without dropout",
         "train forward is stochastic with dropout",
         "padding does not change outputs at real positions",
+        "last-position forward equals the full pass",
         "gradients reach every parameter",
         "save → load round trip gives identical outputs",
         "finite outputs for extreme inputs",

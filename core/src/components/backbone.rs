@@ -5,7 +5,9 @@ use candle_core::Tensor;
 use serde_json::Value;
 
 use crate::{
-    components::{ItemNetConstructor, PositionalEncoding, Similarity, TransformerLayers},
+    components::{
+        last_position, ItemNetConstructor, PositionalEncoding, Similarity, TransformerLayers,
+    },
     context::BuildContext,
     Result,
 };
@@ -29,6 +31,13 @@ pub trait Backbone: Send + Sync {
     fn item_embeddings(&self, train: bool) -> Result<Tensor>;
     /// Session encodings `[B, L, d]` for input ids `x` `[B, L]` (u32, 0 = PAD).
     fn encode_sessions(&self, x: &Tensor, item_embs: &Tensor, train: bool) -> Result<Tensor>;
+    /// Eval-mode session encodings at the last position only, `[B, 1, d]`: what recommending
+    /// uses. Equals `encode_sessions(x, item_embs, false)` at the last position; the default
+    /// computes every position, backbones override it to let the layers skip work
+    /// ([`TransformerLayers::forward_last`]).
+    fn encode_last(&self, x: &Tensor, item_embs: &Tensor) -> Result<Tensor> {
+        last_position(&self.encode_sessions(x, item_embs, false)?)
+    }
     /// The similarity module.
     fn similarity(&self) -> &dyn Similarity;
     /// Logits for `x`: against the whole catalog `[B, L, N]`, or against `candidates`

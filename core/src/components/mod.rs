@@ -22,5 +22,5 @@ pub use objective::Objective;
 pub use pos_encoding::PositionalEncoding;
 pub use similarity::{Distance, Similarity};
 pub use trainer::TrainerSettings;
-pub use transformer_layers::{AttentionMasks, TransformerLayers};
+pub use transformer_layers::{last_position, AttentionMasks, TransformerLayers};
 pub use val_mask::InteractionsView;

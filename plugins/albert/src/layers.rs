@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 
 use recblocks_core::{
     candle::Tensor,
-    components::{AttentionMasks, TransformerLayers},
+    components::{last_position, AttentionMasks, TransformerLayers},
     inventory,
     kwargs::{decode_kwargs, default_kwargs_json},
     nn::{layers::LAST_LAYER_NORM_EPS, LayerNorm, PreLNTransformerLayer, SASRecTransformerLayer},
@@ -125,6 +125,15 @@ impl AlbertLayer {
         match self {
             AlbertLayer::PreLN(b) => b.forward_t(x, attn_bias, train),
             AlbertLayer::SASRec(b) => b.forward_t(x, attn_bias, train),
+        }
+    }
+
+    /// The block's eval-mode output at the last position only, `[B, 1, d]`
+    /// (see the wrapped blocks' `forward_last`).
+    pub fn forward_last(&self, x: &Tensor, last_query_bias: Option<&Tensor>) -> Result<Tensor> {
+        match self {
+            AlbertLayer::PreLN(b) => b.forward_last(x, last_query_bias),
+            AlbertLayer::SASRec(b) => b.forward_last(x, last_query_bias),
         }
     }
 }
@@ -282,6 +291,38 @@ impl AlbertLayers {
 impl TransformerLayers for AlbertLayers {
     fn forward_t(&self, seqs: &Tensor, masks: &AttentionMasks, train: bool) -> Result<Tensor> {
         self.forward_traced(seqs, masks, train, &mut |_, _| {})
+    }
+
+    fn forward_last(&self, seqs: &Tensor, masks: &AttentionMasks) -> Result<Tensor> {
+        let Some((&(lg, li), rest)) = self.applications.split_last() else {
+            return last_position(&self.forward_t(seqs, masks, false)?);
+        };
+        let layer = |g: usize, i: usize| {
+            self.albert_layer_groups
+                .get(g)
+                .and_then(|group| group.get(i))
+                .ok_or_else(|| {
+                    CoreError::Other(format!("{NAME}: no layer ({g}, {i}) for the schedule"))
+                })
+        };
+        let sasrec = self.layer_type == AlbertLayerType::SASRec;
+        let tm = &masks.timeline_mask;
+        let bias = masks.attn_bias.as_ref();
+        let mut x = seqs.clone();
+        for &(g, i) in rest {
+            if sasrec {
+                x = x.broadcast_mul(tm)?;
+            }
+            x = layer(g, i)?.forward_t(&x, bias, false)?;
+        }
+        if sasrec {
+            x = x.broadcast_mul(tm)?;
+        }
+        let mut x = layer(lg, li)?.forward_last(&x, masks.last_query_bias()?.as_ref())?;
+        if let Some(norm) = &self.last_layernorm {
+            x = norm.forward(&x.broadcast_mul(&last_position(tm)?)?)?;
+        }
+        Ok(x)
     }
 }
 

@@ -70,6 +70,29 @@ impl Backbone for TransformerTorchBackbone {
     }
 
     fn encode_sessions(&self, x: &Tensor, item_embs: &Tensor, train: bool) -> Result<Tensor> {
+        let (h, masks) = self.layer_inputs(x, item_embs, train)?;
+        self.transformer_layers.forward_t(&h, &masks, train)
+    }
+
+    fn encode_last(&self, x: &Tensor, item_embs: &Tensor) -> Result<Tensor> {
+        let (h, masks) = self.layer_inputs(x, item_embs, false)?;
+        self.transformer_layers.forward_last(&h, &masks)
+    }
+
+    fn similarity(&self) -> &dyn Similarity {
+        self.similarity.as_ref()
+    }
+}
+
+impl TransformerTorchBackbone {
+    /// Everything `encode_sessions` does before the transformer layers: the layers' input
+    /// `[B, L, d]` and their masks.
+    fn layer_inputs(
+        &self,
+        x: &Tensor,
+        item_embs: &Tensor,
+        train: bool,
+    ) -> Result<(Tensor, AttentionMasks)> {
         if x.dtype() != DType::U32 || x.rank() != 2 {
             return Err(CoreError::invalid(
                 ComponentKind::Backbone,
@@ -114,11 +137,7 @@ impl Backbone for TransformerTorchBackbone {
             timeline_mask,
             attn_bias,
         };
-        self.transformer_layers.forward_t(&h, &masks, train)
-    }
-
-    fn similarity(&self) -> &dyn Similarity {
-        self.similarity.as_ref()
+        Ok((h, masks))
     }
 }
 
@@ -334,6 +353,44 @@ mod tests {
             .map(|v| *v as f64)
             .collect();
         assert_close(&got.flatten_all()?.to_vec1::<f32>()?, &expected, 1e-6);
+        Ok(())
+    }
+
+    #[test]
+    fn encode_last_is_the_last_position_of_encode_sessions() -> Result<()> {
+        // Every stack with its own `forward_last` (SASRec, pre-LN) and one on the trait's default
+        // (LiGR), under every mask combination, two blocks, dropout on (eval must drop it), and a
+        // padded session; the default embedding-width item table has 5 rows (PAD + 4).
+        let x = Tensor::new(&[[0u32, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 2]], &Device::Cpu)?;
+        for layers in [
+            "SASRecTransformerLayers",
+            "PreLNTransformerLayers",
+            "rectools.models.nn.transformers.ligr.LiGRLayers",
+        ] {
+            for (causal, key_padding) in
+                [(true, false), (false, true), (true, true), (false, false)]
+            {
+                let env = Env::new(
+                    json!({"n_factors": 8, "n_heads": 2, "n_blocks": 2, "session_max_len": 4,
+                           "dropout_rate": 0.3, "transformer_layers_type": layers,
+                           "use_causal_attn": causal, "use_key_padding_mask": key_padding}),
+                    DatasetSchema::new(5, &["PAD"]),
+                )?;
+                let bb = backbone(&env)?;
+                let item_embs = bb.item_embeddings(false)?;
+                let full = bb.encode_sessions(&x, &item_embs, false)?;
+                let want: Vec<f64> = full
+                    .narrow(1, 3, 1)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|v| *v as f64)
+                    .collect();
+                let got = bb.encode_last(&x, &item_embs)?;
+                assert_eq!(got.dims(), &[3, 1, 8], "{layers} {causal} {key_padding}");
+                assert_close(&got.flatten_all()?.to_vec1::<f32>()?, &want, 1e-5);
+            }
+        }
         Ok(())
     }
 

@@ -188,6 +188,13 @@ pub(crate) fn run(
         },
     ));
     results.push(res(
+        "last-position forward equals the full pass",
+        match &module {
+            Built::Layers(layers) => outcome(last_position(layers.as_ref())),
+            _ => Outcome::Skipped(format!("a {kind} has no last-position forward")),
+        },
+    ));
+    results.push(res(
         "gradients reach every parameter",
         outcome(gradients(&h, &module)),
     ));
@@ -222,6 +229,41 @@ fn shapes(m: &Built) -> Result<Outcome> {
             return Ok(Outcome::Fail(format!(
                 "batch {b}, length {l}: output shape {:?}, expected {want:?}",
                 out.dims()
+            )));
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+/// `forward_last` (what recommending calls) against the last position of the eval forward.
+fn last_position(layers: &dyn TransformerLayers) -> Result<Outcome> {
+    for (b, l) in [(1, 1), (3, 3), (4, MAX_LEN)] {
+        let p = Probe::new(b, l, 1.0)?;
+        let masks = p.masks()?;
+        let full = layers.forward_t(&p.x, &masks, false)?;
+        let want = values(&full.narrow(1, l - 1, 1)?)?;
+        let got = layers.forward_last(&p.x, &masks)?;
+        if got.dims() != [b, 1, D] {
+            return Ok(Outcome::Fail(format!(
+                "batch {b}, length {l}: forward_last gave shape {:?}, expected [{b}, 1, {D}]",
+                got.dims()
+            )));
+        }
+        let diffs: Vec<f32> = values(&got)?
+            .iter()
+            .zip(&want)
+            .map(|(a, w)| (a - w).abs())
+            .collect();
+        if diffs.iter().any(|d| d.is_nan()) {
+            return Ok(Outcome::Fail(format!(
+                "batch {b}, length {l}: forward_last or the full pass gave NaN"
+            )));
+        }
+        let worst = diffs.iter().copied().fold(0f32, f32::max);
+        if worst > 1e-4 {
+            return Ok(Outcome::Fail(format!(
+                "batch {b}, length {l}: forward_last differs from the full pass's last position \
+                 by up to {worst}"
             )));
         }
     }

@@ -89,4 +89,42 @@ pub(crate) mod test_util {
             );
         }
     }
+
+    /// A block's eval-mode forward pass: `(x, attention bias) -> [B, L', d]`.
+    pub(crate) type BlockFn<'a> = &'a dyn Fn(&Tensor, Option<&Tensor>) -> Result<Tensor>;
+
+    /// Checks that `forward_last` gives `forward_t`'s last position, `[B, 1, d]`, under no mask,
+    /// the causal, the key padding and the merged mask, on a batch with a padded session.
+    pub(crate) fn check_last_position(
+        forward_t: BlockFn,
+        forward_last: BlockFn,
+        d: usize,
+    ) -> Result<()> {
+        let ids = Tensor::new(&[[0u32, 0, 3, 4, 5], [1, 2, 3, 4, 5]], &Device::Cpu)?;
+        let n = 2 * 5 * d;
+        let v: Vec<f32> = (0..n).map(|i| ((i * 37 % 17) as f32 - 8.0) / 4.0).collect();
+        let x = Tensor::from_vec(v, (2, 5, d), &Device::Cpu)?;
+        for (causal, key_padding) in [(false, false), (true, false), (false, true), (true, true)] {
+            let masks = crate::components::AttentionMasks {
+                timeline_mask: crate::nn::masks::timeline_mask(&ids)?,
+                attn_bias: crate::nn::masks::attention_bias(&ids, causal, key_padding)?,
+            };
+            let full = forward_t(&x, masks.attn_bias.as_ref())?;
+            let want = crate::components::last_position(&full)?;
+            let got = forward_last(&x, masks.last_query_bias()?.as_ref())?;
+            assert_eq!(
+                got.dims(),
+                &[2, 1, d],
+                "causal {causal}, key padding {key_padding}"
+            );
+            let want: Vec<f64> = want
+                .flatten_all()?
+                .to_vec1::<f32>()?
+                .iter()
+                .map(|&w| w as f64)
+                .collect();
+            assert_close(&got.flatten_all()?.to_vec1::<f32>()?, &want, 1e-5);
+        }
+        Ok(())
+    }
 }

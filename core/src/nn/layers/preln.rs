@@ -77,6 +77,23 @@ impl PreLNTransformerLayer {
         let x = (x + self.dropout_2.forward_t(&f, train)?)?;
         self.dropout_3.forward_t(&x, train)
     }
+
+    /// The eval-mode output at the last position only, `[B, 1, d]`, equal to
+    /// `forward_t(x, attn_bias, false)` there: keys and values still come from every position,
+    /// the query, residuals and feed-forward from the last. `last_query_bias` is the attention
+    /// bias's last query row ([`crate::components::AttentionMasks::last_query_bias`]).
+    pub fn forward_last(&self, x: &Tensor, last_query_bias: Option<&Tensor>) -> Result<Tensor> {
+        let h = self.layer_norm_1.forward(x)?;
+        let h_last = crate::components::last_position(&h)?;
+        let a = self
+            .multi_head_attn
+            .forward_t(&h_last, &h, &h, last_query_bias, false)?;
+        let x = (crate::components::last_position(x)? + a)?;
+        let f = self
+            .feed_forward
+            .forward_t(&self.layer_norm_2.forward(&x)?, false)?;
+        Ok((x + f)?)
+    }
 }
 
 #[cfg(test)]
@@ -122,5 +139,17 @@ mod tests {
             assert_eq!(n, (4 + 2 * m) * 64 + (9 + m) * 8);
         }
         Ok(())
+    }
+
+    #[test]
+    fn forward_last_is_the_last_position_of_the_full_pass() -> Result<()> {
+        // Random weights (seeded init) and dropout 0.2, which eval mode must switch off in both.
+        let (_varmap, vb) = store(3);
+        let block = PreLNTransformerLayer::new(8, 2, 0.2, 4, &vb, SharedRng::new(7))?;
+        super::super::test_util::check_last_position(
+            &|x, bias| block.forward_t(x, bias, false),
+            &|x, bias| block.forward_last(x, bias),
+            8,
+        )
     }
 }

@@ -73,6 +73,21 @@ impl SASRecTransformerLayer {
         let ff = self.feed_forward.forward_t(&f, train)?;
         Ok((self.dropout.forward_t(&ff, train)? + f)?)
     }
+
+    /// The eval-mode output at the last position only, `[B, 1, d]`, equal to
+    /// `forward_t(x, attn_bias, false)` there: keys and values still come from every position of
+    /// `x`, the query, residuals and feed-forward from the last. `last_query_bias` is the
+    /// attention bias's last query row ([`crate::components::AttentionMasks::last_query_bias`]).
+    pub fn forward_last(&self, x: &Tensor, last_query_bias: Option<&Tensor>) -> Result<Tensor> {
+        let x_last = crate::components::last_position(x)?;
+        let q = self.q_layer_norm.forward(&x_last)?;
+        let a = self
+            .multi_head_attn
+            .forward_t(&q, x, x, last_query_bias, false)?;
+        let x = (q + a)?;
+        let f = self.ff_layer_norm.forward(&x)?;
+        Ok((self.feed_forward.forward_t(&f, false)? + f)?)
+    }
 }
 
 #[cfg(test)]
@@ -142,5 +157,17 @@ mod tests {
             ]
         );
         Ok(())
+    }
+
+    #[test]
+    fn forward_last_is_the_last_position_of_the_full_pass() -> Result<()> {
+        // Random weights (seeded init) and dropout 0.2, which eval mode must switch off in both.
+        let (_varmap, vb) = store(3);
+        let block = SASRecTransformerLayer::new(8, 2, 0.2, &vb, SharedRng::new(7))?;
+        super::super::test_util::check_last_position(
+            &|x, bias| block.forward_t(x, bias, false),
+            &|x, bias| block.forward_last(x, bias),
+            8,
+        )
     }
 }

@@ -140,6 +140,28 @@ fn manual(env: &Env, order: &[(usize, usize)], sasrec: bool) -> Result<Vec<f32>>
 }
 
 #[test]
+fn forward_last_is_the_last_position_of_the_full_pass() -> Result<()> {
+    // The (4, 2, 2) schedule for both layer types, every mask combination, dropout on.
+    for layer_type in ["PreLN", "SASRec"] {
+        for (causal, key_padding) in [(true, false), (false, true), (true, true), (false, false)] {
+            let env = env(4, 0.3)?;
+            let layers = build(
+                &env,
+                json!({"n_hidden_groups": 2, "n_inner_groups": 2, "layer_type": layer_type}),
+            )?;
+            let (ids, x) = inputs(D)?;
+            let m = masks_for(&ids, causal, key_padding)?;
+            let full = layers.forward_t(&x, &m, false)?;
+            let want = flat(&full.narrow(1, 3, 1)?)?;
+            let got = layers.forward_last(&x, &m)?;
+            assert_eq!(got.dims(), &[2, 1, D]);
+            assert_close(&flat(&got)?, &want, 1e-5);
+        }
+    }
+    Ok(())
+}
+
+#[test]
 fn output_equals_the_layers_applied_in_schedule_order() -> Result<()> {
     for (layer_type, sasrec) in [("PreLN", false), ("SASRec", true)] {
         let env = env(4, 0.0)?;

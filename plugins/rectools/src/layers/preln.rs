@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use recblocks_core::{
     candle::Tensor,
-    components::{AttentionMasks, TransformerLayers},
+    components::{last_position, AttentionMasks, TransformerLayers},
     inventory,
     kwargs::{decode_kwargs, default_kwargs_json},
     registry::{ComponentInfo, TransformerLayersRegistration},
@@ -79,6 +79,18 @@ impl TransformerLayers for PreLNTransformerLayers {
             x = block.forward_t(&x, bias, train)?;
         }
         Ok(x)
+    }
+
+    fn forward_last(&self, seqs: &Tensor, masks: &AttentionMasks) -> Result<Tensor> {
+        let Some((last, rest)) = self.transformer_blocks.split_last() else {
+            return last_position(seqs);
+        };
+        let bias = masks.attn_bias.as_ref();
+        let mut x = seqs.clone();
+        for block in rest {
+            x = block.forward_t(&x, bias, false)?;
+        }
+        last.forward_last(&x, masks.last_query_bias()?.as_ref())
     }
 }
 

@@ -7,7 +7,7 @@
 
 use recblocks_core::{
     candle::Tensor,
-    components::{AttentionMasks, TransformerLayers},
+    components::{last_position, AttentionMasks, TransformerLayers},
     inventory,
     kwargs::{decode_kwargs, default_kwargs_json, NoKwargs},
     nn::LayerNorm,
@@ -70,6 +70,23 @@ impl TransformerLayers for SASRecTransformerLayers {
             x = block.forward_t(&x, bias, train)?;
         }
         x = x.broadcast_mul(tm)?;
+        self.last_layernorm.forward(&x)
+    }
+
+    fn forward_last(&self, seqs: &Tensor, masks: &AttentionMasks) -> Result<Tensor> {
+        let Some((last, rest)) = self.transformer_blocks.split_last() else {
+            return last_position(&self.forward_t(seqs, masks, false)?);
+        };
+        let tm = &masks.timeline_mask;
+        let bias = masks.attn_bias.as_ref();
+        let mut x = seqs.clone();
+        for block in rest {
+            x = x.broadcast_mul(tm)?;
+            x = block.forward_t(&x, bias, false)?;
+        }
+        x = x.broadcast_mul(tm)?;
+        let x = last.forward_last(&x, masks.last_query_bias()?.as_ref())?;
+        let x = x.broadcast_mul(&last_position(tm)?)?;
         self.last_layernorm.forward(&x)
     }
 }
