@@ -254,6 +254,16 @@ impl AlbertLayers {
         &self.applications
     }
 
+    /// Inner layer `i` of group `g` (an error names a schedule entry with no layer).
+    fn layer(&self, g: usize, i: usize) -> Result<&AlbertLayer> {
+        self.albert_layer_groups
+            .get(g)
+            .and_then(|group| group.get(i))
+            .ok_or_else(|| {
+                CoreError::Other(format!("{NAME}: no layer ({g}, {i}) for the schedule"))
+            })
+    }
+
     /// [`TransformerLayers::forward_t`], calling `on_apply(group, inner)` just before each layer
     /// application (to observe the schedule the forward pass actually runs).
     pub fn forward_traced(
@@ -268,13 +278,7 @@ impl AlbertLayers {
         let bias = masks.attn_bias.as_ref();
         let mut x = seqs.clone();
         for &(g, i) in &self.applications {
-            let layer = self
-                .albert_layer_groups
-                .get(g)
-                .and_then(|group| group.get(i))
-                .ok_or_else(|| {
-                    CoreError::Other(format!("{NAME}: no layer ({g}, {i}) for the schedule"))
-                })?;
+            let layer = self.layer(g, i)?;
             on_apply(g, i);
             if sasrec {
                 x = x.broadcast_mul(tm)?;
@@ -297,14 +301,6 @@ impl TransformerLayers for AlbertLayers {
         let Some((&(lg, li), rest)) = self.applications.split_last() else {
             return last_position(&self.forward_t(seqs, masks, false)?);
         };
-        let layer = |g: usize, i: usize| {
-            self.albert_layer_groups
-                .get(g)
-                .and_then(|group| group.get(i))
-                .ok_or_else(|| {
-                    CoreError::Other(format!("{NAME}: no layer ({g}, {i}) for the schedule"))
-                })
-        };
         let sasrec = self.layer_type == AlbertLayerType::SASRec;
         let tm = &masks.timeline_mask;
         let bias = masks.attn_bias.as_ref();
@@ -313,12 +309,14 @@ impl TransformerLayers for AlbertLayers {
             if sasrec {
                 x = x.broadcast_mul(tm)?;
             }
-            x = layer(g, i)?.forward_t(&x, bias, false)?;
+            x = self.layer(g, i)?.forward_t(&x, bias, false)?;
         }
         if sasrec {
             x = x.broadcast_mul(tm)?;
         }
-        let mut x = layer(lg, li)?.forward_last(&x, masks.last_query_bias()?.as_ref())?;
+        let mut x = self
+            .layer(lg, li)?
+            .forward_last(&x, masks.last_query_bias()?.as_ref())?;
         if let Some(norm) = &self.last_layernorm {
             x = norm.forward(&x.broadcast_mul(&last_position(tm)?)?)?;
         }
