@@ -148,6 +148,10 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/nn/gather_dot.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/gather_dot.rs")),
+    ),
+    (
         "src/nn/init.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/init.rs")),
     ),

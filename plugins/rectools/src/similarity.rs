@@ -11,6 +11,7 @@ use recblocks_core::{
     components::{Distance, Similarity},
     inventory,
     kwargs::{decode_kwargs, default_kwargs_json},
+    nn::gather_dot,
     registry::{ComponentInfo, SimilarityRegistration},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
@@ -145,17 +146,22 @@ impl Similarity for DistanceSimilarityModule {
                 ),
             ));
         }
-        let cand = items
-            .index_select(&candidates.flatten_all()?, 0)?
-            .reshape((b, cl, k, d))?;
         if cl == 1 {
             // [B, L, d] x [B, d, K] -> [B, L, K]
-            let cand = cand.squeeze(1)?.transpose(1, 2)?.contiguous()?;
+            let cand = items
+                .index_select(&candidates.flatten_all()?, 0)?
+                .reshape((b, k, d))?
+                .transpose(1, 2)?
+                .contiguous()?;
             Ok(s.contiguous()?.matmul(&cand)?)
         } else {
-            // [B, L, K, d] x [B, L, d, 1] -> [B, L, K]
-            let s = s.unsqueeze(3)?.contiguous()?;
-            Ok(cand.matmul(&s)?.squeeze(3)?)
+            // Per position: `items[cand] @ s.unsqueeze(-1)`, fused (no [B, L, K, d] copy).
+            let logits = gather_dot(
+                &s.reshape((b * l, d))?,
+                &items,
+                &candidates.reshape((b * l, k))?,
+            )?;
+            Ok(logits.reshape((b, l, k))?)
         }
     }
 
