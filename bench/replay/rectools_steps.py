@@ -1,0 +1,103 @@
+"""RecTools side of the training-step replay (`bench/replay/README.md`).
+
+Fits RecTools' model of SPEC for --fit-epochs epochs (default 1; 0 keeps the initial xavier
+weights) on DATA, then, from those weights, takes STEPS Adam steps on batches drawn by RecTools' own train
+dataloader (dropout must be 0 in SPEC so that a step depends only on the weights and the batch),
+and writes to OUT/:
+
+- config.json: model_config, dataset_schema, item_external_ids (the RecTools import format);
+- weights.safetensors: the weights before the first replayed step (`torch_model.` names);
+- batches.safetensors: x_i, y_i, yw_i (and negatives_i) of every step i;
+- grads.safetensors: the gradient of every parameter at step 0;
+- final.safetensors: the weights after the last step;
+- losses.json: the loss of every step.
+
+Usage: python bench/replay/rectools_steps.py SPEC.json --data FILE.csv --out DIR [--steps N]
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import pandas as pd
+import torch
+from pytorch_lightning import seed_everything
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "rectools"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "parity"))
+
+from generate import write_safetensors  # noqa: E402
+from run_rectools import make_trainer, read_log, resolve_config  # noqa: E402
+
+from rectools.dataset import Dataset  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("spec")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--fit-epochs", type=int, default=1, help="epochs to fit before the replay (0: initial weights)")
+    a = p.parse_args()
+    model_cls, config, _ = resolve_config(a.spec, 1, a.seed)
+    if float(config.get("dropout_rate", 0.2)) != 0.0:
+        sys.exit("the replay needs dropout_rate 0 in the spec (a step must depend only on weights and batch)")
+    torch.set_num_threads(1)
+    seed_everything(a.seed)
+    log = read_log(a.data)
+    log["datetime"] = pd.to_datetime(log["datetime"], unit="s")
+    dataset = Dataset.construct(log)
+    config["get_trainer_func"] = make_trainer
+    config["get_trainer_func_kwargs"] = {"epochs": a.fit_epochs}
+    model = model_cls.from_config(config)
+    model.fit(dataset)
+    lm = model.lightning_model
+    if a.fit_epochs == 0:
+        lm._xavier_normal_init()  # what on_train_start does before the first epoch
+    tm = lm.torch_model
+    os.makedirs(a.out, exist_ok=True)
+    write_safetensors(os.path.join(a.out, "weights.safetensors"), dict(lm.state_dict()))
+    config = {
+        "model_config": model.get_config(simple_types=True),
+        "dataset_schema": lm.hparams["dataset_schema"],
+        "item_external_ids": [str(i) for i in lm.hparams["item_external_ids"]],
+    }
+    with open(os.path.join(a.out, "config.json"), "w") as f:
+        json.dump(config, f)
+
+    opt = torch.optim.Adam(tm.parameters(), lr=lm.lr, betas=lm.adam_betas)
+    lm.train()
+    batches, losses, it = {}, [], None
+    loader = model.data_preparator.get_dataloader_train()
+    for step in range(a.steps):
+        batch = next(it, None) if it is not None else None
+        if batch is None:
+            it = iter(loader)
+            batch = next(it)
+        for k in ("x", "y", "yw", "negatives"):
+            if k in batch:
+                t = batch[k]
+                # ids below 2^24 are exact in f32, which halves the file against i64
+                batches[f"{k}_{step}"] = t.float()
+        logits = lm.get_batch_logits(batch)
+        loss = lm.loss_calculator(logits, batch["y"], batch["yw"])
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:
+            grads = {f"torch_model.{n}": q.grad.clone() for n, q in tm.named_parameters() if q.grad is not None}
+            write_safetensors(os.path.join(a.out, "grads.safetensors"), grads)
+        opt.step()
+        losses.append(float(loss))
+    write_safetensors(os.path.join(a.out, "batches.safetensors"), batches)
+    write_safetensors(os.path.join(a.out, "final.safetensors"), dict(lm.state_dict()))
+    with open(os.path.join(a.out, "losses.json"), "w") as f:
+        json.dump(losses, f)
+    print(f"{a.steps} steps, loss {losses[0]:.5f} -> {losses[-1]:.5f}")
+
+
+if __name__ == "__main__":
+    main()
