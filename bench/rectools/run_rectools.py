@@ -5,6 +5,7 @@
 Usage:
     python bench/rectools/run_rectools.py SPEC.json --data FILE.csv [--epochs N] [--seed S]
         [--threads T] [--device cpu] [-k 10] [--baseline-popular] [--dump-split FILE.tsv]
+        [--save-model DIR]
 
 SPEC is the recblocks spec file, i.e. a RecTools `get_config(simple_types=True)` config: our
 extension key `seed` is dropped (it is the default of --seed), short component names are mapped
@@ -101,6 +102,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("-k", type=int, default=10, help="recommendations per user")
     p.add_argument("--baseline-popular", action="store_true", help="also score popularity")
     p.add_argument("--dump-split", help="write the test pairs (user<TAB>item) to this file")
+    p.add_argument(
+        "--save-model",
+        metavar="DIR",
+        help="write the fitted model's Lightning checkpoint (DIR/checkpoint.ckpt, for `recblocks "
+        "import-rectools`), the train part (DIR/train.csv) and RecTools' top-k (DIR/reco.csv), "
+        "so that recblocks can rank with the very same weights",
+    )
     return p.parse_args(argv)
 
 
@@ -305,6 +313,11 @@ def main(argv: list[str] | None = None) -> None:
     recommend_seconds = time.perf_counter() - started
 
     reco = reco.astype({USER: str, ITEM: str})
+    if args.save_model:
+        os.makedirs(args.save_model, exist_ok=True)
+        model.fit_trainer.save_checkpoint(os.path.join(args.save_model, "checkpoint.ckpt"))
+        train.to_csv(os.path.join(args.save_model, "train.csv"), index=False)
+        reco.to_csv(os.path.join(args.save_model, "reco.csv"), index=False)
     metrics = score(ranked_lists(reco), test, args.k)
     check_with_rectools_metrics(reco, test, args.k, metrics)
     torch_model = model.lightning_model.torch_model
