@@ -8,6 +8,10 @@
 //! largest weight differences after the last step. With dropout 0 nothing is random, so any
 //! difference beyond f32 rounding is a difference in the maths.
 //!
+//! With dropout the script writes, for its first batch, the loss and the mean gradient over many
+//! masks instead; this example computes both over as many of its own masks and prints how far
+//! apart the means are in standard errors (see `bench/replay/README.md`).
+//!
 //! `cargo run --release -p recblocks --example replay_steps -- DIR`
 
 use std::collections::BTreeMap;
@@ -26,6 +30,17 @@ fn load(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
     Ok(candle_core::safetensors::load(path, &Device::Cpu)
         .with_context(|| format!("reading {}", path.display()))?
         .into_iter()
+        .collect())
+}
+
+/// The tensors of `all` whose names start with `prefix`, without it.
+fn torch_prefixed(
+    all: &BTreeMap<String, Tensor>,
+    prefix: &str,
+) -> anyhow::Result<BTreeMap<String, Tensor>> {
+    Ok(all
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
         .collect())
 }
 
@@ -56,6 +71,127 @@ fn max_abs(a: &Tensor, b: &Tensor) -> anyhow::Result<(f32, f32)> {
     Ok((diff, scale))
 }
 
+/// The first batch of `batches.safetensors` (`x_0`, `y_0`, `yw_0`, `negatives_0`).
+fn batch_at(batches: &BTreeMap<String, Tensor>, step: usize) -> anyhow::Result<Batch> {
+    let get = |k: &str| -> anyhow::Result<Tensor> {
+        batches
+            .get(&format!("{k}_{step}"))
+            .cloned()
+            .with_context(|| format!("no `{k}_{step}` in batches.safetensors"))
+    };
+    Ok(Batch {
+        x: get("x")?.to_dtype(DType::U32)?,
+        y: get("y")?.to_dtype(DType::U32)?,
+        yw: get("yw")?.to_dtype(DType::F32)?,
+        negatives: match get("negatives") {
+            Ok(t) => Some(t.to_dtype(DType::U32)?),
+            Err(_) => None,
+        },
+    })
+}
+
+fn mean_and_se(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    (mean, (var / n).sqrt())
+}
+
+/// With dropout: the mean training-mode loss of the first batch over as many masks as RecTools
+/// drew, and the eval-mode loss, against `dropout_losses.json`.
+fn dropout_check(
+    dir: &std::path::Path,
+    net: &recblocks::AssembledModel,
+    objective: &TransformerLightningModule,
+) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct Draws {
+        train: Vec<f64>,
+        eval: Vec<f64>,
+    }
+    let draws: Draws =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("dropout_losses.json"))?)?;
+    let batch = batch_at(&load(&dir.join("batches.safetensors"))?, 0)?;
+    let backbone = net.backbone.as_ref();
+    let scalar = |t: Tensor| -> anyhow::Result<f64> { Ok(t.to_dtype(DType::F64)?.to_scalar()?) };
+    let ours: Vec<f64> = (0..draws.train.len())
+        .map(|_| scalar(objective.train_loss(backbone, &batch)?))
+        .collect::<anyhow::Result<_>>()?;
+    let eval = {
+        // RecTools' order of operations, without dropout: every position's candidate logits.
+        let candidates = match &batch.negatives {
+            Some(n) => Some(Tensor::cat(&[&batch.y.unsqueeze(2)?, n], 2)?),
+            None => None,
+        };
+        let logits =
+            (backbone.logits(&batch.x, candidates.as_ref(), false)? / objective.logits_t())?;
+        scalar(objective.loss_from_logits(&logits, &batch.y, &batch.yw)?)?
+    };
+    let (m, se) = mean_and_se(&ours);
+    let (tm, tse) = mean_and_se(&draws.train);
+    println!("{:<28} {:>12} {:>12}", "", "recblocks", "rectools");
+    println!(
+        "{:<28} {eval:>12.5} {:>12.5}",
+        "eval-mode loss", draws.eval[0]
+    );
+    println!(
+        "{:<28} {m:>12.5} {tm:>12.5}",
+        format!("train-mode loss, {} masks", ours.len())
+    );
+    println!("{:<28} {se:>12.5} {tse:>12.5}", "  standard error");
+    println!(
+        "difference of the means: {:.5} ({:.1} standard errors)",
+        m - tm,
+        (m - tm) / (se * se + tse * tse).sqrt()
+    );
+
+    // Mean gradient over as many masks, per parameter, against RecTools' mean and standard error:
+    // z = (mean_rb − mean_rt) / √(se_rb² + se_rt²) per element; with equal distributions about
+    // 0.3% of the elements have |z| > 3.
+    let torch = load(&dir.join("dropout_grads.safetensors"))?;
+    let vars = trainable_vars(net);
+    let n = draws.train.len();
+    let mut sum: BTreeMap<String, Tensor> = BTreeMap::new();
+    let mut sum2: BTreeMap<String, Tensor> = BTreeMap::new();
+    for _ in 0..n {
+        let grads = objective.train_loss(backbone, &batch)?.backward()?;
+        for (name, var) in &vars {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = g.to_dtype(DType::F64)?;
+            let s2 = g.sqr()?;
+            let (s, q) = match (sum.remove(name), sum2.remove(name)) {
+                (Some(s), Some(q)) => ((s + g)?, (q + s2)?),
+                _ => (g, s2),
+            };
+            sum.insert(name.clone(), s);
+            sum2.insert(name.clone(), q);
+        }
+    }
+    println!("mean gradient over {n} masks: share of elements with |z| > 3, and relative difference of the means' norms");
+    let nf = n as f64;
+    for (name, s) in &sum {
+        let mean = (s / nf)?;
+        let var = ((&sum2[name] / nf)? - mean.sqr()?)?.relu()? * (nf / (nf - 1.0).max(1.0));
+        let se = (var? / nf)?.sqrt()?;
+        let tmean = torch_view(&torch_prefixed(&torch, "mean.")?, name)?.to_dtype(DType::F64)?;
+        let tse = torch_view(&torch_prefixed(&torch, "se.")?, name)?.to_dtype(DType::F64)?;
+        let denom = ((se.sqr()? + tse.sqr()?)? + 1e-30)?.sqrt()?;
+        let z = ((&mean - &tmean)? / denom)?.abs()?;
+        let share = z
+            .gt(3.0)?
+            .to_dtype(DType::F64)?
+            .mean_all()?
+            .to_scalar::<f64>()?;
+        let norm =
+            |t: &Tensor| -> anyhow::Result<f64> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar()?) };
+        let rel = (norm(&mean)? - norm(&tmean)?) / norm(&tmean)?.max(1e-30);
+        println!("  {:>7.2}% {rel:>+9.4}  {name}", share * 100.0);
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     recblocks::threads::configure(None)?;
     let Some(dir) = std::env::args().nth(1).map(std::path::PathBuf::from) else {
@@ -75,9 +211,6 @@ fn main() -> anyhow::Result<()> {
     };
     let model = from_parts("replay", parts, &registry)?.model;
     let spec: &ModelSpec = &model.net.spec;
-    if spec.dropout_rate != 0.0 {
-        bail!("the replay needs dropout_rate 0");
-    }
     let schema = recblocks_core::DatasetSchema {
         n_items: model.item_ids.len(),
         item_extra_tokens: model.item_ids[..model.n_extra_tokens].to_vec(),
@@ -88,6 +221,9 @@ fn main() -> anyhow::Result<()> {
         &schema,
         &ModelSpec::kwargs_value(&spec.lightning_module_kwargs),
     )?;
+    if spec.dropout_rate != 0.0 {
+        return dropout_check(&dir, &model.net, &objective);
+    }
     let vars = trainable_vars(&model.net);
     let mut adam = Adam::new(vars.clone(), AdamConfig::rectools(spec.lr))?;
     let batches = load(&dir.join("batches.safetensors"))?;
@@ -100,21 +236,7 @@ fn main() -> anyhow::Result<()> {
         "step", "recblocks", "rectools", "diff"
     );
     for (step, want) in torch_losses.iter().enumerate() {
-        let get = |k: &str| -> anyhow::Result<Tensor> {
-            batches
-                .get(&format!("{k}_{step}"))
-                .cloned()
-                .with_context(|| format!("no `{k}_{step}` in batches.safetensors"))
-        };
-        let batch = Batch {
-            x: get("x")?.to_dtype(DType::U32)?,
-            y: get("y")?.to_dtype(DType::U32)?,
-            yw: get("yw")?.to_dtype(DType::F32)?,
-            negatives: match get("negatives") {
-                Ok(t) => Some(t.to_dtype(DType::U32)?),
-                Err(_) => None,
-            },
-        };
+        let batch = batch_at(&batches, step)?;
         let loss = objective.train_loss(backbone, &batch)?;
         let got = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let grads = loss.backward()?;

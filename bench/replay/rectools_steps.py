@@ -12,6 +12,11 @@ and writes to OUT/:
 - final.safetensors: the weights after the last step;
 - losses.json: the loss of every step.
 
+With dropout in SPEC a step depends on the masks, so there is no replay: instead the loss of the
+first batch is computed under STEPS different dropout masks (train mode) and once in eval mode
+(dropout_losses.json, batches.safetensors with that batch), which `replay_steps` compares with
+its own masks: the mean train-mode loss must agree within its standard error.
+
 Usage: python bench/replay/rectools_steps.py SPEC.json --data FILE.csv --out DIR [--steps N]
 """
 
@@ -20,6 +25,7 @@ import json
 import os
 import sys
 
+import numpy as np
 import pandas as pd
 import torch
 from pytorch_lightning import seed_everything
@@ -44,8 +50,7 @@ def main() -> None:
     p.add_argument("--fit-epochs", type=int, default=1, help="epochs to fit before the replay (0: initial weights)")
     a = p.parse_args()
     model_cls, config, _ = resolve_config(a.spec, 1, a.seed)
-    if float(config.get("dropout_rate", 0.2)) != 0.0:
-        sys.exit("the replay needs dropout_rate 0 in the spec (a step must depend only on weights and batch)")
+    dropout = float(config.get("dropout_rate", 0.2))
     torch.set_num_threads(1)
     seed_everything(a.seed)
     log = read_log(a.data)
@@ -69,6 +74,43 @@ def main() -> None:
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(config, f)
 
+    if dropout > 0.0:
+        # A step depends on the dropout masks: no replay, but the loss of one batch over many
+        # masks (train mode) and without dropout (eval mode), for `replay_steps` to compare.
+        batch = next(iter(model.data_preparator.get_dataloader_train()))
+        batches = {f"{k}_0": batch[k].float() for k in ("x", "y", "yw", "negatives") if k in batch}
+        write_safetensors(os.path.join(a.out, "batches.safetensors"), batches)
+        draws = {}
+        with torch.no_grad():
+            for mode in ("train", "eval"):
+                getattr(lm, mode)()
+                n = a.steps if mode == "train" else 1
+                draws[mode] = [
+                    float(lm.loss_calculator(lm.get_batch_logits(batch), batch["y"], batch["yw"])) for _ in range(n)
+                ]
+        # Mean gradient over the same number of masks, and its standard error, per parameter.
+        lm.train()
+        acc, acc2 = {}, {}
+        for _ in range(a.steps):
+            lm.zero_grad()
+            lm.loss_calculator(lm.get_batch_logits(batch), batch["y"], batch["yw"]).backward()
+            for n_, q in tm.named_parameters():
+                if q.grad is not None:
+                    g = q.grad.double()
+                    acc[n_] = acc.get(n_, 0) + g
+                    acc2[n_] = acc2.get(n_, 0) + g * g
+        stats = {}
+        for n_, s1 in acc.items():
+            mean = s1 / a.steps
+            var = (acc2[n_] / a.steps - mean * mean).clamp(min=0) * a.steps / max(a.steps - 1, 1)
+            stats[f"mean.torch_model.{n_}"] = mean.float()
+            stats[f"se.torch_model.{n_}"] = (var / a.steps).sqrt().float()
+        write_safetensors(os.path.join(a.out, "dropout_grads.safetensors"), stats)
+        with open(os.path.join(a.out, "dropout_losses.json"), "w") as f:
+            json.dump(draws, f)
+        t = np.array(draws["train"])
+        print(f"train-mode loss over {len(t)} masks {t.mean():.5f} +- {t.std(ddof=1) / np.sqrt(len(t)):.5f}, eval {draws['eval'][0]:.5f}")
+        return
     opt = torch.optim.Adam(tm.parameters(), lr=lm.lr, betas=lm.adam_betas)
     lm.train()
     batches, losses, it = {}, [], None
