@@ -34,14 +34,19 @@ fn load(path: &std::path::Path) -> anyhow::Result<BTreeMap<String, Tensor>> {
 }
 
 /// The tensors of `all` whose names start with `prefix`, without it.
-fn torch_prefixed(
-    all: &BTreeMap<String, Tensor>,
-    prefix: &str,
-) -> anyhow::Result<BTreeMap<String, Tensor>> {
-    Ok(all
-        .iter()
+fn torch_prefixed(all: &BTreeMap<String, Tensor>, prefix: &str) -> BTreeMap<String, Tensor> {
+    all.iter()
         .filter_map(|(k, v)| k.strip_prefix(prefix).map(|k| (k.to_string(), v.clone())))
-        .collect())
+        .collect()
+}
+
+/// Prints the eight rows `(relative, absolute, name)` with the largest relative difference.
+fn print_largest(title: &str, mut rows: Vec<(f32, f32, String)>) {
+    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+    println!("{title}");
+    for (rel, d, name) in rows.iter().take(8) {
+        println!("  {rel:>10.3e} {d:>10.3e}  {name}");
+    }
 }
 
 /// The torch tensor that holds recblocks parameter `name` (q/k/v are thirds of `in_proj_*`).
@@ -149,6 +154,10 @@ fn dropout_check(
     // z = (mean_rb − mean_rt) / √(se_rb² + se_rt²) per element; with equal distributions about
     // 0.3% of the elements have |z| > 3.
     let torch = load(&dir.join("dropout_grads.safetensors"))?;
+    let (torch_mean, torch_se) = (
+        torch_prefixed(&torch, "mean."),
+        torch_prefixed(&torch, "se."),
+    );
     let vars = trainable_vars(net);
     let n = draws.train.len();
     let mut sum: BTreeMap<String, Tensor> = BTreeMap::new();
@@ -175,8 +184,8 @@ fn dropout_check(
         let mean = (s / nf)?;
         let var = ((&sum2[name] / nf)? - mean.sqr()?)?.relu()? * (nf / (nf - 1.0).max(1.0));
         let se = (var? / nf)?.sqrt()?;
-        let tmean = torch_view(&torch_prefixed(&torch, "mean.")?, name)?.to_dtype(DType::F64)?;
-        let tse = torch_view(&torch_prefixed(&torch, "se.")?, name)?.to_dtype(DType::F64)?;
+        let tmean = torch_view(&torch_mean, name)?.to_dtype(DType::F64)?;
+        let tse = torch_view(&torch_se, name)?.to_dtype(DType::F64)?;
         let denom = ((se.sqr()? + tse.sqr()?)? + 1e-30)?.sqrt()?;
         let z = ((&mean - &tmean)? / denom)?.abs()?;
         let share = z
@@ -186,7 +195,8 @@ fn dropout_check(
             .to_scalar::<f64>()?;
         let norm =
             |t: &Tensor| -> anyhow::Result<f64> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar()?) };
-        let rel = (norm(&mean)? - norm(&tmean)?) / norm(&tmean)?.max(1e-30);
+        let torch_norm = norm(&tmean)?;
+        let rel = (norm(&mean)? - torch_norm) / torch_norm.max(1e-30);
         println!("  {:>7.2}% {rel:>+9.4}  {name}", share * 100.0);
     }
     Ok(())
@@ -250,11 +260,10 @@ fn main() -> anyhow::Result<()> {
                 let (d, s) = max_abs(g, &torch_view(&torch_grads, name)?)?;
                 rows.push((d / s.max(1e-12), d, name.clone()));
             }
-            rows.sort_by(|a, b| b.0.total_cmp(&a.0));
-            println!("step 0 gradients, largest relative differences (max|diff| / max|torch|):");
-            for (rel, d, name) in rows.iter().take(8) {
-                println!("  {rel:>10.3e} {d:>10.3e}  {name}");
-            }
+            print_largest(
+                "step 0 gradients, largest relative differences (max|diff| / max|torch|):",
+                rows,
+            );
         }
         adam.step(&grads)?;
         println!("{step:>5} {got:>12.6} {want:>12.6} {:>10.2e}", got - want);
@@ -265,10 +274,9 @@ fn main() -> anyhow::Result<()> {
         let (d, s) = max_abs(var.as_tensor(), &torch_view(&fin, name)?)?;
         rows.push((d / s.max(1e-12), d, name.clone()));
     }
-    rows.sort_by(|a, b| b.0.total_cmp(&a.0));
-    println!("weights after the last step, largest relative differences:");
-    for (rel, d, name) in rows.iter().take(8) {
-        println!("  {rel:>10.3e} {d:>10.3e}  {name}");
-    }
+    print_largest(
+        "weights after the last step, largest relative differences:",
+        rows,
+    );
     Ok(())
 }
