@@ -12,7 +12,15 @@
 //! masks instead; this example computes both over as many of its own masks and prints how far
 //! apart the means are in standard errors (see `bench/replay/README.md`).
 //!
-//! `cargo run --release -p recblocks --example replay_steps -- DIR`
+//! With `trajectory.json` in DIR (`rectools_steps.py --trajectory`), the steps run with dropout,
+//! each side with its own masks: this example trains from RecTools' initial weights on RecTools'
+//! batches, prints both sides' mean loss per 100 steps, and writes two model directories,
+//! `DIR/recblocks_final` (its weights) and `DIR/rectools_final` (RecTools' final weights), for
+//! `recblocks recommend` to score on the same split, and its per-step losses
+//! (`DIR/recblocks_losses.json`).
+//!
+//! `cargo run --release -p recblocks --example replay_steps -- DIR [SEED]` (SEED reseeds the
+//! dropout stream).
 
 use std::collections::BTreeMap;
 
@@ -178,7 +186,10 @@ fn dropout_check(
             sum2.insert(name.clone(), q);
         }
     }
-    println!("mean gradient over {n} masks: share of elements with |z| > 3, and relative difference of the means' norms");
+    println!(
+        "gradient over {n} masks: share of elements with |z| > 3, relative difference of the \
+         means' norms and of the standard errors' norms"
+    );
     let nf = n as f64;
     for (name, s) in &sum {
         let mean = (s / nf)?;
@@ -197,9 +208,31 @@ fn dropout_check(
             |t: &Tensor| -> anyhow::Result<f64> { Ok(t.sqr()?.sum_all()?.sqrt()?.to_scalar()?) };
         let torch_norm = norm(&tmean)?;
         let rel = (norm(&mean)? - torch_norm) / torch_norm.max(1e-30);
-        println!("  {:>7.2}% {rel:>+9.4}  {name}", share * 100.0);
+        // The spread of the gradient over masks: the norm of the standard errors, relative.
+        let torch_spread = norm(&tse)?;
+        let spread = (norm(&se)? - torch_spread) / torch_spread.max(1e-30);
+        println!(
+            "  {:>7.2}% {rel:>+9.4} {spread:>+9.4}  {name}",
+            share * 100.0
+        );
     }
     Ok(())
+}
+
+/// The model of `config.json` (the RecTools import format) with the weights of `weights`.
+fn import_weights(
+    config: &serde_json::Value,
+    weights: &std::path::Path,
+    registry: &recblocks_core::Registry,
+) -> anyhow::Result<recblocks::Model> {
+    let parts = RecToolsCheckpoint {
+        model_config: config["model_config"].clone(),
+        dataset_schema: config["dataset_schema"].clone(),
+        item_external_ids: ids_from_json(&config["item_external_ids"])
+            .map_err(anyhow::Error::msg)?,
+        state_dict: load(weights)?.into_iter().collect(),
+    };
+    Ok(from_parts("replay", parts, registry)?.model)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -210,16 +243,7 @@ fn main() -> anyhow::Result<()> {
     let registry = recblocks::builtin_registry()?;
     let config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?)?;
-    let parts = RecToolsCheckpoint {
-        model_config: config["model_config"].clone(),
-        dataset_schema: config["dataset_schema"].clone(),
-        item_external_ids: ids_from_json(&config["item_external_ids"])
-            .map_err(anyhow::Error::msg)?,
-        state_dict: load(&dir.join("weights.safetensors"))?
-            .into_iter()
-            .collect(),
-    };
-    let model = from_parts("replay", parts, &registry)?.model;
+    let model = import_weights(&config, &dir.join("weights.safetensors"), &registry)?;
     let spec: &ModelSpec = &model.net.spec;
     let schema = recblocks_core::DatasetSchema {
         n_items: model.item_ids.len(),
@@ -231,7 +255,15 @@ fn main() -> anyhow::Result<()> {
         &schema,
         &ModelSpec::kwargs_value(&spec.lightning_module_kwargs),
     )?;
-    if spec.dropout_rate != 0.0 {
+    if let Some(seed) = std::env::args().nth(2) {
+        // A different dropout stream for the same replay (`replay_steps DIR SEED`).
+        model
+            .net
+            .rng
+            .reseed(seed.parse().context("SEED must be an unsigned integer")?);
+    }
+    let trajectory = dir.join("trajectory.json").exists();
+    if spec.dropout_rate != 0.0 && !trajectory {
         return dropout_check(&dir, &model.net, &objective);
     }
     let vars = trainable_vars(&model.net);
@@ -241,6 +273,8 @@ fn main() -> anyhow::Result<()> {
         serde_json::from_str(&std::fs::read_to_string(dir.join("losses.json"))?)?;
     let torch_grads = load(&dir.join("grads.safetensors"))?;
     let backbone = model.net.backbone.as_ref();
+    let mut window: Vec<(f64, f64)> = Vec::new();
+    let mut ours: Vec<f64> = Vec::new();
     println!(
         "{:>5} {:>12} {:>12} {:>10}",
         "step", "recblocks", "rectools", "diff"
@@ -266,7 +300,42 @@ fn main() -> anyhow::Result<()> {
             );
         }
         adam.step(&grads)?;
-        println!("{step:>5} {got:>12.6} {want:>12.6} {:>10.2e}", got - want);
+        ours.push(got);
+        if trajectory {
+            window.push((got, *want));
+            if window.len() == 100 || step + 1 == torch_losses.len() {
+                let n = window.len() as f64;
+                let (a, b) = window
+                    .drain(..)
+                    .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+                println!(
+                    "{:>5} {:>12.6} {:>12.6} {:>10.2e}  (mean of {n} steps)",
+                    step + 1,
+                    a / n,
+                    b / n,
+                    (a - b) / n
+                );
+            }
+        } else {
+            println!("{step:>5} {got:>12.6} {want:>12.6} {:>10.2e}", got - want);
+        }
+    }
+    if trajectory {
+        std::fs::write(
+            dir.join("recblocks_losses.json"),
+            serde_json::to_string(&ours)?,
+        )?;
+        model
+            .save(&dir.join("recblocks_final"))
+            .context("writing recblocks_final")?;
+        import_weights(&config, &dir.join("final.safetensors"), &registry)?
+            .save(&dir.join("rectools_final"))
+            .context("writing rectools_final")?;
+        println!(
+            "wrote {0}/recblocks_final and {0}/rectools_final",
+            dir.display()
+        );
+        return Ok(());
     }
     let fin = load(&dir.join("final.safetensors"))?;
     let mut rows = Vec::new();

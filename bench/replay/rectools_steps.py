@@ -12,17 +12,26 @@ and writes to OUT/:
 - final.safetensors: the weights after the last step;
 - losses.json: the loss of every step.
 
+With --trajectory (dropout allowed) the model is trained on the leave-last-out train part of DATA
+(as `bench/rectools/run_rectools.py` splits it) from its initial weights for STEPS steps (0: one
+epoch), with RecTools' own dropout masks, recording the batches as above; `replay_steps` then
+trains from the same weights on the same batches with its own masks. Both final models are scored
+on the test part (trajectory.json holds RecTools' own figures; train.csv and test.csv the split),
+which tells whether a quality difference lives in the batches or in the training step.
+
 With dropout in SPEC a step depends on the masks, so there is no replay: instead the loss of the
 first batch is computed under STEPS different dropout masks (train mode) and once in eval mode
 (dropout_losses.json, batches.safetensors with that batch), which `replay_steps` compares with
 its own masks: the mean train-mode loss must agree within its standard error.
 
 Usage: python bench/replay/rectools_steps.py SPEC.json --data FILE.csv --out DIR [--steps N]
+       [--fit-epochs N | --weights FILE.safetensors | --trajectory] [--threads T] [--seed S]
 """
 
 import argparse
 import json
 import os
+import struct
 import sys
 
 import numpy as np
@@ -35,9 +44,35 @@ sys.path.insert(0, os.path.join(HERE, "..", "rectools"))
 sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "parity"))
 
 from generate import write_safetensors  # noqa: E402
-from run_rectools import make_trainer, read_log, resolve_config  # noqa: E402
+from run_rectools import (  # noqa: E402
+    ITEM,
+    USER,
+    leave_last_out,
+    make_trainer,
+    ranked_lists,
+    read_log,
+    resolve_config,
+    score,
+)
 
 from rectools.dataset import Dataset  # noqa: E402
+
+
+def read_safetensors(path: str) -> dict:
+    """The F32 tensors of a safetensors file (what `write_safetensors` writes for weights)."""
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        if meta["dtype"] != "F32":
+            raise SystemExit(f"{path}: {name} is {meta['dtype']}, expected F32")
+        a, b = meta["data_offsets"]
+        out[name] = torch.from_numpy(np.frombuffer(data[a:b], dtype=np.float32).copy()).reshape(meta["shape"])
+    return out
 
 
 def main() -> None:
@@ -48,12 +83,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--fit-epochs", type=int, default=1, help="epochs to fit before the replay (0: initial weights)")
+    p.add_argument("--weights", help="start from these weights (a final.safetensors) instead of fitting")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--trajectory", action="store_true", help="train on the train part with dropout and score the result")
     a = p.parse_args()
+    if a.trajectory or a.weights:
+        a.fit_epochs = 0
     model_cls, config, _ = resolve_config(a.spec, 1, a.seed)
     dropout = float(config.get("dropout_rate", 0.2))
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     seed_everything(a.seed)
     log = read_log(a.data)
+    if a.trajectory:
+        log, test = leave_last_out(log)
+        os.makedirs(a.out, exist_ok=True)
+        log.to_csv(os.path.join(a.out, "train.csv"), index=False)
+        test[[USER, ITEM]].to_csv(os.path.join(a.out, "test.csv"), index=False)
     log["datetime"] = pd.to_datetime(log["datetime"], unit="s")
     dataset = Dataset.construct(log)
     config["get_trainer_func"] = make_trainer
@@ -61,7 +106,9 @@ def main() -> None:
     model = model_cls.from_config(config)
     model.fit(dataset)
     lm = model.lightning_model
-    if a.fit_epochs == 0:
+    if a.weights:
+        lm.load_state_dict(read_safetensors(a.weights))
+    elif a.fit_epochs == 0:
         lm._xavier_normal_init()  # what on_train_start does before the first epoch
     tm = lm.torch_model
     os.makedirs(a.out, exist_ok=True)
@@ -74,7 +121,7 @@ def main() -> None:
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(config, f)
 
-    if dropout > 0.0:
+    if dropout > 0.0 and not a.trajectory:
         # A step depends on the dropout masks: no replay, but the loss of one batch over many
         # masks (train mode) and without dropout (eval mode), for `replay_steps` to compare.
         batch = next(iter(model.data_preparator.get_dataloader_train()))
@@ -115,7 +162,8 @@ def main() -> None:
     lm.train()
     batches, losses, it = {}, [], None
     loader = model.data_preparator.get_dataloader_train()
-    for step in range(a.steps):
+    steps = a.steps if a.steps > 0 else len(loader)
+    for step in range(steps):
         batch = next(it, None) if it is not None else None
         if batch is None:
             it = iter(loader)
@@ -133,12 +181,21 @@ def main() -> None:
             grads = {f"torch_model.{n}": q.grad.clone() for n, q in tm.named_parameters() if q.grad is not None}
             write_safetensors(os.path.join(a.out, "grads.safetensors"), grads)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     write_safetensors(os.path.join(a.out, "batches.safetensors"), batches)
     write_safetensors(os.path.join(a.out, "final.safetensors"), dict(lm.state_dict()))
     with open(os.path.join(a.out, "losses.json"), "w") as f:
         json.dump(losses, f)
-    print(f"{a.steps} steps, loss {losses[0]:.5f} -> {losses[-1]:.5f}")
+    print(f"{steps} steps, loss {losses[0]:.5f} -> {losses[-1]:.5f}")
+    if a.trajectory:
+        lm.eval()
+        users = list(pd.unique(test[USER]))
+        reco = model.recommend(users=users, dataset=dataset, k=10, filter_viewed=True)
+        reco = reco.astype({USER: str, ITEM: str})
+        metrics = score(ranked_lists(reco), test, 10)
+        with open(os.path.join(a.out, "trajectory.json"), "w") as f:
+            json.dump({"steps": steps, "dropout_rate": dropout, "metrics": metrics}, f)
+        print(f"RecTools after {steps} steps: {metrics}")
 
 
 if __name__ == "__main__":
