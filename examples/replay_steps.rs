@@ -273,7 +273,6 @@ fn main() -> anyhow::Result<()> {
         serde_json::from_str(&std::fs::read_to_string(dir.join("losses.json"))?)?;
     let torch_grads = load(&dir.join("grads.safetensors"))?;
     let backbone = model.net.backbone.as_ref();
-    let mut window: Vec<(f64, f64)> = Vec::new();
     let mut ours: Vec<f64> = Vec::new();
     println!(
         "{:>5} {:>12} {:>12} {:>10}",
@@ -284,7 +283,7 @@ fn main() -> anyhow::Result<()> {
         let loss = objective.train_loss(backbone, &batch)?;
         let got = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let grads = loss.backward()?;
-        if step == 0 {
+        if step == 0 && !trajectory {
             let mut rows = Vec::new();
             for (name, var) in &vars {
                 let Some(g) = grads.get(var.as_tensor()) else {
@@ -302,18 +301,16 @@ fn main() -> anyhow::Result<()> {
         adam.step(&grads)?;
         ours.push(got);
         if trajectory {
-            window.push((got, *want));
-            if window.len() == 100 || step + 1 == torch_losses.len() {
-                let n = window.len() as f64;
-                let (a, b) = window
-                    .drain(..)
-                    .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+            // Each side's own masks: compare means over windows of 100 steps.
+            if (step + 1) % 100 == 0 || step + 1 == torch_losses.len() {
+                let from = step / 100 * 100;
+                let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+                let (a, b) = (mean(&ours[from..]), mean(&torch_losses[from..=step]));
                 println!(
-                    "{:>5} {:>12.6} {:>12.6} {:>10.2e}  (mean of {n} steps)",
+                    "{:>5} {a:>12.6} {b:>12.6} {:>10.2e}  (mean of {} steps)",
                     step + 1,
-                    a / n,
-                    b / n,
-                    (a - b) / n
+                    a - b,
+                    step + 1 - from
                 );
             }
         } else {
