@@ -2,8 +2,8 @@
 
 Fits RecTools' model of SPEC for --fit-epochs epochs (default 1; 0 keeps the initial xavier
 weights) on DATA, then, from those weights, takes STEPS Adam steps on batches drawn by RecTools' own train
-dataloader (dropout must be 0 in SPEC so that a step depends only on the weights and the batch),
-and writes to OUT/:
+dataloader (with dropout 0 in SPEC a step depends only on the weights and the batch; dropout is
+below), and writes to OUT/:
 
 - config.json: model_config, dataset_schema, item_external_ids (the RecTools import format);
 - weights.safetensors: the weights before the first replayed step (`torch_model.` names);
@@ -89,14 +89,16 @@ def main() -> None:
     a = p.parse_args()
     if a.trajectory or a.weights:
         a.fit_epochs = 0
+    os.makedirs(a.out, exist_ok=True)
     model_cls, config, _ = resolve_config(a.spec, 1, a.seed)
     dropout = float(config.get("dropout_rate", 0.2))
+    if dropout > 0.0 and not a.trajectory and a.steps < 2:
+        raise SystemExit(f"with dropout_rate {dropout} the check draws --steps masks: need at least 2, got {a.steps}")
     torch.set_num_threads(a.threads)
     seed_everything(a.seed)
     log = read_log(a.data)
     if a.trajectory:
         log, test = leave_last_out(log)
-        os.makedirs(a.out, exist_ok=True)
         log.to_csv(os.path.join(a.out, "train.csv"), index=False)
         test[[USER, ITEM]].to_csv(os.path.join(a.out, "test.csv"), index=False)
     log["datetime"] = pd.to_datetime(log["datetime"], unit="s")
@@ -111,7 +113,6 @@ def main() -> None:
     elif a.fit_epochs == 0:
         lm._xavier_normal_init()  # what on_train_start does before the first epoch
     tm = lm.torch_model
-    os.makedirs(a.out, exist_ok=True)
     write_safetensors(os.path.join(a.out, "weights.safetensors"), dict(lm.state_dict()))
     config = {
         "model_config": model.get_config(simple_types=True),
