@@ -1,4 +1,4 @@
-//! Build facts for the plugin handshake (`src/plugin/build_info.rs`): the rustc version, target
+//! Build facts for the plugin handshake (`src/declaration/build_info.rs`): the rustc version, target
 //! and profile. A run-time plugin is only loaded when these
 //! equal the host's: a change in any of them can change the layout of what crosses the boundary
 //! without changing a symbol name.
@@ -7,7 +7,7 @@ use std::{env, process::Command};
 
 fn main() {
     // Only this script's own inputs: the source hash is computed by the compiler
-    // (`src/plugin/source.rs`), so that rebuilding core from another build graph (a plugin's)
+    // (`src/declaration/source.rs`), so that rebuilding core from another build graph (a plugin's)
     // does not rerun this script and rebuild core.
     println!("cargo:rerun-if-changed=build.rs");
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());

@@ -8,15 +8,14 @@ use recblocks::{
     recommend::{OnUnsupported, RecommendRequest},
     FitOptions, Model, TrainData,
 };
-use recblocks_core::ModelSpec;
 
 fn main() -> anyhow::Result<()> {
     let registry = recblocks::builtin_registry()?;
-    let spec = ModelSpec::from_json_str(
+    let spec = recblocks_core::SpecInput::from_json_str(
         r#"{"cls": "SASRecModel", "n_factors": 32, "n_heads": 2, "session_max_len": 20,
             "epochs": 3, "seed": 7}"#,
-        &registry,
-    )?;
+    )
+    .and_then(|s| s.resolve(&registry))?;
     // Any `Interactions` works here: `recblocks::data::read_interactions` reads CSV or Parquet.
     let interactions = generate_synthetic(&SyntheticConfig::default())?;
     let data = TrainData {

@@ -41,7 +41,7 @@ from pytorch_lightning import seed_everything
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "rectools"))
-sys.path.insert(0, os.path.join(HERE, "..", "..", "tests", "parity"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "host", "tests", "parity"))
 
 from generate import write_safetensors  # noqa: E402
 from run_rectools import (  # noqa: E402

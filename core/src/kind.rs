@@ -7,13 +7,13 @@ use std::fmt;
 #[serde(rename_all = "snake_case")]
 pub enum ComponentKind {
     /// `cls`: a model preset (SASRecModel, BERT4RecModel) giving per-model defaults.
-    Model,
+    ModelPreset,
     /// `item_net_block_types`: one source of item embeddings (ids, categorical features).
     ItemNetBlock,
     /// `item_net_constructor_type`: combines item net blocks into item embeddings.
     ItemNetConstructor,
     /// `pos_encoding_type`: adds position information to session embeddings.
-    PosEncoding,
+    PositionalEncoding,
     /// `transformer_layers_type`: the stack of transformer layers.
     TransformerLayers,
     /// `similarity_module_type`: scores sessions against items.
@@ -25,9 +25,9 @@ pub enum ComponentKind {
     /// `backbone_type`: encodes sessions and computes logits.
     Backbone,
     /// `lightning_module_type`: the training objective (batch to loss).
-    LightningModule,
+    Objective,
     /// `get_val_mask_func`: chooses validation interactions.
-    ValMaskFunc,
+    ValMask,
     /// `get_trainer_func`: trainer settings (epochs, early stopping, seed).
     Trainer,
 }
@@ -35,34 +35,34 @@ pub enum ComponentKind {
 impl ComponentKind {
     /// Every kind, in spec order.
     pub const ALL: [ComponentKind; 12] = [
-        ComponentKind::Model,
+        ComponentKind::ModelPreset,
         ComponentKind::ItemNetBlock,
         ComponentKind::ItemNetConstructor,
-        ComponentKind::PosEncoding,
+        ComponentKind::PositionalEncoding,
         ComponentKind::TransformerLayers,
         ComponentKind::Similarity,
         ComponentKind::NegativeSampler,
         ComponentKind::DataPreparator,
         ComponentKind::Backbone,
-        ComponentKind::LightningModule,
-        ComponentKind::ValMaskFunc,
+        ComponentKind::Objective,
+        ComponentKind::ValMask,
         ComponentKind::Trainer,
     ];
 
     /// The snake_case name used on the command line (`--kind transformer_layers`).
     pub fn as_str(self) -> &'static str {
         match self {
-            ComponentKind::Model => "model",
+            ComponentKind::ModelPreset => "model",
             ComponentKind::ItemNetBlock => "item_net_block",
             ComponentKind::ItemNetConstructor => "item_net_constructor",
-            ComponentKind::PosEncoding => "pos_encoding",
+            ComponentKind::PositionalEncoding => "pos_encoding",
             ComponentKind::TransformerLayers => "transformer_layers",
             ComponentKind::Similarity => "similarity",
             ComponentKind::NegativeSampler => "negative_sampler",
             ComponentKind::DataPreparator => "data_preparator",
             ComponentKind::Backbone => "backbone",
-            ComponentKind::LightningModule => "lightning_module",
-            ComponentKind::ValMaskFunc => "val_mask_func",
+            ComponentKind::Objective => "lightning_module",
+            ComponentKind::ValMask => "val_mask_func",
             ComponentKind::Trainer => "trainer",
         }
     }
@@ -70,17 +70,17 @@ impl ComponentKind {
     /// The spec key whose value names a component of this kind.
     pub fn spec_slot(self) -> &'static str {
         match self {
-            ComponentKind::Model => "cls",
+            ComponentKind::ModelPreset => "cls",
             ComponentKind::ItemNetBlock => "item_net_block_types",
             ComponentKind::ItemNetConstructor => "item_net_constructor_type",
-            ComponentKind::PosEncoding => "pos_encoding_type",
+            ComponentKind::PositionalEncoding => "pos_encoding_type",
             ComponentKind::TransformerLayers => "transformer_layers_type",
             ComponentKind::Similarity => "similarity_module_type",
             ComponentKind::NegativeSampler => "negative_sampler_type",
             ComponentKind::DataPreparator => "data_preparator_type",
             ComponentKind::Backbone => "backbone_type",
-            ComponentKind::LightningModule => "lightning_module_type",
-            ComponentKind::ValMaskFunc => "get_val_mask_func",
+            ComponentKind::Objective => "lightning_module_type",
+            ComponentKind::ValMask => "get_val_mask_func",
             ComponentKind::Trainer => "get_trainer_func",
         }
     }

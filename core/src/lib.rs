@@ -7,11 +7,13 @@
 //! - [`registry`]: registration structs collected with `inventory`, and the [`Registry`] built
 //!   from them once, which detects duplicates and resolves RecTools' class names and dotted paths.
 //! - [`spec`]: the serde schema of a model spec, compatible with RecTools'
-//!   `get_config(simple_types=True)` output.
+//!   `get_config(simple_types=True)` output, and its component slots; [`resolve`]: how what the
+//!   user wrote ([`SpecInput`]) becomes a [`ModelSpec`] through the registry.
 //! - [`nn`]: reusable, differentiable building blocks (multi-head attention with RecTools' masks,
 //!   feed-forwards, layer norm, seeded dropout and initialisation, and the SASRec and pre-LN
 //!   transformer blocks that layer stacks reuse).
-//! - [`plugin`]: the declaration a run-time plugin library exports, the host's compatibility
+//! - [`register!`]: how a crate adds a component to the registry.
+//! - [`declaration`]: the declaration a run-time plugin library exports, the host's compatibility
 //!   check, and the [`export_plugin!`] macro.
 //!
 //! Core has no I/O and no CLI.
@@ -19,12 +21,14 @@
 pub mod batch;
 pub mod components;
 pub mod context;
+pub mod declaration;
 pub mod error;
 pub mod kind;
 pub mod kwargs;
 pub mod nn;
-pub mod plugin;
+mod register;
 pub mod registry;
+pub mod resolve;
 pub mod schema;
 pub mod spec;
 
@@ -34,7 +38,7 @@ pub use error::{CoreError, Result};
 pub use kind::ComponentKind;
 pub use registry::{ComponentInfo, Registry};
 pub use schema::DatasetSchema;
-pub use spec::ModelSpec;
+pub use spec::{ModelSpec, SpecInput};
 
 /// Re-exported so plugins use exactly the candle and inventory that core was built with.
 pub use candle_core as candle;

@@ -19,14 +19,14 @@ use crate::{
         backbone::BuildBackbone,
         data_preparator::BuildDataPreparator,
         item_net::{BuildItemNetBlock, BuildItemNetConstructor},
-        model_preset::ModelDefaults,
+        model_preset::BuildModelPreset,
         negative_sampler::BuildNegativeSampler,
         objective::BuildObjective,
         pos_encoding::BuildPositionalEncoding,
         similarity::BuildSimilarity,
         trainer::BuildTrainer,
         transformer_layers::BuildTransformerLayers,
-        val_mask::ValMaskFn,
+        val_mask::BuildValMask,
     },
     error::CoreError,
     kind::ComponentKind,
@@ -110,13 +110,13 @@ macro_rules! registrations {
 
 registrations! {
     /// Registration of a model preset (`cls`); `build` returns the class's full default config.
-    ModelPresetRegistration => Model, Model, ModelDefaults, model_preset;
+    ModelPresetRegistration => ModelPreset, ModelPreset, BuildModelPreset, model_preset;
     /// Registration of an item net block (`item_net_block_types`).
     ItemNetBlockRegistration => ItemNetBlock, ItemNetBlock, BuildItemNetBlock, item_net_block;
     /// Registration of an item net constructor (`item_net_constructor_type`).
     ItemNetConstructorRegistration => ItemNetConstructor, ItemNetConstructor, BuildItemNetConstructor, item_net_constructor;
     /// Registration of a positional encoding (`pos_encoding_type`).
-    PosEncodingRegistration => PosEncoding, PosEncoding, BuildPositionalEncoding, pos_encoding;
+    PositionalEncodingRegistration => PositionalEncoding, PositionalEncoding, BuildPositionalEncoding, positional_encoding;
     /// Registration of a transformer layer stack (`transformer_layers_type`).
     TransformerLayersRegistration => TransformerLayers, TransformerLayers, BuildTransformerLayers, transformer_layers;
     /// Registration of a similarity module (`similarity_module_type`).
@@ -128,9 +128,9 @@ registrations! {
     /// Registration of a backbone (`backbone_type`).
     BackboneRegistration => Backbone, Backbone, BuildBackbone, backbone;
     /// Registration of a training objective (`lightning_module_type`).
-    LightningModuleRegistration => LightningModule, LightningModule, BuildObjective, lightning_module;
+    ObjectiveRegistration => Objective, Objective, BuildObjective, objective;
     /// Registration of a validation mask function (`get_val_mask_func`).
-    ValMaskFuncRegistration => ValMaskFunc, ValMaskFunc, ValMaskFn, val_mask_func;
+    ValMaskRegistration => ValMask, ValMask, BuildValMask, val_mask;
     /// Registration of a trainer settings factory (`get_trainer_func`).
     TrainerRegistration => Trainer, Trainer, BuildTrainer, trainer;
 }

@@ -1,9 +1,11 @@
 //! The model spec: a RecTools `get_config(simple_types=True)` object, read verbatim.
 //!
-//! Reading is two-phase (as ripgrep's flags): [`ModelSpec::from_json_str`] checks the keys
-//! against the class's full default config (unknown keys are rejected, like pydantic's
-//! `extra="forbid"`), fills in the class's defaults and decodes the types; [`ModelSpec::resolve`]
-//! then maps every component type name to its canonical registered name.
+//! Reading is two-phase (as ripgrep's flags): [`SpecInput`] is what the user wrote (a JSON object,
+//! checked for syntax only); [`SpecInput::resolve`] (in [`crate::resolve`], the only part that
+//! needs the registry) checks the keys against the class's full default config (unknown keys are
+//! rejected, like pydantic's `extra="forbid"`), fills in the class's defaults, decodes the types
+//! and maps every component type name to its canonical registered name. This module knows
+//! nothing of the registry.
 //!
 //! Keys beyond RecTools' (documented in the README): `seed`. Python-only keys are accepted and
 //! documented there as ignored or mapped.
@@ -11,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::{error::CoreError, kind::ComponentKind, registry::Registry, Result};
+use crate::{error::CoreError, kind::ComponentKind, Result};
 
 /// Keys recblocks accepts beyond RecTools' config.
 pub const EXTENSION_KEYS: &[&str] = &["seed"];
@@ -117,9 +119,18 @@ pub struct ModelSpec {
     pub seed: Option<u64>,
 }
 
-impl ModelSpec {
-    /// Reads a spec from JSON text: checks keys against the defaults of its `cls` and fills them.
-    pub fn from_json_str(text: &str, registry: &Registry) -> Result<Self> {
+/// What the user wrote: a spec's JSON object, checked for syntax only (valid JSON, an object at
+/// the top level, `cls` a string when present). [`SpecInput::resolve`] turns it into a
+/// [`ModelSpec`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecInput {
+    /// The spec's keys and values, as written.
+    pub keys: Map<String, Value>,
+}
+
+impl SpecInput {
+    /// Reads JSON text.
+    pub fn from_json_str(text: &str) -> Result<Self> {
         let value: Value = serde_json::from_str(text).map_err(|e| {
             CoreError::Spec(format!(
                 "not valid JSON (line {}, column {}): {e}",
@@ -127,85 +138,100 @@ impl ModelSpec {
                 e.column()
             ))
         })?;
-        Self::from_value(value, registry)
+        Self::from_value(value)
     }
 
-    /// Reads a spec from a JSON value (see [`ModelSpec::from_json_str`]) and resolves it.
-    pub fn from_value(value: Value, registry: &Registry) -> Result<Self> {
-        let Value::Object(user) = value else {
+    /// Takes a JSON value, which must be an object.
+    pub fn from_value(value: Value) -> Result<Self> {
+        let Value::Object(keys) = value else {
             return Err(CoreError::Spec(format!(
                 "expected a JSON object at the top level, found {}",
                 json_type(&value)
             )));
         };
-        let cls = match user.get("cls") {
-            Some(Value::String(s)) => s.clone(),
-            Some(other) => {
-                return Err(CoreError::Spec(format!(
-                    "key `cls`: expected a model class name such as \"SASRecModel\", found {other}"
-                )))
-            }
-            None => {
-                return Err(CoreError::Spec(format!(
-                    "key `cls` is missing: name the model class, one of {}",
-                    registry.names_of(ComponentKind::Model).join(", ")
-                )))
-            }
-        };
-        let preset = registry.model_preset(&cls)?;
-        let mut merged = (preset.build)();
-        for (key, v) in user {
-            if !merged.contains_key(&key) && !EXTENSION_KEYS.contains(&key.as_str()) {
-                let mut known: Vec<String> = merged.keys().cloned().collect();
-                known.extend(EXTENSION_KEYS.iter().map(|s| s.to_string()));
-                let hint = closest_key(&key, &known)
-                    .map(|k| format!(" (did you mean `{k}`?)"))
-                    .unwrap_or_default();
-                return Err(CoreError::Spec(format!(
-                    "unknown key `{key}` for {}{hint}; accepted keys: {}",
-                    preset.info.name,
-                    known.join(", ")
-                )));
-            }
-            merged.insert(key, v);
+        if let Some(other) = keys.get("cls").filter(|v| !v.is_string()) {
+            return Err(CoreError::Spec(format!(
+                "key `cls`: expected a model class name such as \"SASRecModel\", found {other}"
+            )));
         }
-        merged.insert("cls".into(), Value::String(preset.info.name.to_string()));
-        let mut spec: ModelSpec = serde_path_to_error::deserialize(Value::Object(merged))
-            .map_err(|e| CoreError::Spec(format!("key `{}`: {}", e.path(), e.inner())))?;
-        spec.resolve(registry)?;
-        Ok(spec)
+        Ok(SpecInput { keys })
     }
 
-    /// Maps every component type name to its canonical registered name, failing on unknown names.
-    pub fn resolve(&mut self, registry: &Registry) -> Result<()> {
+    /// The model class the user named, if any.
+    pub fn cls(&self) -> Option<&str> {
+        self.keys.get("cls").and_then(Value::as_str)
+    }
+}
+
+/// One component slot of a spec: the kind it holds, its key, and the component name in it
+/// (`item_net_block_types` gives one slot per block, keyed `item_net_block_types.N`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The component kind of the slot.
+    pub kind: ComponentKind,
+    /// The spec key (`transformer_layers_type`, `item_net_block_types.0`, ...).
+    pub key: String,
+    /// The component name the spec gives.
+    pub name: String,
+}
+
+impl ModelSpec {
+    /// Every component slot the spec fills, in spec order: `cls`, the data preparator, each item
+    /// net block, then the other `*_type` keys, and the validation mask and trainer functions
+    /// when set. The one list of slots that resolution, provenance and artifact checks share.
+    pub fn slots(&self) -> Vec<Slot> {
+        let mut copy = self.clone();
+        copy.slot_names()
+            .into_iter()
+            .map(|(kind, index, name)| Slot {
+                kind,
+                key: match index {
+                    Some(i) => format!("{}.{i}", kind.spec_slot()),
+                    None => kind.spec_slot().to_string(),
+                },
+                name: name.clone(),
+            })
+            .collect()
+    }
+
+    /// `(kind, index within item_net_block_types, name)` for every filled slot, mutable.
+    pub(crate) fn slot_names(&mut self) -> Vec<(ComponentKind, Option<usize>, &mut String)> {
         use ComponentKind as K;
-        let canon = |kind: K, name: &mut String| -> Result<()> {
-            *name = registry.canonical_name(kind, name)?.to_string();
-            Ok(())
-        };
-        canon(K::Model, &mut self.cls)?;
-        canon(K::DataPreparator, &mut self.data_preparator_type)?;
-        for b in &mut self.item_net_block_types {
-            canon(K::ItemNetBlock, b)?;
+        let mut out: Vec<(K, Option<usize>, &mut String)> = vec![
+            (K::ModelPreset, None, &mut self.cls),
+            (K::DataPreparator, None, &mut self.data_preparator_type),
+        ];
+        for (i, b) in self.item_net_block_types.iter_mut().enumerate() {
+            out.push((K::ItemNetBlock, Some(i), b));
         }
-        canon(K::ItemNetConstructor, &mut self.item_net_constructor_type)?;
-        canon(K::PosEncoding, &mut self.pos_encoding_type)?;
-        canon(K::TransformerLayers, &mut self.transformer_layers_type)?;
-        canon(K::LightningModule, &mut self.lightning_module_type)?;
-        canon(K::NegativeSampler, &mut self.negative_sampler_type)?;
-        canon(K::Similarity, &mut self.similarity_module_type)?;
-        canon(K::Backbone, &mut self.backbone_type)?;
+        out.extend([
+            (
+                K::ItemNetConstructor,
+                None,
+                &mut self.item_net_constructor_type,
+            ),
+            (K::PositionalEncoding, None, &mut self.pos_encoding_type),
+            (
+                K::TransformerLayers,
+                None,
+                &mut self.transformer_layers_type,
+            ),
+            (K::Objective, None, &mut self.lightning_module_type),
+            (K::NegativeSampler, None, &mut self.negative_sampler_type),
+            (K::Similarity, None, &mut self.similarity_module_type),
+            (K::Backbone, None, &mut self.backbone_type),
+        ]);
         if let Some(f) = &mut self.get_val_mask_func {
-            canon(K::ValMaskFunc, f)?;
+            out.push((K::ValMask, None, f));
         }
         if let Some(f) = &mut self.get_trainer_func {
-            canon(K::Trainer, f)?;
+            out.push((K::Trainer, None, f));
         }
-        self.check()
+        out
     }
 
     /// Checks model-wide settings that no single component owns.
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         let bad = |m: String| Err(CoreError::Spec(m));
         if self.n_factors == 0 || self.n_heads == 0 || !self.n_factors.is_multiple_of(self.n_heads)
         {
@@ -253,7 +279,7 @@ impl ModelSpec {
     }
 }
 
-fn json_type(v: &Value) -> &'static str {
+pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -264,7 +290,7 @@ fn json_type(v: &Value) -> &'static str {
     }
 }
 
-fn closest_key(key: &str, known: &[String]) -> Option<String> {
+pub(crate) fn closest_key(key: &str, known: &[String]) -> Option<String> {
     known
         .iter()
         .map(|k| (strsim::levenshtein(key, k), k))

@@ -1,4 +1,4 @@
-//! Model directories (DESIGN §6): `model.json` (format version, recblocks version, resolved
+//! Model directories (docs/architecture.md, "Model directories"): `model.json` (format version, recblocks version, resolved
 //! spec, which crate provided each component), `dataset_schema.json` (catalog facts and item id
 //! map: enough to rebuild the model without data), `weights.safetensors`,
 //! `optimizer.safetensors` and `trainer_state.json` (so training resumes exactly),
@@ -14,7 +14,7 @@ use std::{
 };
 
 use candle_core::{Device, Tensor};
-use recblocks_core::{components::trainer::TrainerSettings, DatasetSchema, ModelSpec, Registry};
+use recblocks_core::{components::trainer::TrainerSettings, DatasetSchema, Registry};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -181,7 +181,7 @@ impl Model {
                     ComponentSource {
                         name: name.clone(),
                         crate_name: krate.clone(),
-                        plugin: crate::plugins::plugin_providing(krate),
+                        plugin: crate::loader::plugin_providing(krate),
                     },
                 )
             })
@@ -266,7 +266,8 @@ impl Model {
             ));
         }
         check_components_available(dir, &file, registry)?;
-        let spec = ModelSpec::from_value(file.spec.clone(), registry)
+        let spec = recblocks_core::SpecInput::from_value(file.spec.clone())
+            .and_then(|s| s.resolve(registry))
             .map_err(|e| artifact_err(dir, format!("model.json spec: {e}")))?;
         let schema_file: SchemaFile = read_json(dir, "dataset_schema.json")?;
         let schema = schema_file.schema;

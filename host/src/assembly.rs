@@ -89,7 +89,7 @@ pub fn build_objective(
     schema: &DatasetSchema,
     registry: &Registry,
 ) -> Result<Box<dyn Objective>, CoreError> {
-    let reg = registry.lightning_module(&spec.lightning_module_type)?;
+    let reg = registry.objective(&spec.lightning_module_type)?;
     (reg.build)(
         spec,
         schema,
@@ -161,7 +161,7 @@ pub fn assemble(
             ),
         ));
     }
-    let pos_encoding = (registry.pos_encoding(&spec.pos_encoding_type)?.build)(
+    let pos_encoding = (registry.positional_encoding(&spec.pos_encoding_type)?.build)(
         &ctx.pp("pos_encoding_layer"),
         &kw(&spec.pos_encoding_kwargs),
     )?;

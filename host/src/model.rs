@@ -23,9 +23,6 @@ use crate::{
     Result,
 };
 
-/// The trainer used when a spec's `get_trainer_func` is null.
-pub const DEFAULT_TRAINER: &str = "default_trainer";
-
 /// Offset between the model seed and the data stream's seed.
 const DATA_STREAM_OFFSET: u64 = 0xD1B5_4A32_D192_ED03;
 
@@ -67,8 +64,8 @@ struct Pipeline {
 
 fn pipeline(spec: &ModelSpec, registry: &Registry) -> Result<Pipeline> {
     let preparator = assembly::build_data_preparator(spec, registry)?;
-    let trainer_name = spec.get_trainer_func.as_deref().unwrap_or(DEFAULT_TRAINER);
-    let settings = (registry.trainer(trainer_name)?.build)(
+    let trainer_name = spec.trainer_name(registry)?;
+    let settings = (registry.trainer(&trainer_name)?.build)(
         spec,
         &ModelSpec::kwargs_value(&spec.get_trainer_func_kwargs),
     )?;
@@ -88,7 +85,7 @@ fn prepare_data(
     let val_kwargs = ModelSpec::kwargs_value(&spec.get_val_mask_func_kwargs);
     let val_mask = match &spec.get_val_mask_func {
         Some(name) => Some(ValMask {
-            func: registry.val_mask_func(name)?.build,
+            func: registry.val_mask(name)?.build,
             kwargs: &val_kwargs,
         }),
         None => None,
@@ -96,70 +93,24 @@ fn prepare_data(
     prepare(interactions, spec, preparator, val_mask, data_rng)
 }
 
-/// Spec slot → (component name, crate) for every component a spec uses.
+/// Spec slot → (component name, crate) for every component a spec uses (its
+/// [`ModelSpec::slots`], plus the trainer that runs it).
 pub fn provenance(
     spec: &ModelSpec,
     registry: &Registry,
 ) -> Result<BTreeMap<String, (String, String)>> {
-    use ComponentKind as K;
-    let mut slots: Vec<(String, K, String)> = vec![
-        ("cls".into(), K::Model, spec.cls.clone()),
-        (
-            "data_preparator_type".into(),
-            K::DataPreparator,
-            spec.data_preparator_type.clone(),
-        ),
-        (
-            "item_net_constructor_type".into(),
-            K::ItemNetConstructor,
-            spec.item_net_constructor_type.clone(),
-        ),
-        (
-            "pos_encoding_type".into(),
-            K::PosEncoding,
-            spec.pos_encoding_type.clone(),
-        ),
-        (
-            "transformer_layers_type".into(),
-            K::TransformerLayers,
-            spec.transformer_layers_type.clone(),
-        ),
-        (
-            "lightning_module_type".into(),
-            K::LightningModule,
-            spec.lightning_module_type.clone(),
-        ),
-        (
-            "negative_sampler_type".into(),
-            K::NegativeSampler,
-            spec.negative_sampler_type.clone(),
-        ),
-        (
-            "similarity_module_type".into(),
-            K::Similarity,
-            spec.similarity_module_type.clone(),
-        ),
-        (
-            "backbone_type".into(),
-            K::Backbone,
-            spec.backbone_type.clone(),
-        ),
-    ];
-    for (i, b) in spec.item_net_block_types.iter().enumerate() {
+    let mut slots: Vec<(String, ComponentKind, String)> = spec
+        .slots()
+        .into_iter()
+        .map(|s| (s.key, s.kind, s.name))
+        .collect();
+    if spec.get_trainer_func.is_none() {
         slots.push((
-            format!("item_net_block_types.{i}"),
-            K::ItemNetBlock,
-            b.clone(),
+            ComponentKind::Trainer.spec_slot().into(),
+            ComponentKind::Trainer,
+            spec.trainer_name(registry)?,
         ));
     }
-    if let Some(f) = &spec.get_val_mask_func {
-        slots.push(("get_val_mask_func".into(), K::ValMaskFunc, f.clone()));
-    }
-    let trainer = spec
-        .get_trainer_func
-        .clone()
-        .unwrap_or(DEFAULT_TRAINER.into());
-    slots.push(("get_trainer_func".into(), K::Trainer, trainer));
     let mut out = BTreeMap::new();
     for (slot, kind, name) in slots {
         let info = registry.lookup(kind, &name)?.info();

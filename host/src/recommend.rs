@@ -1,4 +1,4 @@
-//! Recommendations: u2i as RecTools' `recommend` (reference §2.9) and i2i as
+//! Recommendations: u2i as RecTools' `recommend` (docs/rectools.md §2.9) and i2i as
 //! `recommend_to_items`.
 //!
 //! u2i: a user's session is their history restricted to items the model knows, time-sorted; the

@@ -1,12 +1,12 @@
 //! The host's registry: every statically linked plugin's registrations (the host names each
 //! static plugin crate so the linker keeps its `inventory` entries), plus the components of
-//! plugins loaded at run time ([`crate::plugins`]).
+//! plugins loaded at run time ([`crate::loader`]).
 
 use std::path::PathBuf;
 
 use recblocks_core::{CoreError, Registry};
 
-use crate::plugins::{self, LoadedPlugin, PluginError};
+use crate::loader::{self, LoadedPlugin, PluginError};
 
 // Static plugins: naming the crate keeps its registrations in the binary (inventory #50).
 #[cfg(feature = "albert")]
@@ -33,6 +33,6 @@ pub fn registry_with_plugins(
         path: PathBuf::from("(built-in)"),
         source,
     })?;
-    let loaded = plugins::load_into(&mut registry, paths)?;
+    let loaded = loader::load_into(&mut registry, paths)?;
     Ok((registry, loaded))
 }

@@ -17,6 +17,7 @@ pub mod val_mask;
 pub use backbone::{Backbone, BackboneParts};
 pub use data_preparator::{DataPreparator, SessionRef};
 pub use item_net::{ItemNetBlock, ItemNetConstructor};
+pub use model_preset::ModelPreset;
 pub use negative_sampler::NegativeSampler;
 pub use objective::Objective;
 pub use pos_encoding::PositionalEncoding;

@@ -16,5 +16,5 @@ pub struct InteractionsView<'a> {
 }
 
 /// Returns one flag per row: `true` marks a validation interaction.
-pub type ValMaskFn =
+pub type BuildValMask =
     fn(view: &InteractionsView<'_>, kwargs: &Value, rng: &SharedRng) -> Result<Vec<bool>>;

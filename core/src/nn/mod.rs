@@ -3,12 +3,13 @@
 //! layer stacks in plugins reuse.
 //!
 //! Everything here has a backward pass (candle's fused `LayerNorm` and `softmax_last_dim` do not,
-//! see `shared/reference/candle-notes.md`), takes `train` explicitly, and draws randomness from the
+//! see `docs/candle.md`), takes `train` explicitly, and draws randomness from the
 //! model's seeded stream. The hot ops (linear bias, layer norm, attention softmax, catalog
 //! cross-entropy) are fused CPU kernels with their own backward, each tested against the composed
 //! candle ops it replaces.
 
 pub mod attention;
+pub mod blocks;
 pub mod column_sum;
 pub mod cpu_slice;
 pub mod cross_entropy;
@@ -18,16 +19,15 @@ pub mod feed_forward;
 pub mod gather_dot;
 pub mod init;
 pub mod layer_norm;
-pub mod layers;
 pub mod linear;
 pub mod masks;
 pub mod softmax;
 
 pub use attention::MultiHeadAttention;
+pub use blocks::{PreLNTransformerLayer, SASRecTransformerLayer};
 pub use cross_entropy::softmax_cross_entropy_ignore_0;
 pub use dropout::Dropout;
 pub use feed_forward::{Activation, PointWiseFeedForward, SwigluFeedForward};
 pub use gather_dot::gather_dot;
 pub use layer_norm::LayerNorm;
-pub use layers::{PreLNTransformerLayer, SASRecTransformerLayer};
 pub use linear::{linear, Linear};

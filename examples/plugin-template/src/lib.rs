@@ -14,9 +14,8 @@
 use recblocks_core::{
     candle::Tensor,
     components::transformer_layers::{AttentionMasks, TransformerLayers},
-    kwargs::{decode_kwargs, default_kwargs_json},
+    kwargs::decode_kwargs,
     nn::{Dropout, LayerNorm, MultiHeadAttention, SwigluFeedForward},
-    registry::{ComponentInfo, TransformerLayersRegistration},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
@@ -146,16 +145,12 @@ fn build(ctx: &BuildContext<'_>, kwargs: &Value) -> Result<Box<dyn TransformerLa
     Ok(Box::new(SwiGLUPreLNTransformerLayers::new(ctx, &kw)?))
 }
 
-recblocks_core::inventory::submit! {
+recblocks_core::register! {
     TransformerLayersRegistration {
-        info: ComponentInfo {
-            name: NAME,
-            aliases: &[],
-            summary: "pre-LN transformer blocks with a SwiGLU feed-forward and a final layer norm",
-            crate_name: env!("CARGO_PKG_NAME"),
-            default_kwargs: default_kwargs_json::<SwiGLUKwargs>,
-        },
-        build,
+        name: NAME,
+        summary: "pre-LN transformer blocks with a SwiGLU feed-forward and a final layer norm",
+        kwargs: SwiGLUKwargs,
+        build: build,
     }
 }
 

@@ -71,8 +71,8 @@ pub fn init_tracing(_args: &Cli) {
 pub fn run(cli: Cli) -> Result<()> {
     let threads = recblocks::threads::configure(cli.threads)?;
     tracing::debug!(?threads, "thread pools");
-    let env = std::env::var(recblocks::plugins::PLUGINS_ENV).ok();
-    let paths = recblocks::plugins::plugin_paths(env.as_deref(), &cli.plugins);
+    let env = std::env::var(recblocks::loader::PLUGINS_ENV).ok();
+    let paths = recblocks::loader::plugin_paths(env.as_deref(), &cli.plugins);
     let (registry, _) = recblocks::registry::registry_with_plugins(&paths)?;
     let _ = REGISTRY.set(registry);
     match cli.command {
@@ -106,6 +106,7 @@ pub fn read_spec(
 ) -> Result<recblocks_core::ModelSpec> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read spec {}", path.display()))?;
-    recblocks_core::ModelSpec::from_json_str(&text, registry)
+    recblocks_core::SpecInput::from_json_str(&text)
+        .and_then(|s| s.resolve(registry))
         .with_context(|| format!("in spec {}", path.display()))
 }

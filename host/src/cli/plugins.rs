@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use recblocks::plugins::{self, LoadedPlugin};
+use recblocks::loader::{self as plugins, LoadedPlugin};
 use recblocks_conformance::{check_component, Outcome};
 use recblocks_core::Registry;
 

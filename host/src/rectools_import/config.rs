@@ -23,7 +23,7 @@ pub fn sanitize_config(config: &mut Map<String, Value>, registry: &Registry) -> 
         (
             "get_val_mask_func",
             "get_val_mask_func_kwargs",
-            ComponentKind::ValMaskFunc,
+            ComponentKind::ValMask,
         ),
     ] {
         if let Some(Value::String(name)) = config.get(key) {
@@ -66,7 +66,8 @@ pub fn spec_from_config(
     };
     let mut map = map.clone();
     let warnings = sanitize_config(&mut map, registry);
-    let spec = ModelSpec::from_value(Value::Object(map), registry)
+    let spec = recblocks_core::SpecInput::from_value(Value::Object(map))
+        .and_then(|s| s.resolve(registry))
         .map_err(|e| format!("model_config: {e}"))?;
     Ok((spec, warnings))
 }

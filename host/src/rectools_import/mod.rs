@@ -25,7 +25,7 @@ use serde_json::Value;
 use crate::{
     assembly::{self, AssembledModel},
     error::HostError,
-    model::{provenance, Model, DEFAULT_TRAINER},
+    model::{provenance, Model},
     train::{fit::TrainingState, rng_state::RngState},
     Result,
 };
@@ -75,8 +75,8 @@ pub fn from_parts(
     let net = assembly::assemble(&spec, &schema, registry, &Device::Cpu)
         .map_err(|e| err(source, format!("building the model: {e}")))?;
     fill(&net, &weights).map_err(|m| err(source, m))?;
-    let trainer = spec.get_trainer_func.as_deref().unwrap_or(DEFAULT_TRAINER);
-    let settings = (registry.trainer(trainer)?.build)(
+    let trainer = spec.trainer_name(registry)?;
+    let settings = (registry.trainer(&trainer)?.build)(
         &spec,
         &ModelSpec::kwargs_value(&spec.get_trainer_func_kwargs),
     )?;

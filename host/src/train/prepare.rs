@@ -1,5 +1,5 @@
 //! Training data preparation, as RecTools' `TransformerDataPreparatorBase.process_dataset_train`
-//! (reference §2.6):
+//! (docs/rectools.md §2.6):
 //! 1. the validation mask function (if any) marks validation rows, which leave the training rows;
 //! 2. users with fewer than `train_min_user_interactions` training rows are dropped;
 //! 3. rows are stably sorted by datetime and each user keeps the last
@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 
 use recblocks_core::{
-    components::{val_mask::ValMaskFn, DataPreparator, InteractionsView},
+    components::{val_mask::BuildValMask, DataPreparator, InteractionsView},
     ModelSpec, SharedRng,
 };
 use serde_json::Value;
@@ -60,7 +60,7 @@ impl PreparedData {
 /// A validation mask function with its kwargs.
 pub struct ValMask<'a> {
     /// The function.
-    pub func: ValMaskFn,
+    pub func: BuildValMask,
     /// Its kwargs.
     pub kwargs: &'a Value,
 }

@@ -1,5 +1,5 @@
 //! `recblocks import-rectools` on real RecTools Lightning checkpoints written by
-//! `tests/parity/generate.py`: the imported model directory must recommend exactly what RecTools
+//! `host/tests/parity/generate.py`: the imported model directory must recommend exactly what RecTools
 //! recommends after `load_from_checkpoint` (same users, items and ranks; scores to RecTools'
 //! 5-decimal rounding), and broken or unsupported checkpoints must fail with a clear error.
 

@@ -1,4 +1,4 @@
-//! Parameter counts equal RecTools' formulas (reference §6), N counting PAD (and MASK).
+//! Parameter counts equal RecTools' formulas (docs/rectools.md §6), N counting PAD (and MASK).
 
 use candle_core::Device;
 
@@ -52,7 +52,7 @@ fn bert4rec_ids_only_matches_the_formula() {
 
 #[test]
 fn rectools_default_bert4rec_size_matches_the_published_count() {
-    // reference §5/§6: d = 256, L = 100 → 256·N + 1 605 120.
+    // docs/rectools.md §5/§6: d = 256, L = 100 → 256·N + 1 605 120.
     let (n, rows) = count(r#"{"cls": "BERT4RecModel"}"#, 15_251);
     assert_eq!(n, 256 * rows + 1_605_120);
 }

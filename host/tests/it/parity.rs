@@ -1,5 +1,5 @@
-//! Parity with RecTools: each golden fixture of `tests/parity/fixtures/` (written by
-//! `tests/parity/generate.py` with RecTools) is loaded through the RecTools import path and must
+//! Parity with RecTools: each golden fixture of `host/tests/parity/fixtures/` (written by
+//! `host/tests/parity/generate.py` with RecTools) is loaded through the RecTools import path and must
 //! give RecTools' eval-mode session encodings and logits (1e-5 absolute), loss (1e-5 relative)
 //! and top-10 recommendations with `filter_viewed` (identical lists).
 
@@ -19,7 +19,7 @@ use serde_json::Value;
 use crate::util::registry;
 
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/parity/fixtures")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/parity/fixtures")
 }
 
 pub struct Fixture {

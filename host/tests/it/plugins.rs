@@ -8,10 +8,10 @@ use std::{collections::BTreeMap, process::Command};
 
 use candle_core::Tensor;
 use recblocks::{
-    assembly, data::write_interactions_csv, plugins, registry::registry_with_plugins,
+    assembly, data::write_interactions_csv, loader as plugins, registry::registry_with_plugins,
     train::fit::Progress, FitOptions, Model, TrainData,
 };
-use recblocks_core::{ComponentKind, ModelSpec, Registry};
+use recblocks_core::{ComponentKind, Registry};
 
 use crate::{
     plugin_libs::{template_plugin, workspace_plugin},
@@ -68,7 +68,9 @@ fn weights(m: &Model) -> BTreeMap<String, Vec<f32>> {
 
 /// Gradients of a fixed probe loss over the backbone's session encodings, by parameter name.
 fn gradients(registry: &Registry) -> BTreeMap<String, Vec<f32>> {
-    let spec = ModelSpec::from_json_str(ALBERT_SPEC, registry).unwrap();
+    let spec = recblocks_core::SpecInput::from_json_str(ALBERT_SPEC)
+        .and_then(|s| s.resolve(registry))
+        .unwrap();
     let schema = assembly::schema_for(&spec, registry, 30).unwrap();
     let net = assembly::assemble(&spec, &schema, registry, &candle_core::Device::Cpu).unwrap();
     let ids = Tensor::new(
@@ -125,7 +127,9 @@ fn dynamic_albert_trains_bit_identically_to_static_albert() {
     let data = small_data();
     let fit = |registry: &Registry| {
         Model::fit(
-            ModelSpec::from_json_str(ALBERT_SPEC, registry).unwrap(),
+            recblocks_core::SpecInput::from_json_str(ALBERT_SPEC)
+                .and_then(|s| s.resolve(registry))
+                .unwrap(),
             TrainData {
                 interactions: &data,
                 item_features: None,

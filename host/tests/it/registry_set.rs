@@ -9,7 +9,7 @@ fn builtin_registry_holds_every_standard_component() {
     let r = registry();
     let names = |k| r.names_of(k);
     assert_eq!(
-        names(ComponentKind::Model),
+        names(ComponentKind::ModelPreset),
         ["BERT4RecModel", "SASRecModel"]
     );
     assert_eq!(
@@ -21,7 +21,7 @@ fn builtin_registry_holds_every_standard_component() {
         ["AlbertSumConstructor", "SumOfEmbeddingsConstructor"]
     );
     assert_eq!(
-        names(ComponentKind::PosEncoding),
+        names(ComponentKind::PositionalEncoding),
         ["LearnableInversePositionalEncoding"]
     );
     assert_eq!(
@@ -47,10 +47,10 @@ fn builtin_registry_holds_every_standard_component() {
     );
     assert_eq!(names(ComponentKind::Backbone), ["TransformerTorchBackbone"]);
     assert_eq!(
-        names(ComponentKind::LightningModule),
+        names(ComponentKind::Objective),
         ["TransformerLightningModule"]
     );
-    assert_eq!(names(ComponentKind::ValMaskFunc), ["leave_one_out_mask"]);
+    assert_eq!(names(ComponentKind::ValMask), ["leave_one_out_mask"]);
     assert_eq!(names(ComponentKind::Trainer), ["default_trainer"]);
 }
 

@@ -1,11 +1,9 @@
 //! A RecTools config loads unchanged and resolves to RecTools' defaults; a user's mistakes give
 //! messages that say where, what was found and what was expected (pinned in full).
 
-use recblocks_core::ModelSpec;
-
 use crate::util::registry;
 
-/// `SASRecModel().get_config(simple_types=True)` (reference §4).
+/// `SASRecModel().get_config(simple_types=True)` (docs/rectools.md §4).
 const RECTOOLS_SASREC_DEFAULT: &str = r#"{
   "cls": "SASRecModel",
   "verbose": 0,
@@ -56,7 +54,7 @@ fn bert4rec_default() -> String {
 }
 
 fn err(json: &str) -> String {
-    match ModelSpec::from_json_str(json, &registry()) {
+    match recblocks_core::SpecInput::from_json_str(json).and_then(|s| s.resolve(&registry())) {
         Ok(_) => panic!("expected an error for {json}"),
         Err(e) => e.to_string(),
     }
@@ -65,8 +63,12 @@ fn err(json: &str) -> String {
 #[test]
 fn rectools_sasrec_default_config_loads_unchanged_and_equals_the_defaults() {
     let r = registry();
-    let exported = ModelSpec::from_json_str(RECTOOLS_SASREC_DEFAULT, &r).unwrap();
-    let minimal = ModelSpec::from_json_str(r#"{"cls": "SASRecModel"}"#, &r).unwrap();
+    let exported = recblocks_core::SpecInput::from_json_str(RECTOOLS_SASREC_DEFAULT)
+        .and_then(|s| s.resolve(&r))
+        .unwrap();
+    let minimal = recblocks_core::SpecInput::from_json_str(r#"{"cls": "SASRecModel"}"#)
+        .and_then(|s| s.resolve(&r))
+        .unwrap();
     assert_eq!(exported, minimal);
     assert_eq!(exported.transformer_layers_type, "SASRecTransformerLayers");
     assert_eq!(exported.data_preparator_type, "SASRecDataPreparator");
@@ -93,9 +95,13 @@ fn rectools_sasrec_default_config_loads_unchanged_and_equals_the_defaults() {
 #[test]
 fn rectools_bert4rec_default_config_loads_unchanged_and_equals_the_defaults() {
     let r = registry();
-    let exported = ModelSpec::from_json_str(&bert4rec_default(), &r).unwrap();
+    let exported = recblocks_core::SpecInput::from_json_str(&bert4rec_default())
+        .and_then(|s| s.resolve(&r))
+        .unwrap();
     let minimal =
-        ModelSpec::from_json_str(r#"{"cls": "rectools.models.BERT4RecModel"}"#, &r).unwrap();
+        recblocks_core::SpecInput::from_json_str(r#"{"cls": "rectools.models.BERT4RecModel"}"#)
+            .and_then(|s| s.resolve(&r))
+            .unwrap();
     assert_eq!(exported, minimal);
     assert_eq!(exported.cls, "BERT4RecModel");
     assert_eq!(exported.transformer_layers_type, "PreLNTransformerLayers");
@@ -106,10 +112,10 @@ fn rectools_bert4rec_default_config_loads_unchanged_and_equals_the_defaults() {
 #[test]
 fn notebook_class_paths_resolve_by_their_class_name() {
     let r = registry();
-    let s = ModelSpec::from_json_str(
+    let s = recblocks_core::SpecInput::from_json_str(
         r#"{"cls": "SASRecModel", "transformer_layers_type": "__main__.PreLNTransformerLayers"}"#,
-        &r,
     )
+    .and_then(|s| s.resolve(&r))
     .unwrap();
     assert_eq!(s.transformer_layers_type, "PreLNTransformerLayers");
 }
@@ -187,10 +193,7 @@ fn missing_cls_names_the_classes() {
 #[test]
 fn unknown_kwarg_names_component_field_and_expected_fields() {
     let r = registry();
-    let spec = ModelSpec::from_json_str(
-        r#"{"cls": "BERT4RecModel", "n_factors": 16, "transformer_layers_kwargs": {"ff_factor_multiplier": 2}}"#,
-        &r,
-    )
+    let spec = recblocks_core::SpecInput::from_json_str(r#"{"cls": "BERT4RecModel", "n_factors": 16, "transformer_layers_kwargs": {"ff_factor_multiplier": 2}}"#).and_then(|s| s.resolve(&r))
     .unwrap();
     let schema = recblocks::assembly::schema_for(&spec, &r, 10).unwrap();
     let e = recblocks::assemble(&spec, &schema, &r, &candle_core::Device::Cpu)

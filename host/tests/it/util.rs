@@ -8,7 +8,9 @@ pub fn registry() -> Registry {
 }
 
 pub fn spec(json: &str) -> ModelSpec {
-    ModelSpec::from_json_str(json, &registry()).unwrap_or_else(|e| panic!("spec: {e}"))
+    recblocks_core::SpecInput::from_json_str(json)
+        .and_then(|s| s.resolve(&registry()))
+        .unwrap_or_else(|e| panic!("spec: {e}"))
 }
 
 pub fn small_data() -> Interactions {

@@ -1,8 +1,8 @@
 //! `AlbertSumConstructor`: ALBERT's factorized embeddings for item nets, the constructor of
-//! RecTools' customization guide (reference §5) with the E → H mapping of HuggingFace's
+//! RecTools' customization guide (docs/rectools.md §5) with the E → H mapping of HuggingFace's
 //! `AlbertTransformer.embedding_hidden_mapping_in`
 //! ([`modeling_albert.py`](https://github.com/huggingface/transformers/blob/main/src/transformers/models/albert/modeling_albert.py),
-//! reference §8).
+//! docs/rectools.md §8).
 //!
 //! Every item net block of `item_net_block_types` is built at width `emb_factors` (e), the
 //! blocks are summed, and a linear layer `item_emb_proj` (e → `n_factors`, with bias) maps the
@@ -21,15 +21,11 @@ use recblocks_core::{
     candle::Tensor,
     candle_nn::Module,
     components::item_net::{build_item_net_blocks, ItemNetBlock, ItemNetConstructor},
-    inventory,
-    kwargs::{decode_kwargs, default_kwargs_json},
+    kwargs::decode_kwargs,
     nn::{linear, Linear},
-    registry::{ComponentInfo, ItemNetConstructorRegistration},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
-
-use crate::CRATE;
 
 const NAME: &str = "AlbertSumConstructor";
 
@@ -146,21 +142,19 @@ fn build(
     Ok(Box::new(AlbertSumConstructor::new(ctx, block_types, &kw)?))
 }
 
-inventory::submit! {
+recblocks_core::register! {
     ItemNetConstructorRegistration {
-        info: ComponentInfo {
-            name: NAME,
-            aliases: &[],
-            summary: "ALBERT factorized embeddings: item net blocks at width emb_factors, summed, projected to n_factors by item_emb_proj",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<AlbertSumConstructorKwargs>,
-        },
-        build,
+        name: NAME,
+        summary: "ALBERT factorized embeddings: item net blocks at width emb_factors, summed, projected to n_factors by item_emb_proj",
+        kwargs: AlbertSumConstructorKwargs,
+        build: build,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use recblocks_core::kwargs::default_kwargs_json;
+
     use super::*;
     use recblocks_core::serde_json::json;
 

@@ -1,8 +1,8 @@
 //! `AlbertLayers`: ALBERT's cross-layer parameter sharing for transformer layer stacks, with the
 //! group semantics of HuggingFace's `AlbertTransformer`
 //! ([`modeling_albert.py`](https://github.com/huggingface/transformers/blob/main/src/transformers/models/albert/modeling_albert.py),
-//! reference §8) around RecTools' blocks, as the customization guide's `AlbertLayers`
-//! (reference §5) intends.
+//! docs/rectools.md §8) around RecTools' blocks, as the customization guide's `AlbertLayers`
+//! (docs/rectools.md §5) intends.
 //!
 //! `n_hidden_groups` (G) groups of `n_inner_groups` (I) distinct layers each, so `G × I`
 //! layers' worth of parameters whatever `n_blocks` is. The stack runs `n_blocks` steps; step `s`
@@ -34,15 +34,11 @@ use serde::{Deserialize, Serialize};
 use recblocks_core::{
     candle::Tensor,
     components::{last_position, AttentionMasks, TransformerLayers},
-    inventory,
-    kwargs::{decode_kwargs, default_kwargs_json},
-    nn::{layers::LAST_LAYER_NORM_EPS, LayerNorm, PreLNTransformerLayer, SASRecTransformerLayer},
-    registry::{ComponentInfo, TransformerLayersRegistration},
+    kwargs::decode_kwargs,
+    nn::{blocks::LAST_LAYER_NORM_EPS, LayerNorm, PreLNTransformerLayer, SASRecTransformerLayer},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
-
-use crate::CRATE;
 
 const NAME: &str = "AlbertLayers";
 
@@ -329,21 +325,19 @@ fn build(ctx: &BuildContext<'_>, kwargs: &Value) -> Result<Box<dyn TransformerLa
     Ok(Box::new(AlbertLayers::new(ctx, &kw)?))
 }
 
-inventory::submit! {
+recblocks_core::register! {
     TransformerLayersRegistration {
-        info: ComponentInfo {
-            name: NAME,
-            aliases: &[],
-            summary: "ALBERT cross-layer sharing: n_hidden_groups × n_inner_groups PreLN or SASRec layers reused over n_blocks steps",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<AlbertLayersKwargs>,
-        },
-        build,
+        name: NAME,
+        summary: "ALBERT cross-layer sharing: n_hidden_groups × n_inner_groups PreLN or SASRec layers reused over n_blocks steps",
+        kwargs: AlbertLayersKwargs,
+        build: build,
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use recblocks_core::kwargs::default_kwargs_json;
+
     use super::*;
     use recblocks_core::serde_json::json;
 

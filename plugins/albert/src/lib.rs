@@ -1,9 +1,9 @@
 //! recblocks-albert: ALBERT's two parameter-reduction ideas (Lan et al., 2019) as recblocks
 //! components, the way RecTools' transformers customization guide applies them to SASRec and
-//! BERT4Rec (`examples/tutorials/transformers_customization_guide.ipynb`, reference §5), with the
+//! BERT4Rec (`examples/tutorials/transformers_customization_guide.ipynb`, docs/rectools.md §5), with the
 //! group semantics of HuggingFace's ALBERT
 //! ([`modeling_albert.py`](https://github.com/huggingface/transformers/blob/main/src/transformers/models/albert/modeling_albert.py),
-//! reference §8):
+//! docs/rectools.md §8):
 //!
 //! - [`AlbertSumConstructor`] (item net constructor): factorized embeddings. Item net blocks are
 //!   built at a small width `emb_factors`, summed, and projected to `n_factors` by

@@ -1,5 +1,5 @@
 //! The transformer backbone: port of RecTools' `TransformerTorchBackbone`
-//! (`rectools/models/nn/transformers/torch_backbone.py`, reference §2.7).
+//! (`rectools/models/nn/transformers/torch_backbone.py`, docs/rectools.md §2.7).
 //!
 //! `encode_sessions`: timeline mask from the input ids, item embeddings looked up by id,
 //! positional encoding, embedding dropout, RecTools' attention masks, then the transformer layers.
@@ -11,15 +11,11 @@ use recblocks_core::{
         AttentionMasks, Backbone, BackboneParts, ItemNetConstructor, PositionalEncoding,
         Similarity, TransformerLayers,
     },
-    inventory,
-    kwargs::{decode_kwargs, default_kwargs_json, NoKwargs},
+    kwargs::{decode_kwargs, NoKwargs},
     nn::{masks, Dropout},
-    registry::{BackboneRegistration, ComponentInfo},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
-
-use crate::CRATE;
 
 const NAME: &str = "TransformerTorchBackbone";
 
@@ -150,134 +146,19 @@ fn build(
     Ok(Box::new(TransformerTorchBackbone::new(ctx, parts)?))
 }
 
-inventory::submit! {
+recblocks_core::register! {
     BackboneRegistration {
-        info: ComponentInfo {
-            name: NAME,
-            aliases: &["rectools.models.nn.transformers.torch_backbone.TransformerTorchBackbone"],
-            summary: "RecTools' backbone: item embeddings + positional encoding + dropout, then the transformer layers under causal/key-padding masks",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<NoKwargs>,
-        },
-        build,
-    }
-}
-
-/// Test helpers shared by this crate's unit tests: a spec built from the SASRec preset without
-/// resolution, and an environment holding everything a [`BuildContext`] borrows.
-#[cfg(test)]
-pub(crate) mod test_util {
-    use recblocks_core::{
-        candle::{DType, Device, Tensor},
-        candle_nn::{VarBuilder, VarMap},
-        serde_json::Value,
-        BuildContext, DatasetSchema, ModelSpec, ParamStore, Registry, Result, SharedRng,
-    };
-
-    use crate::presets::sasrec_defaults;
-
-    /// The SASRec preset merged with `overrides` (an object), decoded without resolution.
-    pub(crate) fn test_spec(overrides: Value) -> Result<ModelSpec> {
-        let mut m = sasrec_defaults();
-        if let Value::Object(o) = overrides {
-            m.extend(o);
-        }
-        recblocks_core::serde_json::from_value(Value::Object(m))
-            .map_err(|e| recblocks_core::CoreError::Spec(e.to_string()))
-    }
-
-    /// Everything a build context borrows, plus the parameter map.
-    pub(crate) struct Env {
-        pub spec: ModelSpec,
-        pub schema: DatasetSchema,
-        pub registry: Registry,
-        pub varmap: VarMap,
-        pub rng: SharedRng,
-    }
-
-    impl Env {
-        /// A spec from `overrides` and a schema.
-        pub(crate) fn new(overrides: Value, schema: DatasetSchema) -> Result<Self> {
-            Ok(Env {
-                spec: test_spec(overrides)?,
-                schema,
-                registry: Registry::from_inventory()?,
-                varmap: VarMap::new(),
-                rng: SharedRng::new(7),
-            })
-        }
-
-        /// A context whose parameters go into `self.varmap`, initialised from `seed`.
-        pub(crate) fn ctx(&self, seed: u64) -> BuildContext<'_> {
-            let vb = ParamStore::new(self.varmap.clone(), seed).into_var_builder(&Device::Cpu);
-            self.ctx_with(vb)
-        }
-
-        /// A context over a given var builder.
-        pub(crate) fn ctx_with<'a>(&'a self, vb: VarBuilder<'a>) -> BuildContext<'a> {
-            BuildContext {
-                spec: &self.spec,
-                n_factors: self.spec.n_factors,
-                schema: &self.schema,
-                vb,
-                rng: self.rng.clone(),
-                registry: &self.registry,
-            }
-        }
-
-        /// The current value of a parameter.
-        pub(crate) fn param(&self, name: &str) -> Result<Tensor> {
-            let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-            match data.get(name) {
-                Some(v) => Ok(v.as_tensor().clone()),
-                None => Err(recblocks_core::CoreError::Other(format!(
-                    "no parameter `{name}`; have {:?}",
-                    data.keys().collect::<Vec<_>>()
-                ))),
-            }
-        }
-
-        /// Overwrites a parameter in place (modules holding it see the new value).
-        pub(crate) fn set_param(&self, name: &str, value: &Tensor) -> Result<()> {
-            let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-            match data.get(name) {
-                Some(v) => Ok(v.set(&value.to_dtype(DType::F32)?)?),
-                None => Err(recblocks_core::CoreError::Other(format!(
-                    "no parameter `{name}`"
-                ))),
-            }
-        }
-
-        /// Sorted parameter names.
-        pub(crate) fn param_names(&self) -> Vec<String> {
-            let data = self.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-            let mut names: Vec<String> = data.keys().cloned().collect();
-            names.sort();
-            names
-        }
-
-        /// Total number of parameter elements.
-        pub(crate) fn n_params(&self) -> usize {
-            self.varmap.all_vars().iter().map(|v| v.elem_count()).sum()
-        }
-    }
-
-    /// Asserts two float slices agree within `tol`.
-    pub(crate) fn assert_close(actual: &[f32], expected: &[f64], tol: f64) {
-        assert_eq!(actual.len(), expected.len(), "lengths differ");
-        for (i, (a, e)) in actual.iter().zip(expected).enumerate() {
-            assert!(
-                (*a as f64 - e).abs() <= tol,
-                "element {i}: got {a}, expected {e} (tol {tol})\nactual:   {actual:?}\nexpected: {expected:?}"
-            );
-        }
+        name: NAME,
+        aliases: ["rectools.models.nn.transformers.torch_backbone.TransformerTorchBackbone"],
+        summary: "RecTools' backbone: item embeddings + positional encoding + dropout, then the transformer layers under causal/key-padding masks",
+        build: build,
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::test_util::{assert_close, Env};
     use super::*;
+    use crate::test_util::{assert_close, env, Env};
     use recblocks_core::{
         candle::{Device, Tensor},
         serde_json::json,
@@ -297,7 +178,7 @@ mod tests {
                 &spec.item_net_block_types,
                 &kw(&spec.item_net_constructor_kwargs),
             )?,
-            pos_encoding: (r.pos_encoding(&spec.pos_encoding_type)?.build)(
+            pos_encoding: (r.positional_encoding(&spec.pos_encoding_type)?.build)(
                 &ctx.pp("pos_encoding_layer"),
                 &kw(&spec.pos_encoding_kwargs),
             )?,
@@ -319,7 +200,7 @@ mod tests {
     }
 
     fn sasrec_env() -> Result<Env> {
-        Env::new(
+        env(
             json!({"n_factors": 8, "n_heads": 2, "session_max_len": 4, "dropout_rate": 0.3}),
             DatasetSchema::new(5, &["PAD"]),
         )
@@ -370,7 +251,7 @@ mod tests {
             for (causal, key_padding) in
                 [(true, false), (false, true), (true, true), (false, false)]
             {
-                let env = Env::new(
+                let env = env(
                     json!({"n_factors": 8, "n_heads": 2, "n_blocks": 2, "session_max_len": 4,
                            "dropout_rate": 0.3, "transformer_layers_type": layers,
                            "use_causal_attn": causal, "use_key_padding_mask": key_padding}),
@@ -455,7 +336,7 @@ mod tests {
 
     #[test]
     fn sasrec_parameter_count_matches_rectools() -> Result<()> {
-        // N·d + L·d + n_blocks·(6d² + 10d) + 2d, ids only (reference §6).
+        // N·d + L·d + n_blocks·(6d² + 10d) + 2d, ids only (docs/rectools.md §6).
         let env = sasrec_env()?;
         let _bb = backbone(&env)?;
         let (n, d, l, nb) = (6usize, 8usize, 4usize, 2usize);
@@ -482,7 +363,7 @@ mod tests {
     fn bert4rec_style_key_padding_ignores_pad_keys() -> Result<()> {
         // PreLN layers with a key padding mask and no causal mask: what sits at a padded
         // position (the PAD embedding plus its positional embedding) never reaches real items.
-        let env = Env::new(
+        let env = env(
             json!({"n_factors": 8, "n_heads": 2, "session_max_len": 4,
                    "transformer_layers_type": "PreLNTransformerLayers",
                    "use_causal_attn": false, "use_key_padding_mask": true}),
@@ -526,7 +407,7 @@ mod tests {
                 "rectools.models.nn.item_net.SumOfEmbeddingsConstructor",
             ),
             (
-                K::PosEncoding,
+                K::PositionalEncoding,
                 "rectools.models.nn.transformers.net_blocks.LearnableInversePositionalEncoding",
             ),
             (

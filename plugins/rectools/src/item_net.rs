@@ -1,4 +1,4 @@
-//! Item nets: port of RecTools' `rectools/models/nn/item_net.py` (reference §2.1).
+//! Item nets: port of RecTools' `rectools/models/nn/item_net.py` (docs/rectools.md §2.1).
 //!
 //! - [`IdEmbeddingsItemNet`]: one learnable row per internal item id (`nn.Embedding` with
 //!   `padding_idx=0`: the PAD row keeps its initial value and never gets a gradient).
@@ -9,15 +9,11 @@
 use recblocks_core::{
     candle::{DType, Tensor},
     components::item_net::{build_item_net_blocks, ItemNetBlock, ItemNetConstructor},
-    inventory,
-    kwargs::{decode_kwargs, default_kwargs_json, NoKwargs},
+    kwargs::{decode_kwargs, NoKwargs},
     nn::{init, Dropout},
-    registry::{ComponentInfo, ItemNetBlockRegistration, ItemNetConstructorRegistration},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
-
-use crate::CRATE;
 
 const ID_NAME: &str = "IdEmbeddingsItemNet";
 const CAT_NAME: &str = "CatFeaturesItemNet";
@@ -231,41 +227,29 @@ fn build_sum(
     Ok(Box::new(SumOfEmbeddingsConstructor::new(ctx, block_types)?))
 }
 
-inventory::submit! {
+recblocks_core::register! {
     ItemNetBlockRegistration {
-        info: ComponentInfo {
-            name: ID_NAME,
-            aliases: &["rectools.models.nn.item_net.IdEmbeddingsItemNet"],
-            summary: "one learnable embedding per item id (PAD row frozen, as padding_idx=0)",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<NoKwargs>,
-        },
+        name: ID_NAME,
+        aliases: ["rectools.models.nn.item_net.IdEmbeddingsItemNet"],
+        summary: "one learnable embedding per item id (PAD row frozen, as padding_idx=0)",
         build: build_id_embeddings,
     }
 }
 
-inventory::submit! {
+recblocks_core::register! {
     ItemNetBlockRegistration {
-        info: ComponentInfo {
-            name: CAT_NAME,
-            aliases: &["rectools.models.nn.item_net.CatFeaturesItemNet"],
-            summary: "sum of the embeddings of an item's categorical feature values, then dropout (skipped without features)",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<NoKwargs>,
-        },
+        name: CAT_NAME,
+        aliases: ["rectools.models.nn.item_net.CatFeaturesItemNet"],
+        summary: "sum of the embeddings of an item's categorical feature values, then dropout (skipped without features)",
         build: build_cat_features,
     }
 }
 
-inventory::submit! {
+recblocks_core::register! {
     ItemNetConstructorRegistration {
-        info: ComponentInfo {
-            name: SUM_NAME,
-            aliases: &["rectools.models.nn.item_net.SumOfEmbeddingsConstructor"],
-            summary: "item embeddings = sum of the item net blocks' embeddings",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<NoKwargs>,
-        },
+        name: SUM_NAME,
+        aliases: ["rectools.models.nn.item_net.SumOfEmbeddingsConstructor"],
+        summary: "item embeddings = sum of the item net blocks' embeddings",
         build: build_sum,
     }
 }
@@ -273,7 +257,7 @@ inventory::submit! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::test_util::{assert_close, Env};
+    use crate::test_util::{assert_close, env, Env};
     use recblocks_core::{
         candle::Device, schema::CatFeatureSchema, serde_json::json, DatasetSchema,
     };
@@ -290,7 +274,7 @@ mod tests {
     }
 
     fn small_env(schema: DatasetSchema, dropout: f64) -> Result<Env> {
-        Env::new(
+        env(
             json!({"n_factors": 2, "n_heads": 1, "dropout_rate": dropout}),
             schema,
         )
@@ -298,7 +282,7 @@ mod tests {
 
     #[test]
     fn id_embeddings_pad_row_keeps_its_value_and_gets_no_gradient() -> Result<()> {
-        let env = Env::new(
+        let env = env(
             json!({"n_factors": 4, "n_heads": 1}),
             DatasetSchema::new(3, &["PAD"]),
         )?;
@@ -328,7 +312,7 @@ mod tests {
     #[test]
     fn id_embeddings_init_is_xavier_normal() -> Result<()> {
         // std = sqrt(2 / (n + d)) = sqrt(2 / 600) ≈ 0.0577 for a [400, 200] table.
-        let env = Env::new(
+        let env = env(
             json!({"n_factors": 200, "n_heads": 1}),
             DatasetSchema::new(399, &["PAD"]),
         )?;

@@ -1,5 +1,5 @@
 //! Negative sampling: port of RecTools' `CatalogUniformSampler`
-//! (`rectools/models/nn/transformers/negative_sampler.py`, reference §2.5).
+//! (`rectools/models/nn/transformers/negative_sampler.py`, docs/rectools.md §2.5).
 //!
 //! Negatives are drawn uniformly from `[lowest_id, highest_id)` (the data preparator passes the
 //! number of extra tokens as `lowest_id`, so PAD/MASK are never drawn); positives are not
@@ -9,14 +9,10 @@ use rand::Rng;
 
 use recblocks_core::{
     components::NegativeSampler,
-    inventory,
-    kwargs::{decode_kwargs, default_kwargs_json, NoKwargs},
-    registry::{ComponentInfo, NegativeSamplerRegistration},
+    kwargs::{decode_kwargs, NoKwargs},
     serde_json::Value,
     ComponentKind, ModelSpec, Result, SharedRng,
 };
-
-use crate::CRATE;
 
 const NAME: &str = "CatalogUniformSampler";
 
@@ -64,23 +60,19 @@ fn build(spec: &ModelSpec, kwargs: &Value) -> Result<Box<dyn NegativeSampler>> {
     Ok(Box::new(CatalogUniformSampler::new(spec.n_negatives)))
 }
 
-inventory::submit! {
+recblocks_core::register! {
     NegativeSamplerRegistration {
-        info: ComponentInfo {
-            name: NAME,
-            aliases: &["rectools.models.nn.transformers.negative_sampler.CatalogUniformSampler"],
-            summary: "uniform negatives over the real items of the catalog (PAD/MASK excluded)",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<NoKwargs>,
-        },
-        build,
+        name: NAME,
+        aliases: ["rectools.models.nn.transformers.negative_sampler.CatalogUniformSampler"],
+        summary: "uniform negatives over the real items of the catalog (PAD/MASK excluded)",
+        build: build,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::test_util::test_spec;
+    use crate::test_util::test_spec;
     use recblocks_core::serde_json::json;
 
     #[test]

@@ -1,5 +1,5 @@
 //! Positional encoding: port of RecTools' `LearnableInversePositionalEncoding`
-//! (`rectools/models/nn/transformers/net_blocks.py`, reference §2.2).
+//! (`rectools/models/nn/transformers/net_blocks.py`, docs/rectools.md §2.2).
 //!
 //! Sessions are left-padded, so positions are counted from the end: in a length-`L` input,
 //! position `j` gets `pos_emb[L - 1 - j]` and the most recent item always gets row 0.
@@ -7,17 +7,9 @@
 use serde::{Deserialize, Serialize};
 
 use recblocks_core::{
-    candle::Tensor,
-    components::PositionalEncoding,
-    inventory,
-    kwargs::{decode_kwargs, default_kwargs_json},
-    nn::init,
-    registry::{ComponentInfo, PosEncodingRegistration},
-    serde_json::Value,
-    BuildContext, ComponentKind, CoreError, Result,
+    candle::Tensor, components::PositionalEncoding, kwargs::decode_kwargs, nn::init,
+    serde_json::Value, BuildContext, ComponentKind, CoreError, Result,
 };
-
-use crate::CRATE;
 
 const NAME: &str = "LearnableInversePositionalEncoding";
 
@@ -47,7 +39,7 @@ impl LearnableInversePositionalEncoding {
         let pos_emb = if ctx.spec.use_pos_emb {
             if l == 0 {
                 return Err(CoreError::invalid(
-                    ComponentKind::PosEncoding,
+                    ComponentKind::PositionalEncoding,
                     NAME,
                     "session_max_len must be at least 1",
                 ));
@@ -78,7 +70,7 @@ impl PositionalEncoding for LearnableInversePositionalEncoding {
         if let Some(pos_emb) = &self.pos_emb {
             if l > self.session_max_len {
                 return Err(CoreError::invalid(
-                    ComponentKind::PosEncoding,
+                    ComponentKind::PositionalEncoding,
                     NAME,
                     format!(
                         "sessions have {l} positions, more than session_max_len = {}",
@@ -97,31 +89,28 @@ impl PositionalEncoding for LearnableInversePositionalEncoding {
 
 fn build(ctx: &BuildContext<'_>, kwargs: &Value) -> Result<Box<dyn PositionalEncoding>> {
     let kw: LearnableInversePositionalEncodingKwargs =
-        decode_kwargs(ComponentKind::PosEncoding, NAME, kwargs)?;
+        decode_kwargs(ComponentKind::PositionalEncoding, NAME, kwargs)?;
     Ok(Box::new(LearnableInversePositionalEncoding::new(ctx, &kw)?))
 }
 
-inventory::submit! {
-    PosEncodingRegistration {
-        info: ComponentInfo {
-            name: NAME,
-            aliases: &["rectools.models.nn.transformers.net_blocks.LearnableInversePositionalEncoding"],
-            summary: "learnable positional embeddings counted from the most recent item (row 0 = last position)",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<LearnableInversePositionalEncodingKwargs>,
-        },
-        build,
+recblocks_core::register! {
+    PositionalEncodingRegistration {
+        name: NAME,
+        aliases: ["rectools.models.nn.transformers.net_blocks.LearnableInversePositionalEncoding"],
+        summary: "learnable positional embeddings counted from the most recent item (row 0 = last position)",
+        kwargs: LearnableInversePositionalEncodingKwargs,
+        build: build,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::test_util::{assert_close, Env};
+    use crate::test_util::{self, assert_close, Env};
     use recblocks_core::{candle::Device, serde_json::json, DatasetSchema};
 
     fn env(use_pos_emb: bool) -> Result<Env> {
-        Env::new(
+        test_util::env(
             json!({"n_factors": 2, "n_heads": 1, "session_max_len": 3, "use_pos_emb": use_pos_emb}),
             DatasetSchema::new(4, &["PAD"]),
         )

@@ -1,14 +1,11 @@
 //! Model presets: the full default configs of RecTools' `SASRecModel` and `BERT4RecModel`
-//! (`SASRecModelConfig`, `BERT4RecModelConfig`; reference §1.1 and §4), with component types
+//! (`SASRecModelConfig`, `BERT4RecModelConfig`; docs/rectools.md §1.1 and §4), with component types
 //! given by their canonical recblocks names (RecTools' class names).
 
 use recblocks_core::{
-    inventory,
-    registry::{ComponentInfo, ModelPresetRegistration},
+    components::ModelPreset,
     serde_json::{json, Map, Value},
 };
-
-use crate::CRATE;
 
 /// The keys and defaults shared by every transformer model (`TransformerModelConfig`).
 fn base_defaults() -> Map<String, Value> {
@@ -96,34 +93,38 @@ pub fn bert4rec_defaults() -> Map<String, Value> {
     m
 }
 
-fn no_kwargs() -> Value {
-    json!({})
-}
+/// The trainer both models run when `get_trainer_func` is null (RecTools: a default Lightning
+/// `Trainer`).
+const DEFAULT_TRAINER: &str = crate::trainer::NAME;
 
-inventory::submit! {
-    ModelPresetRegistration {
-        info: ComponentInfo {
-            name: "SASRecModel",
-            aliases: &["rectools.models.SASRecModel", "rectools.models.sasrec.SASRecModel",
-                       "rectools.models.nn.transformers.sasrec.SASRecModel"],
-            summary: "SASRec (Kang & McAuley, 2018): causal self-attention over the session, next-item targets",
-            crate_name: CRATE,
-            default_kwargs: no_kwargs,
-        },
-        build: sasrec_defaults,
+fn sasrec_preset() -> ModelPreset {
+    ModelPreset {
+        defaults: sasrec_defaults(),
+        default_trainer: DEFAULT_TRAINER,
     }
 }
 
-inventory::submit! {
+fn bert4rec_preset() -> ModelPreset {
+    ModelPreset {
+        defaults: bert4rec_defaults(),
+        default_trainer: DEFAULT_TRAINER,
+    }
+}
+
+recblocks_core::register! {
     ModelPresetRegistration {
-        info: ComponentInfo {
-            name: "BERT4RecModel",
-            aliases: &["rectools.models.BERT4RecModel", "rectools.models.bert4rec.BERT4RecModel",
-                       "rectools.models.nn.transformers.bert4rec.BERT4RecModel"],
-            summary: "BERT4Rec (Sun et al., 2019): bidirectional self-attention trained on masked items",
-            crate_name: CRATE,
-            default_kwargs: no_kwargs,
-        },
-        build: bert4rec_defaults,
+        name: "SASRecModel",
+        aliases: ["rectools.models.SASRecModel", "rectools.models.sasrec.SASRecModel", "rectools.models.nn.transformers.sasrec.SASRecModel"],
+        summary: "SASRec (Kang & McAuley, 2018): causal self-attention over the session, next-item targets",
+        build: sasrec_preset,
+    }
+}
+
+recblocks_core::register! {
+    ModelPresetRegistration {
+        name: "BERT4RecModel",
+        aliases: ["rectools.models.BERT4RecModel", "rectools.models.bert4rec.BERT4RecModel", "rectools.models.nn.transformers.bert4rec.BERT4RecModel"],
+        summary: "BERT4Rec (Sun et al., 2019): bidirectional self-attention trained on masked items",
+        build: bert4rec_preset,
     }
 }

@@ -1,5 +1,5 @@
 //! Similarity: port of RecTools' `DistanceSimilarityModule`
-//! (`rectools/models/nn/transformers/similarity.py`, reference §2.4).
+//! (`rectools/models/nn/transformers/similarity.py`, docs/rectools.md §2.4).
 //!
 //! Dot product or cosine (both sides divided by `max(||x||, 1e-8)`) between session encodings and
 //! item embeddings, against the whole catalog (PAD/MASK columns included) or gathered candidates.
@@ -9,15 +9,11 @@ use serde::{Deserialize, Serialize};
 use recblocks_core::{
     candle::{Tensor, D},
     components::{Distance, Similarity},
-    inventory,
-    kwargs::{decode_kwargs, default_kwargs_json},
+    kwargs::decode_kwargs,
     nn::gather_dot,
-    registry::{ComponentInfo, SimilarityRegistration},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
-
-use crate::CRATE;
 
 const NAME: &str = "DistanceSimilarityModule";
 /// Smallest norm a vector is divided by in cosine mode (RecTools' `epsilon`).
@@ -175,23 +171,20 @@ fn build(_ctx: &BuildContext<'_>, kwargs: &Value) -> Result<Box<dyn Similarity>>
     Ok(Box::new(DistanceSimilarityModule::from_kwargs(&kw)?))
 }
 
-inventory::submit! {
+recblocks_core::register! {
     SimilarityRegistration {
-        info: ComponentInfo {
-            name: NAME,
-            aliases: &["rectools.models.nn.transformers.similarity.DistanceSimilarityModule"],
-            summary: "dot-product or cosine similarity between session encodings and item embeddings",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<DistanceSimilarityKwargs>,
-        },
-        build,
+        name: NAME,
+        aliases: ["rectools.models.nn.transformers.similarity.DistanceSimilarityModule"],
+        summary: "dot-product or cosine similarity between session encodings and item embeddings",
+        kwargs: DistanceSimilarityKwargs,
+        build: build,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backbone::test_util::assert_close;
+    use crate::test_util::assert_close;
     use recblocks_core::{
         candle::{Device, Var},
         serde_json::json,

@@ -1,5 +1,5 @@
 //! The default trainer factory: recblocks' stand-in for RecTools' `get_trainer_func`
-//! (reference §1.2).
+//! (docs/rectools.md §1.2).
 //!
 //! RecTools builds `Trainer(max_epochs=epochs, min_epochs=epochs, deterministic, ...)` when no
 //! `get_trainer_func` is given, and otherwise calls the user's Python function with
@@ -12,19 +12,15 @@
 use recblocks_core::{
     components::{trainer::EarlyStopping, TrainerSettings},
     error::CoreError,
-    inventory,
     kind::ComponentKind,
-    kwargs::{decode_kwargs, default_kwargs_json},
-    registry::{ComponentInfo, TrainerRegistration},
+    kwargs::decode_kwargs,
     serde_json::Value,
     spec::ModelSpec,
     Result,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::CRATE;
-
-const NAME: &str = "default_trainer";
+pub(crate) const NAME: &str = "default_trainer";
 
 /// Kwargs of `default_trainer` (`get_trainer_func_kwargs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,15 +138,11 @@ pub fn default_trainer(spec: &ModelSpec, kwargs: &Value) -> Result<TrainerSettin
     })
 }
 
-inventory::submit! {
+recblocks_core::register! {
     TrainerRegistration {
-        info: ComponentInfo {
-            name: NAME,
-            aliases: &[],
-            summary: "recblocks' built-in trainer: epochs, seed, optional early stopping and val_k (RecTools' get_trainer_func names a user's Python function, which recblocks cannot run)",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<TrainerKwargs>,
-        },
+        name: NAME,
+        summary: "recblocks' built-in trainer: epochs, seed, optional early stopping and val_k (RecTools' get_trainer_func names a user's Python function, which recblocks cannot run)",
+        kwargs: TrainerKwargs,
         build: default_trainer,
     }
 }
@@ -158,6 +150,7 @@ inventory::submit! {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use recblocks_core::kwargs::default_kwargs_json;
     use recblocks_core::serde_json::{json, Map};
 
     use super::*;

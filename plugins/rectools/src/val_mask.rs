@@ -1,5 +1,5 @@
 //! Validation mask functions: ports RecTools' `leave_one_out_mask`
-//! (`rectools/models/nn/transformers/utils.py`; reference §2.6, §2.10).
+//! (`rectools/models/nn/transformers/utils.py`; docs/rectools.md §2.6, §2.10).
 //!
 //! Each selected user's last interaction becomes a validation interaction. "Last" follows
 //! RecTools exactly: rows are ranked per user by datetime, ascending, with pandas'
@@ -15,19 +15,10 @@
 
 use rand::seq::index;
 use recblocks_core::{
-    components::InteractionsView,
-    context::SharedRng,
-    error::CoreError,
-    inventory,
-    kind::ComponentKind,
-    kwargs::{decode_kwargs, default_kwargs_json},
-    registry::{ComponentInfo, ValMaskFuncRegistration},
-    serde_json::Value,
-    Result,
+    components::InteractionsView, context::SharedRng, error::CoreError, kind::ComponentKind,
+    kwargs::decode_kwargs, serde_json::Value, Result,
 };
 use serde::{Deserialize, Serialize};
-
-use crate::CRATE;
 
 const NAME: &str = "leave_one_out_mask";
 
@@ -55,7 +46,7 @@ impl ValUsers {
     /// Parses `val_users`.
     pub fn parse(v: &Value) -> Result<ValUsers> {
         let bad = |m: String| CoreError::BadKwargs {
-            kind: ComponentKind::ValMaskFunc,
+            kind: ComponentKind::ValMask,
             component: NAME.into(),
             message: m,
         };
@@ -129,9 +120,9 @@ pub fn leave_one_out_mask(
     kwargs: &Value,
     rng: &SharedRng,
 ) -> Result<Vec<bool>> {
-    let kw: LeaveOneOutKwargs = decode_kwargs(ComponentKind::ValMaskFunc, NAME, kwargs)?;
+    let kw: LeaveOneOutKwargs = decode_kwargs(ComponentKind::ValMask, NAME, kwargs)?;
     let val_users = ValUsers::parse(&kw.val_users)?;
-    let invalid = |m: String| CoreError::invalid(ComponentKind::ValMaskFunc, NAME, m);
+    let invalid = |m: String| CoreError::invalid(ComponentKind::ValMask, NAME, m);
     if view.users.len() != view.datetimes.len() {
         return Err(invalid(format!(
             "{} user entries but {} datetimes",
@@ -161,7 +152,7 @@ pub fn leave_one_out_mask(
             }
             if k > order.len() {
                 return Err(CoreError::BadKwargs {
-                    kind: ComponentKind::ValMaskFunc,
+                    kind: ComponentKind::ValMask,
                     component: NAME.into(),
                     message: format!(
                         "`val_users` = {k} is more than the {} users in the interactions \
@@ -195,15 +186,12 @@ pub fn leave_one_out_mask(
     Ok(mask)
 }
 
-inventory::submit! {
-    ValMaskFuncRegistration {
-        info: ComponentInfo {
-            name: NAME,
-            aliases: &["rectools.models.nn.transformers.utils.leave_one_out_mask"],
-            summary: "Leave-one-out validation: each selected user's last interaction (val_users: null = all, N = sample N users, or a list of ids)",
-            crate_name: CRATE,
-            default_kwargs: default_kwargs_json::<LeaveOneOutKwargs>,
-        },
+recblocks_core::register! {
+    ValMaskRegistration {
+        name: NAME,
+        aliases: ["rectools.models.nn.transformers.utils.leave_one_out_mask"],
+        summary: "Leave-one-out validation: each selected user's last interaction (val_users: null = all, N = sample N users, or a list of ids)",
+        kwargs: LeaveOneOutKwargs,
         build: leave_one_out_mask,
     }
 }
@@ -211,6 +199,7 @@ inventory::submit! {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use recblocks_core::kwargs::default_kwargs_json;
     use recblocks_core::serde_json::json;
 
     use super::*;
@@ -372,7 +361,7 @@ mod tests {
     fn registered_under_name_and_dotted_path() {
         let reg = recblocks_core::Registry::from_inventory().expect("registry");
         let r = reg
-            .val_mask_func("rectools.models.nn.transformers.utils.leave_one_out_mask")
+            .val_mask("rectools.models.nn.transformers.utils.leave_one_out_mask")
             .expect("alias");
         assert_eq!(r.info.name, NAME);
     }

@@ -8,13 +8,13 @@ use recblocks_core::{
     CoreError, DatasetSchema, Result,
 };
 
-use crate::util::{cat_schema, flat, Env};
+use crate::util::{cat_schema, flat, json_env, Env};
 
 const IDS: &str = "IdEmbeddingsItemNet";
 const CAT: &str = "CatFeaturesItemNet";
 
 fn env(d: usize, schema: DatasetSchema) -> Result<Env> {
-    Env::new(json!({"n_factors": d, "n_heads": 1}), schema)
+    json_env(json!({"n_factors": d, "n_heads": 1}), schema)
 }
 
 fn types(names: &[&str]) -> Vec<String> {

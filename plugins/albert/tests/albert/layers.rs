@@ -6,17 +6,17 @@ use recblocks_albert::{schedule, AlbertLayers, AlbertLayersKwargs};
 use recblocks_core::{
     candle::{Device, Tensor},
     components::TransformerLayers,
-    nn::{layers::LAST_LAYER_NORM_EPS, LayerNorm, PreLNTransformerLayer, SASRecTransformerLayer},
+    nn::{blocks::LAST_LAYER_NORM_EPS, LayerNorm, PreLNTransformerLayer, SASRecTransformerLayer},
     serde_json::{json, Value},
     DatasetSchema, ParamStore, Result,
 };
 
-use crate::util::{assert_close, flat, inputs, masks_for, Env};
+use crate::util::{assert_close, flat, inputs, json_env, masks_for, Env};
 
 const D: usize = 8;
 
 fn env(n_blocks: usize, dropout: f64) -> Result<Env> {
-    Env::new(
+    json_env(
         json!({"n_factors": D, "n_heads": 2, "n_blocks": n_blocks, "dropout_rate": dropout}),
         DatasetSchema::new(5, &["PAD"]),
     )
@@ -50,7 +50,7 @@ fn layer_prefixes(env: &Env) -> BTreeSet<String> {
 #[test]
 fn parameters_are_g_times_i_layers_whatever_n_blocks() -> Result<()> {
     let (d, m) = (D, 4usize);
-    let preln = (4 + 2 * m) * d * d + (9 + m) * d; // one PreLN layer (reference §6)
+    let preln = (4 + 2 * m) * d * d + (9 + m) * d; // one PreLN layer (docs/rectools.md §6)
     let sasrec = 6 * d * d + 10 * d; // one SASRec layer
     for (g, i) in [(1usize, 1usize), (2, 2), (1, 3), (3, 1)] {
         for n_blocks in [g, 2 * g, 4 * g] {

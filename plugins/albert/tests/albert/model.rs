@@ -1,12 +1,14 @@
 //! The example specs in full models: they load, their parameter counts match RecTools' guide
-//! (reference §5), and one training step reaches every parameter (no dead layers, unlike the
+//! (docs/rectools.md §5), and one training step reaches every parameter (no dead layers, unlike the
 //! guide's `AlbertLayers`).
 
 use recblocks_core::{
     candle::Device,
     components::{Backbone, BackboneParts, SessionRef},
-    DatasetSchema, ModelSpec, Registry, Result,
+    DatasetSchema, ModelSpec, Registry, Result, SpecInput,
 };
+
+use recblocks_conformance::env::TestEnv;
 
 use crate::util::{cat_schema, flat, Env};
 
@@ -15,7 +17,7 @@ fn example(name: &str, registry: &Registry) -> Result<ModelSpec> {
     let path = format!("{}/../../examples/specs/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path)
         .map_err(|e| recblocks_core::CoreError::Other(format!("cannot read {path}: {e}")))?;
-    ModelSpec::from_json_str(&text, registry)
+    SpecInput::from_json_str(&text)?.resolve(registry)
 }
 
 /// An environment for `spec`, over a schema with the extra tokens of its data preparator.
@@ -32,9 +34,7 @@ fn env_for(spec: ModelSpec, n_real: usize, features: bool) -> Result<Env> {
     } else {
         DatasetSchema::new(n_real, &tokens)
     };
-    let mut env = Env::new(recblocks_core::serde_json::json!({}), schema)?;
-    env.spec = spec;
-    Ok(env)
+    Ok(TestEnv::new(spec, schema, registry))
 }
 
 /// Builds the model as the host's assembly does: slots under `item_model`,
@@ -54,7 +54,7 @@ fn assemble(env: &Env) -> Result<Box<dyn Backbone>> {
             &spec.item_net_block_types,
             &kw(&spec.item_net_constructor_kwargs),
         )?,
-        pos_encoding: (r.pos_encoding(&spec.pos_encoding_type)?.build)(
+        pos_encoding: (r.positional_encoding(&spec.pos_encoding_type)?.build)(
             &ctx.pp("pos_encoding_layer"),
             &kw(&spec.pos_encoding_kwargs),
         )?,
@@ -70,7 +70,7 @@ fn assemble(env: &Env) -> Result<Box<dyn Backbone>> {
     (r.backbone(&spec.backbone_type)?.build)(&ctx, parts, &kw(&spec.backbone_kwargs))
 }
 
-/// One PreLN layer with multiplier 4 at width d, and one SASRec layer (reference §6).
+/// One PreLN layer with multiplier 4 at width d, and one SASRec layer (docs/rectools.md §6).
 fn preln(d: usize) -> usize {
     12 * d * d + 13 * d
 }
@@ -155,10 +155,11 @@ fn one_training_step_reaches_every_parameter() -> Result<()> {
                 spec,
                 &kw(&spec.data_preparator_kwargs),
             )?;
-            let objective =
-                (registry
-                    .lightning_module(&spec.lightning_module_type)?
-                    .build)(spec, &env.schema, &kw(&spec.lightning_module_kwargs))?;
+            let objective = (registry.objective(&spec.lightning_module_type)?.build)(
+                spec,
+                &env.schema,
+                &kw(&spec.lightning_module_kwargs),
+            )?;
             let first = env.schema.n_extra_tokens() as u32;
             let items: Vec<Vec<u32>> = (0..16u32)
                 .map(|u| {

@@ -9,14 +9,14 @@ use recblocks_core::{
     CoreError, DatasetSchema, Result,
 };
 
-use crate::util::{assert_close, flat, inputs, masks_for, probe_loss, Env};
+use crate::util::{assert_close, flat, inputs, json_env, masks_for, probe_loss, Env};
 
 const D: usize = 8;
 const SHARED: &str = "albert_layer_groups.0.albert_layers.0.";
 
 /// One environment per side, same spec and random stream seed.
 fn env(n_blocks: usize, dropout: f64) -> Result<Env> {
-    Env::new(
+    json_env(
         json!({"n_factors": D, "n_heads": 2, "n_blocks": n_blocks, "dropout_rate": dropout}),
         DatasetSchema::new(5, &["PAD"]),
     )

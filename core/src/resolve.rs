@@ -1,0 +1,72 @@
+//! Resolution: a [`SpecInput`] (what the user wrote) becomes a [`ModelSpec`] through the
+//! registry. The class's model preset gives the full default config (keys outside it are
+//! rejected, like pydantic's `extra="forbid"`, with the closest key suggested); the merged object
+//! is decoded into the typed spec; every component slot ([`ModelSpec::slots`]) is mapped to its
+//! canonical registered name; and model-wide settings are checked.
+
+use serde_json::Value;
+
+use crate::{
+    error::CoreError,
+    kind::ComponentKind,
+    registry::Registry,
+    spec::{closest_key, ModelSpec, SpecInput, EXTENSION_KEYS},
+    Result,
+};
+
+impl SpecInput {
+    /// Checks the keys against the defaults of the spec's `cls`, fills them in, decodes the
+    /// types and resolves every component name.
+    pub fn resolve(self, registry: &Registry) -> Result<ModelSpec> {
+        let Some(cls) = self.cls() else {
+            return Err(CoreError::Spec(format!(
+                "key `cls` is missing: name the model class, one of {}",
+                registry.names_of(ComponentKind::ModelPreset).join(", ")
+            )));
+        };
+        let preset = registry.model_preset(cls)?;
+        let mut merged = (preset.build)().defaults;
+        for (key, v) in self.keys {
+            if !merged.contains_key(&key) && !EXTENSION_KEYS.contains(&key.as_str()) {
+                let mut known: Vec<String> = merged.keys().cloned().collect();
+                known.extend(EXTENSION_KEYS.iter().map(|s| s.to_string()));
+                let hint = closest_key(&key, &known)
+                    .map(|k| format!(" (did you mean `{k}`?)"))
+                    .unwrap_or_default();
+                return Err(CoreError::Spec(format!(
+                    "unknown key `{key}` for {}{hint}; accepted keys: {}",
+                    preset.info.name,
+                    known.join(", ")
+                )));
+            }
+            merged.insert(key, v);
+        }
+        merged.insert("cls".into(), Value::String(preset.info.name.to_string()));
+        let mut spec: ModelSpec = serde_path_to_error::deserialize(Value::Object(merged))
+            .map_err(|e| CoreError::Spec(format!("key `{}`: {}", e.path(), e.inner())))?;
+        spec.resolve_names(registry)?;
+        Ok(spec)
+    }
+}
+
+impl ModelSpec {
+    /// Maps every component type name to its canonical registered name, failing on unknown
+    /// names, then checks model-wide settings (for a spec read back from a model directory).
+    pub fn resolve_names(&mut self, registry: &Registry) -> Result<()> {
+        for (kind, _, name) in self.slot_names() {
+            *name = registry.canonical_name(kind, name)?.to_string();
+        }
+        self.check()
+    }
+
+    /// The trainer that runs this spec: `get_trainer_func`, or when it is null the default
+    /// trainer of the spec's model preset.
+    pub fn trainer_name(&self, registry: &Registry) -> Result<String> {
+        match &self.get_trainer_func {
+            Some(name) => Ok(name.clone()),
+            None => Ok((registry.model_preset(&self.cls)?.build)()
+                .default_trainer
+                .to_string()),
+        }
+    }
+}
