@@ -6,8 +6,8 @@
 # Usage: bench/compare.sh [--datasets ml100k,synth20k,synth100k] [--models sasrec,bert4rec]
 #            [--epochs N] [--seeds 42,1,2] [--threads T] [--systems recblocks,rectools]
 #            [--quick] [--device cpu|cuda] [--out DIR]
-#   --datasets  ml100k (bench/../shared/data/get-ml100k.sh), synth20k (20k users x 10k items x 50
-#               interactions), synth100k (100k x 100k x 50; sampled_softmax specs). Default: ml100k.
+#   --datasets  ml100k (MovieLens-100k via bench/get-ml100k.sh), synth20k (20k users x 10k items
+#               x 50 interactions), synth100k (100k x 100k x 50; sampled_softmax specs). Default: ml100k.
 #   --models    spec names: bench/specs/<dataset>_<model>.json. Default: sasrec,bert4rec.
 #   --epochs    default 10 (1 with --quick). s/epoch is the median of the epochs after the first.
 #   --seeds     comma-separated; several seeds: the table shows the median and every seed.
@@ -29,7 +29,8 @@
 # both systems saw the same split (train/test counts and identical baseline metrics, which depend
 # on every train and test row).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/.."
 
 datasets=ml100k models=sasrec,bert4rec epochs="" seeds=42 threads=$(nproc) systems=recblocks,rectools
 quick=0 out=bench/out/compare device=cpu
@@ -91,7 +92,7 @@ fi
 dataset_csv() {
   case $1 in
     ml100k) if [ -s "$data_dir/ml-100k.csv" ]; then echo "$data_dir/ml-100k.csv"
-            else bash ../shared/data/get-ml100k.sh "$data_dir"; fi ;;
+            else bash "$here/get-ml100k.sh" "$data_dir"; fi ;;
     synth20k) synth "$1" 20000 10000 50 ;;
     synth100k) synth "$1" 100000 100000 50 ;;
     *) echo "unknown dataset $1 (ml100k, synth20k, synth100k)" >&2; return 1 ;;

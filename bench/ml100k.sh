@@ -2,12 +2,13 @@
 # MovieLens-100k, leave-last-out per user: evaluate each spec given (default: every
 # bench/specs/ml100k_*.json) with recall/ndcg/mrr/hitrate@10 beside a popularity baseline, and
 # record peak RSS. Usage: bench/ml100k.sh [EPOCHS] [SPEC...]
-# Needs GNU time (/usr/bin/time) and ../shared/data/get-ml100k.sh (fetches the data; never commit it).
+# Needs GNU time (/usr/bin/time); bench/get-ml100k.sh fetches the data (never commit it).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/.."
 epochs=${1:-10}; shift || true
 specs=("$@"); [ ${#specs[@]} -gt 0 ] || specs=(bench/specs/ml100k_*.json)
-data=$(bash ../shared/data/get-ml100k.sh "${RECBLOCKS_DATA:-$HOME/.cache/recblocks-data}")
+data=$(bash "$here/get-ml100k.sh" "${RECBLOCKS_DATA:-$HOME/.cache/recblocks-data}")
 cargo build --release -p recblocks >&2
 out=bench/out; mkdir -p "$out"
 for spec in "${specs[@]}"; do
