@@ -15,6 +15,27 @@ use crate::{
     Result,
 };
 
+/// How torch's `nn.MultiheadAttention` names what this module keeps as three projections: the
+/// query, key and value weights stacked by rows into one `[3d, d]` tensor, and their biases into
+/// one `[3d]` tensor. Importers of RecTools checkpoints split them with this.
+pub struct TorchPackedProjections {
+    /// The packed weight's name (`{prefix}in_proj_weight`).
+    pub weight: &'static str,
+    /// The packed bias's name (`{prefix}in_proj_bias`).
+    pub bias: &'static str,
+    /// This module's projections, in the packed row order (`{prefix}{name}.weight`, `.bias`).
+    pub parts: [&'static str; 3],
+}
+
+impl MultiHeadAttention {
+    /// The torch state_dict names of the query, key and value projections.
+    pub const TORCH_PACKED: TorchPackedProjections = TorchPackedProjections {
+        weight: "in_proj_weight",
+        bias: "in_proj_bias",
+        parts: ["q_proj", "k_proj", "v_proj"],
+    };
+}
+
 /// Multi-head attention.
 #[derive(Debug, Clone)]
 pub struct MultiHeadAttention {

@@ -1,9 +1,10 @@
 //! RecTools state_dict names → recblocks parameter names.
 //!
 //! recblocks' names are RecTools' Lightning state_dict names without the `torch_model.` prefix,
-//! with one difference: torch's `nn.MultiheadAttention` packs the query, key and value
-//! projections into `in_proj_weight` `[3d, d]` and `in_proj_bias` `[3d]` (rows `0..d` query,
-//! `d..2d` key, `2d..3d` value); recblocks keeps them as `q_proj`, `k_proj`, `v_proj` Linears.
+//! except where a component declares otherwise next to its code: torch's `nn.MultiheadAttention`
+//! packs the query, key and value projections ([`MultiHeadAttention::TORCH_PACKED`]: rows `0..d`
+//! query, `d..2d` key, `2d..3d` value), and `CatFeaturesItemNet` holds its catalog in buffers
+//! ([`CatFeaturesItemNet::RECTOOLS_BUFFERS`]). This module applies those declarations.
 //!
 //! | RecTools (`torch_model.` + …) | recblocks |
 //! |---|---|
@@ -15,6 +16,8 @@
 use std::collections::BTreeMap;
 
 use candle_core::{DType, Tensor};
+use recblocks_core::nn::MultiHeadAttention;
+use recblocks_rectools::item_net::CatFeaturesItemNet;
 
 /// The prefix of the backbone's parameters in a Lightning state_dict.
 pub const TORCH_MODEL_PREFIX: &str = "torch_model.";
@@ -42,7 +45,9 @@ pub struct MappedWeights {
     pub cat: Option<CatBuffers>,
 }
 
-const CAT_BUFFERS: [&str; 3] = ["offsets", "emb_bag_inputs", "input_lengths"];
+const PACKED: recblocks_core::nn::attention::TorchPackedProjections =
+    MultiHeadAttention::TORCH_PACKED;
+const CAT_BUFFERS: [&str; 3] = CatFeaturesItemNet::RECTOOLS_BUFFERS;
 
 fn i64s(name: &str, t: &Tensor) -> Result<Vec<i64>, String> {
     t.flatten_all()
@@ -69,7 +74,7 @@ pub fn map_state_dict(
             out.sources.insert(n.clone(), source.clone());
             out.params.insert(n, t);
         };
-        if let Some(stem) = name.strip_suffix("in_proj_weight") {
+        if let Some(stem) = name.strip_suffix(PACKED.weight) {
             let dims = tensor.dims().to_vec();
             if dims.len() != 2 || dims[0] != 3 * dims[1] {
                 return Err(format!(
@@ -77,14 +82,14 @@ pub fn map_state_dict(
                 ));
             }
             let d = dims[1];
-            for (i, p) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+            for (i, p) in PACKED.parts.iter().enumerate() {
                 let part = tensor.narrow(0, i * d, d).and_then(|t| t.contiguous());
                 push(
                     format!("{stem}{p}.weight"),
                     part.map_err(|e| e.to_string())?,
                 );
             }
-        } else if let Some(stem) = name.strip_suffix("in_proj_bias") {
+        } else if let Some(stem) = name.strip_suffix(PACKED.bias) {
             let dims = tensor.dims().to_vec();
             if dims.len() != 1 || dims[0] % 3 != 0 {
                 return Err(format!(
@@ -92,7 +97,7 @@ pub fn map_state_dict(
                 ));
             }
             let d = dims[0] / 3;
-            for (i, p) in ["q_proj", "k_proj", "v_proj"].iter().enumerate() {
+            for (i, p) in PACKED.parts.iter().enumerate() {
                 let part = tensor.narrow(0, i * d, d).and_then(|t| t.contiguous());
                 push(format!("{stem}{p}.bias"), part.map_err(|e| e.to_string())?);
             }
@@ -104,9 +109,9 @@ pub fn map_state_dict(
         {
             has_cat = true;
             let v = i64s(&source, &tensor)?;
-            match buffer {
-                "offsets" => cat.offsets = v,
-                "emb_bag_inputs" => cat.emb_bag_inputs = v,
+            match CAT_BUFFERS.iter().position(|b| *b == buffer) {
+                Some(0) => cat.offsets = v,
+                Some(1) => cat.emb_bag_inputs = v,
                 _ => cat.input_lengths = v,
             }
         } else {

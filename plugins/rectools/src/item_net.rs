@@ -87,6 +87,12 @@ pub struct CatFeaturesItemNet {
 }
 
 impl CatFeaturesItemNet {
+    /// RecTools' buffers of this block in a state_dict (`…item_net_blocks.{i}.{name}`): item
+    /// `i`'s (feature, value) columns are `emb_bag_inputs[offsets[i] .. offsets[i] +
+    /// input_lengths[i]]`. They are catalog data, not parameters: recblocks keeps them in the
+    /// dataset schema's categorical features.
+    pub const RECTOOLS_BUFFERS: [&'static str; 3] = ["offsets", "emb_bag_inputs", "input_lengths"];
+
     /// Builds the block, or `None` when the schema has no categorical features (or no columns),
     /// as RecTools' `from_dataset` returns None.
     pub fn new(ctx: &BuildContext<'_>) -> Result<Option<Self>> {
