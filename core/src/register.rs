@@ -37,6 +37,15 @@
 ///         build: build,
 ///     }
 /// }
+///
+/// # fn main() -> Result<()> {
+/// // The registry finds it by name or alias, and records the registering crate.
+/// let registry = recblocks_core::Registry::from_inventory()?;
+/// let found = registry.positional_encoding("my_plugin.NoPositions")?;
+/// assert_eq!(found.info.name, "NoPositions");
+/// assert_eq!(found.info.crate_name, env!("CARGO_PKG_NAME"));
+/// # Ok(())
+/// # }
 /// ```
 #[macro_export]
 macro_rules! register {

@@ -85,7 +85,9 @@ macro_rules! registrations {
             }
         }
 
-        /// Every registration that `inventory` collected in this binary or library image.
+        /// Every registration that `inventory` collected in this binary or library image (for
+        /// the plugin loader and `export_plugin!`; use [`Registry::from_inventory`]).
+        #[doc(hidden)]
         pub fn inventory_registrations() -> Vec<Registered> {
             let mut all = Vec::new();
             $( all.extend(inventory::iter::<$reg>.into_iter().map(Registered::$variant)); )*
@@ -140,6 +142,7 @@ static STATIC_REGISTRATIONS: OnceLock<Vec<Registered>> = OnceLock::new();
 /// The registrations linked into the program itself, snapshotted on first call. Host and run-time
 /// plugins share one core, so a loaded plugin's `inventory` entries join the same list; the plugin
 /// loader takes this snapshot before it loads anything, which keeps plugin entries out of it.
+#[doc(hidden)]
 pub fn static_registrations() -> &'static [Registered] {
     STATIC_REGISTRATIONS.get_or_init(inventory_registrations)
 }

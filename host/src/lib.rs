@@ -1,6 +1,6 @@
 //! recblocks host: assembles models from specs and the registry, reads interaction logs, trains,
 //! evaluates, recommends, and saves/loads model artifacts. The `recblocks` binary is a thin CLI
-//! over this library. [`plugins`] loads plugin libraries at run time.
+//! over this library. [`loader`] loads plugin libraries at run time.
 
 pub mod artifact;
 pub mod assembly;

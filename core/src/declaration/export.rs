@@ -6,6 +6,7 @@ use crate::registry::{inventory_registrations, static_registrations, Registered}
 /// a library loaded at run time: `inventory` entries of those crates that are not part of the
 /// host's own (static) set. Host and plugin share one core, hence one `inventory` list, so the
 /// plugin's entries are found there once its constructors have run.
+#[doc(hidden)]
 pub fn plugin_registrations(provides: &str) -> Vec<Registered> {
     let crates: Vec<&str> = provides.split(',').map(str::trim).collect();
     let statics = static_registrations();

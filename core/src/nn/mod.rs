@@ -1,5 +1,5 @@
 //! Reusable, differentiable building blocks for transformer recommenders: attention, feed-forwards,
-//! norms, dropout, initialisation, masks, and the single transformer blocks ([`layers`]) that
+//! norms, dropout, initialisation, masks, and the single transformer blocks ([`blocks`]) that
 //! layer stacks in plugins reuse.
 //!
 //! Everything here has a backward pass (candle's fused `LayerNorm` and `softmax_last_dim` do not,
@@ -10,11 +10,11 @@
 
 pub mod attention;
 pub mod blocks;
-pub mod column_sum;
-pub mod cpu_slice;
+pub(crate) mod column_sum;
+pub(crate) mod cpu_slice;
 pub mod cross_entropy;
 pub mod dropout;
-pub mod fast_exp;
+pub(crate) mod fast_exp;
 pub mod feed_forward;
 pub mod gather_dot;
 pub mod init;

@@ -150,8 +150,8 @@ mod tests {
 
     use super::{super::test_support::*, *};
 
-    // RecTools tests/models/nn/transformers/test_sasrec.py `TestSASRecDataPreparator` (reference
-    // §2.6), L = 3. Interactions (user, item, weight, date): (10,13,1,11-30), (10,11,1,11-29),
+    // RecTools tests/models/nn/transformers/test_sasrec.py `TestSASRecDataPreparator`
+    // (docs/rectools.md §2.6), L = 3. Interactions (user, item, weight, date): (10,13,1,11-30), (10,11,1,11-29),
     // (10,12,1,11-29), (30,11,1,11-27), (30,12,2,11-26), (30,15,1,11-25), (40,11,1,11-25),
     // (40,17,1,11-26), (50,16,1,11-25), (10,14,1,11-28), (10,16,1,11-27), (20,13,9,11-28).
     // Users 50 and 20 have one interaction (< train_min_user_interactions = 2) and are dropped;
