@@ -15,12 +15,17 @@
 //! constructors, similarity): builds with default kwargs; rejects an unknown kwarg with an error
 //! naming it; output shapes for several batch sizes and sequence lengths; eval forward
 //! deterministic; train forward deterministic when `dropout_rate` is 0, and stochastic when it is
-//! not (transformer layers only: the kind that applies dropout); outputs at real positions do not
-//! depend on inputs at padded positions (under a key-padding mask for transformer layers;
-//! position-wise kinds trivially); every parameter is connected to the output's gradient and one
-//! optimizer step changes the parameters; declared parameter count equals the `VarMap` (when the
-//! component declares one); save → load into a freshly built copy gives identical outputs; finite
-//! outputs for large-magnitude inputs, batch size 1 and one real item per session.
+//! not (transformer layers only: the kind that applies dropout); train and eval forwards agree
+//! when `dropout_rate` is 0; outputs at real positions do not depend on inputs at padded positions
+//! (under a key-padding mask for transformer layers; position-wise kinds trivially); under a
+//! causal mask, outputs at positions ≤ t do not depend on inputs after t, and under a
+//! bidirectional mask they do (transformer layers); every parameter is connected to the output's
+//! gradient and one optimizer step changes the parameters; autograd's gradients of every
+//! parameter and of the input match central finite differences; declared parameter count equals
+//! the `VarMap` (when the component declares one); save → load into a freshly built copy gives
+//! identical outputs; finite outputs for large-magnitude inputs, batch size 1 and one real item
+//! per session. A failure names the check and the worst position or parameter, with the value
+//! found and the value expected.
 //!
 //! About gradients: a parameter can have a gradient that is zero in exact arithmetic (the key
 //! projection's bias in softmax attention: adding a constant per query does not change softmax).

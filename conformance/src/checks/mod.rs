@@ -1,6 +1,8 @@
 //! Which checks run for which kind.
 
+mod causality;
 mod config;
+mod gradcheck;
 mod module;
 
 use recblocks_core::{ComponentKind, Registry};

@@ -14,7 +14,7 @@ use recblocks_core::{
     ComponentInfo, ComponentKind, CoreError, Registry, Result,
 };
 
-use super::{unknown_kwarg_outcome, with_unknown_kwarg};
+use super::{causality, gradcheck, unknown_kwarg_outcome, with_unknown_kwarg};
 use crate::{
     env::{probe_loss, TestEnv},
     harness::{self, temp_path, Probe, D, MAX_LEN},
@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// A built module of one of the module kinds.
-enum Built {
+pub(super) enum Built {
     Layers(Box<dyn TransformerLayers>),
     Pos(Box<dyn PositionalEncoding>),
     Block(Box<dyn ItemNetBlock>),
@@ -31,7 +31,7 @@ enum Built {
 }
 
 impl Built {
-    fn build(
+    pub(super) fn build(
         h: &TestEnv,
         kind: ComponentKind,
         name: &str,
@@ -70,7 +70,13 @@ impl Built {
         })
     }
 
-    fn forward(&self, p: &Probe, train: bool) -> Result<Tensor> {
+    /// Whether the module's input is embeddings `[B, L, d]` (whose gradient can be checked), not
+    /// item ids.
+    pub(super) fn takes_embeddings(&self) -> bool {
+        !matches!(self, Built::Block(_) | Built::Ctor(_))
+    }
+
+    pub(super) fn forward(&self, p: &Probe, train: bool) -> Result<Tensor> {
         match self {
             Built::Layers(m) => m.forward_t(&p.x, &p.masks()?, train),
             Built::Pos(m) => m.forward_t(&p.x, train),
@@ -106,7 +112,7 @@ impl Built {
 
     /// Whether outputs at real positions are promised not to depend on padded inputs.
     fn promises_padding_invariance(&self) -> bool {
-        !matches!(self, Built::Block(_) | Built::Ctor(_))
+        self.takes_embeddings()
     }
 }
 
@@ -119,7 +125,7 @@ fn catalog() -> Result<Tensor> {
         .reshape((n, D))?)
 }
 
-fn values(t: &Tensor) -> Result<Vec<f32>> {
+pub(super) fn values(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
@@ -183,6 +189,30 @@ pub(crate) fn run(
         },
     ));
     results.push(res(
+        "train and eval forwards agree without dropout",
+        outcome(train_eval_agree(registry, kind, name, &defaults)),
+    ));
+    let no_dropout = harness::env(registry, 0.0)?;
+    let layers = match Built::build(&no_dropout, kind, name, &defaults, 1)? {
+        Built::Layers(layers) => Some(layers),
+        _ => None,
+    };
+    let not_layers = || Outcome::Skipped(format!("a {kind} has no attention mask"));
+    results.push(res(
+        "causal mask: outputs ignore later positions",
+        match &layers {
+            Some(l) => outcome(causality::causal(l.as_ref())),
+            None => not_layers(),
+        },
+    ));
+    results.push(res(
+        "bidirectional mask: outputs depend on later positions",
+        match &layers {
+            Some(l) => outcome(causality::bidirectional(l.as_ref())),
+            None => not_layers(),
+        },
+    ));
+    results.push(res(
         "padding does not change outputs at real positions",
         if module.promises_padding_invariance() {
             outcome(padding_invariance(&module))
@@ -200,6 +230,10 @@ pub(crate) fn run(
     results.push(res(
         "gradients reach every parameter",
         outcome(gradients(&h, &module)),
+    ));
+    results.push(res(
+        "gradients match finite differences",
+        outcome(gradcheck::check(registry, kind, name, &defaults)),
     ));
     results.push(res(
         "declared parameter count equals the VarMap",
@@ -302,6 +336,49 @@ fn train_without_dropout(
     })
 }
 
+/// With dropout 0, the train-mode and eval-mode forwards give the same output (an eval path
+/// that skips a layer norm or uses another mask differs).
+fn train_eval_agree(
+    r: &Registry,
+    kind: ComponentKind,
+    name: &str,
+    kwargs: &Value,
+) -> Result<Outcome> {
+    let h = harness::env(r, 0.0)?;
+    let m = Built::build(&h, kind, name, kwargs, 1)?;
+    for (b, l) in [(3, MAX_LEN), (1, 1)] {
+        let p = Probe::new(b, l, 1.0)?;
+        let train = m.forward(&p, true)?;
+        let eval = m.forward(&p, false)?;
+        let dims = train.dims().to_vec();
+        let (t, e) = (values(&train)?, values(&eval)?);
+        let worst = t
+            .iter()
+            .zip(&e)
+            .enumerate()
+            .map(|(i, (a, b))| (i, (a - b).abs() / (1.0 + b.abs())))
+            .fold(
+                (0, 0f32),
+                |w, (i, d)| if d > w.1 || d.is_nan() { (i, d) } else { w },
+            );
+        if worst.1 > 1e-5 || worst.1.is_nan() {
+            let i = worst.0;
+            let last = dims.last().copied().unwrap_or(1).max(1);
+            let inner = dims.get(1).copied().unwrap_or(1).max(1);
+            return Ok(Outcome::Fail(format!(
+                "with dropout 0 (batch {b}, length {l}), the train forward gives {} at session \
+                 {}, position {}, feature {}, the eval forward {} (expected equal)",
+                t[i],
+                i / (inner * last),
+                (i / last) % inner,
+                i % last,
+                e[i]
+            )));
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
 fn train_with_dropout(
     r: &Registry,
     kind: ComponentKind,
@@ -342,7 +419,7 @@ fn padding_invariance(m: &Built) -> Result<Outcome> {
     })
 }
 
-fn sorted_vars(h: &TestEnv) -> Vec<(String, Var)> {
+pub(super) fn sorted_vars(h: &TestEnv) -> Vec<(String, Var)> {
     let data = h.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let mut vars: Vec<(String, Var)> = data.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));

@@ -1,0 +1,240 @@
+//! The checks that catch silent errors fail on deliberately broken components, each one RecTools'
+//! SASRec stack plus one defect, and name the component, the check and the worst position or
+//! parameter:
+//! - `FutureLeakingLayers` drops the attention mask (the causal mask is ignored);
+//! - `WrongBackwardLayers` passes the output through a custom op whose backward is 1.5× too large;
+//! - `EvalSkipsNormLayers` normalises its input in training and skips that layer norm in eval.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use recblocks_conformance::{check_component, Outcome, Report};
+use recblocks_core::{
+    candle::{CpuStorage, CustomOp1, Layout, Shape, Tensor},
+    components::transformer_layers::{AttentionMasks, TransformerLayers},
+    nn::LayerNorm,
+    serde_json::Value,
+    BuildContext, ComponentKind, Registry, Result,
+};
+
+use recblocks_rectools as _;
+
+/// RecTools' SASRec stack, built in the fixture's own parameter scope.
+fn sasrec(ctx: &BuildContext<'_>) -> Result<Box<dyn TransformerLayers>> {
+    (ctx.registry
+        .transformer_layers("SASRecTransformerLayers")?
+        .build)(ctx, &Value::Null)
+}
+
+/// Ignores every attention mask: each position attends to all positions.
+struct FutureLeakingLayers(Box<dyn TransformerLayers>);
+
+impl TransformerLayers for FutureLeakingLayers {
+    fn forward_t(&self, seqs: &Tensor, masks: &AttentionMasks, train: bool) -> Result<Tensor> {
+        let unmasked = AttentionMasks {
+            timeline_mask: masks.timeline_mask.clone(),
+            attn_bias: None,
+        };
+        self.0.forward_t(seqs, &unmasked, train)
+    }
+}
+
+fn build_leaking(ctx: &BuildContext<'_>, _kwargs: &Value) -> Result<Box<dyn TransformerLayers>> {
+    Ok(Box::new(FutureLeakingLayers(sasrec(ctx)?)))
+}
+
+/// Identity forward; backward returns 1.5 × the incoming gradient.
+struct WrongBackwardIdentity;
+
+impl CustomOp1 for WrongBackwardIdentity {
+    fn name(&self) -> &'static str {
+        "wrong-backward-identity"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+    ) -> recblocks_core::candle::Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            recblocks_core::candle::bail!("f32 only")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            recblocks_core::candle::bail!("contiguous input only")
+        };
+        Ok((
+            CpuStorage::F32(data[start..end].to_vec()),
+            layout.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> recblocks_core::candle::Result<Option<Tensor>> {
+        Ok(Some(grad_res.affine(1.5, 0.0)?))
+    }
+}
+
+struct WrongBackwardLayers(Box<dyn TransformerLayers>);
+
+impl TransformerLayers for WrongBackwardLayers {
+    fn forward_t(&self, seqs: &Tensor, masks: &AttentionMasks, train: bool) -> Result<Tensor> {
+        let out = self.0.forward_t(seqs, masks, train)?.contiguous()?;
+        Ok(out.apply_op1(WrongBackwardIdentity)?)
+    }
+}
+
+fn build_wrong_backward(
+    ctx: &BuildContext<'_>,
+    _kwargs: &Value,
+) -> Result<Box<dyn TransformerLayers>> {
+    Ok(Box::new(WrongBackwardLayers(sasrec(ctx)?)))
+}
+
+/// An input layer norm that the eval path forgets.
+struct EvalSkipsNormLayers {
+    norm: LayerNorm,
+    stack: Box<dyn TransformerLayers>,
+}
+
+impl TransformerLayers for EvalSkipsNormLayers {
+    fn forward_t(&self, seqs: &Tensor, masks: &AttentionMasks, train: bool) -> Result<Tensor> {
+        if train {
+            self.stack
+                .forward_t(&self.norm.forward(seqs)?, masks, train)
+        } else {
+            self.stack.forward_t(seqs, masks, train)
+        }
+    }
+}
+
+fn build_eval_skips_norm(
+    ctx: &BuildContext<'_>,
+    _kwargs: &Value,
+) -> Result<Box<dyn TransformerLayers>> {
+    Ok(Box::new(EvalSkipsNormLayers {
+        norm: LayerNorm::new(ctx.n_factors, 1e-5, &ctx.vb.pp("input_norm"))?,
+        stack: sasrec(ctx)?,
+    }))
+}
+
+recblocks_core::register! {
+    TransformerLayersRegistration {
+        name: "FutureLeakingLayers",
+        summary: "test fixture: SASRec layers that drop the attention mask",
+        build: build_leaking,
+    }
+}
+
+recblocks_core::register! {
+    TransformerLayersRegistration {
+        name: "WrongBackwardLayers",
+        summary: "test fixture: SASRec layers behind a custom op whose backward is 1.5x too large",
+        build: build_wrong_backward,
+    }
+}
+
+recblocks_core::register! {
+    TransformerLayersRegistration {
+        name: "EvalSkipsNormLayers",
+        summary: "test fixture: SASRec layers whose eval path skips the final layer norm",
+        build: build_eval_skips_norm,
+    }
+}
+
+fn report(name: &str) -> Report {
+    let registry = Registry::from_inventory().unwrap();
+    check_component(&registry, ComponentKind::TransformerLayers, name).unwrap()
+}
+
+fn outcome<'a>(report: &'a Report, check: &str) -> &'a Outcome {
+    &report
+        .results
+        .iter()
+        .find(|r| r.check == check)
+        .unwrap_or_else(|| panic!("no check `{check}` in {report:?}"))
+        .outcome
+}
+
+fn failure(report: &Report, check: &str) -> String {
+    match outcome(report, check) {
+        Outcome::Fail(message) => message.clone(),
+        other => panic!("`{check}` should fail on {}, got {other:?}", report.name),
+    }
+}
+
+#[test]
+fn a_layer_that_ignores_the_causal_mask_fails_causality_naming_the_position() {
+    let r = report("FutureLeakingLayers");
+    let message = failure(&r, "causal mask: outputs ignore later positions");
+    assert!(
+        message.contains("changing the inputs after position 0"),
+        "{message}"
+    );
+    assert!(
+        message.contains("changed the output at position 0"),
+        "{message}"
+    );
+    assert!(message.contains("see the future"), "{message}");
+    // It attends everywhere, so the bidirectional check passes: only causality catches it.
+    assert_eq!(
+        outcome(&r, "bidirectional mask: outputs depend on later positions"),
+        &Outcome::Pass
+    );
+    let error = r.into_result().unwrap_err().to_string();
+    assert!(error.contains("FutureLeakingLayers"), "{error}");
+    assert!(error.contains("causal mask"), "{error}");
+}
+
+#[test]
+fn a_backward_off_by_a_factor_fails_the_gradient_check_naming_the_parameter() {
+    let r = report("WrongBackwardLayers");
+    let message = failure(&r, "gradients match finite differences");
+    assert!(
+        message.contains("parameter `") || message.contains("the input embeddings"),
+        "{message}"
+    );
+    assert!(
+        message.contains("autograd's directional derivative is"),
+        "{message}"
+    );
+    assert!(
+        message.contains("central finite differences give"),
+        "{message}"
+    );
+    // Everything else about it is right.
+    for check in [
+        "causal mask: outputs ignore later positions",
+        "train and eval forwards agree without dropout",
+        "gradients reach every parameter",
+    ] {
+        assert_eq!(outcome(&r, check), &Outcome::Pass, "{check}");
+    }
+}
+
+#[test]
+fn an_eval_path_that_skips_a_layer_norm_fails_train_eval_agreement() {
+    let r = report("EvalSkipsNormLayers");
+    let message = failure(&r, "train and eval forwards agree without dropout");
+    assert!(message.contains("the train forward gives"), "{message}");
+    assert!(message.contains("at session"), "{message}");
+    assert!(message.contains("the eval forward"), "{message}");
+    assert_eq!(
+        outcome(&r, "gradients match finite differences"),
+        &Outcome::Pass
+    );
+}
+
+#[test]
+fn the_new_checks_pass_on_the_sasrec_stack_the_fixtures_wrap() {
+    let r = report("SASRecTransformerLayers");
+    for check in [
+        "causal mask: outputs ignore later positions",
+        "bidirectional mask: outputs depend on later positions",
+        "gradients match finite differences",
+        "train and eval forwards agree without dropout",
+    ] {
+        assert_eq!(outcome(&r, check), &Outcome::Pass, "{check}");
+    }
+}
