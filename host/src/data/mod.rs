@@ -17,7 +17,7 @@ pub mod error;
 pub mod interactions;
 pub mod item_features;
 pub mod options;
-pub mod parquet_reader;
+pub mod parquet;
 pub mod read;
 pub mod split;
 pub mod synthetic;
@@ -33,7 +33,7 @@ pub use item_features::{
     read_item_features, read_item_features_from, FeatureColumnNames, ItemFeatureRow, ItemFeatures,
 };
 pub use options::{ColumnNames, ReadOptions};
-pub use parquet_reader::read_interactions_parquet;
+pub use parquet::read_interactions_parquet;
 pub use read::{read_interactions, FileFormat};
 pub use split::{leave_last_out, time_split, Split, SplitReport, TimeCut};
 pub use synthetic::{generate as generate_synthetic, SyntheticConfig};

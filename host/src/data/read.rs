@@ -6,7 +6,7 @@ use super::csv_reader::read_interactions_csv;
 use super::error::DataError;
 use super::interactions::Interactions;
 use super::options::{ColumnNames, ReadOptions};
-use super::parquet_reader::read_interactions_parquet;
+use super::parquet::read_interactions_parquet;
 
 /// The formats an interaction log can be read from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

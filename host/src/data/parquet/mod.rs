@@ -1,0 +1,126 @@
+//! Reading an interaction log from a Parquet file (through the Arrow reader of the `parquet`
+//! crate), with the same columns and rules as the CSV reader.
+//!
+//! Accepted column types:
+//! - ids: `Utf8`, `LargeUtf8`, `Utf8View`, any integer (kept as its decimal text), or a
+//!   dictionary of those (pandas' categoricals);
+//! - weight: any integer, `Float32`, `Float64`; must be finite;
+//! - datetime: any integer or float (unix seconds), `Timestamp` of any unit (floored to
+//!   seconds), `Date32`, `Date64`, or ISO-8601 text (`Utf8`, `LargeUtf8`, `Utf8View`, or a
+//!   dictionary of those).
+//!
+//! Nulls are bad values. Bad values are reported with their 1-based data row (`row 1` is the
+//! first data row), and skipped and counted under [`ReadOptions::skip_bad_rows`].
+
+mod cells;
+mod roles;
+
+use std::fs::File;
+use std::path::Path;
+
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::ProjectionMask;
+
+use super::error::{DataError, Location};
+use super::interactions::{Interactions, InteractionsBuilder};
+use super::options::{ColumnNames, ReadOptions};
+use super::values::{EXPECTED_DATETIME, EXPECTED_ID, EXPECTED_WEIGHT};
+use cells::{batch_column, datetime_of, id_of, weight_of, Column};
+use roles::Role;
+
+/// Reads interactions from the Parquet file at `path`; returns them with the number of bad rows
+/// skipped (always 0 unless `options.skip_bad_rows`).
+pub fn read_interactions_parquet(
+    path: &Path,
+    columns: &ColumnNames,
+    options: &ReadOptions,
+) -> Result<(Interactions, usize), DataError> {
+    let parquet_error = |e: &dyn std::fmt::Display| DataError::Parquet {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(&e))?;
+
+    let schema = builder.schema().clone();
+    let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let positions = columns
+        .locate(&header)
+        .map_err(|missing| DataError::MissingColumns {
+            path: path.to_path_buf(),
+            missing,
+            header: header.clone(),
+        })?;
+    let mut roles = vec![
+        (Role::Id, positions.user),
+        (Role::Id, positions.item),
+        (Role::Datetime, positions.datetime),
+    ];
+    roles.extend(positions.weight.map(|w| (Role::Weight, w)));
+    for &(role, position) in &roles {
+        let field = schema.field(position);
+        if !role.accepts(field.data_type()) {
+            return Err(DataError::ColumnType {
+                path: path.to_path_buf(),
+                column: field.name().clone(),
+                found: field.data_type().to_string(),
+                expected: role.expected_types().to_string(),
+            });
+        }
+    }
+
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roles.iter().map(|&(_, p)| p));
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| parquet_error(&e))?;
+
+    let mut out = InteractionsBuilder::new();
+    let mut skipped = 0;
+    let mut row_number = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| parquet_error(&e))?;
+        let column = |position: usize| -> Result<Column<'_>, DataError> {
+            let name = &header[position];
+            batch_column(&batch, name)
+                .map(|cells| Column { name, cells })
+                .ok_or_else(|| parquet_error(&format!("column `{name}` is missing from a batch")))
+        };
+        let user = column(positions.user)?;
+        let item = column(positions.item)?;
+        let datetime = column(positions.datetime)?;
+        let weight = positions.weight.map(column).transpose()?;
+        for row in 0..batch.num_rows() {
+            row_number += 1;
+            let at = |column: &Column<'_>, expected: &str| DataError::BadValue {
+                path: path.to_path_buf(),
+                location: Location::Row(row_number),
+                column: column.name.to_string(),
+                value: (column.cells)(row).to_string(),
+                expected: expected.to_string(),
+            };
+            let parsed = (|| {
+                let user_id = id_of((user.cells)(row)).ok_or_else(|| at(&user, EXPECTED_ID))?;
+                let item_id = id_of((item.cells)(row)).ok_or_else(|| at(&item, EXPECTED_ID))?;
+                let weight = match &weight {
+                    Some(w) => weight_of((w.cells)(row)).ok_or_else(|| at(w, EXPECTED_WEIGHT))?,
+                    None => 1.0,
+                };
+                let datetime = datetime_of((datetime.cells)(row))
+                    .ok_or_else(|| at(&datetime, EXPECTED_DATETIME))?;
+                Ok::<_, DataError>((user_id, item_id, weight, datetime))
+            })();
+            match parsed {
+                Ok((user_id, item_id, weight, datetime)) => {
+                    out.push(&user_id, &item_id, weight, datetime)?
+                }
+                Err(_) if options.skip_bad_rows => skipped += 1,
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok((out.finish(), skipped))
+}
+
+#[cfg(test)]
+mod tests;
