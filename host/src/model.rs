@@ -17,6 +17,7 @@ use crate::{
     train::{
         adam::{Adam, AdamConfig},
         fit::{EpochLog, FitOptions, TrainRun, TrainingState},
+        observer::NoopObserver,
         prepare::{prepare, PreparedData, ValMask},
         rng_state::RngState,
     },
@@ -262,7 +263,7 @@ impl Model {
             log: &mut self.train_log,
             state: &mut self.training,
             best_weights: &mut self.best_weights,
-            progress: opts.progress,
+            observer: opts.active_observer().unwrap_or(&NoopObserver),
         };
         let outcome = run.run();
         self.training.model_rng = RngState::capture(&self.net.rng);

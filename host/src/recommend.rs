@@ -23,7 +23,7 @@ use crate::{
 };
 
 /// What to do with users the model cannot recommend for (no known item in their history).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnUnsupported {
     /// Fail, naming how many and a few of them.
     #[default]

@@ -7,11 +7,10 @@ use anyhow::{bail, Context, Result};
 use recblocks::{
     evaluate::{evaluate, EvalOptions, SplitKind},
     metrics::parse_metrics,
-    train::fit::Progress,
     FitOptions, TrainData,
 };
 
-use super::data_args::DataArgs;
+use super::{data_args::DataArgs, progress::TerminalProgress};
 
 /// Arguments of `recblocks evaluate`.
 #[derive(Debug, clap::Args)]
@@ -84,6 +83,7 @@ pub fn run(args: Args) -> Result<()> {
         Some("popular") => true,
         Some(other) => bail!("unknown baseline `{other}`; known: popular"),
     };
+    let (progress, observer) = TerminalProgress::for_fit(quiet);
     let opts = EvalOptions {
         split,
         k: args.k,
@@ -92,12 +92,9 @@ pub fn run(args: Args) -> Result<()> {
         fit: FitOptions {
             epochs: args.epochs,
             seed: args.seed,
-            progress: if quiet {
-                Progress::Quiet
-            } else {
-                Progress::Auto
-            },
+            progress,
             device: args.device,
+            observer,
         },
     };
     let data = TrainData {

@@ -3,9 +3,9 @@
 use std::{path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context, Result};
-use recblocks::{train::fit::Progress, FitOptions, Model, TrainData};
+use recblocks::{FitOptions, Model, TrainData};
 
-use super::data_args::DataArgs;
+use super::{data_args::DataArgs, progress::TerminalProgress};
 
 /// Arguments of `recblocks fit`.
 #[derive(Debug, clap::Args)]
@@ -44,15 +44,13 @@ pub fn run(args: Args) -> Result<()> {
         interactions: &interactions,
         item_features: features.as_ref(),
     };
+    let (progress, observer) = TerminalProgress::for_fit(args.quiet);
     let opts = FitOptions {
         epochs: args.epochs,
         seed: args.seed,
-        progress: if args.quiet {
-            Progress::Quiet
-        } else {
-            Progress::Auto
-        },
+        progress,
         device: args.device,
+        observer,
     };
     let started = Instant::now();
     let model = if args.resume {

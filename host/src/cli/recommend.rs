@@ -1,5 +1,6 @@
-//! `recblocks recommend MODEL_DIR --data HISTORY [--users FILE] [-k 10] [--no-filter-viewed]
-//! [--items FILE] [--on-unsupported raise|warn|ignore] [--out FILE]`.
+//! `recblocks recommend MODEL_DIR [--data HISTORY] [--users FILE] [-k 10] [--no-filter-viewed]
+//! [--items FILE] [--on-unsupported raise|warn|ignore] [--out FILE]`. Without `--data`, the
+//! users' history is the built-in synthetic dataset, as for `fit`.
 
 use std::path::PathBuf;
 
@@ -10,14 +11,15 @@ use recblocks::{
     Model,
 };
 
-use super::data_args::{read_log, DataArgs};
+use super::data_args::DataArgs;
 
 /// Arguments of `recblocks recommend`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A model directory written by `fit`.
     pub model: PathBuf,
-    /// Users' interaction history (same formats and column flags as `fit`).
+    /// Users' interaction history (same formats and column flags as `fit`; without --data, the
+    /// built-in synthetic dataset).
     #[command(flatten)]
     pub data: DataArgs,
     /// Users to recommend for, one id per line (default: every user of the history).
@@ -33,11 +35,32 @@ pub struct Args {
     #[arg(long)]
     pub items: Option<PathBuf>,
     /// Users without any item the model knows: fail, warn and skip, or skip.
-    #[arg(long, value_enum, default_value_t = OnUnsupported::Raise)]
-    pub on_unsupported: OnUnsupported,
+    #[arg(long, value_enum, default_value_t = OnUnsupportedArg::Raise)]
+    pub on_unsupported: OnUnsupportedArg,
     /// Output file (CSV, or Parquet by extension); stdout when absent.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// The values of `--on-unsupported`, each mapped to a [`OnUnsupported`] policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnUnsupportedArg {
+    /// Fail, naming how many and a few of them.
+    Raise,
+    /// Skip them with a warning.
+    Warn,
+    /// Skip them silently.
+    Ignore,
+}
+
+impl From<OnUnsupportedArg> for OnUnsupported {
+    fn from(arg: OnUnsupportedArg) -> Self {
+        match arg {
+            OnUnsupportedArg::Raise => OnUnsupported::Raise,
+            OnUnsupportedArg::Warn => OnUnsupported::Warn,
+            OnUnsupportedArg::Ignore => OnUnsupported::Ignore,
+        }
+    }
 }
 
 /// Runs the command.
@@ -45,10 +68,7 @@ pub fn run(args: Args) -> Result<()> {
     let registry = super::registry()?;
     let model = Model::load(&args.model, &registry)
         .with_context(|| format!("loading {}", args.model.display()))?;
-    let Some(path) = &args.data.data else {
-        anyhow::bail!("recommend needs the users' history: pass --data FILE");
-    };
-    let history = read_log(path, &args.data.columns(), args.data.skip_bad_rows, false)?;
+    let history = args.data.interactions(false)?;
     let users = args
         .users
         .as_ref()
@@ -66,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
             k: args.k,
             filter_viewed: !args.no_filter_viewed,
             items_to_recommend: items.as_deref(),
-            on_unsupported: args.on_unsupported,
+            on_unsupported: args.on_unsupported.into(),
         },
     )?;
     let table = RecoTable::from_u2i(&out.rows);

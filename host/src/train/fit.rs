@@ -1,15 +1,15 @@
 //! The epoch loop (RecTools' Lightning `fit` with `TransformerLightningModule.training_step`):
 //! shuffled batches from the data preparator, the objective's loss, backward, an Adam step;
-//! validation and early stopping after each epoch; a progress bar with loss and sequences/s.
+//! validation and early stopping after each epoch. Progress (loss and sequences/s per batch, the
+//! per-epoch log) goes to an [`EpochObserver`]; the library draws nothing itself.
 //!
 //! Reproducibility: initialisation, dropout (model stream) and shuffling, masking and negatives
 //! (data stream) all draw from seeded streams whose states are saved with the model, so
 //! `--resume` continues exactly where a run stopped.
 
-use std::{collections::BTreeMap, io::IsTerminal, time::Instant};
+use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
 use candle_core::Tensor;
-use indicatif::{ProgressBar, ProgressStyle};
 use rand::Rng;
 use recblocks_core::{
     components::{
@@ -24,6 +24,7 @@ use crate::{
     error::HostError,
     train::{
         adam::Adam,
+        observer::{BatchProgress, EpochInfo, EpochObserver},
         prepare::PreparedData,
         rng_state::RngState,
         validation::{validate, ValInputs, ValResult},
@@ -31,27 +32,54 @@ use crate::{
     Result,
 };
 
-/// How `fit` reports progress.
+/// Whether `fit` reports progress to its observer ([`FitOptions::observer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Progress {
-    /// A progress bar on a terminal, one log line per epoch otherwise.
+    /// Report every event to the observer.
     #[default]
     Auto,
-    /// Nothing.
+    /// Report nothing, whatever the observer (the CLI's `--quiet`).
     Quiet,
 }
 
 /// Options of a fit that are not part of the spec.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct FitOptions {
     /// Overrides the number of epochs (the total, counting epochs already done on resume).
     pub epochs: Option<usize>,
     /// Overrides the seed (recorded in the saved spec).
     pub seed: Option<u64>,
-    /// Progress reporting.
+    /// Whether the observer hears about progress.
     pub progress: Progress,
     /// Where a new model is built and trained (a resumed model stays where it was loaded).
     pub device: crate::device::DeviceSpec,
+    /// Told about every epoch and batch, and given the run's messages; `None`: nobody is.
+    pub observer: Option<Arc<dyn EpochObserver>>,
+}
+
+impl FitOptions {
+    /// The observer that hears about this fit: none when `progress` is `Quiet`.
+    pub(crate) fn active_observer(&self) -> Option<&dyn EpochObserver> {
+        match self.progress {
+            Progress::Auto => self.observer.as_deref(),
+            Progress::Quiet => None,
+        }
+    }
+}
+
+impl std::fmt::Debug for FitOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FitOptions")
+            .field("epochs", &self.epochs)
+            .field("seed", &self.seed)
+            .field("progress", &self.progress)
+            .field("device", &self.device)
+            .field(
+                "observer",
+                &self.observer.as_ref().map(|_| "dyn EpochObserver"),
+            )
+            .finish()
+    }
 }
 
 /// One epoch's figures, as written to `train_log.csv`.
@@ -125,8 +153,8 @@ pub struct TrainRun<'a> {
     pub state: &'a mut TrainingState,
     /// Best weights seen, for early stopping (updated).
     pub best_weights: &'a mut Option<BTreeMap<String, Tensor>>,
-    /// Progress reporting.
-    pub progress: Progress,
+    /// Told about progress.
+    pub observer: &'a dyn EpochObserver,
 }
 
 impl TrainRun<'_> {
@@ -139,52 +167,24 @@ impl TrainRun<'_> {
         let batch_size = self.model.spec.batch_size;
         let n_batches = n_sessions.div_ceil(batch_size);
         while self.state.epochs_done < self.settings.epochs && !self.state.stopped_early {
-            let epoch = self.state.epochs_done + 1;
-            let bar = self.progress_bar(epoch, n_batches);
+            let info = EpochInfo {
+                epoch: self.state.epochs_done + 1,
+                epochs: self.settings.epochs,
+                n_batches,
+                val_k: self.settings.val_k,
+            };
+            let epoch = info.epoch;
+            self.observer.epoch_started(&info);
             let started = Instant::now();
-            let order = self.epoch_order(n_sessions);
-            let (mut loss_sum, mut seen) = (0.0f64, 0usize);
-            for (b, chunk) in order.chunks(batch_size).enumerate() {
-                let refs: Vec<SessionRef<'_>> = chunk
-                    .iter()
-                    .map(|&i| SessionRef {
-                        items: &self.data.sessions[i].items,
-                        weights: &self.data.sessions[i].weights,
-                    })
-                    .collect();
-                let batch = self.preparator.collate_train(
-                    &refs,
-                    self.model.schema.n_items,
-                    self.sampler,
-                    self.data_rng,
-                    &self.model.device,
-                )?;
-                let loss = self
-                    .objective
-                    .train_loss(self.model.backbone.as_ref(), &batch)?;
-                let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
-                if !value.is_finite() {
-                    bar.abandon();
-                    return Err(HostError::NonFiniteLoss {
-                        epoch,
-                        batch: b + 1,
-                        value,
-                    });
+            let (loss_sum, seen) = match self.train_epoch(&info, started) {
+                Ok(sums) => sums,
+                Err(e) => {
+                    self.observer.epoch_failed(&info, &e);
+                    return Err(e);
                 }
-                let grads = loss.backward()?;
-                self.adam.step(&grads)?;
-                loss_sum += value as f64 * chunk.len() as f64;
-                seen += chunk.len();
-                let secs = started.elapsed().as_secs_f64().max(1e-9);
-                bar.set_message(format!(
-                    "loss {:.4}  {:.0} seq/s",
-                    loss_sum / seen as f64,
-                    seen as f64 / secs
-                ));
-                bar.inc(1);
-            }
+            };
             let seconds = started.elapsed().as_secs_f64();
-            bar.finish_and_clear();
+            self.observer.epoch_trained(&info);
             let val = self.validate_epoch()?;
             let entry = EpochLog {
                 epoch,
@@ -195,7 +195,7 @@ impl TrainRun<'_> {
                 seconds,
                 sequences_per_second: seen as f64 / seconds.max(1e-9),
             };
-            self.report(&entry);
+            self.observer.epoch_done(&info, &entry);
             self.log.push(entry);
             self.state.epochs_done = epoch;
             self.state.adam_step = self.adam.step_count();
@@ -207,6 +207,54 @@ impl TrainRun<'_> {
             self.restore_best()?;
         }
         Ok(())
+    }
+
+    /// One epoch's training batches; returns the batch-size-weighted loss sum and the number of
+    /// sequences seen.
+    fn train_epoch(&mut self, info: &EpochInfo, started: Instant) -> Result<(f64, usize)> {
+        let order = self.epoch_order(self.data.sessions.len());
+        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+        for (b, chunk) in order.chunks(self.model.spec.batch_size).enumerate() {
+            let refs: Vec<SessionRef<'_>> = chunk
+                .iter()
+                .map(|&i| SessionRef {
+                    items: &self.data.sessions[i].items,
+                    weights: &self.data.sessions[i].weights,
+                })
+                .collect();
+            let batch = self.preparator.collate_train(
+                &refs,
+                self.model.schema.n_items,
+                self.sampler,
+                self.data_rng,
+                &self.model.device,
+            )?;
+            let loss = self
+                .objective
+                .train_loss(self.model.backbone.as_ref(), &batch)?;
+            let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+            if !value.is_finite() {
+                return Err(HostError::NonFiniteLoss {
+                    epoch: info.epoch,
+                    batch: b + 1,
+                    value,
+                });
+            }
+            let grads = loss.backward()?;
+            self.adam.step(&grads)?;
+            loss_sum += value as f64 * chunk.len() as f64;
+            seen += chunk.len();
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            self.observer.batch_done(
+                info,
+                &BatchProgress {
+                    batch: b + 1,
+                    mean_loss: loss_sum / seen as f64,
+                    sequences_per_second: seen as f64 / secs,
+                },
+            );
+        }
+        Ok((loss_sum, seen))
     }
 
     fn epoch_order(&self, n: usize) -> Vec<usize> {
@@ -269,17 +317,11 @@ impl TrainRun<'_> {
             s.bad_epochs += 1;
             if s.bad_epochs >= es.patience {
                 self.state.stopped_early = true;
-                if self.progress != Progress::Quiet {
-                    tracing::info!(
-                        "early stopping after epoch {epoch}: {} did not improve for {} epochs; \
-                         restoring the weights of epoch {} ({} = {:.5})",
-                        es.monitor,
-                        s.bad_epochs,
-                        s.best_epoch,
-                        es.monitor,
-                        s.best_value
-                    );
-                }
+                self.observer.message(&format!(
+                    "early stopping after epoch {epoch}: {} did not improve for {} epochs; \
+                     restoring the weights of epoch {} ({} = {:.5})",
+                    es.monitor, s.bad_epochs, s.best_epoch, es.monitor, s.best_value
+                ));
             }
         }
         Ok(())
@@ -300,38 +342,6 @@ impl TrainRun<'_> {
             }
         }
         Ok(())
-    }
-
-    fn progress_bar(&self, epoch: usize, n_batches: usize) -> ProgressBar {
-        if self.progress == Progress::Quiet || !std::io::stderr().is_terminal() {
-            return ProgressBar::hidden();
-        }
-        let bar = ProgressBar::new(n_batches as u64);
-        let style = ProgressStyle::with_template(
-            "epoch {prefix} [{bar:30}] {pos}/{len} batches  {msg}  ({elapsed})",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
-        bar.set_style(style);
-        bar.set_prefix(format!("{epoch}/{}", self.settings.epochs));
-        bar
-    }
-
-    fn report(&self, e: &EpochLog) {
-        if self.progress == Progress::Quiet {
-            return;
-        }
-        let mut line = format!(
-            "epoch {}/{}: train_loss {:.5}, {:.1} s, {:.0} seq/s",
-            e.epoch, self.settings.epochs, e.train_loss, e.seconds, e.sequences_per_second
-        );
-        if let (Some(l), Some(r), Some(n)) = (e.val_loss, e.val_recall, e.val_ndcg) {
-            let k = self.settings.val_k;
-            line.push_str(&format!(
-                ", val_loss {l:.5}, val recall@{k} {r:.4}, val ndcg@{k} {n:.4}"
-            ));
-        }
-        eprintln!("{line}");
     }
 }
 

@@ -1,12 +1,14 @@
-//! Training: data preparation, the Adam optimizer, the epoch loop with validation, early
-//! stopping and progress, and the state `--resume` needs.
+//! Training: data preparation, the Adam optimizer, the epoch loop with validation and early
+//! stopping, the observer that hears about its progress, and the state `--resume` needs.
 
 pub mod adam;
 pub mod fit;
+pub mod observer;
 pub mod prepare;
 pub mod rng_state;
 pub mod validation;
 
 pub use adam::{Adam, AdamConfig};
 pub use fit::{EpochLog, FitOptions, TrainingState};
+pub use observer::{BatchProgress, EpochInfo, EpochObserver, NoopObserver};
 pub use prepare::{prepare, PreparedData, Session};

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use recblocks::data::write_interactions_csv;
+use recblocks::data::{generate_synthetic, write_interactions_csv, SyntheticConfig};
 
 use crate::util::small_data;
 
@@ -394,4 +394,40 @@ fn recommend_and_similar_write_csv_with_external_ids() {
     let (ok, stdout, _) = recblocks(&["similar", model.to_str().unwrap(), "-k", "2"]);
     assert!(ok);
     assert!(stdout.starts_with("target_item_id,item_id,score,rank\n"));
+}
+
+/// Without `--data`, `recommend` reads the built-in dataset's histories, as `fit` trains on it.
+#[test]
+fn recommend_without_data_uses_the_built_in_dataset_like_fit() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("s.json");
+    std::fs::write(
+        &spec,
+        r#"{"cls": "SASRecModel", "n_factors": 8, "n_heads": 1, "n_blocks": 1,
+            "session_max_len": 5, "batch_size": 256, "epochs": 1}"#,
+    )
+    .unwrap();
+    let model = dir.path().join("m");
+    let (ok, _, stderr) = recblocks(&[
+        "fit",
+        spec.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    let (ok, help, _) = recblocks(&["recommend", "--help"]);
+    assert!(ok && help.contains("built-in synthetic dataset"), "{help}");
+
+    let builtin = generate_synthetic(&SyntheticConfig::default()).unwrap();
+    let (ok, stdout, stderr) = recblocks(&["recommend", model.to_str().unwrap(), "-k", "2"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("no --data: using the built-in synthetic dataset"),
+        "{stderr}"
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "user_id,item_id,score,rank");
+    assert_eq!(lines.len(), 1 + 2 * builtin.n_users());
+    assert!(lines[1].starts_with(&format!("{},", builtin.user_ids[0])));
 }
