@@ -17,6 +17,7 @@ pub mod ranking;
 pub mod recommend;
 pub mod rectools_import;
 pub mod registry;
+pub mod spec_schema;
 pub mod threads;
 pub mod train;
 

@@ -10,7 +10,9 @@ mod fit;
 mod generate;
 mod import_rectools;
 mod plugins;
+mod progress;
 mod recommend;
+mod schema;
 mod similar;
 mod validate;
 
@@ -36,6 +38,8 @@ pub struct Cli {
 pub enum Command {
     /// List every registered component with kind, aliases, crate, summary and kwargs.
     Components(components::Args),
+    /// Print the JSON Schema (draft 2020-12) of a spec, with the components of loaded plugins.
+    Schema(schema::Args),
     /// Assemble a spec without data and print the resolved spec and parameter counts.
     Validate(validate::Args),
     /// Train a spec on an interaction log (or the built-in dataset) and save the model.
@@ -44,7 +48,8 @@ pub enum Command {
     Evaluate(evaluate::Args),
     /// Write a synthetic interaction log of any size (users, items, history length) as CSV.
     Generate(generate::Args),
-    /// Top-k items for users from their history (u2i).
+    /// Top-k items for users from their history (u2i); without --data, the history of the
+    /// built-in dataset.
     Recommend(recommend::Args),
     /// Top-k most similar items for items (i2i, cosine).
     Similar(similar::Args),
@@ -77,6 +82,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let _ = REGISTRY.set(registry);
     match cli.command {
         Command::Components(a) => components::run(a),
+        Command::Schema(a) => schema::run(a),
         Command::Validate(a) => validate::run(a),
         Command::Fit(a) => fit::run(a),
         Command::Evaluate(a) => evaluate::run(a),

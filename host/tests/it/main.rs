@@ -1,18 +1,21 @@
-//! Integration tests of the recblocks host: spec reading and its error messages, parameter
-//! counts, the registered component set, training (reproducibility, resume, artifacts) and the
-//! CLI, and plugins loaded at run time. One test binary, so candle is linked once.
+//! Integration tests of the recblocks host: spec reading and its error messages, the spec's JSON
+//! Schema, parameter counts, the registered component set, training (reproducibility, resume,
+//! artifacts, the epoch observer) and the CLI, and plugins loaded at run time. One test binary,
+//! so candle is linked once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cli;
 mod generate;
 mod import_rectools;
+mod observer;
 mod param_counts;
 mod parity;
 mod plugin_libs;
 mod plugins;
 mod recommend;
 mod registry_set;
+mod schema;
 mod spec;
 mod training;
 mod util;

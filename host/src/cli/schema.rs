@@ -1,0 +1,28 @@
+//! `recblocks schema [--out FILE]`: the JSON Schema (draft 2020-12) of a spec, with every
+//! component of this run's registry (built-in and from `--plugin` libraries); see
+//! [`recblocks::spec_schema`].
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+/// Arguments of `recblocks schema`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Write the schema to this file instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Runs the command.
+pub fn run(args: Args) -> Result<()> {
+    let registry = super::registry()?;
+    let schema = recblocks::spec_schema::spec_schema(&registry);
+    let text = serde_json::to_string_pretty(&schema)?;
+    match &args.out {
+        Some(path) => std::fs::write(path, format!("{text}\n"))
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{text}"),
+    }
+    Ok(())
+}
