@@ -11,7 +11,6 @@ use std::time::Instant;
 use recblocks::{
     data::{generate_synthetic, SyntheticConfig},
     recommend::{OnUnsupported, RecommendRequest},
-    train::fit::Progress,
     FitOptions, Model, TrainData,
 };
 
@@ -51,7 +50,6 @@ fn main() -> anyhow::Result<()> {
         &FitOptions {
             epochs: Some(0),
             seed: None,
-            progress: Progress::Quiet,
             ..FitOptions::default()
         },
     )?;

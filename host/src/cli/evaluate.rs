@@ -83,7 +83,7 @@ pub fn run(args: Args) -> Result<()> {
         Some("popular") => true,
         Some(other) => bail!("unknown baseline `{other}`; known: popular"),
     };
-    let (progress, observer) = TerminalProgress::for_fit(quiet);
+    let observer = TerminalProgress::for_fit(quiet);
     let opts = EvalOptions {
         split,
         k: args.k,
@@ -92,7 +92,6 @@ pub fn run(args: Args) -> Result<()> {
         fit: FitOptions {
             epochs: args.epochs,
             seed: args.seed,
-            progress,
             device: args.device,
             observer,
         },

@@ -44,11 +44,10 @@ pub fn run(args: Args) -> Result<()> {
         interactions: &interactions,
         item_features: features.as_ref(),
     };
-    let (progress, observer) = TerminalProgress::for_fit(args.quiet);
+    let observer = TerminalProgress::for_fit(args.quiet);
     let opts = FitOptions {
         epochs: args.epochs,
         seed: args.seed,
-        progress,
         device: args.device,
         observer,
     };

@@ -10,7 +10,7 @@ use std::{
 use indicatif::{ProgressBar, ProgressStyle};
 use recblocks::{
     error::HostError,
-    train::{fit::Progress, BatchProgress, EpochInfo, EpochLog, EpochObserver},
+    train::{BatchProgress, EpochInfo, EpochLog, EpochObserver},
 };
 
 /// Draws training progress on stderr.
@@ -21,12 +21,12 @@ pub struct TerminalProgress {
 }
 
 impl TerminalProgress {
-    /// The observer and progress setting of a fit: this observer, or nothing when `quiet`.
-    pub fn for_fit(quiet: bool) -> (Progress, Option<Arc<dyn EpochObserver>>) {
+    /// The observer of a fit: this one, or none when `quiet`.
+    pub fn for_fit(quiet: bool) -> Option<Arc<dyn EpochObserver>> {
         if quiet {
-            (Progress::Quiet, None)
+            None
         } else {
-            (Progress::Auto, Some(Arc::new(TerminalProgress::default())))
+            Some(Arc::new(TerminalProgress::default()))
         }
     }
 

@@ -32,16 +32,6 @@ use crate::{
     Result,
 };
 
-/// Whether `fit` reports progress to its observer ([`FitOptions::observer`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Progress {
-    /// Report every event to the observer.
-    #[default]
-    Auto,
-    /// Report nothing, whatever the observer (the CLI's `--quiet`).
-    Quiet,
-}
-
 /// Options of a fit that are not part of the spec.
 #[derive(Clone, Default)]
 pub struct FitOptions {
@@ -49,21 +39,17 @@ pub struct FitOptions {
     pub epochs: Option<usize>,
     /// Overrides the seed (recorded in the saved spec).
     pub seed: Option<u64>,
-    /// Whether the observer hears about progress.
-    pub progress: Progress,
     /// Where a new model is built and trained (a resumed model stays where it was loaded).
     pub device: crate::device::DeviceSpec,
-    /// Told about every epoch and batch, and given the run's messages; `None`: nobody is.
+    /// Told about every epoch and batch, and given the run's messages; `None` (the default):
+    /// nobody is, and the fit is silent.
     pub observer: Option<Arc<dyn EpochObserver>>,
 }
 
 impl FitOptions {
-    /// The observer that hears about this fit: none when `progress` is `Quiet`.
+    /// The observer that hears about this fit, if any.
     pub(crate) fn active_observer(&self) -> Option<&dyn EpochObserver> {
-        match self.progress {
-            Progress::Auto => self.observer.as_deref(),
-            Progress::Quiet => None,
-        }
+        self.observer.as_deref()
     }
 }
 
@@ -72,7 +58,6 @@ impl std::fmt::Debug for FitOptions {
         f.debug_struct("FitOptions")
             .field("epochs", &self.epochs)
             .field("seed", &self.seed)
-            .field("progress", &self.progress)
             .field("device", &self.device)
             .field(
                 "observer",

@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, process::Command};
 use candle_core::Tensor;
 use recblocks::{
     assembly, data::write_interactions_csv, loader as plugins, registry::registry_with_plugins,
-    train::fit::Progress, FitOptions, Model, TrainData,
+    FitOptions, Model, TrainData,
 };
 use recblocks_core::{ComponentKind, Registry};
 
@@ -138,7 +138,6 @@ fn dynamic_albert_trains_bit_identically_to_static_albert() {
             &FitOptions {
                 epochs: Some(2),
                 seed: Some(5),
-                progress: Progress::Quiet,
                 ..FitOptions::default()
             },
         )

@@ -4,7 +4,6 @@
 use recblocks::{
     data::Interactions,
     recommend::{OnUnsupported, RecommendRequest},
-    train::fit::Progress,
     FitOptions, Model, TrainData,
 };
 
@@ -43,7 +42,6 @@ fn model(cls: &str) -> (Model, Interactions) {
         },
         &registry(),
         &FitOptions {
-            progress: Progress::Quiet,
             ..FitOptions::default()
         },
     )

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use recblocks::{
     recommend::{OnUnsupported, RecommendRequest},
-    train::fit::Progress,
     FitOptions, HostError, Model, TrainData,
 };
 
@@ -15,7 +14,6 @@ fn quiet(epochs: Option<usize>, seed: Option<u64>) -> FitOptions {
     FitOptions {
         epochs,
         seed,
-        progress: Progress::Quiet,
         ..Default::default()
     }
 }
