@@ -7,6 +7,7 @@ use clap::Parser;
 mod cli;
 
 fn main() -> ExitCode {
+    cli::malloc_tuning::reexec_with_malloc_tuning();
     let args = cli::Cli::parse();
     cli::init_tracing(&args);
     match cli::run(args) {

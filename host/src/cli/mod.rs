@@ -9,6 +9,7 @@ mod evaluate;
 mod fit;
 mod generate;
 mod import_rectools;
+pub mod malloc_tuning;
 mod plugins;
 mod progress;
 mod recommend;
