@@ -31,6 +31,7 @@ pub mod registry;
 pub mod resolve;
 pub mod schema;
 pub mod spec;
+pub mod strict_json;
 
 pub use batch::Batch;
 pub use context::{BuildContext, ParamStore, SharedRng};

@@ -129,9 +129,10 @@ pub struct SpecInput {
 }
 
 impl SpecInput {
-    /// Reads JSON text.
+    /// Reads JSON text. A key given twice in one object is an error (JSON readers would keep
+    /// one of them silently).
     pub fn from_json_str(text: &str) -> Result<Self> {
-        let value: Value = serde_json::from_str(text).map_err(|e| {
+        let value: Value = crate::strict_json::from_str(text).map_err(|e| {
             CoreError::Spec(format!(
                 "not valid JSON (line {}, column {}): {e}",
                 e.line(),

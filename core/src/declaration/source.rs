@@ -249,6 +249,10 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/spec.rs")),
     ),
     (
+        "src/strict_json.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/strict_json.rs")),
+    ),
+    (
         "Cargo.toml",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")),
     ),

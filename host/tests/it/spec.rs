@@ -183,6 +183,17 @@ fn bad_json_says_where() {
 }
 
 #[test]
+fn a_key_given_twice_is_refused_with_where() {
+    let msg = err("{\"cls\": \"SASRecModel\", \"epochs\": 5,\n \"epochs\": 50}");
+    assert!(msg.contains("key `epochs` appears twice"), "{msg}");
+    assert!(msg.contains("line 2"), "{msg}");
+    let msg = err(
+        r#"{"cls": "SASRecModel", "similarity_module_kwargs": {"distance": "dot", "distance": "cosine"}}"#,
+    );
+    assert!(msg.contains("key `distance` appears twice"), "{msg}");
+}
+
+#[test]
 fn missing_cls_names_the_classes() {
     assert_eq!(
         err(r#"{"n_factors": 64}"#),
