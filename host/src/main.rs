@@ -12,6 +12,9 @@ fn main() -> ExitCode {
     cli::init_tracing(&args);
     match cli::run(args) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`recblocks recommend ... | head`): stop quietly,
+        // as ripgrep and the coreutils do.
+        Err(e) if cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -165,16 +165,35 @@ impl Model {
         Ok(embs.flatten_all()?.to_vec1::<f32>()?)
     }
 
-    fn whitelist(&self, items: Option<&[String]>) -> Vec<u32> {
-        match items {
-            None => (self.n_extra_tokens as u32..self.item_ids.len() as u32).collect(),
-            Some(ids) => {
-                let known = self.item_index();
-                ids.iter()
-                    .filter_map(|i| known.get(i.as_str()).copied())
-                    .collect()
-            }
+    /// The internal ids of the items that may be recommended: every real item, or those of a
+    /// whitelist the model knows. An empty whitelist, or one with no known item, is an error: it
+    /// could only give an empty answer.
+    fn whitelist(&self, items: Option<&[String]>) -> Result<Vec<u32>> {
+        let Some(ids) = items else {
+            return Ok((self.n_extra_tokens as u32..self.item_ids.len() as u32).collect());
+        };
+        if ids.is_empty() {
+            return Err(HostError::Other(
+                "the item whitelist is empty: list at least one item id, or leave the whitelist \
+                 out to recommend from every item"
+                    .into(),
+            ));
         }
+        let known = self.item_index();
+        let kept: Vec<u32> = ids
+            .iter()
+            .filter_map(|i| known.get(i.as_str()).copied())
+            .filter(|&i| i as usize >= self.n_extra_tokens)
+            .collect();
+        if kept.is_empty() {
+            let examples: Vec<String> = ids.iter().take(3).map(|i| shorten(i)).collect();
+            return Err(HostError::Other(format!(
+                "none of the {} whitelisted item ids is an item the model knows (e.g. {})",
+                ids.len(),
+                examples.join(", ")
+            )));
+        }
+        Ok(kept)
     }
 
     /// Top-k items for users from their interaction history (u2i).
@@ -183,6 +202,7 @@ impl Model {
         history: &Interactions,
         req: &RecommendRequest<'_>,
     ) -> Result<RecommendOutput> {
+        check_k(req.k)?;
         let s = self.user_sessions(history, req.users);
         if !s.unsupported.is_empty() {
             let examples: Vec<&str> = s.unsupported.iter().take(5).map(String::as_str).collect();
@@ -208,7 +228,7 @@ impl Model {
         let users = self.encode_sessions_with(&s.sessions, &item_embs)?;
         let objects = self.item_vectors(&item_embs, true)?;
         let distance: Distance = self.net.backbone.similarity().distance();
-        let whitelist = self.whitelist(req.items_to_recommend);
+        let whitelist = self.whitelist(req.items_to_recommend)?;
         let ranker = Ranker::new(&objects, d, distance, Some(&whitelist), &self.net.device)
             .map_err(|e| HostError::Other(e.to_string()))?;
         let exclusions: Option<Vec<Vec<u32>>> = req.filter_viewed.then(|| s.sessions.clone());
@@ -254,6 +274,7 @@ impl Model {
         k: usize,
         items_to_recommend: Option<&[String]>,
     ) -> Result<(Vec<SimilarItem>, Vec<String>)> {
+        check_k(k)?;
         let known = self.item_index();
         let targets: Vec<String> = match items {
             Some(ids) => ids.to_vec(),
@@ -275,7 +296,7 @@ impl Model {
         for &id in &ids {
             subjects.extend_from_slice(&objects[id as usize * d..(id as usize + 1) * d]);
         }
-        let whitelist = self.whitelist(items_to_recommend);
+        let whitelist = self.whitelist(items_to_recommend)?;
         let ranker = Ranker::new(
             &objects,
             d,
@@ -308,4 +329,22 @@ impl Model {
         }
         Ok((rows, unknown))
     }
+}
+
+/// An id as shown in a message: at most 40 characters, then the length.
+fn shorten(id: &str) -> String {
+    match id.char_indices().nth(40) {
+        Some((cut, _)) => format!("`{}…` ({} characters)", &id[..cut], id.chars().count()),
+        None => format!("`{id}`"),
+    }
+}
+
+/// `k` must be at least 1: `k = 0` could only give an empty answer.
+fn check_k(k: usize) -> Result<()> {
+    if k == 0 {
+        return Err(HostError::Other(
+            "k (recommendations per user or item) must be at least 1, found 0".into(),
+        ));
+    }
+    Ok(())
 }

@@ -74,6 +74,21 @@ pub fn init_tracing(_args: &Cli) {
 }
 
 /// Runs a parsed command line.
+/// Whether the error comes from writing to a pipe whose reader has closed it.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        let io = cause.downcast_ref::<std::io::Error>().or_else(|| {
+            cause
+                .downcast_ref::<csv::Error>()
+                .and_then(|e| match e.kind() {
+                    csv::ErrorKind::Io(io) => Some(io),
+                    _ => None,
+                })
+        });
+        io.is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 pub fn run(cli: Cli) -> Result<()> {
     let threads = recblocks::threads::configure(cli.threads)?;
     tracing::debug!(?threads, "thread pools");

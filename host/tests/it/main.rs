@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod cli;
+mod cli_refusals;
 mod generate;
 mod import_rectools;
 mod observer;

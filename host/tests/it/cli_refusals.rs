@@ -1,0 +1,93 @@
+//! Requests that could only give an empty answer are refused with a message (k = 0, an empty
+//! whitelist, a whitelist of unknown items), and a reader that stops early (`| head`) ends the
+//! command quietly with success.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+fn recblocks(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_recblocks"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// A small SASRec model fitted on the built-in dataset, in `dir/m`.
+fn tiny_model(dir: &Path) -> PathBuf {
+    let spec = dir.join("s.json");
+    std::fs::write(
+        &spec,
+        r#"{"cls": "SASRecModel", "n_factors": 8, "n_heads": 1, "n_blocks": 1,
+            "session_max_len": 5, "batch_size": 256, "epochs": 1}"#,
+    )
+    .unwrap();
+    let model = dir.join("m");
+    let (ok, stderr) = recblocks(&[
+        "fit",
+        spec.to_str().unwrap(),
+        "--out",
+        model.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    model
+}
+
+#[test]
+fn k_zero_and_empty_or_unknown_whitelists_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let m = model.to_str().unwrap();
+    for command in ["recommend", "similar"] {
+        let (ok, stderr) = recblocks(&[command, m, "-k", "0"]);
+        assert!(!ok, "{command} -k 0 succeeded");
+        assert!(stderr.contains("must be at least 1, found 0"), "{stderr}");
+    }
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "item_id\n").unwrap();
+    let (ok, stderr) = recblocks(&["recommend", m, "--items", empty.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(stderr.contains("the item whitelist is empty"), "{stderr}");
+    let unknown = dir.path().join("unknown.txt");
+    let long = "x".repeat(500);
+    std::fs::write(&unknown, format!("nope\n{long}\n")).unwrap();
+    let (ok, stderr) = recblocks(&["recommend", m, "--items", unknown.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("none of the 2 whitelisted item ids is an item the model knows"),
+        "{stderr}"
+    );
+    // A long id is cut in the message, with its length.
+    assert!(stderr.contains("(500 characters)"), "{stderr}");
+    assert!(!stderr.contains(&long), "{stderr}");
+}
+
+#[test]
+fn a_reader_that_stops_early_ends_recommend_quietly_with_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    // 1,000 users x 100 items is about 2 MB of CSV: far more than a pipe holds.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recblocks"))
+        .args(["recommend", model.to_str().unwrap(), "-k", "100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    assert_eq!(first.trim_end(), "user_id,item_id,score,rank");
+    // The reader is dropped here, closing the pipe.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
+}
