@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use candle_core::Device;
 use candle_nn::VarMap;
 use recblocks_core::{
-    components::{Backbone, BackboneParts, DataPreparator, NegativeSampler, Objective},
+    components::{
+        Backbone, BackboneParts, DataPreparator, NegativeSampler, Objective, TrainerSettings,
+    },
     BuildContext, ComponentKind, CoreError, DatasetSchema, ModelSpec, ParamStore, Registry,
     SharedRng,
 };
@@ -106,6 +108,19 @@ pub fn build_negative_sampler(
     (reg.build)(
         spec,
         &ModelSpec::kwargs_value(&spec.negative_sampler_kwargs),
+    )
+}
+
+/// Builds the trainer settings of the spec's trainer (`get_trainer_func`, or the preset's default
+/// trainer) from `get_trainer_func_kwargs`.
+pub fn build_trainer_settings(
+    spec: &ModelSpec,
+    registry: &Registry,
+) -> Result<TrainerSettings, CoreError> {
+    let name = spec.trainer_name(registry)?;
+    (registry.trainer(&name)?.build)(
+        spec,
+        &ModelSpec::kwargs_value(&spec.get_trainer_func_kwargs),
     )
 }
 

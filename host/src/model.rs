@@ -65,11 +65,7 @@ struct Pipeline {
 
 fn pipeline(spec: &ModelSpec, registry: &Registry) -> Result<Pipeline> {
     let preparator = assembly::build_data_preparator(spec, registry)?;
-    let trainer_name = spec.trainer_name(registry)?;
-    let settings = (registry.trainer(&trainer_name)?.build)(
-        spec,
-        &ModelSpec::kwargs_value(&spec.get_trainer_func_kwargs),
-    )?;
+    let settings = assembly::build_trainer_settings(spec, registry)?;
     Ok(Pipeline {
         preparator,
         settings,

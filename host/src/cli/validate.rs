@@ -28,6 +28,16 @@ pub fn run(args: Args) -> Result<()> {
     let schema = assembly::schema_for(&spec, &registry, args.n_items)?;
     let model = assembly::assemble(&spec, &schema, &registry, &Device::Cpu)
         .with_context(|| format!("assembling {}", args.spec.display()))?;
+    // Everything else `fit` builds before it reads data: the objective (loss name and values),
+    // the negative sampler it needs, and the trainer settings.
+    let objective = assembly::build_objective(&spec, &schema, &registry)
+        .with_context(|| format!("building the training objective of {}", args.spec.display()))?;
+    if objective.requires_negatives() {
+        assembly::build_negative_sampler(&spec, &registry)
+            .with_context(|| format!("building the negative sampler of {}", args.spec.display()))?;
+    }
+    assembly::build_trainer_settings(&spec, &registry)
+        .with_context(|| format!("building the trainer settings of {}", args.spec.display()))?;
     let counts = model.param_counts();
     let total = model.n_params();
     if args.json {

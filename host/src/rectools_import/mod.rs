@@ -19,7 +19,7 @@ pub mod pyobject;
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use recblocks_core::{ModelSpec, Registry};
+use recblocks_core::Registry;
 use serde_json::Value;
 
 use crate::{
@@ -75,11 +75,7 @@ pub fn from_parts(
     let net = assembly::assemble(&spec, &schema, registry, &Device::Cpu)
         .map_err(|e| err(source, format!("building the model: {e}")))?;
     fill(&net, &weights).map_err(|m| err(source, m))?;
-    let trainer = spec.trainer_name(registry)?;
-    let settings = (registry.trainer(&trainer)?.build)(
-        &spec,
-        &ModelSpec::kwargs_value(&spec.get_trainer_func_kwargs),
-    )?;
+    let settings = assembly::build_trainer_settings(&spec, registry)?;
     let rng = RngState::capture(&net.rng);
     let model = Model {
         provenance: provenance(&spec, registry)?,

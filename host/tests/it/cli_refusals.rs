@@ -91,3 +91,29 @@ fn a_reader_that_stops_early_ends_recommend_quietly_with_success() {
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
     assert!(!stderr.contains("error"), "{stderr}");
 }
+
+#[test]
+fn validate_refuses_what_fit_would_refuse() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, expected) in [
+        (r#""loss": "hinge""#, "hinge"),
+        (
+            r#""loss": "gBCE", "n_negatives": 4, "gbce_t": -0.5"#,
+            "gbce_t must be in [0, 1]",
+        ),
+        (
+            r#""get_trainer_func_kwargs": {"val_k": 0}"#,
+            "`val_k` must be at least 1",
+        ),
+    ] {
+        let spec = dir.path().join("s.json");
+        std::fs::write(
+            &spec,
+            format!(r#"{{"cls": "SASRecModel", "n_factors": 8, "n_heads": 1, {extra}}}"#),
+        )
+        .unwrap();
+        let (ok, stderr) = recblocks(&["validate", spec.to_str().unwrap(), "--n-items", "50"]);
+        assert!(!ok, "validate accepted {extra}");
+        assert!(stderr.contains(expected), "{extra}: {stderr}");
+    }
+}

@@ -164,9 +164,10 @@ impl TransformerLightningModule {
                 if spec.n_negatives == 0 {
                     return Err(invalid("gBCE needs n_negatives >= 1".into()));
                 }
-                if !spec.gbce_t.is_finite() {
+                if !(0.0..=1.0).contains(&spec.gbce_t) {
                     return Err(invalid(format!(
-                        "gbce_t must be finite, found {}",
+                        "gbce_t must be in [0, 1] (gSASRec's calibration: 0 is plain BCE, 1 \
+                         fully corrects the sampling), found {}",
                         spec.gbce_t
                     )));
                 }
