@@ -24,9 +24,16 @@ pub fn small_data() -> Interactions {
     .unwrap_or_else(|e| panic!("synthetic data: {e}"))
 }
 
+/// A small SASRec spec; `extra` (`, "key": value, ...`) adds keys or overrides these.
 pub fn tiny_sasrec(extra: &str) -> ModelSpec {
-    spec(&format!(
-        r#"{{"cls": "SASRecModel", "n_factors": 16, "n_heads": 2, "n_blocks": 2,
-            "session_max_len": 10, "batch_size": 16, "epochs": 2, "lr": 0.01 {extra}}}"#
-    ))
+    let mut base: serde_json::Map<String, serde_json::Value> = serde_json::from_str(
+        r#"{"cls": "SASRecModel", "n_factors": 16, "n_heads": 2, "n_blocks": 2,
+            "session_max_len": 10, "batch_size": 16, "epochs": 2, "lr": 0.01}"#,
+    )
+    .unwrap_or_else(|e| panic!("base spec: {e}"));
+    let extra: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&format!("{{{}}}", extra.trim().trim_start_matches(',')))
+            .unwrap_or_else(|e| panic!("extra keys {extra}: {e}"));
+    base.extend(extra);
+    spec(&serde_json::Value::Object(base).to_string())
 }
