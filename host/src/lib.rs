@@ -12,6 +12,7 @@ pub mod loader;
 pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod output_file;
 pub mod plot;
 pub mod ranking;
 pub mod recommend;

@@ -67,28 +67,20 @@ impl RecoTable {
         Ok(())
     }
 
-    /// Writes the table to `path` (CSV or Parquet by extension), atomically.
+    /// Writes the table to `path` (Parquet by extension `.parquet`/`.pq`, else CSV) as
+    /// [`crate::output_file`] says: `-` is standard output, a FIFO or device is written in place,
+    /// a regular file is replaced atomically, a directory is refused.
     pub fn write_file(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension(format!(
-            "{}.tmp",
-            path.extension().and_then(|e| e.to_str()).unwrap_or("out")
-        ));
-        let file = std::fs::File::create(&tmp).map_err(|e| HostError::io(&tmp, e))?;
-        let written = match FileFormat::of(path) {
-            FileFormat::Csv => self
-                .write_csv(std::io::BufWriter::new(file))
-                .map_err(|e| HostError::Other(format!("{}: {e}", path.display()))),
-            FileFormat::Parquet => self.write_parquet(file, path),
-        };
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e);
-        }
-        std::fs::rename(&tmp, path).map_err(|e| HostError::io(path, e))
+        let format = FileFormat::of(path);
+        crate::output_file::write_output(path, |w| match format {
+            FileFormat::Csv => self.write_csv(w).map_err(std::io::Error::from),
+            FileFormat::Parquet => self.write_parquet(w).map_err(std::io::Error::other),
+        })
+        .map_err(|e| HostError::io(e.path, e.source))
     }
 
-    fn write_parquet(&self, file: std::fs::File, path: &Path) -> Result<()> {
-        let err = |e: &dyn std::fmt::Display| HostError::Other(format!("{}: {e}", path.display()));
+    fn write_parquet(&self, out: &mut (dyn Write + Send)) -> std::result::Result<(), String> {
+        let err = |e: &dyn std::fmt::Display| e.to_string();
         let columns: Vec<(&str, ArrayRef)> = vec![
             (
                 self.subject_column,
@@ -99,7 +91,7 @@ impl RecoTable {
             ("rank", Arc::new(UInt32Array::from(self.ranks.clone()))),
         ];
         let batch = RecordBatch::try_from_iter(columns).map_err(|e| err(&e))?;
-        let mut writer = ArrowWriter::try_new(file, batch.schema(), None).map_err(|e| err(&e))?;
+        let mut writer = ArrowWriter::try_new(out, batch.schema(), None).map_err(|e| err(&e))?;
         writer.write(&batch).map_err(|e| err(&e))?;
         writer.close().map_err(|e| err(&e))?;
         Ok(())

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 /// Arguments of `recblocks schema`.
 #[derive(Debug, clap::Args)]
@@ -20,8 +20,8 @@ pub fn run(args: Args) -> Result<()> {
     let schema = recblocks::spec_schema::spec_schema(&registry);
     let text = serde_json::to_string_pretty(&schema)?;
     match &args.out {
-        Some(path) => std::fs::write(path, format!("{text}\n"))
-            .with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => recblocks::output_file::write_output(path, |w| writeln!(w, "{text}"))
+            .map_err(|e| anyhow::anyhow!("writing {}: {}", e.path.display(), e.source))?,
         None => println!("{text}"),
     }
     Ok(())

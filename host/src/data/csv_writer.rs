@@ -1,12 +1,11 @@
 //! Writing an interaction log as CSV (`user_id,item_id,weight,datetime`, datetimes in unix
 //! seconds), readable back by the CSV reader with the default column names.
 //!
-//! The file is written next to its destination as `<name>.tmp` and renamed into place, so a
-//! reader never sees a half-written file.
+//! A regular file is written next to its destination under a temporary name and renamed into
+//! place, so a reader never sees a half-written file (`crate::output_file`).
 
-use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::error::DataError;
 use super::interactions::Interactions;
@@ -14,14 +13,13 @@ use super::options::{
     DEFAULT_DATETIME_COLUMN, DEFAULT_ITEM_COLUMN, DEFAULT_USER_COLUMN, DEFAULT_WEIGHT_COLUMN,
 };
 
-/// Writes `interactions` to `path` as CSV with the default column names.
+/// Writes `interactions` to `path` as CSV with the default column names, as
+/// [`crate::output_file`] says: `-` is standard output, a FIFO or device is written in place, a
+/// regular file is replaced atomically (a reader never sees half a file), a directory is refused.
 pub fn write_interactions_csv(path: &Path, interactions: &Interactions) -> Result<(), DataError> {
     interactions.check()?;
-    let tmp = tmp_path(path)?;
-    let io = |e: std::io::Error| DataError::io(&tmp, e);
-    let file = File::create(&tmp).map_err(io)?;
-    let mut writer = csv::Writer::from_writer(BufWriter::new(file));
-    let written = (|| -> Result<(), csv::Error> {
+    crate::output_file::write_output(path, |out| {
+        let mut writer = csv::Writer::from_writer(BufWriter::new(out));
         writer.write_record([
             DEFAULT_USER_COLUMN,
             DEFAULT_ITEM_COLUMN,
@@ -36,32 +34,9 @@ pub fn write_interactions_csv(path: &Path, interactions: &Interactions) -> Resul
                 &interactions.datetimes[row].to_string(),
             ])?;
         }
-        Ok(())
-    })();
-    let finished = written
-        .map_err(std::io::Error::from)
-        .and_then(|()| writer.into_inner().map_err(|e| e.into_error()))
-        .and_then(|mut buffered| {
-            buffered
-                .flush()
-                .and_then(|()| buffered.get_ref().sync_all())
-        });
-    if let Err(error) = finished {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io(error));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
-}
-
-/// `path` with `.tmp` appended to its file name.
-fn tmp_path(path: &Path) -> Result<PathBuf, DataError> {
-    let name = path.file_name().ok_or_else(|| DataError::InvalidArgument {
-        name: "output path",
-        message: format!("{} does not name a file", path.display()),
-    })?;
-    let mut tmp_name = name.to_os_string();
-    tmp_name.push(".tmp");
-    Ok(path.with_file_name(tmp_name))
+        writer.into_inner().map_err(|e| e.into_error())?.flush()
+    })
+    .map_err(|e| DataError::io(e.path, e.source))
 }
 
 #[cfg(test)]

@@ -117,3 +117,51 @@ fn validate_refuses_what_fit_would_refuse() {
         assert!(stderr.contains(expected), "{extra}: {stderr}");
     }
 }
+
+#[test]
+fn outputs_go_to_stdout_devices_and_files_but_never_replace_a_directory_or_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let small = ["--users", "5", "--items", "10", "--len", "4", "--quiet"];
+    // `-` is standard output.
+    let out = Command::new(env!("CARGO_BIN_EXE_recblocks"))
+        .args(["generate", "--out", "-"])
+        .args(small)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("user_id,item_id,weight,datetime\n"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1 + 5 * 4);
+    // A directory is refused and left alone.
+    let mut args = vec!["generate", "--out", dir.path().to_str().unwrap()];
+    args.extend(small);
+    let (ok, stderr) = recblocks(&args);
+    assert!(!ok);
+    assert!(stderr.contains("is a directory"), "{stderr}");
+    assert!(dir.path().is_dir());
+    // A device is written to, not replaced by a regular file.
+    let mut args = vec!["generate", "--out", "/dev/null"];
+    args.extend(small);
+    let (ok, stderr) = recblocks(&args);
+    assert!(ok, "{stderr}");
+    assert!(std::fs::metadata("/dev/null").is_ok_and(|m| !m.is_file()));
+    // A FIFO is written to in place.
+    let fifo = dir.path().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    if made.is_ok_and(|s| s.success()) {
+        let reader = std::thread::spawn({
+            let fifo = fifo.clone();
+            move || std::fs::read_to_string(fifo).unwrap()
+        });
+        let mut args = vec!["generate", "--out", fifo.to_str().unwrap()];
+        args.extend(small);
+        let (ok, stderr) = recblocks(&args);
+        assert!(ok, "{stderr}");
+        let text = reader.join().unwrap();
+        assert_eq!(text.lines().count(), 1 + 5 * 4);
+        assert!(std::fs::metadata(&fifo).is_ok_and(|m| !m.is_file()));
+    }
+}
