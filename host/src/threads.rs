@@ -18,6 +18,14 @@ pub struct Threads {
     pub rayon: usize,
     /// candle's element-wise pool.
     pub candle: usize,
+    /// The count asked for, when it was above [`max_threads`] and was cut to it.
+    pub capped_from: Option<usize>,
+}
+
+/// The most threads a pool gets: four per available core (more only adds switching; a huge count
+/// spawned threads until the machine gave out).
+pub fn max_threads() -> usize {
+    4 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Sets the pools' sizes: `threads` for rayon (default: `RAYON_NUM_THREADS`, else every core),
@@ -34,10 +42,13 @@ pub fn configure(threads: Option<usize>) -> crate::Result<Threads> {
             "--threads must be at least 1".to_string(),
         ));
     }
-    let rayon = threads
+    let asked = threads
         .or_else(|| from_env("RAYON_NUM_THREADS"))
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let candle = from_env("CANDLE_NUM_THREADS").unwrap_or(1);
+    let max = max_threads();
+    let rayon = asked.min(max);
+    let capped_from = (asked > max).then_some(asked);
+    let candle = from_env("CANDLE_NUM_THREADS").unwrap_or(1).min(max);
     // Single-threaded at this point (called before any pool exists), so setting the variables
     // that candle and gemm read later is sound.
     std::env::set_var("RAYON_NUM_THREADS", rayon.to_string());
@@ -46,5 +57,9 @@ pub fn configure(threads: Option<usize>) -> crate::Result<Threads> {
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(rayon)
         .build_global();
-    Ok(Threads { rayon, candle })
+    Ok(Threads {
+        rayon,
+        candle,
+        capped_from,
+    })
 }

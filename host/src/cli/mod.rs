@@ -91,6 +91,12 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 pub fn run(cli: Cli) -> Result<()> {
     let threads = recblocks::threads::configure(cli.threads)?;
+    if let Some(asked) = threads.capped_from {
+        eprintln!(
+            "warning: {asked} threads asked for; using {} (4 per available core)",
+            threads.rayon
+        );
+    }
     tracing::debug!(?threads, "thread pools");
     let env = std::env::var(recblocks::loader::PLUGINS_ENV).ok();
     let paths = recblocks::loader::plugin_paths(env.as_deref(), &cli.plugins);

@@ -165,3 +165,13 @@ fn outputs_go_to_stdout_devices_and_files_but_never_replace_a_directory_or_devic
         assert!(std::fs::metadata(&fifo).is_ok_and(|m| !m.is_file()));
     }
 }
+
+#[test]
+fn an_absurd_thread_count_is_capped_with_a_warning() {
+    let (ok, stderr) = recblocks(&["--threads", "100000", "components", "--kind", "backbone"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("warning: 100000 threads asked for; using"),
+        "{stderr}"
+    );
+}
