@@ -16,7 +16,7 @@ fn main() -> ExitCode {
         // as ripgrep and the coreutils do.
         Err(e) if cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::render_error(&e));
             ExitCode::FAILURE
         }
     }

@@ -1,7 +1,11 @@
 //! Writing recommendation tables: CSV (or Parquet by the extension `.parquet`/`.pq`) with
 //! external ids, to a file (written under a temp name, then renamed) or to stdout.
 
-use std::{io::Write, path::Path, sync::Arc};
+use std::{
+    io::{Read, Write},
+    path::Path,
+    sync::Arc,
+};
 
 use arrow_array::{ArrayRef, Float32Array, RecordBatch, StringArray, UInt32Array};
 use parquet::arrow::ArrowWriter;
@@ -101,7 +105,10 @@ impl RecoTable {
 /// Reads a list of ids: one per line; a first line equal to `header` is skipped; blank lines are
 /// ignored.
 pub fn read_id_list(path: &Path, header: &str) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| HostError::io(path, e))?;
+    let mut text = String::new();
+    crate::data::input_file::open_text(path)?
+        .read_to_string(&mut text)
+        .map_err(|e| HostError::io(path, e))?;
     let mut ids: Vec<String> = text
         .lines()
         .map(|l| l.trim().trim_matches('"').to_string())

@@ -74,6 +74,21 @@ pub fn init_tracing(_args: &Cli) {
 }
 
 /// Runs a parsed command line.
+/// The error and its causes as one line, `outer: cause: cause`, leaving out a cause whose text
+/// the message before it already includes (typed errors print their source in their own message,
+/// so anyhow's `{:#}` would print it twice).
+pub fn render_error(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if parts.last().is_some_and(|last| last.contains(&text)) {
+            continue;
+        }
+        parts.push(text);
+    }
+    parts.join(": ")
+}
+
 /// Whether the error comes from writing to a pipe whose reader has closed it.
 pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error.chain().any(|cause| {
@@ -137,4 +152,22 @@ pub fn read_spec(
     recblocks_core::SpecInput::from_json_str(&text)
         .and_then(|s| s.resolve(registry))
         .with_context(|| format!("in spec {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_the_message_is_printed_once() {
+        let io = std::io::Error::other("No space left on device");
+        let typed = recblocks::error::HostError::io("/tmp/model/weights.safetensors", io);
+        let error = anyhow::Error::new(typed).context("saving the model");
+        assert_eq!(
+            render_error(&error),
+            "saving the model: /tmp/model/weights.safetensors: No space left on device"
+        );
+        let plain = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(render_error(&plain), "outer: inner");
+    }
 }

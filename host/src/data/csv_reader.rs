@@ -10,7 +10,6 @@
 //! line 1), the column, the value found and what was expected, unless
 //! [`ReadOptions::skip_bad_rows`] is set: then bad rows are skipped and counted.
 
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -28,7 +27,7 @@ pub fn read_interactions_csv(
     columns: &ColumnNames,
     options: &ReadOptions,
 ) -> Result<(Interactions, usize), DataError> {
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file = super::input_file::open_text(path)?;
     read_interactions_csv_from(file, path, columns, options)
 }
 

@@ -7,7 +7,6 @@
 //! categorical item net embeds: one column per distinct `feature__value` pair.
 
 use std::collections::HashMap;
-use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
@@ -72,7 +71,7 @@ pub fn read_item_features(
     columns: &FeatureColumnNames,
     options: &ReadOptions,
 ) -> Result<(ItemFeatures, usize), DataError> {
-    let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    let file = super::input_file::open_text(path)?;
     read_item_features_from(file, path, columns, options)
 }
 

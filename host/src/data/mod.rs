@@ -14,6 +14,7 @@
 pub mod csv_reader;
 pub mod csv_writer;
 pub mod error;
+pub mod input_file;
 pub mod interactions;
 pub mod item_features;
 pub mod options;

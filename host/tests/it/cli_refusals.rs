@@ -175,3 +175,40 @@ fn an_absurd_thread_count_is_capped_with_a_warning() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_device_or_a_file_without_line_breaks_is_refused_as_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, stderr) = recblocks(&[
+        "evaluate",
+        "../examples/specs/sasrec.json",
+        "--data",
+        "/dev/zero",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("/dev/zero: is a character device"),
+        "{stderr}"
+    );
+    // Each cause is printed once.
+    assert_eq!(
+        stderr.matches("is a character device").count(),
+        1,
+        "{stderr}"
+    );
+    let long = dir.path().join("long.csv");
+    let mut text = String::from("user_id,item_id,datetime\nu,i,1\n");
+    text.push_str(&"x".repeat(2 << 20));
+    std::fs::write(&long, text).unwrap();
+    let (ok, stderr) = recblocks(&[
+        "evaluate",
+        "../examples/specs/sasrec.json",
+        "--data",
+        long.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("line 3 is longer than 1048576 bytes"),
+        "{stderr}"
+    );
+}

@@ -39,6 +39,7 @@ pub fn read_interactions_parquet(
         path: path.to_path_buf(),
         message: e.to_string(),
     };
+    crate::data::input_file::check_kind(path)?;
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(&e))?;
 
