@@ -1,4 +1,4 @@
-//! Model directories (docs/architecture.md, "Model directories"): `model.json` (format version, recblocks version, resolved
+//! Model directories (docs/architecture.md §11): `model.json` (format version, recblocks version, resolved
 //! spec, which crate provided each component), `dataset_schema.json` (catalog facts and item id
 //! map: enough to rebuild the model without data), `weights.safetensors`,
 //! `optimizer.safetensors` and `trainer_state.json` (so training resumes exactly),
@@ -6,7 +6,8 @@
 //!
 //! Saving writes a sibling temp directory and renames it into place, so a failed or interrupted
 //! save never leaves a half-written model where a good one was. Loading rebuilds the model from
-//! spec + schema, then fills every parameter, checking names and shapes.
+//! spec + schema, then fills every parameter, checking names, shapes, dtypes and that every value
+//! is finite.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -281,6 +282,22 @@ impl Model {
                 ),
             ));
         }
+        let mut seen =
+            std::collections::HashSet::with_capacity(schema_file.item_external_ids.len());
+        if let Some(dup) = schema_file
+            .item_external_ids
+            .iter()
+            .find(|id| !seen.insert(id.as_str()))
+        {
+            return Err(artifact_err(
+                dir,
+                format!(
+                    "dataset_schema.json lists the item id {} twice: every internal id must map \
+                     to its own external id",
+                    shown_id(dup)
+                ),
+            ));
+        }
         if let Some(cat) = &schema.cat_features {
             cat.check(schema.n_items)
                 .map_err(|m| artifact_err(dir, format!("dataset_schema.json: {m}")))?;
@@ -374,7 +391,33 @@ pub fn fill_weights(dir: &Path, file: &str, net: &assembly::AssembledModel) -> R
                 ),
             ));
         }
-        var.set(&t.to_dtype(var.dtype())?)?;
+        if t.dtype() != var.dtype() {
+            return Err(artifact_err(
+                dir,
+                format!(
+                    "{file}: tensor `{name}` is {:?}, the model's parameters are {:?} (weights \
+                     relabelled or written by another tool?)",
+                    t.dtype(),
+                    var.dtype()
+                ),
+            ));
+        }
+        let values = t
+            .flatten_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_vec1::<f64>()?;
+        let bad = values.iter().filter(|v| !v.is_finite()).count();
+        if bad > 0 {
+            return Err(artifact_err(
+                dir,
+                format!(
+                    "{file}: tensor `{name}` holds {bad} NaN or infinite value(s) of {}: the \
+                     weights are corrupt (or training diverged before they were saved)",
+                    values.len()
+                ),
+            ));
+        }
+        var.set(t)?;
     }
     let mut extra: Vec<&String> = tensors.keys().filter(|k| !data.contains_key(*k)).collect();
     if !extra.is_empty() {
@@ -433,4 +476,12 @@ fn write_train_log(path: &Path, log: &[EpochLog]) -> Result<()> {
             .map_err(|e| HostError::Other(format!("{}: {e}", path.display())))?;
     }
     w.flush().map_err(|e| HostError::io(path, e))
+}
+
+/// An id as shown in a message: quoted, cut to 80 characters with its length.
+fn shown_id(id: &str) -> String {
+    match id.char_indices().nth(80) {
+        Some((cut, _)) => format!("{:?}… ({} characters)", &id[..cut], id.chars().count()),
+        None => format!("{id:?}"),
+    }
 }

@@ -9,6 +9,7 @@ mod cli;
 mod cli_refusals;
 mod generate;
 mod import_rectools;
+mod model_checks;
 mod observer;
 mod param_counts;
 mod parity;
