@@ -140,6 +140,13 @@ impl Model {
         if let Some(epochs) = opts.epochs {
             settings.epochs = epochs;
         }
+        if settings.epochs == 0 {
+            return Err(HostError::Other(
+                "epochs is 0: fit would save an untrained model; set `epochs` (or \
+                 get_trainer_func_kwargs.max_epochs, or --epochs) to at least 1"
+                    .into(),
+            ));
+        }
         let seed = spec.seed_or_default();
         let data_rng = SharedRng::new(seed ^ DATA_STREAM_OFFSET);
         let prepared = prepare_data(

@@ -87,7 +87,7 @@ pub fn load_plugin(path: &Path) -> Result<LoadedPlugin, PluginError> {
     // directory scan or the working directory), and the README says a plugin is trusted code.
     let library = unsafe { Library::new(&path) }.map_err(|e| PluginError::NotALibrary {
         path: path.clone(),
-        message: e.to_string(),
+        message: with_causes(&e),
     })?;
     libraries.push(library);
     let library = libraries.last().ok_or_else(|| PluginError::NotALibrary {
@@ -192,4 +192,17 @@ fn read_str(s: FfiStr) -> Result<String, String> {
     std::str::from_utf8(bytes)
         .map(str::to_string)
         .map_err(|e| format!("not UTF-8: {e}"))
+}
+
+/// An error with its causes: libloading's `dlopen failed` keeps the dynamic loader's own text
+/// (the missing symbol or library) in its source.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }

@@ -212,3 +212,25 @@ fn a_device_or_a_file_without_line_breaks_is_refused_as_data() {
         "{stderr}"
     );
 }
+
+#[test]
+fn zero_epochs_are_refused_instead_of_saving_an_untrained_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("s.json");
+    std::fs::write(
+        &spec,
+        r#"{"cls": "SASRecModel", "n_factors": 8, "n_heads": 1, "epochs": 0}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("m");
+    let (ok, stderr) = recblocks(&[
+        "fit",
+        spec.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("epochs is 0"), "{stderr}");
+    assert!(!out.exists(), "a model directory was written");
+}

@@ -181,6 +181,12 @@ fn missing_files_non_plugins_and_clashes_are_clear_errors() {
     std::fs::write(&text, "not a library").unwrap();
     let err = plugins::load_plugin(&text).unwrap_err().to_string();
     assert!(err.contains("cannot load it as a shared library"), "{err}");
+    // The dynamic loader's own reason is kept, not just "dlopen failed".
+    let reason = err
+        .split("dlopen failed: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no dlerror text in: {err}"));
+    assert!(reason.contains("libtext.so"), "{err}");
 
     // A real shared library that is not a plugin: the core library itself.
     let core = crate::plugin_libs::profile_dir().join("deps/librecblocks_core.so");
