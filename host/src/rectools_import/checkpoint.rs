@@ -3,7 +3,10 @@
 //! (`model_config`, `dataset_schema`, `item_external_ids`, ...). Tensors are read with candle's
 //! PyTorch reader; the hyper-parameters with its generic pickle parser.
 
-use std::{io::BufReader, path::Path};
+use std::{
+    io::{BufReader, Read},
+    path::Path,
+};
 
 use candle_core::{pickle::Object, Tensor};
 use serde_json::Value;
@@ -32,6 +35,9 @@ pub fn external_id(v: &Value) -> Result<String, String> {
     }
 }
 
+/// The largest `data.pkl` read (the tensors are separate files; the pickle is kilobytes).
+const MAX_PICKLE_BYTES: u64 = 256 << 20;
+
 fn top_level(path: &Path) -> Result<Object, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open it: {e}"))?;
     let mut zip = zip::ZipArchive::new(BufReader::new(file)).map_err(|e| {
@@ -49,12 +55,31 @@ fn top_level(path: &Path) -> Result<Object, String> {
             let names: Vec<&String> = all.iter().take(8).collect();
             format!("the zip file has no `data.pkl` (found {names:?}); not a torch.save file")
         })?;
-    let entry = zip
-        .by_name(&name)
+    let entry = zip.by_name(&name).map_err(|e| {
+        if e.to_string().contains("compression method") {
+            format!(
+                "not a PyTorch checkpoint saved by torch.save: `{name}` is compressed ({e}), \
+                 and torch.save stores its entries uncompressed"
+            )
+        } else {
+            format!("cannot read `{name}`: {e}")
+        }
+    })?;
+    let mut bytes = Vec::new();
+    entry
+        .take(MAX_PICKLE_BYTES + 1)
+        .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read `{name}`: {e}"))?;
+    if bytes.len() as u64 > MAX_PICKLE_BYTES {
+        return Err(format!(
+            "`{name}` is larger than {MAX_PICKLE_BYTES} bytes: a checkpoint's pickle holds only \
+             the hyper-parameters and tensor references"
+        ));
+    }
+    super::pickle_guard::check_pickle(&bytes).map_err(|e| format!("`{name}`: {e}"))?;
     let mut stack = candle_core::pickle::Stack::empty();
     stack
-        .read_loop(&mut BufReader::new(entry))
+        .read_loop(&mut std::io::Cursor::new(bytes))
         .map_err(|e| format!("`{name}` is not a readable pickle: {e}"))?;
     stack
         .finalize()

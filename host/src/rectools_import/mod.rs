@@ -14,6 +14,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod names;
+pub mod pickle_guard;
 pub mod pyobject;
 
 use std::path::Path;

@@ -149,6 +149,59 @@ fn corrupt_checkpoints_give_clear_errors() {
     assert!(!tmp.path().join("m").exists());
 }
 
+/// A zip holding `archive/data.pkl` = `pickle`, as torch.save lays a checkpoint out.
+fn checkpoint_with_pickle(path: &Path, pickle: &[u8]) {
+    use std::io::Write;
+    let file = std::fs::File::create(path).unwrap();
+    let mut zip = zip::ZipWriter::new(file);
+    let options =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    zip.start_file("archive/data.pkl", options).unwrap();
+    zip.write_all(pickle).unwrap();
+    zip.finish().unwrap();
+}
+
+#[test]
+fn hostile_pickles_are_refused_before_they_are_decoded() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A global outside the allow-list, under a key recblocks never reads.
+    let mut global = vec![0x80, 2, b'}', b'X', 5, 0, 0, 0];
+    global.extend(b"extra");
+    global.extend(b"cbuiltins\nexec\n");
+    global.extend([b's', b'.']);
+    let path = tmp.path().join("global.ckpt");
+    checkpoint_with_pickle(&path, &global);
+    let e = import_err(&path);
+    assert!(e.contains("`builtins.exec`"), "{e}");
+
+    // Shared references doubling 40 times: a few hundred bytes that would expand to 2^40.
+    let mut bomb = vec![0x80, 2, b']', b'q', 0];
+    for level in 1..=40u8 {
+        bomb.extend([
+            b']',
+            b'h',
+            level - 1,
+            b'a',
+            b'h',
+            level - 1,
+            b'a',
+            b'q',
+            level,
+        ]);
+    }
+    bomb.push(b'.');
+    let path = tmp.path().join("bomb.ckpt");
+    checkpoint_with_pickle(&path, &bomb);
+    let e = import_err(&path);
+    assert!(e.contains("would expand to more than"), "{e}");
+
+    // Protocol 4 (torch.save(..., pickle_protocol=4)): a clear word, not an unknown op-code.
+    let path = tmp.path().join("proto4.ckpt");
+    checkpoint_with_pickle(&path, &[0x80, 4, 0x95, 0, 0, 0, 0, 0, 0, 0, 0, b'N', b'.']);
+    let e = import_err(&path);
+    assert!(e.contains("pickle protocol 4 is not supported"), "{e}");
+}
+
 fn parts() -> recblocks::rectools_import::RecToolsCheckpoint {
     read_checkpoint(&fixtures_dir().join("sasrec_cat_features/checkpoint.ckpt")).unwrap()
 }
