@@ -302,6 +302,8 @@ impl Model {
             cat.check(schema.n_items)
                 .map_err(|m| artifact_err(dir, format!("dataset_schema.json: {m}")))?;
         }
+        crate::memory::check(&spec, schema.n_items, false)
+            .map_err(|e| artifact_err(dir, e.to_string()))?;
         let net = assembly::assemble(&spec, &schema, registry, &Device::Cpu)?;
         fill_weights(dir, "weights.safetensors", &net)?;
         let state: TrainerStateFile = read_json(dir, "trainer_state.json")?;

@@ -9,6 +9,7 @@ pub mod device;
 pub mod error;
 pub mod evaluate;
 pub mod loader;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod output;

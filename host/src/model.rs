@@ -167,6 +167,7 @@ impl Model {
                 schema.cat_features = Some(cat);
             }
         }
+        crate::memory::check(&spec, schema.n_items, true)?;
         let device = opts.device.open()?;
         let net = assembly::assemble(&spec, &schema, registry, &device)?;
         let adam = Adam::new(trainable_vars(&net), AdamConfig::rectools(spec.lr))?;

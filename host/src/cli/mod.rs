@@ -29,6 +29,11 @@ pub struct Cli {
     /// Only the files named are loaded. A plugin runs with your rights: load only trusted files.
     #[arg(long = "plugin", value_name = "PATH", global = true)]
     pub plugins: Vec<std::path::PathBuf>,
+    /// The most memory a model may need (e.g. 8G, 512M); default: the memory the system reports
+    /// available. A spec or model estimated to need more is refused before anything is
+    /// allocated.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = recblocks::memory::parse_size)]
+    pub max_memory: Option<u64>,
     /// Subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -105,6 +110,9 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    if let Some(bytes) = cli.max_memory {
+        recblocks::memory::set_limit(bytes);
+    }
     let threads = recblocks::threads::configure(cli.threads)?;
     if let Some(asked) = threads.capped_from {
         eprintln!(

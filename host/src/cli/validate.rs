@@ -26,6 +26,7 @@ pub fn run(args: Args) -> Result<()> {
     let registry = super::registry()?;
     let spec = super::read_spec(&args.spec, &registry)?;
     let schema = assembly::schema_for(&spec, &registry, args.n_items)?;
+    recblocks::memory::check(&spec, schema.n_items, true)?;
     let model = assembly::assemble(&spec, &schema, &registry, &Device::Cpu)
         .with_context(|| format!("assembling {}", args.spec.display()))?;
     // Everything else `fit` builds before it reads data: the objective (loss name and values),

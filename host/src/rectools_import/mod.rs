@@ -73,6 +73,7 @@ pub fn from_parts(
         weights.cat.as_ref(),
     )
     .map_err(|m| err(source, m))?;
+    crate::memory::check(&spec, schema.n_items, false).map_err(|e| err(source, e.to_string()))?;
     let net = assembly::assemble(&spec, &schema, registry, &Device::Cpu)
         .map_err(|e| err(source, format!("building the model: {e}")))?;
     fill(&net, &weights).map_err(|m| err(source, m))?;

@@ -234,3 +234,39 @@ fn zero_epochs_are_refused_instead_of_saving_an_untrained_model() {
     assert!(stderr.contains("epochs is 0"), "{stderr}");
     assert!(!out.exists(), "a model directory was written");
 }
+
+#[test]
+fn absurd_sizes_are_refused_before_anything_is_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("s.json");
+    std::fs::write(
+        &spec,
+        r#"{"cls": "SASRecModel", "n_factors": 1000000000, "n_heads": 1}"#,
+    )
+    .unwrap();
+    let (ok, stderr) = recblocks(&["validate", spec.to_str().unwrap(), "--n-items", "100"]);
+    assert!(!ok);
+    assert!(stderr.contains("the model needs at least"), "{stderr}");
+    assert!(stderr.contains("n_factors = 1000000000"), "{stderr}");
+    // --max-memory lowers the limit: a small spec that fits in memory is refused under 1 KiB.
+    std::fs::write(
+        &spec,
+        r#"{"cls": "SASRecModel", "n_factors": 8, "n_heads": 1}"#,
+    )
+    .unwrap();
+    let (ok, stderr) = recblocks(&[
+        "--max-memory",
+        "1K",
+        "validate",
+        spec.to_str().unwrap(),
+        "--n-items",
+        "100",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("more than the 0.00 GiB available"),
+        "{stderr}"
+    );
+    let (ok, stderr) = recblocks(&["validate", spec.to_str().unwrap(), "--n-items", "100"]);
+    assert!(ok, "{stderr}");
+}
