@@ -11,7 +11,8 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::{Path, PathBuf},
+    fs::File,
+    path::Path,
 };
 
 use candle_core::{Device, Tensor};
@@ -47,6 +48,9 @@ pub struct ModelFile {
     pub components: BTreeMap<String, ComponentSource>,
     /// Number of trainable parameters.
     pub n_params: usize,
+    /// CRC-32 of `weights.safetensors`, checked on load (absent in models written before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_crc32: Option<u32>,
 }
 
 /// Which crate provided a component.
@@ -127,49 +131,17 @@ fn tensors_of(model: &Model) -> HashMap<String, Tensor> {
 }
 
 impl Model {
-    /// Writes the model directory `dir` (replacing a previous model there atomically).
+    /// Writes the model directory `dir`, replacing a previous model there atomically and keeping
+    /// every file recblocks did not write ([`crate::model_dir`]). A non-empty directory that is
+    /// not a recblocks model is refused.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        if dir.exists() && !dir.join("model.json").exists() {
-            let empty = io(dir, std::fs::read_dir(dir))?.next().is_none();
-            if !empty {
-                return Err(artifact_err(
-                    dir,
-                    "exists, is not empty and holds no model.json; refusing to replace it \
-                     (choose another --out)",
-                ));
-            }
-        }
-        let name = dir
-            .file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_else(|| "model".into());
-        let parent = dir
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
-        io(&parent, std::fs::create_dir_all(&parent))?;
-        let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-        if tmp.exists() {
-            io(&tmp, std::fs::remove_dir_all(&tmp))?;
-        }
-        io(&tmp, std::fs::create_dir_all(&tmp))?;
-        if let Err(e) = self.write_files(&tmp) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        if dir.exists() {
-            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-            io(dir, std::fs::rename(dir, &old))?;
-            if let Err(e) = std::fs::rename(&tmp, dir) {
-                let _ = std::fs::rename(&old, dir);
-                return Err(HostError::io(dir, e));
-            }
-            let _ = std::fs::remove_dir_all(&old);
-        } else {
-            io(dir, std::fs::rename(&tmp, dir))?;
-        }
-        Ok(())
+        self.save_to(dir, false)
+    }
+
+    /// [`Model::save`]; with `force`, also into a non-empty directory that is not a model (its
+    /// files are kept beside the model's).
+    pub fn save_to(&self, dir: &Path, force: bool) -> Result<()> {
+        crate::model_dir::replace(dir, force, |tmp| self.write_files(tmp))
     }
 
     fn write_files(&self, dir: &Path) -> Result<()> {
@@ -187,19 +159,6 @@ impl Model {
                 )
             })
             .collect();
-        let spec = serde_json::to_value(&self.net.spec)
-            .map_err(|e| HostError::Other(format!("cannot serialise the spec: {e}")))?;
-        write_json(
-            &dir.join("model.json"),
-            &ModelFile {
-                format: FORMAT_NAME.into(),
-                format_version: FORMAT_VERSION,
-                recblocks_version: crate::VERSION.into(),
-                spec,
-                components,
-                n_params: self.n_params(),
-            },
-        )?;
         write_json(
             &dir.join("dataset_schema.json"),
             &SchemaFile {
@@ -236,6 +195,34 @@ impl Model {
             )
             .map_err(|e| HostError::Other(format!("cannot draw the training curve: {e}")))?;
         }
+        // Every file on disk before model.json, which is written last and names the weights'
+        // checksum: a model.json on disk means the model it describes is complete.
+        for file in crate::model_dir::OWN_FILES {
+            let path = dir.join(file);
+            if path.exists() {
+                io(&path, File::open(&path).and_then(|f| f.sync_all()))?;
+            }
+        }
+        let weights_crc32 = crc32fast::hash(&io(&weights, std::fs::read(&weights))?);
+        let spec = serde_json::to_value(&self.net.spec)
+            .map_err(|e| HostError::Other(format!("cannot serialise the spec: {e}")))?;
+        write_json(
+            &dir.join("model.json"),
+            &ModelFile {
+                format: FORMAT_NAME.into(),
+                format_version: FORMAT_VERSION,
+                recblocks_version: crate::VERSION.into(),
+                spec,
+                components,
+                n_params: self.n_params(),
+                weights_crc32: Some(weights_crc32),
+            },
+        )?;
+        let model_json = dir.join("model.json");
+        io(
+            &model_json,
+            File::open(&model_json).and_then(|f| f.sync_all()),
+        )?;
         Ok(())
     }
 
@@ -244,6 +231,8 @@ impl Model {
         if !dir.is_dir() {
             return Err(artifact_err(dir, "is not a directory"));
         }
+        // A save to the same path waits until this load has read its files.
+        let _lock = crate::model_dir::lock_for_reading(dir)?;
         let file: ModelFile = read_json(dir, "model.json")?;
         if file.format != FORMAT_NAME {
             return Err(artifact_err(
@@ -305,7 +294,7 @@ impl Model {
         crate::memory::check(&spec, schema.n_items, false)
             .map_err(|e| artifact_err(dir, e.to_string()))?;
         let net = assembly::assemble(&spec, &schema, registry, &Device::Cpu)?;
-        fill_weights(dir, "weights.safetensors", &net)?;
+        fill_weights(dir, "weights.safetensors", file.weights_crc32, &net)?;
         let state: TrainerStateFile = read_json(dir, "trainer_state.json")?;
         let adam = load_optimizer(dir, &net, state.training.adam_step)?;
         let best_path = dir.join("best_weights.safetensors");
@@ -370,11 +359,31 @@ fn check_components_available(dir: &Path, file: &ModelFile, registry: &Registry)
     Ok(())
 }
 
-/// Fills every parameter of `net` from a safetensors file, checking names and shapes.
-pub fn fill_weights(dir: &Path, file: &str, net: &assembly::AssembledModel) -> Result<()> {
+/// Fills every parameter of `net` from a safetensors file, checking its CRC-32 (when `crc32` is
+/// given), names, shapes, dtypes and that every value is finite.
+pub fn fill_weights(
+    dir: &Path,
+    file: &str,
+    crc32: Option<u32>,
+    net: &assembly::AssembledModel,
+) -> Result<()> {
     let path = dir.join(file);
-    let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+    let bytes = std::fs::read(&path)
         .map_err(|e| artifact_err(dir, format!("{file} is missing or unreadable: {e}")))?;
+    if let Some(expected) = crc32 {
+        let found = crc32fast::hash(&bytes);
+        if found != expected {
+            return Err(artifact_err(
+                dir,
+                format!(
+                    "{file} does not match model.json (CRC-32 {found:08x}, model.json records \
+                     {expected:08x}): the files come from different saves or were damaged"
+                ),
+            ));
+        }
+    }
+    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)
+        .map_err(|e| artifact_err(dir, format!("{file} is unreadable: {e}")))?;
     let data = net.varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     for (name, var) in data.iter() {
         let t = tensors.get(name).ok_or_else(|| {

@@ -12,6 +12,7 @@ pub mod loader;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod model_dir;
 pub mod output;
 pub mod output_file;
 pub mod plot;

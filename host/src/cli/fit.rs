@@ -15,9 +15,13 @@ pub struct Args {
     /// Data options.
     #[command(flatten)]
     pub data: DataArgs,
-    /// Model directory to write (replaced atomically if it holds a model).
+    /// Model directory to write (a previous model there is replaced atomically; files recblocks
+    /// did not write are kept).
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write into a non-empty directory that is not a recblocks model (its files are kept).
+    #[arg(long)]
+    pub force: bool,
     /// Number of epochs (overrides the spec; with --resume, the total to reach).
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -112,7 +116,7 @@ fn finish(model: Model, result: recblocks::Result<()>, args: &Args) -> Result<Mo
     match result {
         Ok(()) => {
             model
-                .save(&args.out)
+                .save_to(&args.out, args.force)
                 .with_context(|| format!("saving {}", args.out.display()))?;
             Ok(model)
         }

@@ -13,9 +13,12 @@ pub struct Args {
     /// The RecTools Lightning checkpoint (`.ckpt`, e.g. `trainer.save_checkpoint(path)` or a
     /// `ModelCheckpoint` callback's file).
     pub checkpoint: PathBuf,
-    /// The model directory to write.
+    /// The model directory to write (as `fit --out`).
     #[arg(long)]
     pub out: PathBuf,
+    /// Also write into a non-empty directory that is not a recblocks model (its files are kept).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Runs the command.
@@ -27,7 +30,7 @@ pub fn run(args: Args) -> Result<()> {
     }
     let model = imported.model;
     model
-        .save(&args.out)
+        .save_to(&args.out, args.force)
         .with_context(|| format!("writing the model directory {}", args.out.display()))?;
     eprintln!(
         "imported {} ({} parameters, {} items) into {}",

@@ -10,6 +10,7 @@ mod cli_refusals;
 mod generate;
 mod import_rectools;
 mod model_checks;
+mod model_dir;
 mod observer;
 mod param_counts;
 mod parity;

@@ -155,7 +155,24 @@ fn a_corrupt_weights_file_is_a_clear_error() {
         .unwrap_or_default();
     assert!(
         e.starts_with(&format!(
-            "model directory {}: weights.safetensors is missing or unreadable",
+            "model directory {}: weights.safetensors does not match model.json",
+            path.display()
+        )),
+        "{e}"
+    );
+    // Without the checksum (a model written before it), the file itself is reported unreadable.
+    let json = path.join("model.json");
+    let mut file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    file.as_object_mut().unwrap().remove("weights_crc32");
+    std::fs::write(&json, file.to_string()).unwrap();
+    let e = Model::load(&path, &registry())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with(&format!(
+            "model directory {}: weights.safetensors is unreadable",
             path.display()
         )),
         "{e}"
