@@ -24,6 +24,7 @@ impl SpecInput {
                 registry.names_of(ComponentKind::ModelPreset).join(", ")
             )));
         };
+        check_conflicts(&self.keys)?;
         let preset = registry.model_preset(cls)?;
         let mut merged = (preset.build)().defaults;
         for (key, v) in self.keys {
@@ -47,6 +48,26 @@ impl SpecInput {
         spec.resolve_names(registry)?;
         Ok(spec)
     }
+}
+
+/// Settings given twice with different values: the model's `epochs` and `seed` against the
+/// trainer kwargs' `max_epochs` and `seed` (which would silently win).
+fn check_conflicts(keys: &serde_json::Map<String, Value>) -> Result<()> {
+    let Some(Value::Object(trainer)) = keys.get("get_trainer_func_kwargs") else {
+        return Ok(());
+    };
+    for (model_key, trainer_key) in [("epochs", "max_epochs"), ("seed", "seed")] {
+        let (Some(a), Some(b)) = (keys.get(model_key), trainer.get(trainer_key)) else {
+            continue;
+        };
+        if !a.is_null() && !b.is_null() && a != b {
+            return Err(CoreError::Spec(format!(
+                "`{model_key}` is {a} but `get_trainer_func_kwargs.{trainer_key}` is {b}: give \
+                 one of them, or the same value in both"
+            )));
+        }
+    }
+    Ok(())
 }
 
 impl ModelSpec {

@@ -97,6 +97,14 @@ fn artifact_err(dir: &Path, message: impl Into<String>) -> HostError {
     }
 }
 
+/// Writes tensors as safetensors; an error names the file (candle's says only "I/O error").
+fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    candle_core::safetensors::save(tensors, path).map_err(|e| match e {
+        candle_core::Error::Io(io) => HostError::io(path, io),
+        other => HostError::Other(format!("writing {}: {other}", path.display())),
+    })
+}
+
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| HostError::Other(format!("cannot serialise {}: {e}", path.display())))?;
@@ -167,16 +175,16 @@ impl Model {
             },
         )?;
         let weights = dir.join("weights.safetensors");
-        candle_core::safetensors::save(&tensors_of(self), &weights)?;
+        save_tensors(&tensors_of(self), &weights)?;
         if let Some(adam) = &self.adam {
             let (state, _) = adam.state();
             let state: HashMap<String, Tensor> = state.into_iter().collect();
-            candle_core::safetensors::save(&state, dir.join("optimizer.safetensors"))?;
+            save_tensors(&state, &dir.join("optimizer.safetensors"))?;
         }
         if let Some(best) = &self.best_weights {
             let best: HashMap<String, Tensor> =
                 best.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            candle_core::safetensors::save(&best, dir.join("best_weights.safetensors"))?;
+            save_tensors(&best, &dir.join("best_weights.safetensors"))?;
         }
         write_json(
             &dir.join("trainer_state.json"),

@@ -120,6 +120,13 @@ pub fn evaluate(
         SplitKind::LastOut => leave_last_out(data.interactions),
         SplitKind::Time(cut) => time_split(data.interactions, cut)?,
     };
+    if split.train.is_empty() {
+        return Err(HostError::TrainingData(
+            "the split left no interaction to train on: for a time split, choose a later date or \
+             a larger fraction"
+                .into(),
+        ));
+    }
     if split.test.is_empty() {
         return Err(HostError::TrainingData(
             "the split left no test interaction to evaluate on".into(),

@@ -270,3 +270,18 @@ fn absurd_sizes_are_refused_before_anything_is_allocated() {
     let (ok, stderr) = recblocks(&["validate", spec.to_str().unwrap(), "--n-items", "100"]);
     assert!(ok, "{stderr}");
 }
+
+#[test]
+fn a_time_split_without_training_data_says_so() {
+    let (ok, stderr) = recblocks(&[
+        "evaluate",
+        "../examples/specs/sasrec.json",
+        "--split",
+        "time:0",
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("the split left no interaction to train on"),
+        "{stderr}"
+    );
+}

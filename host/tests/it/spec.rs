@@ -194,6 +194,33 @@ fn a_key_given_twice_is_refused_with_where() {
 }
 
 #[test]
+fn epochs_or_seeds_given_twice_with_different_values_are_refused_naming_both() {
+    let msg = err(
+        r#"{"cls": "SASRecModel", "epochs": 5, "get_trainer_func_kwargs": {"max_epochs": 50}}"#,
+    );
+    assert!(msg.contains("`epochs` is 5"), "{msg}");
+    assert!(
+        msg.contains("`get_trainer_func_kwargs.max_epochs` is 50"),
+        "{msg}"
+    );
+    let msg = err(r#"{"cls": "SASRecModel", "seed": 1, "get_trainer_func_kwargs": {"seed": 2}}"#);
+    assert!(msg.contains("`seed` is 1"), "{msg}");
+    // The same value twice, or one of them alone, is fine.
+    let r = registry();
+    for ok in [
+        r#"{"cls": "SASRecModel", "epochs": 5, "get_trainer_func_kwargs": {"max_epochs": 5}}"#,
+        r#"{"cls": "SASRecModel", "get_trainer_func_kwargs": {"max_epochs": 50}}"#,
+    ] {
+        assert!(
+            recblocks_core::SpecInput::from_json_str(ok)
+                .and_then(|s| s.resolve(&r))
+                .is_ok(),
+            "{ok}"
+        );
+    }
+}
+
+#[test]
 fn missing_cls_names_the_classes() {
     assert_eq!(
         err(r#"{"n_factors": 64}"#),
