@@ -35,7 +35,8 @@ impl SpecInput {
                     .map(|k| format!(" (did you mean `{k}`?)"))
                     .unwrap_or_default();
                 return Err(CoreError::Spec(format!(
-                    "unknown key `{key}` for {}{hint}; accepted keys: {}",
+                    "unknown key `{}` for {}{hint}; accepted keys: {}",
+                    cut(&key),
                     preset.info.name,
                     known.join(", ")
                 )));
@@ -43,10 +44,25 @@ impl SpecInput {
             merged.insert(key, v);
         }
         merged.insert("cls".into(), Value::String(preset.info.name.to_string()));
-        let mut spec: ModelSpec = serde_path_to_error::deserialize(Value::Object(merged))
-            .map_err(|e| CoreError::Spec(format!("key `{}`: {}", e.path(), e.inner())))?;
+        let mut spec: ModelSpec =
+            serde_path_to_error::deserialize(Value::Object(merged)).map_err(|e| {
+                CoreError::Spec(format!(
+                    "key `{}`: {}",
+                    e.path(),
+                    cut(&e.inner().to_string())
+                ))
+            })?;
         spec.resolve_names(registry)?;
         Ok(spec)
+    }
+}
+
+/// A text as quoted in a message: at most 200 characters, then its length (a 200 MB value in a
+/// spec is not echoed whole).
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(200) {
+        Some((at, _)) => format!("{}… ({} characters)", &text[..at], text.chars().count()),
+        None => text.to_string(),
     }
 }
 

@@ -292,6 +292,10 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
 }
 
 pub(crate) fn closest_key(key: &str, known: &[String]) -> Option<String> {
+    // The edit distance costs key length × known length: no hint for an absurd key.
+    if key.len() > 100 {
+        return None;
+    }
     known
         .iter()
         .map(|k| (strsim::levenshtein(key, k), k))

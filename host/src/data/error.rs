@@ -51,7 +51,7 @@ pub enum DataError {
         header: Vec<String>,
     },
     /// A value that cannot be read as what its column holds.
-    #[error("{}, {location}, column `{column}`: found {value:?}, expected {expected}", .path.display())]
+    #[error("{}, {location}, column `{column}`: found {}, expected {expected}", .path.display(), shown(.value))]
     BadValue {
         /// The file concerned.
         path: PathBuf,
@@ -130,5 +130,18 @@ impl DataError {
     /// Whether the error concerns one row only, so that the row may be skipped.
     pub fn is_row_error(&self) -> bool {
         matches!(self, DataError::BadValue { .. } | DataError::BadRow { .. })
+    }
+}
+
+/// A value as quoted in a message: its first 80 characters, and its length when it is longer (a
+/// 200 MB field is not echoed whole).
+pub fn shown(value: &str) -> String {
+    match value.char_indices().nth(80) {
+        Some((cut, _)) => format!(
+            "{:?}… ({} characters)",
+            &value[..cut],
+            value.chars().count()
+        ),
+        None => format!("{value:?}"),
     }
 }

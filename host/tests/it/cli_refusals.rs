@@ -285,3 +285,28 @@ fn a_time_split_without_training_data_says_so() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_huge_bad_value_is_cut_in_the_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.csv");
+    let huge = "9".repeat(300_000) + "x";
+    std::fs::write(
+        &log,
+        format!("user_id,item_id,weight,datetime\nu,i,{huge},1\n"),
+    )
+    .unwrap();
+    let (ok, stderr) = recblocks(&[
+        "evaluate",
+        "../examples/specs/sasrec.json",
+        "--data",
+        log.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("(300001 characters)"),
+        "{}",
+        &stderr[..stderr.len().min(500)]
+    );
+    assert!(stderr.len() < 1_000, "{} bytes of message", stderr.len());
+}

@@ -221,6 +221,20 @@ fn epochs_or_seeds_given_twice_with_different_values_are_refused_naming_both() {
 }
 
 #[test]
+fn a_huge_value_or_key_is_cut_in_the_message() {
+    let huge = "x".repeat(1_000_000);
+    let msg = err(&format!(
+        r#"{{"cls": "SASRecModel", "n_factors": "{huge}"}}"#
+    ));
+    assert!(msg.contains("key `n_factors`"), "{}", &msg[..300]);
+    assert!(msg.contains("characters)"), "{}", &msg[..300]);
+    assert!(msg.len() < 1_000, "{} bytes", msg.len());
+    let msg = err(&format!(r#"{{"cls": "SASRecModel", "{huge}": 1}}"#));
+    assert!(msg.contains("(1000000 characters)"), "{}", &msg[..300]);
+    assert!(msg.len() < 3_000, "{} bytes", msg.len());
+}
+
+#[test]
 fn missing_cls_names_the_classes() {
     assert_eq!(
         err(r#"{"n_factors": 64}"#),
