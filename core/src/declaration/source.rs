@@ -5,54 +5,261 @@
 /// Every source file of this crate (path relative to the crate, bytes), plus the manifest and the
 /// build script.
 pub(crate) const SOURCES: &[(&str, &[u8])] = &[
-    ("src/batch.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/batch.rs"))),
-    ("src/components/backbone.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/backbone.rs"))),
-    ("src/components/data_preparator.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/data_preparator.rs"))),
-    ("src/components/item_net.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/item_net.rs"))),
-    ("src/components/mod.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/mod.rs"))),
-    ("src/components/model_preset.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/model_preset.rs"))),
-    ("src/components/negative_sampler.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/negative_sampler.rs"))),
-    ("src/components/objective.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/objective.rs"))),
-    ("src/components/pos_encoding.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/pos_encoding.rs"))),
-    ("src/components/similarity.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/similarity.rs"))),
-    ("src/components/trainer.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/trainer.rs"))),
-    ("src/components/transformer_layers.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/transformer_layers.rs"))),
-    ("src/components/val_mask.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/components/val_mask.rs"))),
-    ("src/context.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/context.rs"))),
-    ("src/declaration/build_info.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/declaration/build_info.rs"))),
-    ("src/declaration/export.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/declaration/export.rs"))),
-    ("src/declaration/header.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/declaration/header.rs"))),
-    ("src/declaration/mod.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/declaration/mod.rs"))),
-    ("src/declaration/source.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/declaration/source.rs"))),
-    ("src/error.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/error.rs"))),
-    ("src/kind.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/kind.rs"))),
-    ("src/kwargs.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/kwargs.rs"))),
-    ("src/lib.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs"))),
-    ("src/nn/attention.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/attention.rs"))),
-    ("src/nn/blocks/mod.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/blocks/mod.rs"))),
-    ("src/nn/blocks/preln.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/blocks/preln.rs"))),
-    ("src/nn/blocks/sasrec.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/blocks/sasrec.rs"))),
-    ("src/nn/column_sum.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/column_sum.rs"))),
-    ("src/nn/cpu_slice.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cpu_slice.rs"))),
-    ("src/nn/cross_entropy.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cross_entropy.rs"))),
-    ("src/nn/dropout.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/dropout.rs"))),
-    ("src/nn/fast_exp.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/fast_exp.rs"))),
-    ("src/nn/feed_forward.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/feed_forward.rs"))),
-    ("src/nn/gather_dot.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/gather_dot.rs"))),
-    ("src/nn/init.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/init.rs"))),
-    ("src/nn/layer_norm.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/layer_norm.rs"))),
-    ("src/nn/linear.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/linear.rs"))),
-    ("src/nn/masks.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/masks.rs"))),
-    ("src/nn/mod.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/mod.rs"))),
-    ("src/nn/softmax.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/softmax.rs"))),
-    ("src/register.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/register.rs"))),
-    ("src/registry.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/registry.rs"))),
-    ("src/resolve.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/resolve.rs"))),
-    ("src/schema.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/schema.rs"))),
-    ("src/spec.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/spec.rs"))),
-    ("src/strict_json.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/strict_json.rs"))),
-    ("Cargo.toml", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))),
-    ("build.rs", include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/build.rs"))),
+    (
+        "src/batch.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/batch.rs")),
+    ),
+    (
+        "src/components/backbone.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/backbone.rs"
+        )),
+    ),
+    (
+        "src/components/data_preparator.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/data_preparator.rs"
+        )),
+    ),
+    (
+        "src/components/item_net.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/item_net.rs"
+        )),
+    ),
+    (
+        "src/components/mod.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/mod.rs"
+        )),
+    ),
+    (
+        "src/components/model_preset.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/model_preset.rs"
+        )),
+    ),
+    (
+        "src/components/negative_sampler.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/negative_sampler.rs"
+        )),
+    ),
+    (
+        "src/components/objective.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/objective.rs"
+        )),
+    ),
+    (
+        "src/components/pos_encoding.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/pos_encoding.rs"
+        )),
+    ),
+    (
+        "src/components/similarity.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/similarity.rs"
+        )),
+    ),
+    (
+        "src/components/trainer.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/trainer.rs"
+        )),
+    ),
+    (
+        "src/components/transformer_layers.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/transformer_layers.rs"
+        )),
+    ),
+    (
+        "src/components/val_mask.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/components/val_mask.rs"
+        )),
+    ),
+    (
+        "src/context.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/context.rs")),
+    ),
+    (
+        "src/declaration/build_info.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/declaration/build_info.rs"
+        )),
+    ),
+    (
+        "src/declaration/export.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/declaration/export.rs"
+        )),
+    ),
+    (
+        "src/declaration/header.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/declaration/header.rs"
+        )),
+    ),
+    (
+        "src/declaration/mod.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/declaration/mod.rs"
+        )),
+    ),
+    (
+        "src/declaration/source.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/declaration/source.rs"
+        )),
+    ),
+    (
+        "src/error.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/error.rs")),
+    ),
+    (
+        "src/kind.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/kind.rs")),
+    ),
+    (
+        "src/kwargs.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/kwargs.rs")),
+    ),
+    (
+        "src/lib.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")),
+    ),
+    (
+        "src/nn/attention.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/attention.rs")),
+    ),
+    (
+        "src/nn/blocks/mod.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/blocks/mod.rs")),
+    ),
+    (
+        "src/nn/blocks/preln.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/blocks/preln.rs"
+        )),
+    ),
+    (
+        "src/nn/blocks/sasrec.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/blocks/sasrec.rs"
+        )),
+    ),
+    (
+        "src/nn/column_sum.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/column_sum.rs")),
+    ),
+    (
+        "src/nn/cpu_slice.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cpu_slice.rs")),
+    ),
+    (
+        "src/nn/cross_entropy.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/cross_entropy.rs"
+        )),
+    ),
+    (
+        "src/nn/dropout.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/dropout.rs")),
+    ),
+    (
+        "src/nn/fast_exp.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/fast_exp.rs")),
+    ),
+    (
+        "src/nn/feed_forward.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/feed_forward.rs"
+        )),
+    ),
+    (
+        "src/nn/gather_dot.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/gather_dot.rs")),
+    ),
+    (
+        "src/nn/init.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/init.rs")),
+    ),
+    (
+        "src/nn/layer_norm.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/layer_norm.rs")),
+    ),
+    (
+        "src/nn/linear.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/linear.rs")),
+    ),
+    (
+        "src/nn/masks.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/masks.rs")),
+    ),
+    (
+        "src/nn/mod.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/mod.rs")),
+    ),
+    (
+        "src/nn/softmax.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/softmax.rs")),
+    ),
+    (
+        "src/register.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/register.rs")),
+    ),
+    (
+        "src/registry.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/registry.rs")),
+    ),
+    (
+        "src/resolve.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/resolve.rs")),
+    ),
+    (
+        "src/schema.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/schema.rs")),
+    ),
+    (
+        "src/spec.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/spec.rs")),
+    ),
+    (
+        "src/strict_json.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/strict_json.rs")),
+    ),
+    (
+        "Cargo.toml",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")),
+    ),
+    (
+        "build.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/build.rs")),
+    ),
 ];
 
 /// FNV-1a (64 bits) over every path and file of [`SOURCES`].
