@@ -47,14 +47,17 @@ fn top_level(path: &Path) -> Result<Object, String> {
         .file_names()
         .filter_map(|n| n.ok().map(|n| n.into_owned()))
         .collect();
-    let name = all
-        .iter()
-        .find(|n| n.ends_with("data.pkl"))
-        .cloned()
-        .ok_or_else(|| {
-            let names: Vec<&String> = all.iter().take(8).collect();
-            format!("the zip file has no `data.pkl` (found {names:?}); not a torch.save file")
-        })?;
+    let pickles: Vec<&String> = all.iter().filter(|n| n.ends_with("data.pkl")).collect();
+    if pickles.len() > 1 {
+        return Err(format!(
+            "the zip file holds {} pickles ({pickles:?}); a torch.save file holds one data.pkl",
+            pickles.len()
+        ));
+    }
+    let name = pickles.first().map(|n| n.to_string()).ok_or_else(|| {
+        let names: Vec<&String> = all.iter().take(8).collect();
+        format!("the zip file has no `data.pkl` (found {names:?}); not a torch.save file")
+    })?;
     let entry = zip.by_name(&name).map_err(|e| {
         if e.to_string().contains("compression method") {
             format!(

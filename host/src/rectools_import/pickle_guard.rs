@@ -40,6 +40,8 @@ pub const MAX_DEPTH: u32 = 1_000;
 pub const MAX_EXTRA_OBJECTS: u64 = 1_000_000;
 /// Objects a pickle may expand to per byte of input (memo references multiply them).
 pub const OBJECTS_PER_BYTE: u64 = 16;
+/// The most objects any pickle may expand to (a decoded object takes about 60 bytes).
+pub const MAX_OBJECTS: u64 = 20_000_000;
 
 /// What a stack or memo entry would expand to.
 #[derive(Debug, Clone, Copy)]
@@ -76,7 +78,8 @@ struct Scan<'a> {
 pub fn check_pickle(bytes: &[u8]) -> Result<(), String> {
     let limit = (bytes.len() as u64)
         .saturating_mul(OBJECTS_PER_BYTE)
-        .saturating_add(MAX_EXTRA_OBJECTS);
+        .saturating_add(MAX_EXTRA_OBJECTS)
+        .min(MAX_OBJECTS);
     let mut scan = Scan {
         bytes,
         pos: 0,
@@ -161,8 +164,8 @@ impl Scan<'_> {
         if self.materialised > self.limit {
             return self.fail(format!(
                 "the pickle would expand to more than {} objects ({} per byte of its {} bytes \
-                 plus {MAX_EXTRA_OBJECTS}): its shared references multiply objects, as a hostile \
-                 file does",
+                 plus {MAX_EXTRA_OBJECTS}, at most {MAX_OBJECTS}): its shared references \
+                 multiply objects, as a hostile file does",
                 self.limit,
                 OBJECTS_PER_BYTE,
                 self.bytes.len()
@@ -247,8 +250,19 @@ impl Scan<'_> {
                     self.counted(4)?;
                     self.push(LEAF)?;
                 }
-                b'U' | b'C' | 0x8a => {
+                b'U' | b'C' => {
                     self.counted(1)?;
+                    self.push(LEAF)?;
+                }
+                // LONG1: the reader handles at most 8 bytes.
+                0x8a => {
+                    let len = self.uint(1)?;
+                    if len > 8 {
+                        return self.fail(format!(
+                            "a LONG1 integer of {len} bytes (the reader takes at most 8)"
+                        ));
+                    }
+                    self.take(len as usize)?;
                     self.push(LEAF)?;
                 }
                 0x8b => {
@@ -305,9 +319,11 @@ impl Scan<'_> {
                     let callable = self.pop()?;
                     self.push(contain(LEAF, add(callable, args)))?;
                 }
+                // The reader wraps the object with its state in a new object (one level deeper).
                 b'b' => {
                     let state = self.pop()?;
-                    self.extend_top(state)?;
+                    let object = self.pop()?;
+                    self.push(contain(LEAF, add(object, state)))?;
                 }
                 b'c' => {
                     let module = self.line()?;
@@ -388,6 +404,9 @@ impl Scan<'_> {
     fn memo_put(&mut self, index: u64) -> Result<(), String> {
         match self.stack.last() {
             Some(&Entry::Value(id)) => {
+                // The reader stores a copy of the object in the memo.
+                let shape = self.objects[id];
+                self.check(shape, shape.objects)?;
                 self.memo.insert(index, id);
                 Ok(())
             }
@@ -463,6 +482,30 @@ mod tests {
         p.push(b'.');
         let err = check_pickle(&p).unwrap_err();
         assert!(err.contains("nest deeper than 1000 levels"), "{err}");
+    }
+
+    #[test]
+    fn build_chains_count_as_nesting_and_memo_stores_as_copies() {
+        // `]` then 2,000 × (None, BUILD): each BUILD wraps the object one level deeper.
+        let mut p = vec![0x80, 2, b']'];
+        for _ in 0..2_000 {
+            p.extend([b'N', b'b']);
+        }
+        p.push(b'.');
+        let err = check_pickle(&p).unwrap_err();
+        assert!(err.contains("nest deeper"), "{err}");
+        // A big memoised object stored again and again: every store copies it.
+        let mut p = doubling(20);
+        p.pop();
+        for _ in 0..100 {
+            p.extend([b'r', 0, 1, 0, 0]);
+        }
+        p.push(b'.');
+        let err = check_pickle(&p).unwrap_err();
+        assert!(err.contains("would expand to more than"), "{err}");
+        // LONG1 longer than 8 bytes.
+        let err = check_pickle(&[0x80, 2, 0x8a, 9, 1, 2, 3, 4, 5, 6, 7, 8, 9, b'.']).unwrap_err();
+        assert!(err.contains("LONG1"), "{err}");
     }
 
     #[test]
