@@ -42,6 +42,12 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> HostError + '_ {
     move |e| HostError::io(path, e)
 }
 
+/// The path a model directory really is: an existing path resolved (`.`, `m/..`, a symlink to a
+/// directory: the swap must replace the real directory, not the link), a new one as given.
+pub fn real_path(dir: &Path) -> PathBuf {
+    std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+}
+
 /// The directory's parent and file name.
 fn split(dir: &Path) -> Result<(PathBuf, String), HostError> {
     let name = dir
@@ -65,7 +71,11 @@ pub struct DirLock {
 /// Locks the path `dir` (exclusively to write, shared to read), waiting for other holders.
 /// `None` when the lock file cannot be created (a read-only parent when reading).
 fn lock(dir: &Path, exclusive: bool) -> Result<Option<DirLock>, HostError> {
-    let (parent, name) = split(dir)?;
+    let (parent, name) = match split(&real_path(dir)) {
+        Ok(parts) => parts,
+        Err(_) if !exclusive => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let path = parent.join(format!(".{name}.lock"));
     let file = match std::fs::OpenOptions::new()
         .create(true)
@@ -138,20 +148,37 @@ fn dismantle(dir: &Path, keep: Option<&Path>) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Cleans what crashed saves of `dir` left beside it: a temporary directory goes back into shape
-/// (files that are not ours moved back into `dir`, ours removed), and a model left under an older
-/// release's `.old` name is restored when `dir` is missing.
+/// Whether `file` is `prefix` followed by a process id.
+fn leftover(file: &str, prefix: &str) -> bool {
+    file.strip_prefix(prefix)
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Cleans what crashed saves of `dir` left beside it. A model left under `.<name>.old-<pid>` (the
+/// two-rename fallback) is restored when `dir` is missing, removed (our files only) otherwise;
+/// then a temporary directory goes back into shape: files that are not ours move back into `dir`,
+/// ours are removed.
 fn recover(parent: &Path, name: &str, dir: &Path) -> Result<(), HostError> {
     let tmp_prefix = format!(".{name}.tmp-");
     let old_prefix = format!(".{name}.old-");
-    for entry in std::fs::read_dir(parent).map_err(io_err(parent))? {
-        let entry = entry.map_err(io_err(parent))?;
-        let file = entry.file_name().to_string_lossy().into_owned();
-        let path = entry.path();
-        if file.starts_with(&old_prefix) && path.is_dir() && !dir.exists() {
-            std::fs::rename(&path, dir).map_err(io_err(&path))?;
-        } else if file.starts_with(&tmp_prefix) && path.is_dir() {
-            dismantle(&path, dir.is_dir().then_some(dir))?;
+    let entries: Vec<(String, PathBuf)> = std::fs::read_dir(parent)
+        .map_err(io_err(parent))?
+        .flatten()
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
+        .filter(|(_, p)| p.is_dir() && !p.is_symlink())
+        .collect();
+    for (file, path) in &entries {
+        if leftover(file, &old_prefix) {
+            if dir.exists() {
+                dismantle(path, None)?;
+            } else {
+                std::fs::rename(path, dir).map_err(io_err(path))?;
+            }
+        }
+    }
+    for (file, path) in &entries {
+        if leftover(file, &tmp_prefix) {
+            dismantle(path, dir.is_dir().then_some(dir))?;
         }
     }
     Ok(())
@@ -164,6 +191,7 @@ pub fn replace(
     force: bool,
     write: impl FnOnce(&Path) -> Result<(), HostError>,
 ) -> Result<(), HostError> {
+    let dir = &real_path(dir);
     let (parent, name) = split(dir)?;
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
     let _lock = lock(dir, true)?;
@@ -179,7 +207,19 @@ pub fn replace(
             .map_err(io_err(dir))?
             .next()
             .is_none();
-        if !empty && !is_model_dir(dir) && !force {
+        let model = is_model_dir(dir);
+        if !empty && !model && force {
+            // Forced into someone else's directory: never delete a file of theirs that happens
+            // to carry one of our names.
+            if let Some(clash) = OWN_FILES.iter().find(|f| dir.join(f).exists()) {
+                return Err(HostError::Other(format!(
+                    "{}: holds a file named `{clash}`, which recblocks would overwrite; it is not \
+                     a recblocks model directory, so the file is left alone and nothing is written",
+                    dir.display()
+                )));
+            }
+        }
+        if !empty && !model && !force {
             return Err(HostError::Other(format!(
                 "{}: exists, is not empty and is not a recblocks model directory (no model.json \
                  with format \"{}\"); refusing to write into it. Choose another --out, or pass \
@@ -203,14 +243,21 @@ pub fn replace(
         sync_dir(&parent);
         return Ok(());
     }
-    // The user's files go with the new model.
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        if !OWN_FILES.iter().any(|f| entry.file_name() == *f) {
-            let target = tmp.join(entry.file_name());
-            std::fs::rename(entry.path(), &target).map_err(io_err(&target))?;
-            failpoint(3);
+    // The user's files go with the new model; if one cannot move, they all go back.
+    let moved = (|| -> Result<(), HostError> {
+        for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
+            let entry = entry.map_err(io_err(dir))?;
+            if !OWN_FILES.iter().any(|f| entry.file_name() == *f) {
+                let target = tmp.join(entry.file_name());
+                std::fs::rename(entry.path(), &target).map_err(io_err(&entry.path()))?;
+                failpoint(3);
+            }
         }
+        Ok(())
+    })();
+    if let Err(e) = moved {
+        let _ = dismantle(&tmp, Some(dir));
+        return Err(e);
     }
     failpoint(4);
     match renameat_with(CWD, &tmp, CWD, dir, RenameFlags::EXCHANGE) {
@@ -224,9 +271,17 @@ pub fn replace(
         // `.<name>.old-<pid>` in between (restored by the next save if a crash falls there).
         Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
             let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-            std::fs::rename(dir, &old).map_err(io_err(dir))?;
+            if let Err(e) = std::fs::rename(dir, &old) {
+                let _ = dismantle(&tmp, Some(dir));
+                return Err(HostError::io(dir, e));
+            }
             failpoint(5);
-            std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+            if let Err(e) = std::fs::rename(&tmp, dir) {
+                // Put the old model (and, from the temporary directory, the user's files) back.
+                let _ = std::fs::rename(&old, dir);
+                let _ = dismantle(&tmp, Some(dir));
+                return Err(HostError::io(dir, e));
+            }
             sync_dir(&parent);
             dismantle(&old, None)
         }

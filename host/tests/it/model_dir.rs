@@ -198,3 +198,47 @@ fn concurrent_saves_to_one_path_take_turns() {
         leftovers(dir.path())
     );
 }
+
+#[test]
+fn odd_paths_and_symlinks_reach_the_real_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec_file(dir.path(), 1);
+    let real = dir.path().join("real");
+    let (code, stderr) = fit_cli(&spec, &real, &[], None);
+    assert_eq!(code, 0, "{stderr}");
+    // `.` inside the model directory, and `m/..`-style paths, load.
+    let dotted = real.join("sub/..");
+    std::fs::create_dir(real.join("sub")).unwrap();
+    assert_eq!(epochs_of(&dotted), 1);
+    // A re-fit through a symlink replaces the directory it points to; the link stays a link.
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let (code, stderr) = fit_cli(&spec_file(dir.path(), 2), &link, &[], None);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(epochs_of(&real), 2);
+    assert!(real.join("sub").is_dir());
+    assert!(
+        leftovers(dir.path()).is_empty(),
+        "{:?}",
+        leftovers(dir.path())
+    );
+}
+
+#[test]
+fn force_never_overwrites_a_file_of_the_users_that_has_one_of_our_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let project = dir.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("train_log.csv"), "mine").unwrap();
+    let (code, stderr) = fit_cli(&spec_file(dir.path(), 1), &project, &["--force"], None);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("`train_log.csv`"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(project.join("train_log.csv")).unwrap(),
+        "mine"
+    );
+}
