@@ -167,7 +167,10 @@ impl Model {
                 schema.cat_features = Some(cat);
             }
         }
-        crate::memory::check(&spec, schema.n_items, true)?;
+        // The estimate is of host memory: a model trained on a GPU is bounded by the GPU's.
+        if opts.device == crate::device::DeviceSpec::Cpu {
+            crate::memory::check(&spec, schema.n_items, true)?;
+        }
         let device = opts.device.open()?;
         let net = assembly::assemble(&spec, &schema, registry, &device)?;
         let adam = Adam::new(trainable_vars(&net), AdamConfig::rectools(spec.lr))?;

@@ -42,6 +42,13 @@ pub fn destination(path: &Path) -> Result<Destination, OutputError> {
     if path.as_os_str() == "-" {
         return Ok(Destination::Stdout);
     }
+    // `/dev/stdout`, `/dev/fd/N`, `/proc/self/fd/N` resolve to whatever the descriptor is open
+    // on, a regular file when it was redirected (`>> log`): replacing that file would lose it.
+    let resolved = std::fs::canonicalize(path).ok();
+    let under = |p: &Path| p.starts_with("/dev") || p.starts_with("/proc");
+    if under(path) || resolved.as_deref().is_some_and(|r| r.starts_with("/proc")) {
+        return Ok(Destination::Stream(path.to_path_buf()));
+    }
     let err = |source| OutputError {
         path: path.to_path_buf(),
         source,
@@ -93,28 +100,53 @@ pub fn write_output(
     }
 }
 
-/// `<dir>/.<name>.tmp-<pid>`, beside `path`.
-fn temp_beside(path: &Path) -> Result<PathBuf, OutputError> {
-    let name = path.file_name().ok_or_else(|| OutputError {
+/// A new file `<dir>/.<name>.tmp-<pid>-<n>` beside `path`, created exclusively (never an
+/// existing file or a symlink planted there), readable by its owner only while it is written.
+fn temp_beside(path: &Path) -> Result<(PathBuf, File), OutputError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let err = |source| OutputError {
         path: path.to_path_buf(),
-        source: io::Error::other("does not name a file"),
-    })?;
-    let mut temp = std::ffi::OsString::from(".");
-    temp.push(name);
-    temp.push(format!(".tmp-{}", std::process::id()));
-    Ok(path.with_file_name(temp))
+        source,
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| err(io::Error::other("does not name a file")))?;
+    loop {
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut temp = std::ffi::OsString::from(".");
+        temp.push(name);
+        temp.push(format!(".tmp-{}-{n}", std::process::id()));
+        let temp = path.with_file_name(temp);
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)
+        {
+            Ok(file) => return Ok((temp, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
 }
 
 fn replace(
     path: &Path,
     write: impl FnOnce(&mut (dyn Write + Send)) -> io::Result<()>,
 ) -> Result<(), OutputError> {
-    let temp = temp_beside(path)?;
-    let written = File::create(&temp).and_then(|mut file| {
+    let (temp, mut file) = temp_beside(path)?;
+    // The replaced file keeps its permissions; a new one is rw-r--r--.
+    let permissions = std::fs::metadata(path).map_or_else(
+        |_| std::os::unix::fs::PermissionsExt::from_mode(0o644),
+        |meta| meta.permissions(),
+    );
+    let written = (|| {
         write(&mut file)?;
         file.flush()?;
+        file.set_permissions(permissions)?;
         file.sync_all()
-    });
+    })();
     if let Err(source) = written {
         let _ = std::fs::remove_file(&temp);
         return Err(OutputError {
@@ -131,10 +163,12 @@ fn replace(
     })?;
     // Make the rename itself durable; a directory that cannot be opened or synced (some file
     // systems) leaves the file written all the same.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
     }
     Ok(())
 }
@@ -187,6 +221,25 @@ mod tests {
             std::fs::read_to_string(&target).ok().as_deref(),
             Some("new")
         );
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_permissions_and_dev_stdout_is_a_stream() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.csv");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(write_output(&path, text("new")).is_ok());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        for p in ["/dev/stdout", "/dev/fd/1", "/proc/self/fd/1"] {
+            assert_eq!(
+                destination(Path::new(p)).ok(),
+                Some(Destination::Stream(PathBuf::from(p))),
+                "{p}"
+            );
+        }
     }
 
     #[test]

@@ -106,10 +106,9 @@ pub fn run(args: Args) -> Result<()> {
             .save(out)
             .with_context(|| format!("saving {}", out.display()))?;
         let text = serde_json::to_string_pretty(&report)?;
-        let tmp = out.join("evaluation.json.tmp");
-        std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, out.join("evaluation.json"))
-            .with_context(|| format!("writing {}", out.join("evaluation.json").display()))?;
+        let path = out.join("evaluation.json");
+        recblocks::output_file::write_output(&path, |w| writeln!(w, "{text}"))
+            .map_err(|e| anyhow::anyhow!("writing {}: {}", e.path.display(), e.source))?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
