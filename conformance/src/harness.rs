@@ -103,6 +103,16 @@ impl Probe {
         Ok(self.ids.ne(0u32)?.to_dtype(DType::F32)?.unsqueeze(2)?)
     }
 
+    /// `t` `[B, L, ...]` with 0 at padded positions, selected (not multiplied: NaN or infinity a
+    /// component leaves at padded positions, as torch does for fully masked rows, is dropped).
+    pub fn at_real_positions(&self, t: &Tensor) -> Result<Tensor> {
+        let (b, l) = self.ids.dims2()?;
+        let mut shape = vec![b, l];
+        shape.extend(std::iter::repeat_n(1, t.rank().saturating_sub(2)));
+        let real = self.ids.ne(0u32)?.reshape(shape)?.broadcast_as(t.shape())?;
+        Ok(real.where_cond(t, &t.zeros_like()?)?)
+    }
+
     /// Causal attention with a key-padding mask, as a SASRec backbone gives them.
     pub fn masks(&self) -> Result<AttentionMasks> {
         Ok(AttentionMasks {

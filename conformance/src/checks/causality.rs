@@ -32,11 +32,8 @@ fn perturb_after(x: &Tensor, t: usize) -> Result<Tensor> {
 }
 
 /// `(batch, position, |Δ|)` of the largest output change at real positions `0..=t`.
-fn worst_change(a: &Tensor, b: &Tensor, real: &Tensor, t: usize) -> Result<(usize, usize, f32)> {
-    let diff = (a - b)?
-        .abs()?
-        .max_keepdim(LastDim::Minus1)?
-        .broadcast_mul(real)?;
+fn worst_change(a: &Tensor, b: &Tensor, p: &Probe, t: usize) -> Result<(usize, usize, f32)> {
+    let diff = p.at_real_positions(&(a - b)?.abs()?.max_keepdim(LastDim::Minus1)?)?;
     let diff = diff.narrow(1, 0, t + 1)?.squeeze(2)?;
     let rows = diff.to_vec2::<f32>()?;
     let mut worst = (0, 0, 0f32);
@@ -55,12 +52,11 @@ fn worst_change(a: &Tensor, b: &Tensor, real: &Tensor, t: usize) -> Result<(usiz
 pub(crate) fn causal(layers: &dyn TransformerLayers) -> Result<Outcome> {
     let p = Probe::new(3, MAX_LEN, 1.0)?;
     let masks = masks_for(&p.ids, true, true)?;
-    let real = p.real_positions()?;
     for train in [false, true] {
         let base = layers.forward_t(&p.x, &masks, train)?;
         for t in 0..MAX_LEN - 1 {
             let moved = layers.forward_t(&perturb_after(&p.x, t)?, &masks, train)?;
-            let (b, pos, d) = worst_change(&base, &moved, &real, t)?;
+            let (b, pos, d) = worst_change(&base, &moved, &p, t)?;
             if d > UNCHANGED {
                 return Ok(Outcome::Fail(format!(
                     "with a causal mask (dropout off, train {train}), changing the inputs after \
@@ -80,11 +76,16 @@ pub(crate) fn bidirectional(layers: &dyn TransformerLayers) -> Result<Outcome> {
     // Session 0 of a probe has no padding.
     let p = Probe::new(1, MAX_LEN, 1.0)?;
     let masks = masks_for(&p.ids, false, true)?;
-    let real = p.real_positions()?;
     for train in [false, true] {
         let base = layers.forward_t(&p.x, &masks, train)?;
         let moved = layers.forward_t(&perturb_after(&p.x, 0)?, &masks, train)?;
-        let (_, _, d) = worst_change(&base, &moved, &real, 0)?;
+        let (_, _, d) = worst_change(&base, &moved, &p, 0)?;
+        if d.is_infinite() {
+            return Ok(Outcome::Fail(format!(
+                "with a bidirectional mask (dropout off, train {train}), the output at position 0 \
+                 is NaN or infinite; expected finite values"
+            )));
+        }
         if d < CHANGED {
             return Ok(Outcome::Fail(format!(
                 "with a bidirectional mask (dropout off, train {train}), changing the inputs at \

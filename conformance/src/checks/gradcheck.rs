@@ -48,13 +48,13 @@ const DIRECTIONS: u64 = 2;
 /// The checked loss: [`probe_loss`] over the outputs at real positions only. A training loss
 /// never reads outputs at padded positions, and components may stop gradients there by design
 /// (the PAD embedding row is frozen, as torch's `padding_idx`).
-fn real_loss(out: &Tensor, real: &Tensor) -> Result<Tensor> {
-    probe_loss(&out.broadcast_mul(real)?)
+fn real_loss(out: &Tensor, probe: &Probe) -> Result<Tensor> {
+    probe_loss(&probe.at_real_positions(out)?)
 }
 
 /// [`real_loss`] computed on the host in f64 from the forward's output.
-fn host_loss(out: &Tensor, real: &Tensor) -> Result<f64> {
-    Ok(values(&out.broadcast_mul(real)?)?
+fn host_loss(out: &Tensor, probe: &Probe) -> Result<f64> {
+    Ok(values(&probe.at_real_positions(out)?)?
         .iter()
         .enumerate()
         .map(|(i, &o)| o as f64 * (0.37 * i as f64).sin())
@@ -129,10 +129,9 @@ pub(crate) fn check(
         if module.takes_embeddings() {
             targets.push(("the input embeddings".into(), x));
         }
-        let real = probe.real_positions()?;
         let out = module.forward(&probe, true)?;
-        let grads = real_loss(&out, &real)?.backward()?;
-        let at_theta = host_loss(&out, &real)?;
+        let grads = real_loss(&out, &probe)?.backward()?;
+        let at_theta = host_loss(&out, &probe)?;
         for (t, (target, var)) in targets.iter().enumerate() {
             let Some(grad) = grads.get(var.as_tensor()) else {
                 // "gradients reach every parameter" reports a missing gradient.
@@ -146,9 +145,9 @@ pub(crate) fn check(
                 let mut one_sided = (0.0, 0.0);
                 for eps in STEPS {
                     var.set(&(&original + (&v * eps)?)?)?;
-                    let plus = host_loss(&module.forward(&probe, true)?, &real)?;
+                    let plus = host_loss(&module.forward(&probe, true)?, &probe)?;
                     var.set(&(&original - (&v * eps)?)?)?;
-                    let minus = host_loss(&module.forward(&probe, true)?, &real)?;
+                    let minus = host_loss(&module.forward(&probe, true)?, &probe)?;
                     var.set(&original)?;
                     finite.push((plus - minus) / (2.0 * eps));
                     one_sided = ((plus - at_theta) / eps, (at_theta - minus) / eps);
