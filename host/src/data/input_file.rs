@@ -53,7 +53,16 @@ pub struct LineLimit<R> {
     inner: R,
     limit: usize,
     line: u64,
+    /// Bytes since the last record break.
     line_bytes: usize,
+    /// The line where the current record started (for messages).
+    record_line: u64,
+    /// Inside a double-quoted CSV field, where a line break does not end the record.
+    quoted: bool,
+    /// A quote seen inside a quoted field: the field ends unless the next byte is a quote too.
+    quote_pending: bool,
+    /// At the start of a field (only there does a quote open a quoted field, as in CSV).
+    field_start: bool,
 }
 
 impl<R: Read> LineLimit<R> {
@@ -64,6 +73,10 @@ impl<R: Read> LineLimit<R> {
             limit,
             line: 1,
             line_bytes: 0,
+            record_line: 1,
+            quoted: false,
+            quote_pending: false,
+            field_start: true,
         }
     }
 }
@@ -74,18 +87,46 @@ impl<R: Read> Read for LineLimit<R> {
         for &byte in &buf[..n] {
             if byte == b'\n' {
                 self.line += 1;
-                self.line_bytes = 0;
-            } else {
-                self.line_bytes += 1;
-                if self.line_bytes > self.limit {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!(
-                            "line {} is longer than {} bytes: not a line-based text file?",
-                            self.line, self.limit
-                        ),
-                    ));
+            }
+            // CSV quoting: a quote at the start of a field opens a quoted field, where `""` is a
+            // quote and a lone `"` closes it. A record ends at a line break (LF, or CR) outside
+            // quotes; a quoted field may span lines, but not past the limit.
+            if self.quoted {
+                if self.quote_pending {
+                    self.quote_pending = false;
+                    if byte != b'"' {
+                        self.quoted = false;
+                    }
+                } else if byte == b'"' {
+                    self.quote_pending = true;
                 }
+            } else if byte == b'"' && self.field_start {
+                self.quoted = true;
+            }
+            if !self.quoted {
+                self.field_start = byte == b',';
+                if byte == b'\n' || byte == b'\r' {
+                    self.field_start = true;
+                    self.line_bytes = 0;
+                    self.record_line = self.line;
+                    continue;
+                }
+            }
+            self.line_bytes += 1;
+            if self.line_bytes > self.limit {
+                let what = if self.record_line == self.line {
+                    format!("line {}", self.line)
+                } else {
+                    format!("the record starting on line {}", self.record_line)
+                };
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "{what} is longer than {} bytes: not a line-based text file (or an \
+                         unclosed quote)?",
+                        self.limit
+                    ),
+                ));
             }
         }
         Ok(n)
@@ -113,6 +154,37 @@ mod tests {
             .read_to_string(&mut ok)
             .unwrap();
         assert_eq!(ok, "1234567890\n1234567890");
+    }
+
+    #[test]
+    fn a_quoted_field_spanning_lines_counts_as_one_record_and_cr_ends_lines() {
+        let mut text = String::from("a,b\nu,\"");
+        for _ in 0..20 {
+            text.push_str("xxxx\n");
+        }
+        text.push_str("\"\n");
+        let err = LineLimit::new(text.as_bytes(), 30)
+            .read_to_string(&mut String::new())
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("the record starting on line 2"),
+            "{err}"
+        );
+        // Short quoted fields with line breaks, "" escapes and CR-only line ends pass.
+        let ok = "a,b\r\"x\ny\",\"say \"\"hi\"\"\"\r1,2\r";
+        // A quote inside an unquoted field is a plain character (CSV): lines still end.
+        let mut long = String::from("a,b\n");
+        for _ in 0..100 {
+            long.push_str("u,ab\"c\n");
+        }
+        LineLimit::new(long.as_bytes(), 30)
+            .read_to_string(&mut String::new())
+            .unwrap();
+        let mut out = String::new();
+        LineLimit::new(ok.as_bytes(), 30)
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, ok);
     }
 
     #[test]
