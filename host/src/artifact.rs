@@ -291,7 +291,7 @@ impl Model {
                 format!(
                     "dataset_schema.json lists the item id {} twice: every internal id must map \
                      to its own external id",
-                    shown_id(dup)
+                    crate::data::error::shown(dup)
                 ),
             ));
         }
@@ -495,12 +495,4 @@ fn write_train_log(path: &Path, log: &[EpochLog]) -> Result<()> {
             .map_err(|e| HostError::Other(format!("{}: {e}", path.display())))?;
     }
     w.flush().map_err(|e| HostError::io(path, e))
-}
-
-/// An id as shown in a message: quoted, cut to 80 characters with its length.
-fn shown_id(id: &str) -> String {
-    match id.char_indices().nth(80) {
-        Some((cut, _)) => format!("{:?}… ({} characters)", &id[..cut], id.chars().count()),
-        None => format!("{id:?}"),
-    }
 }

@@ -186,7 +186,11 @@ impl Model {
             .filter(|&i| i as usize >= self.n_extra_tokens)
             .collect();
         if kept.is_empty() {
-            let examples: Vec<String> = ids.iter().take(3).map(|i| shorten(i)).collect();
+            let examples: Vec<String> = ids
+                .iter()
+                .take(3)
+                .map(|i| crate::data::error::shown(i))
+                .collect();
             return Err(HostError::Other(format!(
                 "none of the {} whitelisted item ids is an item the model knows (e.g. {})",
                 ids.len(),
@@ -328,14 +332,6 @@ impl Model {
             );
         }
         Ok((rows, unknown))
-    }
-}
-
-/// An id as shown in a message: at most 40 characters, then the length.
-fn shorten(id: &str) -> String {
-    match id.char_indices().nth(40) {
-        Some((cut, _)) => format!("`{}…` ({} characters)", &id[..cut], id.chars().count()),
-        None => format!("`{id}`"),
     }
 }
 
