@@ -303,8 +303,36 @@ mod tests {
         let message = result.err().ok_or("expected an error")?.to_string();
         assert_eq!(
             message,
-            "log.csv, line 3, column `weight`: found \"NaN\", expected a finite number"
+            "log.csv, line 3, column `weight`: found \"NaN\", expected a finite number >= 0 (an \
+             interaction's weight scales its loss; a negative one has no meaning)"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_negative_weight_is_refused_naming_line_and_value_or_skipped() -> TestResult {
+        let text = "user_id,item_id,weight,datetime\n\
+                    u1,i1,0,5\n\
+                    u2,i2,-0.5,6\n\
+                    u3,i3,2,7\n";
+        let message = read(text, ReadOptions::default())
+            .err()
+            .ok_or("a negative weight must be refused")?
+            .to_string();
+        assert!(
+            message.starts_with(
+                "log.csv, line 3, column `weight`: found \"-0.5\", expected a finite number >= 0"
+            ),
+            "{message}"
+        );
+        let (log, skipped) = read(
+            text,
+            ReadOptions {
+                skip_bad_rows: true,
+            },
+        )?;
+        assert_eq!(skipped, 1);
+        assert_eq!(log.weights, [0.0, 2.0]);
         Ok(())
     }
 

@@ -11,7 +11,8 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime};
 /// What an id cell must hold.
 pub(crate) const EXPECTED_ID: &str = "a non-empty id";
 /// What a weight cell must hold.
-pub(crate) const EXPECTED_WEIGHT: &str = "a finite number";
+pub(crate) const EXPECTED_WEIGHT: &str =
+    "a finite number >= 0 (an interaction's weight scales its loss; a negative one has no meaning)";
 /// What a datetime cell must hold.
 pub(crate) const EXPECTED_DATETIME: &str =
     "unix seconds or an ISO-8601 date/datetime (e.g. 2021-11-30 or 2021-11-30T12:00:00Z)";
@@ -25,16 +26,18 @@ pub(crate) fn parse_id(text: &str) -> Option<&str> {
     }
 }
 
-/// A finite weight that fits `f32`.
+/// A finite, non-negative weight that fits `f32`.
 pub(crate) fn parse_weight(text: &str) -> Option<f32> {
     let value: f64 = text.trim().parse().ok()?;
     finite_weight(value)
 }
 
-/// `value` as an `f32` weight, if it is finite and stays finite as `f32`.
+/// `value` as an `f32` weight, if it is finite, stays finite as `f32`, and is not negative
+/// (`-0` is read as `0`). RecTools multiplies each target's loss by its weight: a negative weight
+/// would reward the model for ranking that item low.
 pub(crate) fn finite_weight(value: f64) -> Option<f32> {
     let weight = value as f32;
-    weight.is_finite().then_some(weight)
+    (weight.is_finite() && weight >= 0.0).then_some(weight + 0.0)
 }
 
 /// Seconds from a float, floored, if finite and inside `i64`.
@@ -156,11 +159,14 @@ mod tests {
     }
 
     #[test]
-    fn weights_must_be_finite() {
+    fn weights_must_be_finite_and_not_negative() {
         assert_eq!(parse_weight("2.5"), Some(2.5));
         assert_eq!(parse_weight(" 3 "), Some(3.0));
-        assert_eq!(parse_weight("-1"), Some(-1.0));
-        for bad in ["", "x", "NaN", "nan", "inf", "-inf", "infinity", "1e39"] {
+        assert_eq!(parse_weight("0"), Some(0.0));
+        assert_eq!(parse_weight("-0").map(f32::to_bits), Some(0.0f32.to_bits()));
+        for bad in [
+            "", "x", "NaN", "nan", "inf", "-inf", "infinity", "1e39", "-1", "-0.5", "-1e-30",
+        ] {
             assert_eq!(parse_weight(bad), None, "{bad:?} should not parse");
         }
     }

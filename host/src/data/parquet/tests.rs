@@ -151,6 +151,36 @@ fn bad_values_name_row_and_column_or_are_skipped() -> TestResult {
 }
 
 #[test]
+fn a_negative_weight_is_refused_naming_row_and_value_or_skipped() -> TestResult {
+    let file = parquet_file(vec![
+        (
+            "user_id",
+            Arc::new(StringArray::from(vec!["u1", "u2", "u3"])) as ArrayRef,
+        ),
+        (
+            "item_id",
+            Arc::new(StringArray::from(vec!["i1", "i2", "i3"])),
+        ),
+        ("weight", Arc::new(Int32Array::from(vec![0, 2, -3]))),
+        ("datetime", Arc::new(Int64Array::from(vec![1, 2, 3]))),
+    ])?;
+    let message = read(&file, false)
+        .err()
+        .ok_or("a negative weight must be refused")?
+        .to_string();
+    let expected = format!(
+        "{}, row 3, column `weight`: found \"-3\", expected a finite number >= 0",
+        file.path().display()
+    );
+    assert!(message.starts_with(&expected), "{message}");
+
+    let (log, skipped) = read(&file, true)?;
+    assert_eq!(skipped, 1);
+    assert_eq!(log.weights, [0.0, 2.0]);
+    Ok(())
+}
+
+#[test]
 fn missing_columns_and_wrong_types_are_reported() -> TestResult {
     let file = parquet_file(vec![
         (
