@@ -48,7 +48,7 @@ pub enum HostError {
     #[error("training data: {0}")]
     TrainingData(String),
     /// The loss became NaN or infinite; the weights are those before the failing step.
-    #[error("the training loss became {value} at epoch {epoch}, batch {batch}; training stopped and the last good weights were kept (try a lower lr)")]
+    #[error("the training loss became {value} at epoch {epoch}, batch {batch}; training stopped and the last good weights were kept (try a lower lr; or, if the data has weight-0 interactions, a batch whose targets all weigh 0 makes the softmax loss 0/0 = NaN)")]
     NonFiniteLoss {
         /// 1-based epoch.
         epoch: usize,

@@ -247,6 +247,19 @@ impl Model {
         data_rng: &SharedRng,
         opts: &FitOptions,
     ) -> Result<()> {
+        if prepared
+            .sessions
+            .iter()
+            .all(|s| s.weights.iter().all(|&w| w == 0.0))
+        {
+            return Err(HostError::TrainingData(format!(
+                "every training interaction has weight 0 ({} sessions), so there is nothing to \
+                 train on: each target's loss is multiplied by its interaction's weight; give \
+                 some interactions a positive weight, or leave out the weight column (every \
+                 weight is then 1)",
+                prepared.sessions.len()
+            )));
+        }
         let spec = self.net.spec.clone();
         let objective: Box<dyn Objective> =
             assembly::build_objective(&spec, &self.net.schema, registry)?;

@@ -310,3 +310,40 @@ fn a_huge_bad_value_is_cut_in_the_message() {
     );
     assert!(stderr.len() < 1_000, "{} bytes of message", stderr.len());
 }
+
+#[test]
+fn all_zero_weights_are_refused_as_nothing_to_train_on_not_blamed_on_the_lr() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("log.csv");
+    let mut text = String::from("user_id,item_id,weight,datetime\n");
+    for user in 0..20 {
+        for (t, item) in ["a", "b", "c", "d"].iter().enumerate() {
+            text.push_str(&format!("u{user},{item},0,{t}\n"));
+        }
+    }
+    std::fs::write(&log, text).unwrap();
+    let spec = dir.path().join("s.json");
+    std::fs::write(
+        &spec,
+        r#"{"cls": "SASRecModel", "n_factors": 8, "n_heads": 1, "n_blocks": 1,
+            "session_max_len": 5, "epochs": 1}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("m");
+    let (ok, stderr) = recblocks(&[
+        "fit",
+        spec.to_str().unwrap(),
+        "--data",
+        log.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert!(!ok, "{stderr}");
+    assert!(
+        stderr.contains("every training interaction has weight 0 (20 sessions), so there is nothing to train on"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("lr"), "{stderr}");
+    assert!(!out.exists(), "nothing is saved");
+}
