@@ -97,8 +97,27 @@ fn artifact_err(dir: &Path, message: impl Into<String>) -> HostError {
     }
 }
 
+/// Test hook: with `RECBLOCKS_WRITE_FAILPOINT=<file name>` in a debug build, writing that file of
+/// a model directory fails with ENOSPC, as on a full disk.
+fn write_failpoint(path: &Path) -> Result<()> {
+    #[cfg(debug_assertions)]
+    if let (Ok(name), Some(file)) = (std::env::var("RECBLOCKS_WRITE_FAILPOINT"), path.file_name()) {
+        if file == name.as_str() {
+            const ENOSPC: i32 = 28;
+            return Err(HostError::io(
+                path,
+                std::io::Error::from_raw_os_error(ENOSPC),
+            ));
+        }
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = path;
+    Ok(())
+}
+
 /// Writes tensors as safetensors; an error names the file (candle's says only "I/O error").
 fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
+    write_failpoint(path)?;
     candle_core::safetensors::save(tensors, path).map_err(|e| match e {
         candle_core::Error::Io(io) => HostError::io(path, io),
         other => HostError::Other(format!("writing {}: {other}", path.display())),
@@ -108,6 +127,7 @@ fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Result<()> {
 fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| HostError::Other(format!("cannot serialise {}: {e}", path.display())))?;
+    write_failpoint(path)?;
     io(path, std::fs::write(path, text + "\n"))
 }
 

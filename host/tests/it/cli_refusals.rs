@@ -347,3 +347,46 @@ fn all_zero_weights_are_refused_as_nothing_to_train_on_not_blamed_on_the_lr() {
     assert!(!stderr.contains("lr"), "{stderr}");
     assert!(!out.exists(), "nothing is saved");
 }
+
+#[test]
+fn a_failed_weights_write_names_the_file_once_and_keeps_the_old_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_model(dir.path());
+    let before = std::fs::read(model.join("weights.safetensors")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_recblocks"))
+        .args([
+            "fit",
+            dir.path().join("s.json").to_str().unwrap(),
+            "--out",
+            model.to_str().unwrap(),
+            "--quiet",
+        ])
+        .env("RECBLOCKS_WRITE_FAILPOINT", "weights.safetensors")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("/weights.safetensors: No space left on device"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("No space left on device").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(model.join("weights.safetensors")).unwrap(),
+        before,
+        "the old model is kept"
+    );
+    let (ok, stderr) = recblocks(&[
+        "similar",
+        model.to_str().unwrap(),
+        "-k",
+        "2",
+        "--out",
+        "/dev/null",
+    ]);
+    assert!(ok, "the old model still loads: {stderr}");
+}
