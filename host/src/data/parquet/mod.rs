@@ -20,6 +20,7 @@ use std::path::Path;
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use parquet::file::metadata::ParquetMetaData;
 
 use super::error::{DataError, Location};
 use super::interactions::{Interactions, InteractionsBuilder};
@@ -42,6 +43,7 @@ pub fn read_interactions_parquet(
     crate::data::input_file::check_kind(path)?;
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(&e))?;
+    check_column_chunks(builder.metadata()).map_err(|m| parquet_error(&m))?;
 
     let schema = builder.schema().clone();
     let header: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
@@ -121,6 +123,27 @@ pub fn read_interactions_parquet(
         }
     }
     Ok((out.finish(), skipped))
+}
+
+/// Refuses column chunks that the `parquet` crate would panic on when it reads them (a corrupt
+/// footer): a negative start offset or compressed size.
+fn check_column_chunks(metadata: &ParquetMetaData) -> Result<(), String> {
+    for (group_index, group) in metadata.row_groups().iter().enumerate() {
+        for column in group.columns() {
+            let start = column
+                .dictionary_page_offset()
+                .unwrap_or_else(|| column.data_page_offset());
+            let size = column.compressed_size();
+            if start < 0 || size < 0 {
+                return Err(format!(
+                    "the footer is corrupt: row group {group_index}, column `{}` starts at byte \
+                     {start} and is {size} bytes long; expected neither to be negative",
+                    column.column_path().string()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

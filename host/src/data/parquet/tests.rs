@@ -224,3 +224,36 @@ fn a_file_that_is_not_parquet_is_a_parquet_error() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_column_chunk_at_a_negative_offset_is_refused_not_a_panic() -> TestResult {
+    // Found by the `parquet` fuzz target: the parquet crate asserts on this when reading pages.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/regressions/parquet");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if !path
+            .to_string_lossy()
+            .contains("negative-column-chunk-offset")
+        {
+            continue;
+        }
+        let result =
+            read_interactions_parquet(&path, &ColumnNames::default(), &ReadOptions::default());
+        let message = result
+            .err()
+            .ok_or("a corrupt footer must be refused")?
+            .to_string();
+        assert!(
+            message.contains("cannot decode Parquet: the footer is corrupt: row group"),
+            "{message}"
+        );
+        assert!(
+            message.contains("expected neither to be negative"),
+            "{message}"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 4);
+    Ok(())
+}
