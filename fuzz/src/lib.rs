@@ -68,8 +68,9 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).expect("a scratch file");
 }
 
-/// The memory a spec may be estimated to need in the `spec` target (as `--max-memory 512M`).
-pub const SPEC_MEMORY_LIMIT: u64 = 512 << 20;
+/// The memory a model may be estimated to need in the `spec`, `model_load` and `pickle` targets
+/// (as `--max-memory 512M`), so that a size the estimate allows stays under libFuzzer's 2 GB.
+pub const MEMORY_LIMIT: u64 = 512 << 20;
 
 /// `spec`: the text as a spec file, parsed, resolved against the built-in registry, then checked
 /// as `recblocks validate --n-items 100 --max-memory 512M` checks it: memory estimate, the model
@@ -81,7 +82,7 @@ pub fn spec(data: &[u8]) -> bool {
     let Ok(spec) = SpecInput::from_json_str(text) else {
         return false;
     };
-    recblocks::memory::set_limit(SPEC_MEMORY_LIMIT);
+    recblocks::memory::set_limit(MEMORY_LIMIT);
     REGISTRY.with(|registry| {
         let Ok(spec) = spec.resolve(registry) else {
             return false;
@@ -198,6 +199,7 @@ pub fn model_load(data: &[u8]) -> bool {
     let Some((&which, content)) = data.split_first() else {
         return false;
     };
+    recblocks::memory::set_limit(MEMORY_LIMIT);
     let target = MODEL_FILES[usize::from(which) % MODEL_FILES.len()];
     let dir = scratch().join("model");
     let _ = std::fs::remove_dir_all(&dir);
@@ -242,6 +244,7 @@ fn pickle_base_entries() -> &'static [(String, Vec<u8>)] {
 /// stored as torch.save lays a checkpoint out (beside the tensor storages of
 /// [`PICKLE_BASE_CHECKPOINT`]) and imported as `import-rectools` imports it.
 pub fn pickle(data: &[u8]) -> bool {
+    recblocks::memory::set_limit(MEMORY_LIMIT);
     let _ = recblocks::rectools_import::pickle_guard::check_pickle(data);
     let path = scratch().join("fuzz.ckpt");
     let file = std::fs::File::create(&path).expect("a scratch checkpoint");
