@@ -13,6 +13,7 @@
 //! first data row), and skipped and counted under [`ReadOptions::skip_bad_rows`].
 
 mod cells;
+mod guard;
 mod roles;
 
 use std::fs::File;
@@ -42,6 +43,24 @@ pub fn read_interactions_parquet(
     };
     crate::data::input_file::check_kind(path)?;
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
+    guard::guarded(|| read_file(file, path, columns, options)).unwrap_or_else(|panic| {
+        Err(parquet_error(&format!(
+            "the file is corrupt: the Parquet decoder failed with `{panic}`"
+        )))
+    })
+}
+
+/// [`read_interactions_parquet`] once the file is open.
+fn read_file(
+    file: File,
+    path: &Path,
+    columns: &ColumnNames,
+    options: &ReadOptions,
+) -> Result<(Interactions, usize), DataError> {
+    let parquet_error = |e: &dyn std::fmt::Display| DataError::Parquet {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
     let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| parquet_error(&e))?;
     check_column_chunks(builder.metadata()).map_err(|m| parquet_error(&m))?;
 

@@ -257,3 +257,28 @@ fn a_column_chunk_at_a_negative_offset_is_refused_not_a_panic() -> TestResult {
     assert_eq!(n, 4);
     Ok(())
 }
+
+#[test]
+fn a_page_the_decoder_panics_on_is_refused_as_corrupt() -> TestResult {
+    // Found by the `parquet` fuzz target: a BYTE_STREAM_SPLIT page that claims more values than
+    // it holds makes the parquet crate index out of bounds.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/regressions/parquet/byte-stream-split-page-too-short-93d1b197.parquet");
+    let result = read_interactions_parquet(&path, &ColumnNames::default(), &ReadOptions::default());
+    let message = result
+        .err()
+        .ok_or("a corrupt page must be refused")?
+        .to_string();
+    assert!(
+        message.contains(
+            "cannot decode Parquet: the file is corrupt: the Parquet decoder failed with `index \
+             out of bounds"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("byte_stream_split_decoder.rs:"),
+        "{message}"
+    );
+    Ok(())
+}
