@@ -168,9 +168,7 @@ impl CustomOp3 for FusedSoftmaxCeGrad {
                     if t == 0 {
                         return;
                     }
-                    for (o, &v) in o.iter_mut().zip(row) {
-                        *o = g * fast_exp::exp(v - lse);
-                    }
+                    fast_exp::scaled_exp_shifted(o, row, lse, g);
                     o[t as usize] -= g;
                 });
         }

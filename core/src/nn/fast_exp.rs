@@ -38,8 +38,21 @@ pub fn exp(x: f32) -> f32 {
 /// Number of independent accumulators in the reductions (one SIMD register of f32 on AVX).
 const LANES: usize = 8;
 
+/// Runs `f` compiled for the best SIMD level the CPU has (pulp's run-time dispatch: AVX2 + FMA on
+/// x86-64), so that the loops inlined into it vectorise wider than the baseline target's SSE2.
+/// The arithmetic, and so every result, is the same on every level.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
+
 /// The maximum of `xs` (`-inf` when empty). NaN inputs are ignored unless all are NaN.
 pub fn max(xs: &[f32]) -> f32 {
+    simd(|| max_impl(xs))
+}
+
+#[inline(always)]
+fn max_impl(xs: &[f32]) -> f32 {
     let mut acc = [f32::NEG_INFINITY; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -58,6 +71,11 @@ pub fn max(xs: &[f32]) -> f32 {
 /// `Σ e^(x - shift)` over `xs`, accumulated in [`LANES`] partial sums (a fixed order, so the
 /// result is deterministic).
 pub fn sum_exp_shifted(xs: &[f32], shift: f32) -> f32 {
+    simd(|| sum_exp_shifted_impl(xs, shift))
+}
+
+#[inline(always)]
+fn sum_exp_shifted_impl(xs: &[f32], shift: f32) -> f32 {
     let mut acc = [0f32; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
@@ -71,6 +89,15 @@ pub fn sum_exp_shifted(xs: &[f32], shift: f32) -> f32 {
         s += exp(v - shift);
     }
     s
+}
+
+/// `out = g · e^(x − shift)` element-wise (a softmax gradient row).
+pub fn scaled_exp_shifted(out: &mut [f32], xs: &[f32], shift: f32, g: f32) {
+    simd(|| {
+        for (o, &v) in out.iter_mut().zip(xs) {
+            *o = g * exp(v - shift);
+        }
+    })
 }
 
 #[cfg(test)]
