@@ -48,7 +48,7 @@ pub enum HostError {
     #[error("training data: {0}")]
     TrainingData(String),
     /// The loss became NaN or infinite; the weights are those before the failing step.
-    #[error("the training loss became {value} at epoch {epoch}, batch {batch}; training stopped and the last good weights were kept (try a lower lr; or, if the data has weight-0 interactions, a batch whose targets all weigh 0 makes the softmax loss 0/0 = NaN)")]
+    #[error("the training loss became {value} at epoch {epoch}, batch {batch}{origin}; training stopped and the last good weights were kept (try a lower lr; or, if the data has weight-0 interactions, a batch whose targets all weigh 0 makes the softmax loss 0/0 = NaN)")]
     NonFiniteLoss {
         /// 1-based epoch.
         epoch: usize,
@@ -56,6 +56,9 @@ pub enum HostError {
         batch: usize,
         /// The loss value.
         value: f32,
+        /// Where the first non-finite values appeared, when a fused block saw them appear
+        /// (`"; first: the SASRec block turned ..."`), else empty.
+        origin: String,
     },
     /// Anything else, with a message that says what and where.
     #[error("{0}")]

@@ -201,6 +201,63 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/nn/fused/attention.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/fused/attention.rs"
+        )),
+    ),
+    (
+        "src/nn/fused/kernels.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/fused/kernels.rs"
+        )),
+    ),
+    (
+        "src/nn/fused/mod.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/fused/mod.rs")),
+    ),
+    (
+        "src/nn/fused/node.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/fused/node.rs")),
+    ),
+    (
+        "src/nn/fused/parts.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/fused/parts.rs"
+        )),
+    ),
+    (
+        "src/nn/fused/preln.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/fused/preln.rs"
+        )),
+    ),
+    (
+        "src/nn/fused/products.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/fused/products.rs"
+        )),
+    ),
+    (
+        "src/nn/fused/sasrec.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/fused/sasrec.rs"
+        )),
+    ),
+    (
+        "src/nn/fused/tests.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/fused/tests.rs"
+        )),
+    ),
+    (
         "src/nn/gather_dot.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/gather_dot.rs")),
     ),

@@ -39,13 +39,13 @@ impl MultiHeadAttention {
 /// Multi-head attention.
 #[derive(Debug, Clone)]
 pub struct MultiHeadAttention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    n_heads: usize,
-    head_dim: usize,
-    dropout: Dropout,
+    pub(crate) q_proj: Linear,
+    pub(crate) k_proj: Linear,
+    pub(crate) v_proj: Linear,
+    pub(crate) out_proj: Linear,
+    pub(crate) n_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) dropout: Dropout,
 }
 
 impl MultiHeadAttention {

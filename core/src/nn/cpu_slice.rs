@@ -3,7 +3,40 @@
 //! candle hands custom ops' backward passes tensors, not buffers. On the CPU a contiguous f32
 //! tensor's buffer can be read in place; anything else is copied once.
 
-use candle_core::{CpuStorage, Error, Layout, Result, Storage, Tensor};
+use candle_core::{CpuStorage, Error, Layout, Result, Storage, StorageRef, Tensor};
+
+/// A contiguous f32 CPU tensor's elements, borrowed for as long as the view lives (the fused
+/// blocks read several tensors at once).
+pub struct F32View<'a> {
+    guard: StorageRef<'a>,
+    start: usize,
+    end: usize,
+}
+
+impl<'a> F32View<'a> {
+    /// A view of `t`; an error naming `what` unless `t` is a contiguous f32 CPU tensor.
+    pub fn new(t: &'a Tensor, what: &str) -> Result<Self> {
+        let (guard, layout) = t.storage_and_layout();
+        let offsets = layout.contiguous_offsets();
+        match (&*guard, offsets) {
+            (Storage::Cpu(CpuStorage::F32(_)), Some((start, end))) => {
+                Ok(F32View { guard, start, end })
+            }
+            _ => Err(Error::Msg(format!(
+                "{what} must be a contiguous f32 CPU tensor"
+            ))),
+        }
+    }
+
+    /// The elements in row-major order.
+    pub fn get(&self) -> &[f32] {
+        match &*self.guard {
+            Storage::Cpu(CpuStorage::F32(v)) => &v[self.start..self.end],
+            // `new` checked the storage; a tensor's storage never changes kind.
+            _ => &[],
+        }
+    }
+}
 
 /// Calls `f` with the elements of `t` in row-major order: borrowed when `t` is a contiguous f32
 /// CPU tensor, copied otherwise.

@@ -36,10 +36,10 @@ impl Activation {
 /// `ff_linear_2(Dropout(act(ff_linear_1(x))))`, widths d → hidden → d.
 #[derive(Debug, Clone)]
 pub struct PointWiseFeedForward {
-    ff_linear_1: Linear,
-    ff_linear_2: Linear,
-    activation: Activation,
-    dropout: Dropout,
+    pub(crate) ff_linear_1: Linear,
+    pub(crate) ff_linear_2: Linear,
+    pub(crate) activation: Activation,
+    pub(crate) dropout: Dropout,
 }
 
 impl PointWiseFeedForward {

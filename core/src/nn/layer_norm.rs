@@ -23,9 +23,9 @@ use crate::{
 /// `y = (x − mean) / sqrt(var + eps) · weight + bias` over the last dimension.
 #[derive(Debug, Clone)]
 pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+    pub(crate) eps: f64,
 }
 
 impl LayerNorm {

@@ -16,6 +16,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub(crate) mod fast_exp;
 pub mod feed_forward;
+pub mod fused;
 pub mod gather_dot;
 pub mod init;
 pub mod layer_norm;

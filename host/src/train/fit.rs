@@ -219,12 +219,18 @@ impl TrainRun<'_> {
                 .train_loss(self.model.backbone.as_ref(), &batch)?;
             let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
             if !value.is_finite() {
+                let origin = recblocks_core::nn::fused::take_non_finite_origin()
+                    .map(|o| format!("; first: {o}"))
+                    .unwrap_or_default();
                 return Err(HostError::NonFiniteLoss {
                     epoch: info.epoch,
                     batch: b + 1,
                     value,
+                    origin,
                 });
             }
+            // A block's note about non-finite values only matters for the step that failed.
+            let _ = recblocks_core::nn::fused::take_non_finite_origin();
             let grads = loss.backward()?;
             self.adam.step(&grads)?;
             loss_sum += value as f64 * chunk.len() as f64;

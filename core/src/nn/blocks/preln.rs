@@ -19,13 +19,13 @@ use crate::{
 /// (point-wise d → m·d → d, GELU, with bias), and three dropouts.
 #[derive(Debug, Clone)]
 pub struct PreLNTransformerLayer {
-    multi_head_attn: MultiHeadAttention,
-    layer_norm_1: LayerNorm,
-    dropout_1: Dropout,
-    layer_norm_2: LayerNorm,
-    feed_forward: PointWiseFeedForward,
-    dropout_2: Dropout,
-    dropout_3: Dropout,
+    pub(crate) multi_head_attn: MultiHeadAttention,
+    pub(crate) layer_norm_1: LayerNorm,
+    pub(crate) dropout_1: Dropout,
+    pub(crate) layer_norm_2: LayerNorm,
+    pub(crate) feed_forward: PointWiseFeedForward,
+    pub(crate) dropout_2: Dropout,
+    pub(crate) dropout_3: Dropout,
 }
 
 impl PreLNTransformerLayer {
@@ -64,8 +64,26 @@ impl PreLNTransformerLayer {
         })
     }
 
-    /// Applies the block to `x` `[B, L, d]` under the additive attention bias.
+    /// Applies the block to `x` `[B, L, d]` under the additive attention bias: the fused block
+    /// ([`crate::nn::fused`]) on the CPU, else [`forward_generic_t`](Self::forward_generic_t).
     pub fn forward_t(&self, x: &Tensor, attn_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        if crate::nn::fused::usable(x)
+            && crate::nn::fused::supports_bias(attn_bias)
+            && crate::nn::fused::preln::fused_act(self.feed_forward.activation).is_some()
+        {
+            return crate::nn::fused::preln::forward_t(self, x, attn_bias, train);
+        }
+        self.forward_generic_t(x, attn_bias, train)
+    }
+
+    /// The block composed from candle ops (the reference for the fused block, and the path on
+    /// other devices). Draws the same dropout masks as the fused block.
+    pub fn forward_generic_t(
+        &self,
+        x: &Tensor,
+        attn_bias: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let h = self.layer_norm_1.forward(x)?;
         let a = self
             .multi_head_attn

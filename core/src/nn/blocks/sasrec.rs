@@ -25,11 +25,11 @@ pub const LAST_LAYER_NORM_EPS: f64 = 1e-8;
 /// `q = LN_q(x); x = q + MHA(q, x, x); f = LN_ff(x); out = Dropout(FF(f)) + f`.
 #[derive(Debug, Clone)]
 pub struct SASRecTransformerLayer {
-    multi_head_attn: MultiHeadAttention,
-    q_layer_norm: LayerNorm,
-    ff_layer_norm: LayerNorm,
-    feed_forward: PointWiseFeedForward,
-    dropout: Dropout,
+    pub(crate) multi_head_attn: MultiHeadAttention,
+    pub(crate) q_layer_norm: LayerNorm,
+    pub(crate) ff_layer_norm: LayerNorm,
+    pub(crate) feed_forward: PointWiseFeedForward,
+    pub(crate) dropout: Dropout,
 }
 
 impl SASRecTransformerLayer {
@@ -64,8 +64,44 @@ impl SASRecTransformerLayer {
         })
     }
 
-    /// Applies the block to `x` `[B, L, d]` under the additive attention bias.
+    /// Applies the block to `x` `[B, L, d]` under the additive attention bias: the fused block
+    /// ([`crate::nn::fused`]) on the CPU, else [`forward_generic_t`](Self::forward_generic_t).
     pub fn forward_t(&self, x: &Tensor, attn_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+        if crate::nn::fused::usable(x) && crate::nn::fused::supports_bias(attn_bias) {
+            return crate::nn::fused::sasrec::forward_t(self, x, None, attn_bias, train);
+        }
+        self.forward_generic_t(x, attn_bias, train)
+    }
+
+    /// `forward_t(x ⊙ timeline_mask, ...)` (`timeline_mask` `[B, L, 1]`), as the SASRec stack
+    /// applies every block; the fused block masks its input itself, with no separate node.
+    pub fn forward_masked_t(
+        &self,
+        x: &Tensor,
+        timeline_mask: &Tensor,
+        attn_bias: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
+        if crate::nn::fused::usable(x) && crate::nn::fused::supports_bias(attn_bias) {
+            return crate::nn::fused::sasrec::forward_t(
+                self,
+                x,
+                Some(timeline_mask),
+                attn_bias,
+                train,
+            );
+        }
+        self.forward_generic_t(&x.broadcast_mul(timeline_mask)?, attn_bias, train)
+    }
+
+    /// The block composed from candle ops (the reference for the fused block, and the path on
+    /// other devices). Draws the same dropout masks as the fused block.
+    pub fn forward_generic_t(
+        &self,
+        x: &Tensor,
+        attn_bias: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let q = self.q_layer_norm.forward(x)?;
         let a = self.multi_head_attn.forward_t(&q, x, x, attn_bias, train)?;
         let x = (q + a)?;

@@ -63,8 +63,7 @@ impl TransformerLayers for SASRecTransformerLayers {
         let bias = masks.attn_bias.as_ref();
         let mut x = seqs.clone();
         for block in &self.transformer_blocks {
-            x = x.broadcast_mul(tm)?;
-            x = block.forward_t(&x, bias, train)?;
+            x = block.forward_masked_t(&x, tm, bias, train)?;
         }
         x = x.broadcast_mul(tm)?;
         self.last_layernorm.forward(&x)

@@ -1,0 +1,375 @@
+//! The element-wise and row-wise passes of the fused blocks, on row-major `[rows, d]` slices.
+//!
+//! Each pass fuses what the generic path does in several candle ops (bias, activation, dropout,
+//! residual; a layer norm with the residual feeding its gradient). Rows are processed in parallel
+//! blocks of a fixed size and column sums (bias and norm gradients) are added block by block in
+//! order, so every result is the same on any number of threads.
+
+use rayon::prelude::*;
+
+/// Rows per parallel task.
+const ROWS: usize = 64;
+
+/// `y = (x − mean) / sqrt(var + eps) · w + b` per row of `d`, and each row's `(mean, 1/σ)`.
+pub(crate) fn layer_norm(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    d: usize,
+    eps: f32,
+) -> (Vec<f32>, Vec<(f32, f32)>) {
+    let rows = x.len() / d.max(1);
+    let mut y = vec![0f32; rows * d];
+    let mut stats = vec![(0f32, 0f32); rows];
+    if d == 0 {
+        return (y, stats);
+    }
+    y.par_chunks_mut(ROWS * d)
+        .zip(stats.par_chunks_mut(ROWS))
+        .zip(x.par_chunks(ROWS * d))
+        .for_each(|((yt, st), xt)| {
+            for ((yr, xr), s) in yt.chunks_exact_mut(d).zip(xt.chunks_exact(d)).zip(st) {
+                let mean = xr.iter().sum::<f32>() / d as f32;
+                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                let rstd = 1.0 / (var + eps).sqrt();
+                for (((o, &v), &wj), &bj) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                    *o = (v - mean) * rstd * wj + bj;
+                }
+                *s = (mean, rstd);
+            }
+        });
+    (y, stats)
+}
+
+/// The gradients of a layer norm: `dx` (plus `extra`, when given, added element-wise), and the
+/// weight and bias gradients. The output gradient is `dy + dy2` (a residual's two branches).
+pub(crate) struct LayerNormGrads {
+    pub dx: Vec<f32>,
+    pub dw: Vec<f32>,
+    pub db: Vec<f32>,
+}
+
+/// Backward of [`layer_norm`] from its input `x`, saved `stats` and weight `w`.
+pub(crate) fn layer_norm_backward(
+    x: &[f32],
+    stats: &[(f32, f32)],
+    w: &[f32],
+    dy: &[f32],
+    dy2: Option<&[f32]>,
+    extra: Option<&[f32]>,
+    d: usize,
+) -> LayerNormGrads {
+    let rows = x.len() / d.max(1);
+    let mut dx = vec![0f32; rows * d];
+    if d == 0 {
+        return LayerNormGrads {
+            dx,
+            dw: Vec::new(),
+            db: Vec::new(),
+        };
+    }
+    let block = ROWS * d;
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx
+        .par_chunks_mut(block)
+        .enumerate()
+        .map(|(t, dxt)| {
+            let start = t * block;
+            let end = start + dxt.len();
+            let xt = &x[start..end];
+            let gt = &dy[start..end];
+            let g2t = dy2.map(|g| &g[start..end]);
+            let et = extra.map(|e| &e[start..end]);
+            let st = &stats[t * ROWS..t * ROWS + dxt.len() / d];
+            let mut dw = vec![0f32; d];
+            let mut db = vec![0f32; d];
+            let mut g = vec![0f32; d];
+            for (r, (dxr, &(mean, rstd))) in dxt.chunks_exact_mut(d).zip(st).enumerate() {
+                let xr = &xt[r * d..(r + 1) * d];
+                g.copy_from_slice(&gt[r * d..(r + 1) * d]);
+                if let Some(g2) = g2t {
+                    for (a, &b) in g.iter_mut().zip(&g2[r * d..(r + 1) * d]) {
+                        *a += b;
+                    }
+                }
+                let (mut sum_dyh, mut sum_dyh_xhat) = (0f32, 0f32);
+                for j in 0..d {
+                    let xhat = (xr[j] - mean) * rstd;
+                    let dyh = g[j] * w[j];
+                    sum_dyh += dyh;
+                    sum_dyh_xhat += dyh * xhat;
+                    dw[j] += g[j] * xhat;
+                    db[j] += g[j];
+                }
+                let (m1, m2) = (sum_dyh / d as f32, sum_dyh_xhat / d as f32);
+                for j in 0..d {
+                    let xhat = (xr[j] - mean) * rstd;
+                    dxr[j] = (g[j] * w[j] - m1 - xhat * m2) * rstd;
+                }
+                if let Some(e) = et {
+                    for (o, &v) in dxr.iter_mut().zip(&e[r * d..(r + 1) * d]) {
+                        *o += v;
+                    }
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut dw = vec![0f32; d];
+    let mut db = vec![0f32; d];
+    for (pw, pb) in &partials {
+        for (o, v) in dw.iter_mut().zip(pw) {
+            *o += v;
+        }
+        for (o, v) in db.iter_mut().zip(pb) {
+            *o += v;
+        }
+    }
+    LayerNormGrads { dx, dw, db }
+}
+
+/// `y = (x + b) ⊙ mask + residual` per row of `d` (`mask` and `residual` optional).
+pub(crate) fn bias_dropout_residual(
+    x: &[f32],
+    b: &[f32],
+    mask: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    d: usize,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let block = ROWS * d.max(1);
+    y.par_chunks_mut(block).enumerate().for_each(|(t, yt)| {
+        let start = t * block;
+        let len = yt.len();
+        let xt = &x[start..start + len];
+        for (yr, xr) in yt.chunks_exact_mut(d.max(1)).zip(xt.chunks_exact(d.max(1))) {
+            for ((o, &v), &bj) in yr.iter_mut().zip(xr).zip(b) {
+                *o = v + bj;
+            }
+        }
+        if let Some(m) = mask {
+            for (o, &mv) in yt.iter_mut().zip(&m[start..start + len]) {
+                *o *= mv;
+            }
+        }
+        if let Some(r) = residual {
+            for (o, &rv) in yt.iter_mut().zip(&r[start..start + len]) {
+                *o += rv;
+            }
+        }
+    });
+    y
+}
+
+/// `y[r, :] = x[r, :] · m[r]` (a timeline mask over rows of `d`).
+pub(crate) fn scale_rows(x: &[f32], m: &[f32], d: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let block = ROWS * d.max(1);
+    y.par_chunks_mut(block)
+        .zip(x.par_chunks(block))
+        .enumerate()
+        .for_each(|(t, (yt, xt))| {
+            let rows = yt.chunks_exact_mut(d.max(1)).zip(xt.chunks_exact(d.max(1)));
+            for ((yr, xr), &mv) in rows.zip(&m[t * ROWS..]) {
+                for (o, &v) in yr.iter_mut().zip(xr) {
+                    *o = v * mv;
+                }
+            }
+        });
+    y
+}
+
+/// `a ⊙ b`, element-wise (a gradient through a dropout mask).
+pub(crate) fn mul(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; a.len()];
+    y.par_chunks_mut(ROWS * 64)
+        .zip(a.par_chunks(ROWS * 64).zip(b.par_chunks(ROWS * 64)))
+        .for_each(|(yt, (at, bt))| {
+            for ((o, &x), &m) in yt.iter_mut().zip(at).zip(bt) {
+                *o = x * m;
+            }
+        });
+    y
+}
+
+/// The activation of a fused feed-forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Act {
+    Relu,
+    /// Exact GELU, `x·Φ(x)` (candle's `gelu_erf`).
+    Gelu,
+}
+
+fn gelu(h: f32) -> f32 {
+    (candle_core::cpu::erf::erf_f32(h * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * h
+}
+
+/// d/dh of [`gelu`]: Φ(h) + h·φ(h).
+fn gelu_grad(h: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + candle_core::cpu::erf::erf_f32(h * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = (-0.5 * h * h).exp() * 0.398_942_3;
+    cdf + h * pdf
+}
+
+/// `h = x + b` and `a = act(h) ⊙ mask` per row of `d`. Returns `(h, a)`; `h` is kept only for
+/// GELU (ReLU's backward reads `a`).
+pub(crate) fn bias_act_dropout(
+    x: &[f32],
+    b: &[f32],
+    act: Act,
+    mask: Option<&[f32]>,
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let keep_h = act == Act::Gelu;
+    let mut h = if keep_h {
+        vec![0f32; x.len()]
+    } else {
+        Vec::new()
+    };
+    let mut a = vec![0f32; x.len()];
+    let block = ROWS * d.max(1);
+    let body = |t: usize, at: &mut [f32], ht: Option<&mut [f32]>| {
+        let start = t * block;
+        let xt = &x[start..start + at.len()];
+        let mt = mask.map(|m| &m[start..start + at.len()]);
+        let mut hrow = vec![0f32; d];
+        let mut ht = ht;
+        for (r, (ar, xr)) in at
+            .chunks_exact_mut(d.max(1))
+            .zip(xt.chunks_exact(d.max(1)))
+            .enumerate()
+        {
+            for ((hv, &v), &bj) in hrow.iter_mut().zip(xr).zip(b) {
+                *hv = v + bj;
+            }
+            match act {
+                Act::Relu => {
+                    for (o, &hv) in ar.iter_mut().zip(&hrow) {
+                        *o = hv.max(0.0);
+                    }
+                }
+                Act::Gelu => {
+                    for (o, &hv) in ar.iter_mut().zip(&hrow) {
+                        *o = gelu(hv);
+                    }
+                }
+            }
+            if let Some(m) = mt {
+                for (o, &mv) in ar.iter_mut().zip(&m[r * d..(r + 1) * d]) {
+                    *o *= mv;
+                }
+            }
+            if let Some(ht) = ht.as_deref_mut() {
+                ht[r * d..(r + 1) * d].copy_from_slice(&hrow);
+            }
+        }
+    };
+    if keep_h {
+        a.par_chunks_mut(block)
+            .zip(h.par_chunks_mut(block))
+            .enumerate()
+            .for_each(|(t, (at, ht))| body(t, at, Some(ht)));
+    } else {
+        a.par_chunks_mut(block)
+            .enumerate()
+            .for_each(|(t, at)| body(t, at, None));
+    }
+    (h, a)
+}
+
+/// The gradient at `h` of `a = act(h) ⊙ mask`, from `da`. ReLU reads the output `a` (`a > 0`
+/// exactly where the unit was active and kept; kept units carry the mask's `scale`); GELU reads
+/// `h` and the mask.
+pub(crate) fn bias_act_dropout_backward(
+    da: &[f32],
+    act: Act,
+    h: &[f32],
+    a: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+) -> Vec<f32> {
+    let mut dh = vec![0f32; da.len()];
+    let block = ROWS * 64;
+    dh.par_chunks_mut(block).enumerate().for_each(|(t, dt)| {
+        let start = t * block;
+        let len = dt.len();
+        let dat = &da[start..start + len];
+        match act {
+            Act::Relu => {
+                let at = &a[start..start + dt.len()];
+                for ((o, &g), &av) in dt.iter_mut().zip(dat).zip(at) {
+                    *o = if av > 0.0 { g * scale } else { 0.0 };
+                }
+            }
+            Act::Gelu => {
+                let ht = &h[start..start + dt.len()];
+                for ((o, &g), &hv) in dt.iter_mut().zip(dat).zip(ht) {
+                    *o = g * gelu_grad(hv);
+                }
+                if let Some(m) = mask {
+                    for (o, &mv) in dt.iter_mut().zip(&m[start..start + len]) {
+                        *o *= mv;
+                    }
+                }
+            }
+        }
+    });
+    dh
+}
+
+/// Column sums of `[rows, d]` in a fixed order (bias gradients).
+pub(crate) fn column_sums(x: &[f32], d: usize) -> Vec<f32> {
+    crate::nn::column_sum::column_sums(x, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gelu_and_its_derivative_match_hand_values() {
+        // torch: gelu(1) = 0.841345, d/dx at 1 = Φ(1) + φ(1) = 0.841345 + 0.241971 = 1.083315.
+        assert!((gelu(1.0) - 0.841_345).abs() < 1e-6);
+        assert!((gelu_grad(1.0) - 1.083_315).abs() < 1e-5);
+        assert!((gelu_grad(0.0) - 0.5).abs() < 1e-7);
+        // Central difference elsewhere.
+        for h in [-2.5f32, -0.3, 0.7, 3.0] {
+            let e = 1e-2f32;
+            let fd = (gelu(h + e) - gelu(h - e)) / (2.0 * e);
+            assert!(
+                (fd - gelu_grad(h)).abs() < 1e-3,
+                "h {h}: {fd} vs {}",
+                gelu_grad(h)
+            );
+        }
+    }
+
+    #[test]
+    fn relu_backward_reads_the_kept_active_units_from_the_output() {
+        let x = [1.0f32, -1.0, 2.0, 0.5];
+        let mask = [2.0f32, 2.0, 0.0, 2.0];
+        let (_, a) = bias_act_dropout(&x, &[0.0, 0.0], Act::Relu, Some(&mask), 2);
+        assert_eq!(a, vec![2.0, 0.0, 0.0, 1.0]);
+        let dh = bias_act_dropout_backward(&[1.0; 4], Act::Relu, &[], &a, Some(&mask), 2.0);
+        assert_eq!(dh, vec![2.0, 0.0, 0.0, 2.0]);
+    }
+
+    #[test]
+    fn layer_norm_backward_sums_both_residual_branches_and_adds_extra() {
+        let (d, rows) = (3, 130);
+        let x: Vec<f32> = (0..rows * d).map(|i| ((i * 7 % 11) as f32) * 0.3).collect();
+        let w = [1.0f32, -0.5, 2.0];
+        let (_, stats) = layer_norm(&x, &w, &[0.0; 3], d, 1e-5);
+        let g1: Vec<f32> = (0..rows * d).map(|i| (i as f32 * 0.1).sin()).collect();
+        let g2: Vec<f32> = (0..rows * d).map(|i| (i as f32 * 0.2).cos()).collect();
+        let sum: Vec<f32> = g1.iter().zip(&g2).map(|(a, b)| a + b).collect();
+        let one = layer_norm_backward(&x, &stats, &w, &sum, None, None, d);
+        let two = layer_norm_backward(&x, &stats, &w, &g1, Some(&g2), Some(&g1), d);
+        for ((a, g), b) in one.dx.iter().zip(&g1).zip(&two.dx) {
+            assert!((a + g - b).abs() < 1e-5);
+        }
+        assert_eq!(one.dw, two.dw);
+        assert_eq!(one.db, two.db);
+        let db: f32 = sum.iter().step_by(3).sum();
+        assert!((one.db[0] - db).abs() < 1e-3);
+    }
+}

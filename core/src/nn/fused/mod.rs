@@ -1,0 +1,140 @@
+//! Whole-block fused kernels: each standard transformer block as one autograd node with a
+//! hand-written backward pass.
+//!
+//! The generic path composes a block from ~40 candle ops. Each allocates its output, and in the
+//! backward pass candle gives every node a zero gradient and adds into it, so a block costs dozens
+//! of full-size buffers, memsets and element-wise passes around a handful of matrix products. A
+//! fused block computes its forward pass in a few passes over its own buffers (the matrix products
+//! still go through candle's gemm), keeps what its backward pass needs, and writes every gradient
+//! once. To candle it is one node ([`attach`]) whose inputs are the block input and the block's
+//! parameters concatenated; candle's `cat` splits the parameter gradient back into each named
+//! parameter, so names, checkpoints, optimizers and ALBERT's parameter sharing are unchanged.
+//!
+//! Dropout masks come from [`crate::nn::Dropout::draw_mask`] in the order the generic block draws
+//! them, so both paths see the same masks. The generic path stays the reference: tests compare
+//! the two, and `RECBLOCKS_BLOCKS=generic` (or [`set_enabled`]) switches the fused blocks off.
+//! Fused blocks run on the CPU for f32; anything else takes the generic path.
+
+pub(crate) mod attention;
+pub(crate) mod kernels;
+pub(crate) mod node;
+pub(crate) mod parts;
+pub(crate) mod preln;
+pub(crate) mod products;
+pub(crate) mod sasrec;
+
+use std::sync::{
+    atomic::{AtomicU8, Ordering},
+    Mutex,
+};
+
+use candle_core::{DType, Device, Tensor};
+
+/// 0: not read yet; 1: fused; 2: generic.
+static MODE: AtomicU8 = AtomicU8::new(0);
+
+/// Whether blocks take the fused path (the default). Read once from `RECBLOCKS_BLOCKS`
+/// (`generic` switches the fused blocks off) unless [`set_enabled`] was called.
+pub fn enabled() -> bool {
+    match MODE.load(Ordering::Relaxed) {
+        1 => true,
+        2 => false,
+        _ => {
+            let fused = std::env::var("RECBLOCKS_BLOCKS").map_or(true, |v| v != "generic");
+            // Another thread may have decided first; keep its decision.
+            let _ = MODE.compare_exchange(
+                0,
+                if fused { 1 } else { 2 },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            MODE.load(Ordering::Relaxed) == 1
+        }
+    }
+}
+
+/// Turns the fused blocks on or off for the whole process (tests, benchmarks, debugging).
+pub fn set_enabled(on: bool) {
+    MODE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
+}
+
+/// Whether `x` can take a fused block: the switch is on and `x` is an f32 CPU tensor.
+pub(crate) fn usable(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && enabled()
+}
+
+/// An attention bias as rows `[B, L, L]` (per session) or `[1, L, L]` (shared), and which; `None`
+/// without a bias. A bias that differs between heads is not supported (see [`supports_bias`]).
+pub(crate) fn bias_rows(
+    bias: Option<&Tensor>,
+    b: usize,
+    l: usize,
+) -> candle_core::Result<Option<(Tensor, bool)>> {
+    let Some(bias) = bias else {
+        return Ok(None);
+    };
+    let per_session = bias.dims().first().copied().unwrap_or(1) != 1;
+    let rows = if per_session { b } else { 1 };
+    let t = bias
+        .broadcast_as((rows, 1, l, l))?
+        .contiguous()?
+        .to_dtype(DType::F32)?
+        .reshape((rows, l, l))?;
+    Ok(Some((t, per_session)))
+}
+
+/// A timeline mask `[B, L, 1]` (or anything with `n` elements) as one f32 per row.
+pub(crate) fn row_mask(mask: &Tensor, n: usize) -> candle_core::Result<Vec<f32>> {
+    if mask.elem_count() != n {
+        return Err(candle_core::Error::Msg(format!(
+            "timeline mask of shape {:?} for {n} positions",
+            mask.dims()
+        )));
+    }
+    mask.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()
+}
+
+/// Whether a fused block takes this attention bias: rank 4, the same for every head.
+pub(crate) fn supports_bias(bias: Option<&Tensor>) -> bool {
+    bias.is_none_or(|t| t.rank() == 4 && t.dims()[1] == 1)
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Where non-finite values first appeared in a fused block since the last
+/// [`take_non_finite_origin`]: the block's name and the first step it happened in.
+static NON_FINITE_ORIGIN: Mutex<Option<String>> = Mutex::new(None);
+
+/// Notes `block` as the origin of non-finite values when its input `x` was finite and its output
+/// is not (a block fed NaN is not where the NaN came from). Training carries on: the loss turns
+/// non-finite and the trainer stops with its own error, which reports this origin.
+pub(crate) fn check_finite(block: &str, x: &Tensor, out: &[f32]) -> candle_core::Result<()> {
+    if out.iter().all(|v| v.is_finite()) {
+        return Ok(());
+    }
+    let input_finite = {
+        let v = crate::nn::cpu_slice::F32View::new(x, "block input")?;
+        v.get().iter().all(|v| v.is_finite())
+    };
+    if input_finite {
+        let mut origin = NON_FINITE_ORIGIN.lock().unwrap_or_else(|e| e.into_inner());
+        if origin.is_none() {
+            let bad = out.iter().filter(|v| !v.is_finite()).count();
+            *origin = Some(format!(
+                "the {block} turned finite inputs into {bad} non-finite outputs (of {})",
+                out.len()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Takes (and clears) what [`check_finite`] noted: which fused block first produced NaN or
+/// infinity from finite inputs. A trainer adds it to its non-finite-loss error.
+pub fn take_non_finite_origin() -> Option<String> {
+    NON_FINITE_ORIGIN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take()
+}

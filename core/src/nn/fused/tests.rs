@@ -1,0 +1,268 @@
+//! Fused blocks against the generic blocks they replace: outputs, the input's gradient and every
+//! parameter's gradient, with padding, causal and bidirectional masks, and dropout on (both paths
+//! draw the same masks from the same stream).
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor, Var};
+use candle_nn::VarMap;
+
+use crate::{
+    components::AttentionMasks,
+    context::SharedRng,
+    nn::{blocks::test_util::store, masks},
+    Result,
+};
+
+/// A block's forward pass taking `train`: `(x, attention bias, train) -> y`.
+pub(crate) type Forward<'a> = &'a dyn Fn(&Tensor, Option<&Tensor>, bool) -> Result<Tensor>;
+
+/// Output, input gradient and parameter gradients (by name) of `sum(y ⊙ up)`.
+pub(crate) struct Run {
+    pub y: Vec<f32>,
+    pub dx: Vec<f32>,
+    pub dparams: BTreeMap<String, Vec<f32>>,
+}
+
+/// Sessions `[B = 3, L = 6]` with left padding (one session fully real, one mostly padding).
+pub(crate) fn ids() -> Result<Tensor> {
+    Ok(Tensor::new(
+        &[
+            [0u32, 0, 3, 4, 5, 6],
+            [1, 2, 3, 4, 5, 6],
+            [0, 0, 0, 0, 2, 7],
+        ],
+        &Device::Cpu,
+    )?)
+}
+
+/// The masks of each case: bidirectional without padding, causal, key padding (bidirectional),
+/// and RecTools' merged causal + padding mask.
+pub(crate) fn mask_cases() -> Result<Vec<(&'static str, AttentionMasks)>> {
+    let ids = ids()?;
+    let mut out = Vec::new();
+    for (name, causal, key_padding) in [
+        ("none", false, false),
+        ("causal", true, false),
+        ("key padding", false, true),
+        ("causal + padding", true, true),
+    ] {
+        out.push((
+            name,
+            AttentionMasks {
+                timeline_mask: masks::timeline_mask(&ids)?,
+                attn_bias: masks::attention_bias(&ids, causal, key_padding)?,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Runs `forward` in training mode on a fixed input with the stream reseeded to `seed`.
+pub(crate) fn run(
+    forward: Forward,
+    varmap: &VarMap,
+    rng: &SharedRng,
+    bias: Option<&Tensor>,
+    d: usize,
+    seed: u64,
+) -> Result<Run> {
+    let (b, l) = (3, 6);
+    let xs: Vec<f32> = (0..b * l * d)
+        .map(|i| ((i * 37 % 29) as f32 - 14.0) / 7.0)
+        .collect();
+    let x = Var::from_vec(xs, (b, l, d), &Device::Cpu)?;
+    let up: Vec<f32> = (0..b * l * d).map(|i| (i as f32 * 0.77).sin()).collect();
+    let up = Tensor::from_vec(up, (b, l, d), &Device::Cpu)?;
+    rng.reseed(seed);
+    let y = forward(x.as_tensor(), bias, true)?;
+    let grads = y.mul(&up)?.sum_all()?.backward()?;
+    let get = |t: &Tensor| -> Result<Vec<f32>> {
+        Ok(grads
+            .get(t)
+            .ok_or_else(|| crate::CoreError::Other("no gradient".into()))?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    };
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let mut dparams = BTreeMap::new();
+    for (name, var) in data.iter() {
+        dparams.insert(name.clone(), get(var.as_tensor())?);
+    }
+    Ok(Run {
+        y: y.flatten_all()?.to_vec1::<f32>()?,
+        dx: get(x.as_tensor())?,
+        dparams,
+    })
+}
+
+/// Asserts `a` and `b` agree: `|a − b| ≤ tol · max(1, |b|)` element-wise.
+pub(crate) fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * y.abs().max(1.0),
+            "{what}[{i}]: fused {x} vs generic {y}"
+        );
+    }
+}
+
+/// Builds a block from its parameters' builder, its dropout rate and its stream.
+pub(crate) type Build<'a> =
+    &'a dyn Fn(&candle_nn::VarBuilder, f64, SharedRng) -> Result<Box<dyn BlockPaths>>;
+
+/// Compares the two paths of a block on every mask case, with and without dropout.
+pub(crate) fn compare_paths(
+    build: Build,
+    d: usize,
+) -> Result<()> {
+    for dropout in [0.0, 0.3] {
+        let (varmap, vb) = store(11);
+        let rng = SharedRng::new(0);
+        let block = build(&vb, dropout, rng.clone())?;
+        for (case, masks) in mask_cases()? {
+            let bias = masks.attn_bias.as_ref();
+            let fused = run(&|x, b, t| block.fused(x, b, t), &varmap, &rng, bias, d, 5)?;
+            let generic = run(&|x, b, t| block.generic(x, b, t), &varmap, &rng, bias, d, 5)?;
+            let what = format!("dropout {dropout}, {case}");
+            assert_close(&format!("{what}: output"), &fused.y, &generic.y, 1e-5);
+            assert_close(
+                &format!("{what}: input gradient"),
+                &fused.dx,
+                &generic.dx,
+                1e-4,
+            );
+            assert_eq!(fused.dparams.len(), generic.dparams.len());
+            for (name, g) in &generic.dparams {
+                assert_close(
+                    &format!("{what}: gradient of {name}"),
+                    &fused.dparams[name],
+                    g,
+                    1e-4,
+                );
+            }
+            // Eval mode too.
+            let x = Tensor::new(
+                (0..3 * 6 * d)
+                    .map(|i| (i as f32 * 0.3).cos())
+                    .collect::<Vec<_>>(),
+                &Device::Cpu,
+            )?
+            .reshape((3, 6, d))?;
+            let ye = block
+                .fused(&x, bias, false)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            let yg = block
+                .generic(&x, bias, false)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            assert_close(&format!("{what}: eval output"), &ye, &yg, 1e-5);
+        }
+    }
+    Ok(())
+}
+
+/// A block with both paths.
+pub(crate) trait BlockPaths {
+    fn fused(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor>;
+    fn generic(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor>;
+}
+
+mod sasrec {
+    use super::*;
+    use crate::nn::blocks::SASRecTransformerLayer;
+
+    impl BlockPaths for SASRecTransformerLayer {
+        fn fused(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+            crate::nn::fused::sasrec::forward_t(self, x, None, bias, train)
+        }
+        fn generic(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+            self.forward_generic_t(x, bias, train)
+        }
+    }
+
+    /// The block applied as the stack applies it: input times the timeline mask.
+    struct Masked(SASRecTransformerLayer, Tensor);
+
+    impl BlockPaths for Masked {
+        fn fused(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+            crate::nn::fused::sasrec::forward_t(&self.0, x, Some(&self.1), bias, train)
+        }
+        fn generic(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+            self.0
+                .forward_generic_t(&x.broadcast_mul(&self.1)?, bias, train)
+        }
+    }
+
+    #[test]
+    fn fused_sasrec_block_with_the_timeline_mask_equals_masking_then_the_generic_block(
+    ) -> Result<()> {
+        compare_paths(
+            &|vb, p, rng| {
+                let tm = masks::timeline_mask(&ids()?)?;
+                Ok(Box::new(Masked(
+                    SASRecTransformerLayer::new(8, 2, p, vb, rng)?,
+                    tm,
+                )))
+            },
+            8,
+        )
+    }
+
+    #[test]
+    fn a_block_that_turns_finite_inputs_into_nan_is_named() -> Result<()> {
+        let (varmap, vb) = store(3);
+        let block = SASRecTransformerLayer::new(8, 2, 0.0, &vb, SharedRng::new(1))?;
+        crate::nn::blocks::test_util::set(
+            &varmap,
+            "feed_forward.ff_linear_2.bias",
+            &Tensor::new(&[f32::NAN; 8], &Device::Cpu)?,
+        )?;
+        let x = Tensor::ones((2, 3, 8), candle_core::DType::F32, &Device::Cpu)?;
+        let _ = crate::nn::fused::take_non_finite_origin();
+        crate::nn::fused::sasrec::forward_t(&block, &x, None, None, true)?;
+        let origin = crate::nn::fused::take_non_finite_origin();
+        assert!(
+            origin
+                .as_deref()
+                .is_some_and(|o| o.contains("SASRec block")),
+            "{origin:?}"
+        );
+        // A NaN fed in is not this block's doing.
+        let nan = Tensor::new(&[f32::NAN; 48], &Device::Cpu)?.reshape((2, 3, 8))?;
+        crate::nn::fused::sasrec::forward_t(&block, &nan, None, None, true)?;
+        assert_eq!(crate::nn::fused::take_non_finite_origin(), None);
+        Ok(())
+    }
+
+    #[test]
+    fn fused_sasrec_block_equals_the_generic_block() -> Result<()> {
+        compare_paths(
+            &|vb, p, rng| Ok(Box::new(SASRecTransformerLayer::new(8, 2, p, vb, rng)?)),
+            8,
+        )
+    }
+}
+
+mod preln {
+    use super::*;
+    use crate::nn::blocks::PreLNTransformerLayer;
+
+    impl BlockPaths for PreLNTransformerLayer {
+        fn fused(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+            crate::nn::fused::preln::forward_t(self, x, bias, train)
+        }
+        fn generic(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+            self.forward_generic_t(x, bias, train)
+        }
+    }
+
+    #[test]
+    fn fused_preln_block_equals_the_generic_block() -> Result<()> {
+        compare_paths(
+            &|vb, p, rng| Ok(Box::new(PreLNTransformerLayer::new(8, 2, p, 4, vb, rng)?)),
+            8,
+        )
+    }
+}
