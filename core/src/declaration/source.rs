@@ -153,6 +153,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/attention.rs")),
     ),
     (
+        "src/nn/blocks/ligr.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/blocks/ligr.rs"
+        )),
+    ),
+    (
         "src/nn/blocks/mod.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/blocks/mod.rs")),
     ),
@@ -213,6 +220,10 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
             env!("CARGO_MANIFEST_DIR"),
             "/src/nn/fused/kernels.rs"
         )),
+    ),
+    (
+        "src/nn/fused/ligr.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/fused/ligr.rs")),
     ),
     (
         "src/nn/fused/mod.rs",

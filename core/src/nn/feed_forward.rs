@@ -72,10 +72,10 @@ impl PointWiseFeedForward {
 /// `ff_linear_2(Dropout(SiLU(ff_linear_1(x)) ⊙ ff_linear_3(x)))`, widths d → hidden → d.
 #[derive(Debug, Clone)]
 pub struct SwigluFeedForward {
-    ff_linear_1: Linear,
-    ff_linear_2: Linear,
-    ff_linear_3: Linear,
-    dropout: Dropout,
+    pub(crate) ff_linear_1: Linear,
+    pub(crate) ff_linear_2: Linear,
+    pub(crate) ff_linear_3: Linear,
+    pub(crate) dropout: Dropout,
 }
 
 impl SwigluFeedForward {

@@ -1,15 +1,18 @@
 //! Single transformer blocks that several layer stacks reuse: RecTools' `SASRecTransformerLayer`
-//! (`rectools/models/nn/transformers/sasrec.py`) and `PreLNTransformerLayer`
-//! (`rectools/models/nn/transformers/net_blocks.py`); `docs/rectools.md` §3 gives
-//! the exact math.
+//! (`rectools/models/nn/transformers/sasrec.py`), `PreLNTransformerLayer`
+//! (`rectools/models/nn/transformers/net_blocks.py`) and `LiGRLayer`
+//! (`rectools/models/nn/transformers/ligr.py`); `docs/rectools.md` §3 gives the exact math.
+//! Each has a fused CPU form ([`crate::nn::fused`]) with its own backward pass.
 //!
 //! Only the blocks live here. The stacks built from them (RecTools' `*TransformerLayers`,
 //! ALBERT's shared groups) and their registrations live in the plugins, which decide how many
 //! blocks there are, how they are named and how padding is handled between them.
 
+pub mod ligr;
 pub mod preln;
 pub mod sasrec;
 
+pub use ligr::{LiGRActivation, LiGRFeedForward, LiGRLayer};
 pub use preln::PreLNTransformerLayer;
 pub use sasrec::{SASRecTransformerLayer, LAST_LAYER_NORM_EPS};
 

@@ -316,6 +316,148 @@ pub(crate) fn bias_act_dropout_backward(
     dh
 }
 
+/// `σ(v) = 1 / (1 + e^−v)`, as candle's `sigmoid`.
+fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// `g = σ(y + b)` per row of `d` (a LiGR gate).
+pub(crate) fn bias_sigmoid(y: &[f32], b: &[f32], d: usize) -> Vec<f32> {
+    let mut g = bias_dropout_residual(y, b, None, None, d);
+    g.par_chunks_mut(ROWS * 64).for_each(|t| {
+        for v in t.iter_mut() {
+            *v = sigmoid(*v);
+        }
+    });
+    g
+}
+
+/// `yd = (y + b) ⊙ mask` and `out = x + g ⊙ yd` per row of `d` (a gated residual); returns
+/// `(yd, out)`.
+pub(crate) fn gated_residual(
+    x: &[f32],
+    g: &[f32],
+    y: &[f32],
+    b: &[f32],
+    mask: Option<&[f32]>,
+    d: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let yd = bias_dropout_residual(y, b, mask, None, d);
+    let mut out = vec![0f32; x.len()];
+    let block = ROWS * 64;
+    out.par_chunks_mut(block).enumerate().for_each(|(t, ot)| {
+        let start = t * block;
+        let len = ot.len();
+        let xs = &x[start..start + len];
+        let gs = &g[start..start + len];
+        let ys = &yd[start..start + len];
+        for (((o, &xv), &gv), &yv) in ot.iter_mut().zip(xs).zip(gs).zip(ys) {
+            *o = xv + gv * yv;
+        }
+    });
+    (yd, out)
+}
+
+/// The backward of [`gated_residual`] with `g = σ(pre)`: from the output gradient `dout`, the
+/// gradient at the gate's pre-activation and at `y` (through the dropout mask).
+pub(crate) fn gated_residual_backward(
+    dout: &[f32],
+    g: &[f32],
+    yd: &[f32],
+    mask: Option<&[f32]>,
+) -> (Vec<f32>, Vec<f32>) {
+    let mut d_pre = vec![0f32; dout.len()];
+    let mut d_y = vec![0f32; dout.len()];
+    let block = ROWS * 64;
+    d_pre
+        .par_chunks_mut(block)
+        .zip(d_y.par_chunks_mut(block))
+        .enumerate()
+        .for_each(|(t, (pt, yt))| {
+            let start = t * block;
+            let len = pt.len();
+            let rows = dout[start..start + len]
+                .iter()
+                .zip(&g[start..start + len])
+                .zip(&yd[start..start + len]);
+            for (i, ((&dv, &gv), &yv)) in rows.enumerate() {
+                pt[i] = dv * yv * gv * (1.0 - gv);
+                let m = mask.map_or(1.0, |m| m[start + i]);
+                yt[i] = dv * gv * m;
+            }
+        });
+    (d_pre, d_y)
+}
+
+/// SwiGLU's gate: from `uv` `[n, 2m]` (`u` then `v` in each row) and its bias, the biased `uv`
+/// (kept for the backward pass) and `z = SiLU(u) ⊙ v ⊙ mask` `[n, m]`.
+pub(crate) fn swiglu(
+    uv: &[f32],
+    b: &[f32],
+    mask: Option<&[f32]>,
+    m: usize,
+) -> (Vec<f32>, Vec<f32>) {
+    let uvb = bias_dropout_residual(uv, b, None, None, 2 * m);
+    let rows = uvb.len() / (2 * m).max(1);
+    let mut z = vec![0f32; rows * m];
+    if m == 0 {
+        return (uvb, z);
+    }
+    z.par_chunks_mut(ROWS * m).enumerate().for_each(|(t, zt)| {
+        for (r, zr) in zt.chunks_exact_mut(m).enumerate() {
+            let row = t * ROWS + r;
+            let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
+            for ((o, &uu), &vv) in zr.iter_mut().zip(u).zip(v) {
+                *o = uu / (1.0 + (-uu).exp()) * vv;
+            }
+            if let Some(mk) = mask {
+                for (o, &mv) in zr.iter_mut().zip(&mk[row * m..(row + 1) * m]) {
+                    *o *= mv;
+                }
+            }
+        }
+    });
+    (uvb, z)
+}
+
+/// The backward of [`swiglu`]: `[n, 2m]` gradients of `u` and `v` from `dz`.
+pub(crate) fn swiglu_backward(dz: &[f32], uvb: &[f32], mask: Option<&[f32]>, m: usize) -> Vec<f32> {
+    let mut duv = vec![0f32; uvb.len()];
+    if m == 0 {
+        return duv;
+    }
+    duv.par_chunks_mut(ROWS * 2 * m)
+        .enumerate()
+        .for_each(|(t, dt)| {
+            for (r, dr) in dt.chunks_exact_mut(2 * m).enumerate() {
+                let row = t * ROWS + r;
+                let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
+                let (du, dv) = dr.split_at_mut(m);
+                for j in 0..m {
+                    let g = dz[row * m + j] * mask.map_or(1.0, |mk| mk[row * m + j]);
+                    let s = sigmoid(u[j]);
+                    let silu = u[j] / (1.0 + (-u[j]).exp());
+                    du[j] = g * v[j] * s * (1.0 + u[j] * (1.0 - s));
+                    dv[j] = g * silu;
+                }
+            }
+        });
+    duv
+}
+
+/// `a + b`, element-wise.
+pub(crate) fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let mut y = vec![0f32; a.len()];
+    y.par_chunks_mut(ROWS * 64)
+        .zip(a.par_chunks(ROWS * 64).zip(b.par_chunks(ROWS * 64)))
+        .for_each(|(yt, (at, bt))| {
+            for ((o, &x), &v) in yt.iter_mut().zip(at).zip(bt) {
+                *o = x + v;
+            }
+        });
+    y
+}
+
 /// Column sums of `[rows, d]` in a fixed order (bias gradients).
 pub(crate) fn column_sums(x: &[f32], d: usize) -> Vec<f32> {
     crate::nn::column_sum::column_sums(x, d)

@@ -17,6 +17,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod kernels;
+pub(crate) mod ligr;
 pub(crate) mod node;
 pub(crate) mod parts;
 pub(crate) mod preln;
@@ -137,4 +138,10 @@ pub fn take_non_finite_origin() -> Option<String> {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take()
+}
+
+/// Whether a block's output needs a backward pass: its input or a parameter is tracked by
+/// autograd. Eval mode (no dropout) can still be differentiated, as with the generic blocks.
+pub(crate) fn needs_grad(x: &Tensor, params: &[Tensor]) -> bool {
+    x.track_op() || params.iter().any(|p| p.track_op())
 }

@@ -17,8 +17,8 @@ pub(crate) type Backward =
     Box<dyn Fn(&[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>>)> + Send + Sync>;
 
 /// The output of a block computed from `x` and `params`, as a tensor whose backward pass is
-/// `backward`. `out` has `x`'s shape. In eval mode (`backward` is `None`) the output is returned
-/// as a plain tensor.
+/// `backward`. `out` has `x`'s shape. Without a backward pass (nothing to differentiate) the
+/// output is returned as a plain tensor.
 pub(crate) fn attach(
     name: &'static str,
     x: &Tensor,

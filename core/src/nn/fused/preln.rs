@@ -171,7 +171,7 @@ pub(crate) fn forward_t(
         w2.params(),
     ]
     .concat();
-    let backward: Option<Backward> = if train {
+    let backward: Option<Backward> = if super::needs_grad(x, &params) {
         let ff_mask_scale = if ff.dropout.is_active() {
             ff.dropout.scale()
         } else {

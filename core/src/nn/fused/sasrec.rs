@@ -167,7 +167,7 @@ pub(crate) fn forward_t(
         w2.params(),
     ]
     .concat();
-    let backward: Option<Backward> = if train {
+    let backward: Option<Backward> = if super::needs_grad(x, &params) {
         let saved = Arc::new(Saved {
             dims,
             x: xd,

@@ -112,10 +112,7 @@ pub(crate) type Build<'a> =
     &'a dyn Fn(&candle_nn::VarBuilder, f64, SharedRng) -> Result<Box<dyn BlockPaths>>;
 
 /// Compares the two paths of a block on every mask case, with and without dropout.
-pub(crate) fn compare_paths(
-    build: Build,
-    d: usize,
-) -> Result<()> {
+pub(crate) fn compare_paths(build: Build, d: usize) -> Result<()> {
     for dropout in [0.0, 0.3] {
         let (varmap, vb) = store(11);
         let rng = SharedRng::new(0);
@@ -264,5 +261,39 @@ mod preln {
             &|vb, p, rng| Ok(Box::new(PreLNTransformerLayer::new(8, 2, p, 4, vb, rng)?)),
             8,
         )
+    }
+}
+
+mod ligr {
+    use super::*;
+    use crate::nn::blocks::{LiGRActivation, LiGRLayer};
+
+    impl BlockPaths for LiGRLayer {
+        fn fused(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+            crate::nn::fused::ligr::forward_t(self, x, bias, train)
+        }
+        fn generic(&self, x: &Tensor, bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
+            self.forward_generic_t(x, bias, train)
+        }
+    }
+
+    #[test]
+    fn fused_ligr_block_equals_the_generic_block_for_each_feed_forward() -> Result<()> {
+        for (act, bias_in_ff) in [
+            (LiGRActivation::Swiglu, false),
+            (LiGRActivation::Swiglu, true),
+            (LiGRActivation::Relu, true),
+            (LiGRActivation::Gelu, false),
+        ] {
+            compare_paths(
+                &|vb, p, rng| {
+                    Ok(Box::new(LiGRLayer::new(
+                        8, 2, p, 2, act, bias_in_ff, vb, rng,
+                    )?))
+                },
+                8,
+            )?;
+        }
+        Ok(())
     }
 }

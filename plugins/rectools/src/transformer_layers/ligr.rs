@@ -9,18 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use recblocks_core::{
     candle::Tensor,
-    candle_nn::{ops::sigmoid, Module, VarBuilder},
     components::{AttentionMasks, TransformerLayers},
     kwargs::decode_kwargs,
-    nn::{
-        linear, Activation, Dropout, LayerNorm, Linear, MultiHeadAttention, PointWiseFeedForward,
-        SwigluFeedForward,
-    },
     serde_json::Value,
-    BuildContext, ComponentKind, CoreError, Result, SharedRng,
+    BuildContext, ComponentKind, CoreError, Result,
 };
 
-use super::{check_multiplier, StackDims, LAYER_NORM_EPS};
+use super::{check_multiplier, StackDims};
 
 const NAME: &str = "LiGRLayers";
 
@@ -46,125 +41,21 @@ impl Default for LiGRLayersKwargs {
     }
 }
 
-/// The feed-forward of a LiGR block (RecTools' `init_feed_forward`).
-#[derive(Debug, Clone)]
-pub enum FeedForward {
-    /// `ff_linear_2(Dropout(SiLU(ff_linear_1 x) ⊙ ff_linear_3 x))`.
-    Swiglu(SwigluFeedForward),
-    /// `ff_linear_2(Dropout(act(ff_linear_1 x)))` with ReLU or GELU.
-    PointWise(PointWiseFeedForward),
-}
+/// The block and its feed-forward live in core (`recblocks_core::nn::blocks::ligr`), with their
+/// fused CPU form, so other plugins can stack the same block; re-exported here.
+pub use recblocks_core::nn::blocks::ligr::{
+    LiGRActivation, LiGRFeedForward as FeedForward, LiGRLayer,
+};
 
-impl FeedForward {
-    /// Builds the feed-forward named by `activation` at widths d → m·d → d.
-    pub fn new(
-        d: usize,
-        multiplier: usize,
-        dropout_rate: f64,
-        activation: &str,
-        bias: bool,
-        vb: &VarBuilder,
-        rng: SharedRng,
-    ) -> Result<Self> {
-        let hidden = multiplier * d;
-        let point_wise = |act| {
-            PointWiseFeedForward::new(d, hidden, dropout_rate, act, bias, vb, rng.clone())
-                .map(FeedForward::PointWise)
-        };
-        match activation {
-            "swiglu" => Ok(FeedForward::Swiglu(SwigluFeedForward::new(
-                d,
-                hidden,
-                dropout_rate,
-                bias,
-                vb,
-                rng.clone(),
-            )?)),
-            "relu" => point_wise(Activation::Relu),
-            "gelu" => point_wise(Activation::Gelu),
-            other => Err(CoreError::BadKwargs {
-                kind: ComponentKind::TransformerLayers,
-                component: NAME.into(),
-                message: format!(
-                    "field `ff_activation`: unknown value `{other}`, expected `swiglu`, `relu` or `gelu`"
-                ),
-            }),
-        }
-    }
-
-    /// Applies the feed-forward.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        match self {
-            FeedForward::Swiglu(f) => f.forward_t(x, train),
-            FeedForward::PointWise(f) => f.forward_t(x, train),
-        }
-    }
-}
-
-/// One LiGR block: `multi_head_attn`, `layer_norm_1`, `layer_norm_2`, `feed_forward`,
-/// `gating_linear_1`, `gating_linear_2` (both d → d with bias), and two dropouts.
-#[derive(Debug, Clone)]
-pub struct LiGRLayer {
-    multi_head_attn: MultiHeadAttention,
-    layer_norm_1: LayerNorm,
-    dropout_1: Dropout,
-    layer_norm_2: LayerNorm,
-    feed_forward: FeedForward,
-    dropout_2: Dropout,
-    gating_linear_1: Linear,
-    gating_linear_2: Linear,
-}
-
-impl LiGRLayer {
-    /// A block of width `d` configured by `kwargs`.
-    pub fn new(
-        d: usize,
-        n_heads: usize,
-        dropout_rate: f64,
-        kwargs: &LiGRLayersKwargs,
-        vb: &VarBuilder,
-        rng: SharedRng,
-    ) -> Result<Self> {
-        Ok(LiGRLayer {
-            multi_head_attn: MultiHeadAttention::new(
-                d,
-                n_heads,
-                dropout_rate,
-                &vb.pp("multi_head_attn"),
-                rng.clone(),
-            )?,
-            layer_norm_1: LayerNorm::new(d, LAYER_NORM_EPS, &vb.pp("layer_norm_1"))?,
-            dropout_1: Dropout::new(dropout_rate, rng.clone()),
-            layer_norm_2: LayerNorm::new(d, LAYER_NORM_EPS, &vb.pp("layer_norm_2"))?,
-            feed_forward: FeedForward::new(
-                d,
-                kwargs.ff_factors_multiplier,
-                dropout_rate,
-                &kwargs.ff_activation,
-                kwargs.bias_in_ff,
-                &vb.pp("feed_forward"),
-                rng.clone(),
-            )?,
-            dropout_2: Dropout::new(dropout_rate, rng),
-            gating_linear_1: linear(d, d, true, &vb.pp("gating_linear_1"))?,
-            gating_linear_2: linear(d, d, true, &vb.pp("gating_linear_2"))?,
-        })
-    }
-
-    /// Applies the block to `x` `[B, L, d]` under the additive attention bias.
-    pub fn forward_t(&self, x: &Tensor, attn_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
-        let h = self.layer_norm_1.forward(x)?;
-        let a = self
-            .multi_head_attn
-            .forward_t(&h, &h, &h, attn_bias, train)?;
-        let gate = sigmoid(&self.gating_linear_1.forward(x)?)?;
-        let x = (x + gate.mul(&self.dropout_1.forward_t(&a, train)?)?)?;
-        let f = self
-            .feed_forward
-            .forward_t(&self.layer_norm_2.forward(&x)?, train)?;
-        let gate = sigmoid(&self.gating_linear_2.forward(&x)?)?;
-        Ok((&x + gate.mul(&self.dropout_2.forward_t(&f, train)?)?)?)
-    }
+/// The activation named by `ff_activation`, or the kwargs error RecTools users expect.
+fn activation(name: &str) -> Result<LiGRActivation> {
+    LiGRActivation::from_name(name).ok_or_else(|| CoreError::BadKwargs {
+        kind: ComponentKind::TransformerLayers,
+        component: NAME.into(),
+        message: format!(
+            "field `ff_activation`: unknown value `{name}`, expected `swiglu`, `relu` or `gelu`"
+        ),
+    })
 }
 
 /// RecTools' `LiGRLayers`: blocks `transformer_blocks.{i}` applied in sequence, no final norm.
@@ -178,6 +69,7 @@ impl LiGRLayers {
     pub fn new(ctx: &BuildContext<'_>, kwargs: &LiGRLayersKwargs) -> Result<Self> {
         let dims = StackDims::from_ctx(ctx, NAME)?;
         check_multiplier(NAME, kwargs.ff_factors_multiplier)?;
+        let act = activation(&kwargs.ff_activation)?;
         let blocks_vb = ctx.vb.pp("transformer_blocks");
         let transformer_blocks = (0..dims.n_blocks)
             .map(|i| {
@@ -185,7 +77,9 @@ impl LiGRLayers {
                     dims.d,
                     dims.n_heads,
                     dims.dropout_rate,
-                    kwargs,
+                    kwargs.ff_factors_multiplier,
+                    act,
+                    kwargs.bias_in_ff,
                     &blocks_vb.pp(i),
                     ctx.rng.clone(),
                 )
