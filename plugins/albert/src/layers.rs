@@ -276,10 +276,11 @@ impl AlbertLayers {
         for &(g, i) in &self.applications {
             let layer = self.layer(g, i)?;
             on_apply(g, i);
-            if sasrec {
-                x = x.broadcast_mul(tm)?;
-            }
-            x = layer.forward_t(&x, bias, train)?;
+            x = match layer {
+                // The SASRec stack masks each block's input; the fused block does it itself.
+                AlbertLayer::SASRec(b) if sasrec => b.forward_masked_t(&x, tm, bias, train)?,
+                _ => layer.forward_t(&x, bias, train)?,
+            };
         }
         if let Some(norm) = &self.last_layernorm {
             x = norm.forward(&x.broadcast_mul(tm)?)?;
