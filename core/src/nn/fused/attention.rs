@@ -74,7 +74,8 @@ fn softmax_row(row: &mut [f32]) {
     }
 }
 
-/// Copies head `h` of session `bi` into contiguous `[L, d_h]` buffers (queries, keys, values).
+/// Copies head `h` of session `bi` into contiguous buffers: queries `[L, d_h]`, keys and values
+/// `[L, d_h]`, and the keys or values (`transpose_values`) transposed `[d_h, L]`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn gather(
@@ -86,6 +87,8 @@ fn gather(
     qh: &mut [f32],
     kh: &mut [f32],
     vh: &mut [f32],
+    t: &mut [f32],
+    transpose_values: bool,
 ) {
     let (l, d, hd) = (dims.l, dims.d, dims.hd());
     for i in 0..l {
@@ -94,6 +97,29 @@ fn gather(
         let kv_row = (bi * l + i) * 2 * d + h * hd;
         kh[i * hd..(i + 1) * hd].copy_from_slice(&kv[kv_row..kv_row + hd]);
         vh[i * hd..(i + 1) * hd].copy_from_slice(&kv[kv_row + d..kv_row + d + hd]);
+        let src = if transpose_values { kv_row + d } else { kv_row };
+        for c in 0..hd {
+            t[c * l + i] = kv[src + c];
+        }
+    }
+}
+
+/// The keys a query row can see: from the first to the last key whose bias is not −inf (all keys
+/// without a bias). Keys inside the range may still be hidden; they get −inf scores.
+#[inline(always)]
+fn visible_range(bias_row: Option<&[f32]>, l: usize) -> (usize, usize) {
+    match bias_row {
+        None => (0, l),
+        Some(b) => {
+            let first = b.iter().position(|&v| v != f32::NEG_INFINITY);
+            match first {
+                None => (0, 0),
+                Some(a) => {
+                    let last = b.iter().rposition(|&v| v != f32::NEG_INFINITY).unwrap_or(a);
+                    (a, last + 1)
+                }
+            }
+        }
     }
 }
 
@@ -128,34 +154,39 @@ impl WithSimd for SessionForward<'_> {
         let mut qh = vec![0f32; l * hd];
         let mut kh = vec![0f32; l * hd];
         let mut vh = vec![0f32; l * hd];
+        let mut kt = vec![0f32; hd * l];
         for h in 0..heads {
-            gather(q, kv, dims, bi, h, &mut qh, &mut kh, &mut vh);
+            gather(
+                q, kv, dims, bi, h, &mut qh, &mut kh, &mut vh, &mut kt, false,
+            );
             let ph = &mut p[h * l * l..(h + 1) * l * l];
             let mh = mask.map(|m| &m[(bi * heads + h) * l * l..(bi * heads + h + 1) * l * l]);
             for i in 0..l {
                 let pr = &mut ph[i * l..(i + 1) * l];
-                let qi = &qh[i * hd..(i + 1) * hd];
-                match bias {
-                    // Hidden keys (bias −inf) need no product.
-                    Some(bb) => {
-                        for (j, (s, &bv)) in pr.iter_mut().zip(&bb[i * l..(i + 1) * l]).enumerate()
-                        {
-                            *s = if bv == f32::NEG_INFINITY {
-                                bv
-                            } else {
-                                dot(simd, qi, &kh[j * hd..(j + 1) * hd]) * scale + bv
-                            };
+                let bias_row = bias.map(|bb| &bb[i * l..(i + 1) * l]);
+                let (a, b) = visible_range(bias_row, l);
+                pr.fill(f32::NEG_INFINITY);
+                let sr = &mut pr[a..b];
+                sr.fill(0.0);
+                // Scores Q_i·K_j for the visible keys, as Σ_c Q_ic · Kᵀ_c (no horizontal sums).
+                for c in 0..hd {
+                    axpy(simd, sr, qh[i * hd + c], &kt[c * l + a..c * l + b]);
+                }
+                match bias_row {
+                    Some(br) => {
+                        for (v, &bv) in sr.iter_mut().zip(&br[a..b]) {
+                            *v = *v * scale + bv;
                         }
                     }
                     None => {
-                        for (j, s) in pr.iter_mut().enumerate() {
-                            *s = dot(simd, qi, &kh[j * hd..(j + 1) * hd]) * scale;
+                        for v in sr.iter_mut() {
+                            *v *= scale;
                         }
                     }
                 }
                 softmax_row(pr);
                 let orow = &mut o[i * d + h * hd..i * d + (h + 1) * hd];
-                for j in 0..l {
+                for j in a..b {
                     let w = match mh {
                         Some(m) => pr[j] * m[i * l + j],
                         None => pr[j],
@@ -241,12 +272,13 @@ impl WithSimd for SessionBackward<'_> {
         let mut qh = vec![0f32; l * hd];
         let mut kh = vec![0f32; l * hd];
         let mut vh = vec![0f32; l * hd];
+        let mut vt = vec![0f32; hd * l];
         let mut dkh = vec![0f32; l * hd];
         let mut dvh = vec![0f32; l * hd];
         let mut dp = vec![0f32; l];
         let mut pd = vec![0f32; l];
         for h in 0..heads {
-            gather(q, kv, dims, bi, h, &mut qh, &mut kh, &mut vh);
+            gather(q, kv, dims, bi, h, &mut qh, &mut kh, &mut vh, &mut vt, true);
             dkh.fill(0.0);
             dvh.fill(0.0);
             let at = (bi * heads + h) * l * l;
@@ -254,36 +286,40 @@ impl WithSimd for SessionBackward<'_> {
             let mh = mask.map(|m| &m[at..at + l * l]);
             for i in 0..l {
                 let pr = &ph[i * l..(i + 1) * l];
+                // Keys with a weight; the others get dS = 0.
+                let a = pr.iter().position(|&v| v != 0.0).unwrap_or(l);
+                let b = pr.iter().rposition(|&v| v != 0.0).map_or(a, |j| j + 1);
+                if a >= b {
+                    continue;
+                }
                 let dorow = &d_o[(bi * l + i) * d + h * hd..(bi * l + i) * d + (h + 1) * hd];
-                // dPd_ij = dO_i · V_j over the keys with a weight (the others get dS = 0).
-                for j in 0..l {
-                    dp[j] = if pr[j] != 0.0 {
-                        dot(simd, dorow, &vh[j * hd..(j + 1) * hd])
-                    } else {
-                        0.0
-                    };
+                // dPd_ij = dO_i · V_j, as Σ_c dO_ic · Vᵀ_c.
+                let dpr = &mut dp[a..b];
+                dpr.fill(0.0);
+                for c in 0..hd {
+                    axpy(simd, dpr, dorow[c], &vt[c * l + a..c * l + b]);
                 }
                 match mh {
                     Some(m) => {
                         let mr = &m[i * l..(i + 1) * l];
-                        for j in 0..l {
+                        for j in a..b {
                             pd[j] = pr[j] * mr[j];
                             dp[j] *= mr[j];
                         }
                     }
-                    None => pd.copy_from_slice(pr),
+                    None => pd[a..b].copy_from_slice(&pr[a..b]),
                 }
                 // dV_j += Pd_ij · dO_i
-                for j in 0..l {
+                for j in a..b {
                     if pd[j] != 0.0 {
                         axpy(simd, &mut dvh[j * hd..(j + 1) * hd], pd[j], dorow);
                     }
                 }
                 // dS_ij = P_ij (dP_ij − Σ_k dP_ik P_ik), scaled: dQ_i += dS_ij K_j, dK_j += dS_ij Q_i.
-                let dotp = dot(simd, &dp, pr);
+                let dotp = dot(simd, &dp[a..b], &pr[a..b]);
                 let dqrow = &mut dq[i * d + h * hd..i * d + (h + 1) * hd];
                 let qi = &qh[i * hd..(i + 1) * hd];
-                for j in 0..l {
+                for j in a..b {
                     if pr[j] != 0.0 {
                         let ds = pr[j] * (dp[j] - dotp) * scale;
                         axpy(simd, dqrow, ds, &kh[j * hd..(j + 1) * hd]);
