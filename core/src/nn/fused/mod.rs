@@ -6,7 +6,7 @@
 //! of full-size buffers, memsets and element-wise passes around a handful of matrix products. A
 //! fused block computes its forward pass in a few passes over its own buffers (the matrix products
 //! still go through candle's gemm), keeps what its backward pass needs, and writes every gradient
-//! once. To candle it is one node ([`attach`]) whose inputs are the block input and the block's
+//! once. To candle it is one node (`node::attach`) whose inputs are the block input and the block's
 //! parameters concatenated; candle's `cat` splits the parameter gradient back into each named
 //! parameter, so names, checkpoints, optimizers and ALBERT's parameter sharing are unchanged.
 //!
@@ -131,7 +131,7 @@ pub(crate) fn check_finite(block: &str, x: &Tensor, out: &[f32]) -> candle_core:
     Ok(())
 }
 
-/// Takes (and clears) what [`check_finite`] noted: which fused block first produced NaN or
+/// Takes (and clears) what the fused blocks noted: which one first produced NaN or
 /// infinity from finite inputs. A trainer adds it to its non-finite-loss error.
 pub fn take_non_finite_origin() -> Option<String> {
     NON_FINITE_ORIGIN
