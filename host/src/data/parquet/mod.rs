@@ -21,7 +21,9 @@ use std::path::Path;
 
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ProjectionMask;
+use parquet::column::page::Page;
 use parquet::file::metadata::ParquetMetaData;
+use parquet::file::reader::{FileReader, SerializedFileReader};
 
 use super::error::{DataError, Location};
 use super::interactions::{Interactions, InteractionsBuilder};
@@ -91,7 +93,9 @@ fn read_file(
         }
     }
 
-    let mask = ProjectionMask::roots(builder.parquet_schema(), roles.iter().map(|&(_, p)| p));
+    let roots: Vec<usize> = roles.iter().map(|&(_, p)| p).collect();
+    check_dictionary_pages(path, &roots).map_err(|m| parquet_error(&m))?;
+    let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
     let reader = builder
         .with_projection(mask)
         .build()
@@ -159,6 +163,44 @@ fn check_column_chunks(metadata: &ParquetMetaData) -> Result<(), String> {
                      {start} and is {size} bytes long; expected neither to be negative",
                     column.column_path().string()
                 ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a dictionary page that claims more values than it has bytes (each value takes at
+/// least one byte in its PLAIN encoding): the `parquet` crate reserves memory for the claimed
+/// count before reading, so a 1 KB file could make it allocate gigabytes (found by fuzzing).
+/// Reads only the first page of each column chunk of the columns read (the dictionary comes
+/// first).
+fn check_dictionary_pages(path: &Path, roots: &[usize]) -> Result<(), String> {
+    let file = File::open(path).map_err(|e| e.to_string())?;
+    let reader = SerializedFileReader::new(file).map_err(|e| e.to_string())?;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    for group_index in 0..reader.num_row_groups() {
+        let group = reader
+            .get_row_group(group_index)
+            .map_err(|e| e.to_string())?;
+        for leaf in 0..schema.num_columns() {
+            if !roots.contains(&schema.get_column_root_idx(leaf)) {
+                continue;
+            }
+            let mut pages = group
+                .get_column_page_reader(leaf)
+                .map_err(|e| e.to_string())?;
+            if let Some(Page::DictionaryPage {
+                buf, num_values, ..
+            }) = pages.get_next_page().map_err(|e| e.to_string())?
+            {
+                if num_values as usize > buf.len() {
+                    return Err(format!(
+                        "the file is corrupt: row group {group_index}, column `{}`: its \
+                         dictionary page claims {num_values} values in {} bytes",
+                        schema.column(leaf).path().string(),
+                        buf.len()
+                    ));
+                }
             }
         }
     }

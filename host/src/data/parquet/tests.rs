@@ -282,3 +282,23 @@ fn a_page_the_decoder_panics_on_is_refused_as_corrupt() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_dictionary_page_claiming_more_values_than_bytes_is_refused_before_allocating() -> TestResult {
+    // Found by the `parquet` fuzz target: 1.3 KB whose dictionary page claims ~570M values, for
+    // which the parquet crate reserved 2.3 GB.
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../fuzz/regressions/parquet/dictionary-page-claims-too-many-values-b4f217b0.parquet",
+    );
+    let result = read_interactions_parquet(&path, &ColumnNames::default(), &ReadOptions::default());
+    let message = result
+        .err()
+        .ok_or("a lying dictionary page must be refused")?
+        .to_string();
+    assert!(
+        message.contains("cannot decode Parquet: the file is corrupt: row group 0, column `"),
+        "{message}"
+    );
+    assert!(message.contains("its dictionary page claims"), "{message}");
+    Ok(())
+}
