@@ -7,6 +7,7 @@
 
 mod cli;
 mod cli_refusals;
+mod fused_paths;
 mod fuzz_regressions;
 mod generate;
 mod import_rectools;
