@@ -66,6 +66,20 @@ pub fn estimate(spec: &ModelSpec, n_items: usize, training: bool) -> Estimate {
         "n_items × n_factors",
         mul(&[f(n_items), d, F32]),
     )];
+    // An item net constructor that embeds items at a width of its own (the ALBERT plugin's
+    // factorised embeddings) has an `n_items × emb_factors` table before its projection.
+    if let Some(e) = spec
+        .item_net_constructor_kwargs
+        .as_ref()
+        .and_then(|k| k.get("emb_factors"))
+        .and_then(serde_json::Value::as_u64)
+    {
+        parts.push((
+            "factorised item embeddings",
+            "n_items × item_net_constructor_kwargs.emb_factors",
+            mul(&[f(n_items), e, F32]),
+        ));
+    }
     let l = f(spec.session_max_len);
     let batch = f(if training {
         spec.batch_size
@@ -200,6 +214,42 @@ mod tests {
         let err = check(&s, 1000, true).unwrap_err().to_string();
         assert!(err.contains("n_blocks = 10000000"), "{err}");
         assert!(check(&spec("{}"), 1000, true).is_ok());
+    }
+
+    #[test]
+    fn a_factorised_item_embedding_table_is_counted() {
+        // Found by the `spec` fuzz target: ALBERT's emb_factors 1.6e17 made building the model
+        // panic with a capacity overflow.
+        set_limit(8 << 30);
+        let albert = |e: &str| {
+            spec(&format!(
+                r#"{{"item_net_constructor_type": "AlbertSumConstructor",
+                    "item_net_constructor_kwargs": {{"emb_factors": {e}}}}}"#
+            ))
+        };
+        let by_name = |s: &ModelSpec, n: &str| {
+            estimate(s, 1000, false)
+                .parts
+                .iter()
+                .find(|p| p.0 == n)
+                .map(|p| p.2)
+        };
+        assert_eq!(
+            by_name(&albert("16"), "factorised item embeddings"),
+            Some(1000 * 16 * 4)
+        );
+        assert_eq!(by_name(&spec("{}"), "factorised item embeddings"), None);
+        assert!(check(&albert("16"), 1000, true).is_ok());
+        let err = check(&albert("155555555555555555"), 1000, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "the largest part is the factorised item embeddings, over 16 EiB (n_items × \
+                 item_net_constructor_kwargs.emb_factors with n_items = 1000"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
