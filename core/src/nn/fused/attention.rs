@@ -4,9 +4,9 @@
 //! Queries are `[N, d]` and keys and values one `[N, 2d]` buffer (keys in the first `d` columns),
 //! `N = B·L` rows, head `h` in columns `h·d_h .. (h+1)·d_h`. Each session is one parallel task; a
 //! head's queries, keys and values are copied into small contiguous buffers that stay in cache,
-//! and the products are loops whose inner dimension is contiguous, compiled for the best SIMD
-//! level the CPU has (pulp's run-time dispatch: AVX2 + FMA on x86-64). Masked keys (bias −inf)
-//! get weight exactly 0 and are skipped in the products that read the weights.
+//! and its five products (`Q Kᵀ`, `P V`, `dO Vᵀ`, `dS K`, `dSᵀ Q`, `Pᵀ dO`) go through one small
+//! register-tiled kernel compiled for the best SIMD level the CPU has (pulp's run-time dispatch:
+//! AVX2 + FMA on x86-64). Masked keys (bias −inf) get weight exactly 0.
 
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
@@ -28,20 +28,6 @@ impl Dims {
     }
 }
 
-/// `s += a · row` (equal lengths).
-#[inline(always)]
-fn axpy<S: Simd>(simd: S, s: &mut [f32], a: f32, row: &[f32]) {
-    let (sh, st) = S::as_mut_simd_f32s(s);
-    let (rh, rt) = S::as_simd_f32s(row);
-    let av = simd.splat_f32s(a);
-    for (o, &r) in sh.iter_mut().zip(rh) {
-        *o = simd.mul_add_e_f32s(av, r, *o);
-    }
-    for (o, &r) in st.iter_mut().zip(rt) {
-        *o += a * r;
-    }
-}
-
 /// `Σ a·b` (equal lengths), in a fixed order.
 #[inline(always)]
 fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
@@ -56,6 +42,71 @@ fn dot<S: Simd>(simd: S, a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+/// One SIMD vector from `x` (`x.len()` ≤ the lane count; a plain load when it is the full width).
+#[inline(always)]
+fn load<S: Simd>(simd: S, x: &[f32]) -> S::f32s {
+    match S::as_simd_f32s(x) {
+        ([v], []) => *v,
+        _ => simd.partial_load_f32s(x),
+    }
+}
+
+/// Stores one SIMD vector into `x` (`x.len()` ≤ the lane count).
+#[inline(always)]
+fn store<S: Simd>(simd: S, x: &mut [f32], v: S::f32s) {
+    match S::as_mut_simd_f32s(x) {
+        ([o], []) => *o = v,
+        _ => simd.partial_store_f32s(x, v),
+    }
+}
+
+/// `c = a · b` for row-major `a` `[m, k]`, `b` `[k, n]`, `c` `[m, n]`: tiles of 4 rows by one SIMD
+/// vector of columns, accumulated in registers over `k` (each `b` load feeds 4 FMAs).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn small_gemm<S: Simd>(simd: S, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
+    let lanes = S::F32_LANES;
+    let mut j = 0;
+    while j < n {
+        let w = lanes.min(n - j);
+        let mut i = 0;
+        while i + 4 <= m {
+            let mut acc = [simd.splat_f32s(0.0); 4];
+            for p in 0..k {
+                let bv = load(simd, &b[p * n + j..p * n + j + w]);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = simd.splat_f32s(a[(i + r) * k + p]);
+                    *acc = simd.mul_add_e_f32s(av, bv, *acc);
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                store(simd, &mut c[(i + r) * n + j..(i + r) * n + j + w], *acc);
+            }
+            i += 4;
+        }
+        while i < m {
+            let mut acc = simd.splat_f32s(0.0);
+            for p in 0..k {
+                let bv = load(simd, &b[p * n + j..p * n + j + w]);
+                acc = simd.mul_add_e_f32s(simd.splat_f32s(a[i * k + p]), bv, acc);
+            }
+            store(simd, &mut c[i * n + j..i * n + j + w], acc);
+            i += 1;
+        }
+        j += w;
+    }
+}
+
+/// `t = xᵀ` for row-major `x` `[rows, cols]`.
+#[inline(always)]
+fn transpose(x: &[f32], t: &mut [f32], rows: usize, cols: usize) {
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = x[r * cols + c];
+        }
+    }
 }
 
 /// Softmax of one row of scores in place; `-inf` scores get exactly 0.
@@ -104,25 +155,6 @@ fn gather(
     }
 }
 
-/// The keys a query row can see: from the first to the last key whose bias is not −inf (all keys
-/// without a bias). Keys inside the range may still be hidden; they get −inf scores.
-#[inline(always)]
-fn visible_range(bias_row: Option<&[f32]>, l: usize) -> (usize, usize) {
-    match bias_row {
-        None => (0, l),
-        Some(b) => {
-            let first = b.iter().position(|&v| v != f32::NEG_INFINITY);
-            match first {
-                None => (0, 0),
-                Some(a) => {
-                    let last = b.iter().rposition(|&v| v != f32::NEG_INFINITY).unwrap_or(a);
-                    (a, last + 1)
-                }
-            }
-        }
-    }
-}
-
 struct SessionForward<'a> {
     bi: usize,
     q: &'a [f32],
@@ -155,46 +187,44 @@ impl WithSimd for SessionForward<'_> {
         let mut kh = vec![0f32; l * hd];
         let mut vh = vec![0f32; l * hd];
         let mut kt = vec![0f32; hd * l];
+        let mut pd = vec![0f32; l * l];
+        let mut oh = vec![0f32; l * hd];
         for h in 0..heads {
             gather(
                 q, kv, dims, bi, h, &mut qh, &mut kh, &mut vh, &mut kt, false,
             );
             let ph = &mut p[h * l * l..(h + 1) * l * l];
-            let mh = mask.map(|m| &m[(bi * heads + h) * l * l..(bi * heads + h + 1) * l * l]);
+            // Scores Q Kᵀ for the whole head, then scale, bias and softmax row by row.
+            small_gemm(simd, &qh, &kt, ph, l, hd, l);
             for i in 0..l {
                 let pr = &mut ph[i * l..(i + 1) * l];
-                let bias_row = bias.map(|bb| &bb[i * l..(i + 1) * l]);
-                let (a, b) = visible_range(bias_row, l);
-                pr.fill(f32::NEG_INFINITY);
-                let sr = &mut pr[a..b];
-                sr.fill(0.0);
-                // Scores Q_i·K_j for the visible keys, as Σ_c Q_ic · Kᵀ_c (no horizontal sums).
-                for c in 0..hd {
-                    axpy(simd, sr, qh[i * hd + c], &kt[c * l + a..c * l + b]);
-                }
-                match bias_row {
+                match bias.map(|bb| &bb[i * l..(i + 1) * l]) {
                     Some(br) => {
-                        for (v, &bv) in sr.iter_mut().zip(&br[a..b]) {
+                        for (v, &bv) in pr.iter_mut().zip(br) {
                             *v = *v * scale + bv;
                         }
                     }
                     None => {
-                        for v in sr.iter_mut() {
+                        for v in pr.iter_mut() {
                             *v *= scale;
                         }
                     }
                 }
                 softmax_row(pr);
-                let orow = &mut o[i * d + h * hd..i * d + (h + 1) * hd];
-                for j in a..b {
-                    let w = match mh {
-                        Some(m) => pr[j] * m[i * l + j],
-                        None => pr[j],
-                    };
-                    if w != 0.0 {
-                        axpy(simd, orow, w, &vh[j * hd..(j + 1) * hd]);
+            }
+            let weights: &[f32] = match mask {
+                Some(m) => {
+                    let mh = &m[(bi * heads + h) * l * l..(bi * heads + h + 1) * l * l];
+                    for ((o, &pv), &mv) in pd.iter_mut().zip(ph.iter()).zip(mh) {
+                        *o = pv * mv;
                     }
+                    &pd
                 }
+                None => ph,
+            };
+            small_gemm(simd, weights, &vh, &mut oh, l, l, hd);
+            for i in 0..l {
+                o[i * d + h * hd..i * d + (h + 1) * hd].copy_from_slice(&oh[i * hd..(i + 1) * hd]);
             }
         }
     }
@@ -273,61 +303,57 @@ impl WithSimd for SessionBackward<'_> {
         let mut kh = vec![0f32; l * hd];
         let mut vh = vec![0f32; l * hd];
         let mut vt = vec![0f32; hd * l];
+        let mut doh = vec![0f32; l * hd];
+        let mut dp = vec![0f32; l * l];
+        let mut ds = vec![0f32; l * l];
+        let mut t = vec![0f32; l * l];
+        let mut dqh = vec![0f32; l * hd];
         let mut dkh = vec![0f32; l * hd];
         let mut dvh = vec![0f32; l * hd];
-        let mut dp = vec![0f32; l];
-        let mut pd = vec![0f32; l];
         for h in 0..heads {
             gather(q, kv, dims, bi, h, &mut qh, &mut kh, &mut vh, &mut vt, true);
-            dkh.fill(0.0);
-            dvh.fill(0.0);
+            for i in 0..l {
+                let row = (bi * l + i) * d + h * hd;
+                doh[i * hd..(i + 1) * hd].copy_from_slice(&d_o[row..row + hd]);
+            }
             let at = (bi * heads + h) * l * l;
             let ph = &p[at..at + l * l];
             let mh = mask.map(|m| &m[at..at + l * l]);
+            // dPd = dO Vᵀ
+            small_gemm(simd, &doh, &vt, &mut dp, l, hd, l);
+            // dP = dPd ⊙ mask; dS = P ⊙ (dP − Σ_k dP_k P_k) · scale; t = Pdᵀ for dV.
             for i in 0..l {
                 let pr = &ph[i * l..(i + 1) * l];
-                // Keys with a weight; the others get dS = 0.
-                let a = pr.iter().position(|&v| v != 0.0).unwrap_or(l);
-                let b = pr.iter().rposition(|&v| v != 0.0).map_or(a, |j| j + 1);
-                if a >= b {
-                    continue;
-                }
-                let dorow = &d_o[(bi * l + i) * d + h * hd..(bi * l + i) * d + (h + 1) * hd];
-                // dPd_ij = dO_i · V_j, as Σ_c dO_ic · Vᵀ_c.
-                let dpr = &mut dp[a..b];
-                dpr.fill(0.0);
-                for c in 0..hd {
-                    axpy(simd, dpr, dorow[c], &vt[c * l + a..c * l + b]);
-                }
-                match mh {
-                    Some(m) => {
-                        let mr = &m[i * l..(i + 1) * l];
-                        for j in a..b {
-                            pd[j] = pr[j] * mr[j];
-                            dp[j] *= mr[j];
-                        }
-                    }
-                    None => pd[a..b].copy_from_slice(&pr[a..b]),
-                }
-                // dV_j += Pd_ij · dO_i
-                for j in a..b {
-                    if pd[j] != 0.0 {
-                        axpy(simd, &mut dvh[j * hd..(j + 1) * hd], pd[j], dorow);
+                let dpr = &mut dp[i * l..(i + 1) * l];
+                if let Some(m) = mh {
+                    for (v, &mv) in dpr.iter_mut().zip(&m[i * l..(i + 1) * l]) {
+                        *v *= mv;
                     }
                 }
-                // dS_ij = P_ij (dP_ij − Σ_k dP_ik P_ik), scaled: dQ_i += dS_ij K_j, dK_j += dS_ij Q_i.
-                let dotp = dot(simd, &dp[a..b], &pr[a..b]);
-                let dqrow = &mut dq[i * d + h * hd..i * d + (h + 1) * hd];
-                let qi = &qh[i * hd..(i + 1) * hd];
-                for j in a..b {
-                    if pr[j] != 0.0 {
-                        let ds = pr[j] * (dp[j] - dotp) * scale;
-                        axpy(simd, dqrow, ds, &kh[j * hd..(j + 1) * hd]);
-                        axpy(simd, &mut dkh[j * hd..(j + 1) * hd], ds, qi);
-                    }
+                let dotp = dot(simd, dpr, pr);
+                for ((o, &pv), &g) in ds[i * l..(i + 1) * l].iter_mut().zip(pr).zip(dpr.iter()) {
+                    *o = pv * (g - dotp) * scale;
                 }
             }
+            // dV = Pdᵀ dO
+            match mh {
+                Some(m) => {
+                    for i in 0..l {
+                        for j in 0..l {
+                            t[j * l + i] = ph[i * l + j] * m[i * l + j];
+                        }
+                    }
+                }
+                None => transpose(ph, &mut t, l, l),
+            }
+            small_gemm(simd, &t, &doh, &mut dvh, l, l, hd);
+            // dQ = dS K; dK = dSᵀ Q
+            small_gemm(simd, &ds, &kh, &mut dqh, l, l, hd);
+            transpose(&ds, &mut t, l, l);
+            small_gemm(simd, &t, &qh, &mut dkh, l, l, hd);
             for j in 0..l {
+                dq[j * d + h * hd..j * d + (h + 1) * hd]
+                    .copy_from_slice(&dqh[j * hd..(j + 1) * hd]);
                 let row = j * 2 * d + h * hd;
                 dkv[row..row + hd].copy_from_slice(&dkh[j * hd..(j + 1) * hd]);
                 dkv[row + d..row + d + hd].copy_from_slice(&dvh[j * hd..(j + 1) * hd]);
