@@ -262,6 +262,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/nn/fused/self_attention.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/fused/self_attention.rs"
+        )),
+    ),
+    (
         "src/nn/fused/tests.rs",
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::{
-    attention::{self, Dims},
+    attention::Dims,
     kernels::{self, Act},
     node::{attach, Backward},
     parts::{LinearParts, NormParts},
     products::{g_w, x_wt},
+    self_attention::SelfAttention,
 };
 use crate::{
     nn::{
@@ -42,14 +43,7 @@ struct Saved {
     norm_1: NormParts,
     stats_1: Vec<(f32, f32)>,
     h: Tensor,
-    wq: LinearParts,
-    wkv: LinearParts,
-    queries: Vec<f32>,
-    keys_values: Vec<f32>,
-    weights: Vec<f32>,
-    attn_mask: Option<Vec<f32>>,
-    attended: Tensor,
-    wo: LinearParts,
+    attention: SelfAttention,
     mask_1: Option<Vec<f32>>,
     gate_1: LinearParts,
     g1: Vec<f32>,
@@ -130,13 +124,9 @@ pub(crate) fn forward_t(
     let hidden_dim = w2.w.dim(1)?;
     let xd = x.detach().contiguous()?.reshape((n, d))?;
     let norm_1 = NormParts::new(&block.layer_norm_1)?;
-    let wq = LinearParts::new(&[&mha.q_proj])?;
-    let wkv = LinearParts::new(&[&mha.k_proj, &mha.v_proj])?;
-    let wo = LinearParts::new(&[&mha.out_proj])?;
     let norm_2 = NormParts::new(&block.layer_norm_2)?;
     let gate_1 = LinearParts::new(&[&block.gating_linear_1])?;
     let gate_2 = LinearParts::new(&[&block.gating_linear_2])?;
-    let bias = super::bias_rows(attn_bias, b, l)?;
 
     // The generic block's draw order: attention weights, dropout_1, feed-forward hidden,
     // dropout_2.
@@ -157,31 +147,23 @@ pub(crate) fn forward_t(
         norm_1.forward(xs.get(), d)
     };
     let h = Tensor::from_vec(h_vec, (n, d), xd.device())?;
-    let queries = wq.forward(&h)?;
-    let keys_values = wkv.forward(&h)?;
-    let bias_view = match &bias {
-        Some((t, per_session)) => Some((F32View::new(t, "attention bias")?, *per_session)),
-        None => None,
-    };
-    let (attended, weights) = attention::forward(
-        &queries,
-        &keys_values,
-        bias_view.as_ref().map(|(v, s)| (v.get(), *s)),
-        attn_mask.as_deref(),
-        dims,
-    );
-    drop(bias_view);
-    let attended = Tensor::from_vec(attended, (n, d), xd.device())?;
+    let (attention, proj) = SelfAttention::forward(mha, &h, &h, attn_bias, attn_mask, dims)?;
     let g1 = {
         let p = x_wt(&xd, &gate_1.w)?;
         let pv = F32View::new(&p, "gate")?;
         kernels::bias_sigmoid(pv.get(), &gate_1.b, d)
     };
     let (attn_dropped, x1) = {
-        let proj = x_wt(&attended, &wo.w)?;
         let pv = F32View::new(&proj, "attention output")?;
         let xv = F32View::new(&xd, "LiGR block input")?;
-        kernels::gated_residual(xv.get(), &g1, pv.get(), &wo.b, mask_1.as_deref(), d)
+        kernels::gated_residual(
+            xv.get(),
+            &g1,
+            pv.get(),
+            attention.out_bias(),
+            mask_1.as_deref(),
+            d,
+        )
     };
     let (h2_vec, stats_2) = norm_2.forward(&x1, d);
     let x1 = Tensor::from_vec(x1, (n, d), xd.device())?;
@@ -212,9 +194,7 @@ pub(crate) fn forward_t(
 
     let params: Vec<Tensor> = [
         norm_1.params(),
-        wq.params(),
-        wkv.params(),
-        wo.params(),
+        attention.params(),
         gate_1.params(),
         norm_2.params(),
         w_in.params(),
@@ -229,14 +209,7 @@ pub(crate) fn forward_t(
             norm_1,
             stats_1,
             h,
-            wq,
-            wkv,
-            queries,
-            keys_values,
-            weights,
-            attn_mask,
-            attended,
-            wo,
+            attention,
             mask_1,
             gate_1,
             g1,
@@ -317,30 +290,12 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
     let (dg1w, dg1b) = s.gate_1.grads(&d_gate1, &s.x)?;
     let dx_gate = g_w(&d_gate1, &s.gate_1.w)?;
     let d_ao = Tensor::from_vec(d_ao, (n, d), &dev)?;
-    let (dwo, dbo) = s.wo.grads(&d_ao, &s.attended)?;
-    let d_att = g_w(&d_ao, &s.wo.w)?;
-    let (dq, dkv) = {
-        let dv = F32View::new(&d_att, "attention output gradient")?;
-        attention::backward(
-            dv.get(),
-            &s.queries,
-            &s.keys_values,
-            &s.weights,
-            s.attn_mask.as_deref(),
-            s.dims,
-        )
-    };
-    let dq = Tensor::from_vec(dq, (n, d), &dev)?;
-    let dkv = Tensor::from_vec(dkv, (n, 2 * d), &dev)?;
-    let (dwq, dbq) = s.wq.grads(&dq, &s.h)?;
-    let (dwkv, dbkv) = s.wkv.grads(&dkv, &s.h)?;
-    let dh_q = g_w(&dq, &s.wq.w)?;
-    let dh_kv = g_w(&dkv, &s.wkv.w)?;
+    let att = s.attention.backward(&d_ao, &s.h, &s.h)?;
     // h = LN1(x); dx = dx1 (residual) + gate 1's input gradient + LN1 backward
     let ln_1 = {
         let xv = F32View::new(&s.x, "block input")?;
-        let a = F32View::new(&dh_q, "query projection gradient")?;
-        let b = F32View::new(&dh_kv, "key/value projection gradient")?;
+        let a = F32View::new(&att.d_q_in, "query projection gradient")?;
+        let b = F32View::new(&att.d_kv_in, "key/value projection gradient")?;
         let gv = F32View::new(&dx_gate, "gate input gradient")?;
         let extra = kernels::add(&ln_2.dx, gv.get());
         s.norm_1.backward(
@@ -353,9 +308,7 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
         )
     };
     let mut grads = vec![ln_1.dw, ln_1.db];
-    s.wq.push_grads(&mut grads, dwq, dbq);
-    s.wkv.push_grads(&mut grads, dwkv, dbkv);
-    s.wo.push_grads(&mut grads, dwo, dbo);
+    grads.extend(att.params);
     s.gate_1.push_grads(&mut grads, dg1w, dg1b);
     grads.push(ln_2.dw);
     grads.push(ln_2.db);

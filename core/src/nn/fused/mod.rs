@@ -23,6 +23,7 @@ pub(crate) mod parts;
 pub(crate) mod preln;
 pub(crate) mod products;
 pub(crate) mod sasrec;
+pub(crate) mod self_attention;
 
 use std::sync::{
     atomic::{AtomicU8, Ordering},

@@ -14,11 +14,12 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::{
-    attention::{self, Dims},
+    attention::Dims,
     kernels::{self, Act},
     node::{attach, Backward},
     parts::{LinearParts, NormParts},
     products::{g_w, x_wt},
+    self_attention::SelfAttention,
 };
 use crate::{
     nn::{blocks::PreLNTransformerLayer, cpu_slice::F32View, Activation},
@@ -41,14 +42,7 @@ struct Saved {
     norm_1: NormParts,
     stats_1: Vec<(f32, f32)>,
     h: Tensor,
-    wq: LinearParts,
-    wkv: LinearParts,
-    queries: Vec<f32>,
-    keys_values: Vec<f32>,
-    weights: Vec<f32>,
-    attn_mask: Option<Vec<f32>>,
-    attended: Tensor,
-    wo: LinearParts,
+    attention: SelfAttention,
     mask_1: Option<Vec<f32>>,
     x1: Vec<f32>,
     norm_2: NormParts,
@@ -92,14 +86,10 @@ pub(crate) fn forward_t(
     };
     let xd = x.detach().contiguous()?.reshape((n, d))?;
     let norm_1 = NormParts::new(&block.layer_norm_1)?;
-    let wq = LinearParts::new(&[&mha.q_proj])?;
-    let wkv = LinearParts::new(&[&mha.k_proj, &mha.v_proj])?;
-    let wo = LinearParts::new(&[&mha.out_proj])?;
     let norm_2 = NormParts::new(&block.layer_norm_2)?;
     let w1 = LinearParts::new(&[&ff.ff_linear_1])?;
     let w2 = LinearParts::new(&[&ff.ff_linear_2])?;
     let hidden_dim = w1.out_dim()?;
-    let bias = super::bias_rows(attn_bias, b, l)?;
 
     // The generic block's draw order: attention weights, dropout_1, feed-forward hidden,
     // dropout_2, dropout_3.
@@ -121,26 +111,17 @@ pub(crate) fn forward_t(
         norm_1.forward(xs.get(), d)
     };
     let h = Tensor::from_vec(h_vec, (n, d), xd.device())?;
-    let queries = wq.forward(&h)?;
-    let keys_values = wkv.forward(&h)?;
-    let bias_view = match &bias {
-        Some((t, per_session)) => Some((F32View::new(t, "attention bias")?, *per_session)),
-        None => None,
-    };
-    let (attended, weights) = attention::forward(
-        &queries,
-        &keys_values,
-        bias_view.as_ref().map(|(v, s)| (v.get(), *s)),
-        attn_mask.as_deref(),
-        dims,
-    );
-    drop(bias_view);
-    let attended = Tensor::from_vec(attended, (n, d), xd.device())?;
+    let (attention, proj) = SelfAttention::forward(mha, &h, &h, attn_bias, attn_mask, dims)?;
     let x1 = {
-        let proj = x_wt(&attended, &wo.w)?;
         let pv = F32View::new(&proj, "attention output")?;
         let xv = F32View::new(&xd, "pre-LN block input")?;
-        kernels::bias_dropout_residual(pv.get(), &wo.b, mask_1.as_deref(), Some(xv.get()), d)
+        kernels::bias_dropout_residual(
+            pv.get(),
+            attention.out_bias(),
+            mask_1.as_deref(),
+            Some(xv.get()),
+            d,
+        )
     };
     let (h2_vec, stats_2) = norm_2.forward(&x1, d);
     let h2 = Tensor::from_vec(h2_vec, (n, d), xd.device())?;
@@ -163,9 +144,7 @@ pub(crate) fn forward_t(
 
     let params: Vec<Tensor> = [
         norm_1.params(),
-        wq.params(),
-        wkv.params(),
-        wo.params(),
+        attention.params(),
         norm_2.params(),
         w1.params(),
         w2.params(),
@@ -183,14 +162,7 @@ pub(crate) fn forward_t(
             norm_1,
             stats_1,
             h,
-            wq,
-            wkv,
-            queries,
-            keys_values,
-            weights,
-            attn_mask,
-            attended,
-            wo,
+            attention,
             mask_1,
             x1,
             norm_2,
@@ -257,30 +229,12 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
         None => ln_2.dx.clone(),
     };
     let d_ao = Tensor::from_vec(d_ao, (n, d), &dev)?;
-    let (dwo, dbo) = s.wo.grads(&d_ao, &s.attended)?;
-    let d_att = g_w(&d_ao, &s.wo.w)?;
-    let (dq, dkv) = {
-        let dv = F32View::new(&d_att, "attention output gradient")?;
-        attention::backward(
-            dv.get(),
-            &s.queries,
-            &s.keys_values,
-            &s.weights,
-            s.attn_mask.as_deref(),
-            s.dims,
-        )
-    };
-    let dq = Tensor::from_vec(dq, (n, d), &dev)?;
-    let dkv = Tensor::from_vec(dkv, (n, 2 * d), &dev)?;
-    let (dwq, dbq) = s.wq.grads(&dq, &s.h)?;
-    let (dwkv, dbkv) = s.wkv.grads(&dkv, &s.h)?;
-    let dh_q = g_w(&dq, &s.wq.w)?;
-    let dh_kv = g_w(&dkv, &s.wkv.w)?;
+    let att = s.attention.backward(&d_ao, &s.h, &s.h)?;
     // h = LN1(x); dx = dx1 (residual) + LN1 backward of (dh_q + dh_kv)
     let ln_1 = {
         let xv = F32View::new(&s.x, "block input")?;
-        let a = F32View::new(&dh_q, "query projection gradient")?;
-        let b = F32View::new(&dh_kv, "key/value projection gradient")?;
+        let a = F32View::new(&att.d_q_in, "query projection gradient")?;
+        let b = F32View::new(&att.d_kv_in, "key/value projection gradient")?;
         s.norm_1.backward(
             xv.get(),
             &s.stats_1,
@@ -291,9 +245,7 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
         )
     };
     let mut grads = vec![ln_1.dw, ln_1.db];
-    s.wq.push_grads(&mut grads, dwq, dbq);
-    s.wkv.push_grads(&mut grads, dwkv, dbkv);
-    s.wo.push_grads(&mut grads, dwo, dbo);
+    grads.extend(att.params);
     grads.push(ln_2.dw);
     grads.push(ln_2.db);
     s.w1.push_grads(&mut grads, dw1, db1);

@@ -15,11 +15,12 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::{
-    attention::{self, Dims},
+    attention::Dims,
     kernels::{self, Act},
     node::{attach, Backward},
     parts::{LinearParts, NormParts},
     products::{g_w, x_wt},
+    self_attention::SelfAttention,
 };
 use crate::{
     nn::{blocks::SASRecTransformerLayer, cpu_slice::F32View},
@@ -33,14 +34,7 @@ struct Saved {
     q_norm: NormParts,
     q_stats: Vec<(f32, f32)>,
     q: Tensor,
-    wq: LinearParts,
-    wkv: LinearParts,
-    queries: Vec<f32>,
-    keys_values: Vec<f32>,
-    weights: Vec<f32>,
-    attn_mask: Option<Vec<f32>>,
-    attended: Tensor,
-    wo: LinearParts,
+    attention: SelfAttention,
     x1: Vec<f32>,
     ff_norm: NormParts,
     ff_stats: Vec<(f32, f32)>,
@@ -88,15 +82,11 @@ pub(crate) fn forward_t(
         }
     };
     let q_norm = NormParts::new(&block.q_layer_norm)?;
-    let wq = LinearParts::new(&[&mha.q_proj])?;
-    let wkv = LinearParts::new(&[&mha.k_proj, &mha.v_proj])?;
-    let wo = LinearParts::new(&[&mha.out_proj])?;
     let ff_norm = NormParts::new(&block.ff_layer_norm)?;
     let ff = &block.feed_forward;
     let w1 = LinearParts::new(&[&ff.ff_linear_1])?;
     let w2 = LinearParts::new(&[&ff.ff_linear_2])?;
     let hidden_dim = w1.out_dim()?;
-    let bias = super::bias_rows(attn_bias, b, l)?;
 
     // The generic block's draw order: attention weights, feed-forward hidden, block output.
     let attn_mask = if train {
@@ -120,26 +110,11 @@ pub(crate) fn forward_t(
         q_norm.forward(xs.get(), d)
     };
     let q = Tensor::from_vec(q_vec, (n, d), xd.device())?;
-    let queries = wq.forward(&q)?;
-    let keys_values = wkv.forward(&xd)?;
-    let bias_view = match &bias {
-        Some((t, per_session)) => Some((F32View::new(t, "attention bias")?, *per_session)),
-        None => None,
-    };
-    let (attended, weights) = attention::forward(
-        &queries,
-        &keys_values,
-        bias_view.as_ref().map(|(v, s)| (v.get(), *s)),
-        attn_mask.as_deref(),
-        dims,
-    );
-    drop(bias_view);
-    let attended = Tensor::from_vec(attended, (n, d), xd.device())?;
+    let (attention, proj) = SelfAttention::forward(mha, &q, &xd, attn_bias, attn_mask, dims)?;
     let x1 = {
-        let proj = x_wt(&attended, &wo.w)?;
         let pv = F32View::new(&proj, "attention output")?;
         let qv = F32View::new(&q, "normalised query")?;
-        kernels::bias_dropout_residual(pv.get(), &wo.b, None, Some(qv.get()), d)
+        kernels::bias_dropout_residual(pv.get(), attention.out_bias(), None, Some(qv.get()), d)
     };
     let (f_vec, ff_stats) = ff_norm.forward(&x1, d);
     let f = Tensor::from_vec(f_vec, (n, d), xd.device())?;
@@ -159,9 +134,7 @@ pub(crate) fn forward_t(
 
     let params: Vec<Tensor> = [
         q_norm.params(),
-        wq.params(),
-        wkv.params(),
-        wo.params(),
+        attention.params(),
         ff_norm.params(),
         w1.params(),
         w2.params(),
@@ -174,14 +147,7 @@ pub(crate) fn forward_t(
             q_norm,
             q_stats,
             q,
-            wq,
-            wkv,
-            queries,
-            keys_values,
-            weights,
-            attn_mask,
-            attended,
-            wo,
+            attention,
             x1,
             ff_norm,
             ff_stats,
@@ -240,31 +206,13 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
     };
     // x1 = q + attention projection
     let dx1 = Tensor::from_vec(ln_ff.dx, (n, d), &dev)?;
-    let (dwo, dbo) = s.wo.grads(&dx1, &s.attended)?;
-    let d_att = g_w(&dx1, &s.wo.w)?;
-    let (dq_att, dkv) = {
-        let dv = F32View::new(&d_att, "attention output gradient")?;
-        attention::backward(
-            dv.get(),
-            &s.queries,
-            &s.keys_values,
-            &s.weights,
-            s.attn_mask.as_deref(),
-            s.dims,
-        )
-    };
-    let dq_att = Tensor::from_vec(dq_att, (n, d), &dev)?;
-    let dkv = Tensor::from_vec(dkv, (n, 2 * d), &dev)?;
-    let (dwq, dbq) = s.wq.grads(&dq_att, &s.q)?;
-    let (dwkv, dbkv) = s.wkv.grads(&dkv, &s.x)?;
-    let dq_proj = g_w(&dq_att, &s.wq.w)?;
-    let dx_kv = g_w(&dkv, &s.wkv.w)?;
+    let att = s.attention.backward(&dx1, &s.q, &s.x)?;
     // q = LN_q(x); dq = dx1 (residual) + dq_proj; dx = LN_q backward + dx_kv
     let ln_q = {
         let xv = F32View::new(&s.x, "block input")?;
         let dx1v = F32View::new(&dx1, "residual gradient")?;
-        let dqp = F32View::new(&dq_proj, "query projection gradient")?;
-        let dkvx = F32View::new(&dx_kv, "key/value projection gradient")?;
+        let dqp = F32View::new(&att.d_q_in, "query projection gradient")?;
+        let dkvx = F32View::new(&att.d_kv_in, "key/value projection gradient")?;
         s.q_norm.backward(
             xv.get(),
             &s.q_stats,
@@ -275,9 +223,7 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
         )
     };
     let mut grads = vec![ln_q.dw, ln_q.db];
-    s.wq.push_grads(&mut grads, dwq, dbq);
-    s.wkv.push_grads(&mut grads, dwkv, dbkv);
-    s.wo.push_grads(&mut grads, dwo, dbo);
+    grads.extend(att.params);
     grads.push(ln_ff.dw);
     grads.push(ln_ff.db);
     s.w1.push_grads(&mut grads, dw1, db1);

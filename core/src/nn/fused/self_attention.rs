@@ -1,0 +1,134 @@
+//! The multi-head attention sub-layer the fused blocks share: the query and key/value
+//! projections, the attention ([`super::attention`]) and the output projection, forward and
+//! backward, with what the backward pass keeps.
+//!
+//! Queries come from `q_in` and keys and values from `kv_in`: the same normalised tensor in the
+//! pre-LN and LiGR blocks, the normalised and the raw input in SASRec's.
+
+use candle_core::Tensor;
+
+use super::{
+    attention::{self, Dims},
+    parts::LinearParts,
+    products::{g_w, x_wt},
+};
+use crate::nn::{cpu_slice::F32View, MultiHeadAttention};
+
+/// A forward pass of the sub-layer, kept for its backward pass.
+pub(crate) struct SelfAttention {
+    dims: Dims,
+    wq: LinearParts,
+    wkv: LinearParts,
+    wo: LinearParts,
+    queries: Vec<f32>,
+    keys_values: Vec<f32>,
+    weights: Vec<f32>,
+    attn_mask: Option<Vec<f32>>,
+    attended: Tensor,
+}
+
+/// The gradients of the sub-layer's inputs (through the query and the key/value projections)
+/// and of its parameters, in [`SelfAttention::params`]' order.
+pub(crate) struct SelfAttentionGrads {
+    pub d_q_in: Tensor,
+    pub d_kv_in: Tensor,
+    pub params: Vec<Vec<f32>>,
+}
+
+impl SelfAttention {
+    /// Runs the sub-layer; returns it and `attended · Woᵀ` `[n, d]` (the output projection
+    /// without its bias, [`SelfAttention::out_bias`]). `attn_mask` is the attention dropout mask.
+    pub fn forward(
+        mha: &MultiHeadAttention,
+        q_in: &Tensor,
+        kv_in: &Tensor,
+        attn_bias: Option<&Tensor>,
+        attn_mask: Option<Vec<f32>>,
+        dims: Dims,
+    ) -> candle_core::Result<(Self, Tensor)> {
+        let wq = LinearParts::new(&[&mha.q_proj])?;
+        let wkv = LinearParts::new(&[&mha.k_proj, &mha.v_proj])?;
+        let wo = LinearParts::new(&[&mha.out_proj])?;
+        let queries = wq.forward(q_in)?;
+        let keys_values = wkv.forward(kv_in)?;
+        let bias = super::bias_rows(attn_bias, dims.b, dims.l)?;
+        let (attended, weights) = {
+            let bias_view = match &bias {
+                Some((t, per_session)) => Some((F32View::new(t, "attention bias")?, *per_session)),
+                None => None,
+            };
+            attention::forward(
+                &queries,
+                &keys_values,
+                bias_view.as_ref().map(|(v, s)| (v.get(), *s)),
+                attn_mask.as_deref(),
+                dims,
+            )
+        };
+        let attended = Tensor::from_vec(attended, (dims.b * dims.l, dims.d), q_in.device())?;
+        let projected = x_wt(&attended, &wo.w)?;
+        Ok((
+            SelfAttention {
+                dims,
+                wq,
+                wkv,
+                wo,
+                queries,
+                keys_values,
+                weights,
+                attn_mask,
+                attended,
+            },
+            projected,
+        ))
+    }
+
+    /// The output projection's bias (zeros without one).
+    pub fn out_bias(&self) -> &[f32] {
+        &self.wo.b
+    }
+
+    /// The parameters: query, key, value and output projections.
+    pub fn params(&self) -> Vec<Tensor> {
+        [self.wq.params(), self.wkv.params(), self.wo.params()].concat()
+    }
+
+    /// The backward pass from the gradient at the output projection's output `d_out` `[n, d]`.
+    pub fn backward(
+        &self,
+        d_out: &Tensor,
+        q_in: &Tensor,
+        kv_in: &Tensor,
+    ) -> candle_core::Result<SelfAttentionGrads> {
+        let (n, d) = (self.dims.b * self.dims.l, self.dims.d);
+        let dev = d_out.device();
+        let (dwo, dbo) = self.wo.grads(d_out, &self.attended)?;
+        let d_att = g_w(d_out, &self.wo.w)?;
+        let (dq, dkv) = {
+            let dv = F32View::new(&d_att, "attention output gradient")?;
+            attention::backward(
+                dv.get(),
+                &self.queries,
+                &self.keys_values,
+                &self.weights,
+                self.attn_mask.as_deref(),
+                self.dims,
+            )
+        };
+        let dq = Tensor::from_vec(dq, (n, d), dev)?;
+        let dkv = Tensor::from_vec(dkv, (n, 2 * d), dev)?;
+        let (dwq, dbq) = self.wq.grads(&dq, q_in)?;
+        let (dwkv, dbkv) = self.wkv.grads(&dkv, kv_in)?;
+        let d_q_in = g_w(&dq, &self.wq.w)?;
+        let d_kv_in = g_w(&dkv, &self.wkv.w)?;
+        let mut params = Vec::new();
+        self.wq.push_grads(&mut params, dwq, dbq);
+        self.wkv.push_grads(&mut params, dwkv, dbkv);
+        self.wo.push_grads(&mut params, dwo, dbo);
+        Ok(SelfAttentionGrads {
+            d_q_in,
+            d_kv_in,
+            params,
+        })
+    }
+}
