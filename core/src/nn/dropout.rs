@@ -42,7 +42,7 @@ impl Dropout {
         self.p > 0.0
     }
 
-    /// The scale of kept values, 1 / (1 − p).
+    /// The scale of kept values, 1 / (1 − p) (1 without dropout).
     pub fn scale(&self) -> f32 {
         (1.0 / (1.0 - self.p)) as f32
     }

@@ -66,14 +66,6 @@ struct Saved {
     ff_dropped: Vec<f32>,
 }
 
-fn mask_scale(dropout: &Dropout) -> f32 {
-    if dropout.is_active() {
-        dropout.scale()
-    } else {
-        1.0
-    }
-}
-
 /// Whether `block` has a fused form: its point-wise activation must be ReLU or GELU.
 pub(crate) fn supported(block: &LiGRLayer) -> bool {
     match &block.feed_forward {
@@ -223,7 +215,7 @@ pub(crate) fn forward_t(
             pre,
             hidden,
             ff_mask,
-            ff_mask_scale: mask_scale(ff_dropout),
+            ff_mask_scale: ff_dropout.scale(),
             w2,
             mask_2,
             gate_2,

@@ -151,11 +151,6 @@ pub(crate) fn forward_t(
     ]
     .concat();
     let backward: Option<Backward> = if super::needs_grad(x, &params) {
-        let ff_mask_scale = if ff.dropout.is_active() {
-            ff.dropout.scale()
-        } else {
-            1.0
-        };
         let saved = Arc::new(Saved {
             dims,
             x: xd,
@@ -173,7 +168,7 @@ pub(crate) fn forward_t(
             pre,
             hidden,
             ff_mask,
-            ff_mask_scale,
+            ff_mask_scale: ff.dropout.scale(),
             w2,
             mask_2,
             mask_3,

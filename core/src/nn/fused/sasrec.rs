@@ -154,11 +154,7 @@ pub(crate) fn forward_t(
             f,
             w1,
             hidden,
-            ff_mask_scale: if ff.dropout.is_active() {
-                ff.dropout.scale()
-            } else {
-                1.0
-            },
+            ff_mask_scale: ff.dropout.scale(),
             w2,
             out_mask,
             row_mask,
