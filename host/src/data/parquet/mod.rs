@@ -14,6 +14,7 @@
 
 mod cells;
 mod guard;
+mod pages;
 mod roles;
 
 use std::fs::File;
@@ -94,6 +95,7 @@ fn read_file(
     }
 
     let roots: Vec<usize> = roles.iter().map(|&(_, p)| p).collect();
+    pages::check_page_sizes(path, builder.metadata(), &roots).map_err(|m| parquet_error(&m))?;
     check_dictionary_pages(path, &roots).map_err(|m| parquet_error(&m))?;
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
     let reader = builder
