@@ -3,12 +3,18 @@
 //! parameter:
 //! - `FutureLeakingLayers` drops the attention mask (the causal mask is ignored);
 //! - `WrongBackwardLayers` passes the output through a custom op whose backward is 1.5× too large;
-//! - `EvalSkipsNormLayers` normalises its input in training and skips that layer norm in eval.
+//! - `EvalSkipsNormLayers` normalises its input in training and skips that layer norm in eval;
+//! - `WrongSmallGradientLayers` (not SASRec: small outputs, so little f32 round-off) adds a
+//!   parameter's small contribution through the 1.5× backward: derivatives of about 1e-3 off by
+//!   about 5e-4, which an absolute tolerance of 2e-3 let through;
+//! - `WigglingLayers` adds `1e-3 · sin(1e4 · w)` to the SASRec stack's output: no finite difference
+//!   at the check's steps can follow `w`'s derivative, so all its comparisons are inconclusive.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use recblocks_conformance::{check_component, Outcome, Report};
 use recblocks_core::{
     candle::{CpuStorage, CustomOp1, Layout, Shape, Tensor},
+    candle_nn::Init,
     components::transformer_layers::{AttentionMasks, TransformerLayers},
     nn::LayerNorm,
     serde_json::Value,
@@ -117,6 +123,75 @@ fn build_eval_skips_norm(
         norm: LayerNorm::new(ctx.n_factors, 1e-5, &ctx.vb.pp("input_norm"))?,
         stack: sasrec(ctx)?,
     }))
+}
+
+/// `0.01 · seqs + 1e-3 · w` (`w` one value per factor), with `w` through the 1.5× backward: the
+/// loss's derivatives in `w` are about 1e-3 and autograd's are half as large again.
+struct WrongSmallGradientLayers {
+    weight: Tensor,
+}
+
+impl TransformerLayers for WrongSmallGradientLayers {
+    fn forward_t(&self, seqs: &Tensor, _masks: &AttentionMasks, _train: bool) -> Result<Tensor> {
+        let wrong = self
+            .weight
+            .apply_op1(WrongBackwardIdentity)?
+            .affine(1e-3, 0.0)?;
+        Ok(seqs.affine(0.01, 0.0)?.broadcast_add(&wrong)?)
+    }
+}
+
+fn build_wrong_small_gradient(
+    ctx: &BuildContext<'_>,
+    _kwargs: &Value,
+) -> Result<Box<dyn TransformerLayers>> {
+    Ok(Box::new(WrongSmallGradientLayers {
+        weight: ctx
+            .vb
+            .get_with_hints(ctx.n_factors, "weight", Init::Const(0.3))?,
+    }))
+}
+
+/// The SASRec stack plus `1e-3 · sin(1e4 · w)`: a correct gradient, but `w`'s period (6e-4) is
+/// shorter than the finite differences' steps.
+struct WigglingLayers {
+    wiggle: Tensor,
+    stack: Box<dyn TransformerLayers>,
+}
+
+impl TransformerLayers for WigglingLayers {
+    fn forward_t(&self, seqs: &Tensor, masks: &AttentionMasks, train: bool) -> Result<Tensor> {
+        let wiggle = self.wiggle.affine(1e4, 0.0)?.sin()?.affine(1e-3, 0.0)?;
+        Ok(self
+            .stack
+            .forward_t(seqs, masks, train)?
+            .broadcast_add(&wiggle)?)
+    }
+}
+
+fn build_wiggling(ctx: &BuildContext<'_>, _kwargs: &Value) -> Result<Box<dyn TransformerLayers>> {
+    Ok(Box::new(WigglingLayers {
+        wiggle: ctx
+            .vb
+            .get_with_hints(ctx.n_factors, "wiggle", Init::Const(0.3))?,
+        stack: sasrec(ctx)?,
+    }))
+}
+
+recblocks_core::register! {
+    TransformerLayersRegistration {
+        name: "WrongSmallGradientLayers",
+        summary: "test fixture: small outputs whose parameter's backward is 1.5x too large",
+        build: build_wrong_small_gradient,
+    }
+}
+
+recblocks_core::register! {
+    TransformerLayersRegistration {
+        name: "WigglingLayers",
+        summary: "test fixture: SASRec layers plus a term too wiggly for finite differences",
+        build: build_wiggling,
+    }
 }
 
 recblocks_core::register! {
@@ -237,4 +312,37 @@ fn the_new_checks_pass_on_the_sasrec_stack_the_fixtures_wrap() {
     ] {
         assert_eq!(outcome(&r, check), &Outcome::Pass, "{check}");
     }
+}
+
+#[test]
+fn a_small_gradient_off_by_half_fails_the_gradient_check() {
+    // Derivatives of about 1e-3 off by about 5e-4: inside the absolute 2e-3 the check used to
+    // allow, far outside this component's f32 round-off.
+    let r = report("WrongSmallGradientLayers");
+    let message = failure(&r, "gradients match finite differences");
+    assert!(
+        message.contains("parameter `weight` (instance"),
+        "{message}"
+    );
+    assert!(
+        message.contains("autograd's directional derivative is"),
+        "{message}"
+    );
+    assert!(message.contains("a backward pass is wrong"), "{message}");
+}
+
+#[test]
+fn a_parameter_whose_comparisons_are_all_inconclusive_fails_the_gradient_check() {
+    // The SASRec stack's own parameters are conclusive, so the share over the whole component
+    // stays above half; `wiggle` alone has not been checked.
+    let r = report("WigglingLayers");
+    let message = failure(&r, "gradients match finite differences");
+    assert!(
+        message.starts_with("parameter `wiggle`: only 0 of its 4 comparisons were conclusive"),
+        "{message}"
+    );
+    assert!(
+        message.contains("expected at least 0.5 of them"),
+        "{message}"
+    );
 }
