@@ -62,6 +62,23 @@ fn module_checks_actually_run_on_transformer_layers() {
 }
 
 #[test]
+fn rectools_similarity_gives_factors_that_multiply_to_its_logits() {
+    let registry = Registry::from_inventory().unwrap();
+    let report = check_component(
+        &registry,
+        ComponentKind::Similarity,
+        "DistanceSimilarityModule",
+    )
+    .unwrap();
+    let check = report
+        .results
+        .iter()
+        .find(|r| r.check == "catalog factors multiply to the full-catalog logits")
+        .unwrap();
+    assert_eq!(check.outcome, Outcome::Pass, "{report:?}");
+}
+
+#[test]
 fn an_unknown_component_is_a_setup_error() {
     let registry = Registry::from_inventory().unwrap();
     let err = check_component(&registry, ComponentKind::TransformerLayers, "NoSuchLayers")

@@ -1,5 +1,6 @@
 //! Which checks run for which kind.
 
+mod catalog_factors;
 mod causality;
 mod config;
 mod gradcheck;

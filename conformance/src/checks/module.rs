@@ -14,7 +14,7 @@ use recblocks_core::{
     ComponentInfo, ComponentKind, CoreError, Registry, Result,
 };
 
-use super::{causality, gradcheck, unknown_kwarg_outcome, with_unknown_kwarg};
+use super::{catalog_factors, causality, gradcheck, unknown_kwarg_outcome, with_unknown_kwarg};
 use crate::{
     env::{probe_loss, TestEnv},
     harness::{self, temp_path, Probe, D, MAX_LEN},
@@ -225,6 +225,13 @@ pub(crate) fn run(
         match &module {
             Built::Layers(layers) => outcome(last_position(layers.as_ref())),
             _ => Outcome::Skipped(format!("a {kind} has no last-position forward")),
+        },
+    ));
+    results.push(res(
+        "catalog factors multiply to the full-catalog logits",
+        match &module {
+            Built::Sim(sim) => outcome(catalog_factors::check(sim.as_ref(), MAX_LEN, &catalog()?)),
+            _ => Outcome::Skipped(format!("a {kind} is not a similarity module")),
         },
     ));
     results.push(res(

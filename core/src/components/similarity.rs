@@ -27,6 +27,21 @@ pub trait Similarity: Send + Sync {
     }
     /// Logits against the whole catalog: `[B, L, d] x [N, d] -> [B, L, N]`.
     fn full_catalog_logits(&self, sessions: &Tensor, item_embs: &Tensor) -> Result<Tensor>;
+    /// The two factors whose dot products are the full-catalog logits, when they are such a
+    /// product: `(s, e)` with `s` `[.., d']` shaped as `sessions` and `e` `[N, d']`, such that
+    /// `full_catalog_logits(sessions, item_embs)` equals `s · eᵀ` (to f32 rounding). The softmax
+    /// objective then computes its loss in chunks of rows without materialising the `[.., N]`
+    /// logits ([`crate::nn::catalog_softmax_loss`]). `None`, the default: the objective
+    /// materialises the logits through [`Self::full_catalog_logits`]. The conformance suite checks
+    /// that the two agree.
+    fn catalog_factors(
+        &self,
+        sessions: &Tensor,
+        item_embs: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let _ = (sessions, item_embs);
+        Ok(None)
+    }
     /// Logits against candidates `[B, L, K]` (u32 ids; `[B, 1, K]` broadcasts over L):
     /// `[B, L, d] -> [B, L, K]`.
     fn candidate_logits(

@@ -178,6 +178,20 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/nn/catalog_softmax.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/catalog_softmax.rs"
+        )),
+    ),
+    (
+        "src/nn/catalog_softmax/tests.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/catalog_softmax/tests.rs"
+        )),
+    ),
+    (
         "src/nn/column_sum.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/column_sum.rs")),
     ),

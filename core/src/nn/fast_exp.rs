@@ -100,6 +100,24 @@ pub fn scaled_exp_shifted(out: &mut [f32], xs: &[f32], shift: f32, g: f32) {
     })
 }
 
+/// `xs = g · e^(xs − shift)` element-wise, in place (a softmax gradient row over its logits).
+pub fn scaled_exp_shifted_in_place(xs: &mut [f32], shift: f32, g: f32) {
+    simd(|| {
+        for v in xs.iter_mut() {
+            *v = g * exp(*v - shift);
+        }
+    })
+}
+
+/// `xs = xs / t` element-wise, in place.
+pub fn div_in_place(xs: &mut [f32], t: f32) {
+    simd(|| {
+        for v in xs.iter_mut() {
+            *v /= t;
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,6 +10,7 @@
 
 pub mod attention;
 pub mod blocks;
+pub mod catalog_softmax;
 pub(crate) mod column_sum;
 pub(crate) mod cpu_slice;
 pub mod cross_entropy;
@@ -26,6 +27,7 @@ pub mod softmax;
 
 pub use attention::MultiHeadAttention;
 pub use blocks::{PreLNTransformerLayer, SASRecTransformerLayer};
+pub use catalog_softmax::catalog_softmax_loss;
 pub use cross_entropy::softmax_cross_entropy_ignore_0;
 pub use dropout::Dropout;
 pub use feed_forward::{Activation, PointWiseFeedForward, SwigluFeedForward};

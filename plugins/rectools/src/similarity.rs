@@ -109,6 +109,17 @@ impl Similarity for DistanceSimilarityModule {
         Ok(logits.reshape(out_dims)?)
     }
 
+    fn catalog_factors(
+        &self,
+        sessions: &Tensor,
+        item_embs: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(Some((
+            self.normalise(sessions)?,
+            self.normalise(item_embs)?,
+        )))
+    }
+
     fn candidate_logits(
         &self,
         sessions: &Tensor,

@@ -15,6 +15,7 @@ use recblocks_core::{
     error::CoreError,
     kind::ComponentKind,
     kwargs::decode_kwargs,
+    nn::catalog_softmax_loss,
     schema::DatasetSchema,
     serde_json::Value,
     spec::ModelSpec,
@@ -204,15 +205,73 @@ impl TransformerLightningModule {
 
     /// The logits of the positions that have a target (`y != 0`), divided by `logits_t`
     /// (RecTools `get_batch_logits`), with their targets and weights: `[1, M, C]`, `[1, M]`,
-    /// `[1, M]`. Positions without a target add nothing to any of the four losses (neither to the
-    /// sum nor to the denominator), so dropping them before the catalog matmul gives the same loss
-    /// while never materialising `[B, L, N]` logits for padding.
+    /// `[1, M]` (see [`TargetRows`]).
     fn target_logits(
         &self,
         backbone: &dyn Backbone,
         batch: &Batch,
         train: bool,
     ) -> Result<(Tensor, Tensor, Tensor)> {
+        let rows = TargetRows::encode(backbone, batch, train)?;
+        let logits = if self.loss.requires_negatives() {
+            rows.candidate_logits(backbone, batch, self.loss)?
+        } else {
+            backbone
+                .similarity()
+                .full_catalog_logits(&rows.h, &rows.item_embs)?
+        };
+        let logits = if self.logits_t == 1.0 {
+            logits
+        } else {
+            (logits / self.logits_t)?
+        };
+        Ok((logits, rows.y, rows.w))
+    }
+
+    /// The `softmax` loss without the `[M, N]` logits, when the similarity gives the logits'
+    /// factors ([`Similarity::catalog_factors`](recblocks_core::components::Similarity)): the
+    /// loss in chunks of rows ([`catalog_softmax_loss`]). `None`: the similarity has no factors.
+    fn chunked_softmax_loss(
+        &self,
+        backbone: &dyn Backbone,
+        batch: &Batch,
+    ) -> Result<Option<Tensor>> {
+        let rows = TargetRows::encode(backbone, batch, true)?;
+        let Some((s, e)) = backbone
+            .similarity()
+            .catalog_factors(&rows.h, &rows.item_embs)?
+        else {
+            return Ok(None);
+        };
+        let d = s.dim(D::Minus1)?;
+        let m = s.elem_count() / d.max(1);
+        let loss = catalog_softmax_loss(
+            &s.reshape((m, d))?,
+            &e,
+            &rows.y.flatten_all()?,
+            &rows.w.flatten_all()?,
+            self.logits_t,
+        )?;
+        Ok(Some(loss))
+    }
+}
+
+/// The positions of a batch that have a target (`y != 0`), encoded: `h` `[1, M, d]`, their
+/// targets `y` and weights `w` `[1, M]`, and the item embeddings they are scored against.
+/// Positions without a target add nothing to any of the four losses (neither to the sum nor to
+/// the denominator), so dropping them before the catalog product gives the same loss while never
+/// scoring padding.
+struct TargetRows {
+    h: Tensor,
+    y: Tensor,
+    w: Tensor,
+    item_embs: Tensor,
+    /// The kept flat positions (`b · L + l`), `[M]`.
+    idx: Tensor,
+}
+
+impl TargetRows {
+    fn encode(backbone: &dyn Backbone, batch: &Batch, train: bool) -> Result<Self> {
         let item_embs = backbone.item_embeddings(train)?;
         let sessions = backbone.encode_sessions(&batch.x, &item_embs, train)?;
         let (b, l, d) = sessions.dims3()?;
@@ -232,35 +291,45 @@ impl TransformerLightningModule {
         let h = pick(&sessions.reshape((b * l, d))?)?;
         let y_sel = pick(&y)?;
         let w_sel = pick(&batch.yw.flatten_all()?)?;
-        let logits = if self.loss.requires_negatives() {
-            let negatives = batch.negatives.as_ref().ok_or_else(|| {
-                CoreError::invalid(
-                    ComponentKind::Objective,
-                    NAME,
-                    format!(
-                        "loss `{}` needs negatives, but the batch has none (configure a negative \
-                         sampler)",
-                        self.loss.name()
-                    ),
-                )
-            })?;
-            let pos = batch.y.unsqueeze(D::Minus1)?.to_dtype(negatives.dtype())?;
-            let k = negatives.dim(D::Minus1)?;
-            let negatives = negatives.broadcast_as((b, l, k))?;
-            let candidates = Tensor::cat(&[&pos, &negatives], D::Minus1)?;
-            let candidates = pick(&candidates.reshape((b * l, k + 1))?)?;
-            backbone
-                .similarity()
-                .candidate_logits(&h, &item_embs, &candidates)?
-        } else {
-            backbone.similarity().full_catalog_logits(&h, &item_embs)?
-        };
-        let logits = if self.logits_t == 1.0 {
-            logits
-        } else {
-            (logits / self.logits_t)?
-        };
-        Ok((logits, y_sel, w_sel))
+        Ok(Self {
+            h,
+            y: y_sel,
+            w: w_sel,
+            item_embs,
+            idx,
+        })
+    }
+
+    /// Logits `[1, M, 1 + K]` against each kept position's positive then its negatives.
+    fn candidate_logits(
+        &self,
+        backbone: &dyn Backbone,
+        batch: &Batch,
+        loss: Loss,
+    ) -> Result<Tensor> {
+        let negatives = batch.negatives.as_ref().ok_or_else(|| {
+            CoreError::invalid(
+                ComponentKind::Objective,
+                NAME,
+                format!(
+                    "loss `{}` needs negatives, but the batch has none (configure a negative \
+                     sampler)",
+                    loss.name()
+                ),
+            )
+        })?;
+        let (b, l) = batch.y.dims2()?;
+        let pos = batch.y.unsqueeze(D::Minus1)?.to_dtype(negatives.dtype())?;
+        let k = negatives.dim(D::Minus1)?;
+        let negatives = negatives.broadcast_as((b, l, k))?;
+        let candidates = Tensor::cat(&[&pos, &negatives], D::Minus1)?;
+        let candidates = candidates
+            .reshape((b * l, k + 1))?
+            .index_select(&self.idx, 0)?
+            .unsqueeze(0)?;
+        backbone
+            .similarity()
+            .candidate_logits(&self.h, &self.item_embs, &candidates)
     }
 }
 
@@ -306,6 +375,11 @@ impl Objective for TransformerLightningModule {
     }
 
     fn train_loss(&self, backbone: &dyn Backbone, batch: &Batch) -> Result<Tensor> {
+        if self.loss == Loss::Softmax {
+            if let Some(loss) = self.chunked_softmax_loss(backbone, batch)? {
+                return Ok(loss);
+            }
+        }
         let (logits, y, w) = self.target_logits(backbone, batch, true)?;
         self.loss_from_logits(&logits, &y, &w)
     }
@@ -393,12 +467,22 @@ mod tests {
 
     // --- Wiring through a backbone -------------------------------------------------------------
 
-    /// Dot-product similarity.
-    struct Dot;
+    /// Dot-product similarity; with `factors`, it gives the softmax objective the logits'
+    /// factors (the chunked catalog loss), without them the logits.
+    struct Dot {
+        factors: bool,
+    }
 
     impl Similarity for Dot {
         fn full_catalog_logits(&self, sessions: &Tensor, item_embs: &Tensor) -> Result<Tensor> {
             Ok(sessions.broadcast_matmul(&item_embs.t()?)?)
+        }
+        fn catalog_factors(
+            &self,
+            sessions: &Tensor,
+            item_embs: &Tensor,
+        ) -> Result<Option<(Tensor, Tensor)>> {
+            Ok(self.factors.then(|| (sessions.clone(), item_embs.clone())))
         }
         fn candidate_logits(
             &self,
@@ -449,7 +533,7 @@ mod tests {
         let t = Tensor::from_vec(flat, (5, 2), &Device::Cpu).expect("embs");
         Lookup {
             embs: Var::from_tensor(&t).expect("var"),
-            sim: Dot,
+            sim: Dot { factors: true },
             trains: Mutex::new(vec![]),
         }
     }
@@ -545,15 +629,16 @@ mod tests {
         assert!(grads.get(bb.embs.as_tensor()).is_some());
     }
 
-    /// A lookup backbone over `n` pseudo-random 3-wide item embeddings.
-    fn random_lookup(n: usize) -> Lookup {
+    /// A lookup backbone over `n` pseudo-random 3-wide item embeddings; `factors`: whether its
+    /// similarity gives the logits' factors.
+    fn random_lookup(n: usize, factors: bool) -> Lookup {
         let flat: Vec<f32> = (0..n * 3)
             .map(|i| (((i * 7919 + 13) % 101) as f32 / 101.0 - 0.5) * 3.0)
             .collect();
         let t = Tensor::from_vec(flat, (n, 3), &Device::Cpu).expect("embs");
         Lookup {
             embs: Var::from_tensor(&t).expect("var"),
-            sim: Dot,
+            sim: Dot { factors },
             trains: Mutex::new(vec![]),
         }
     }
@@ -570,7 +655,14 @@ mod tests {
         );
         let negatives: Vec<u32> = (0..3 * 4 * 3).map(|i| 2 + (i * 5 % 9) as u32).collect();
         let negatives = Tensor::from_vec(negatives, (3, 4, 3), &Device::Cpu).expect("negs");
-        for loss in ["softmax", "BCE", "gBCE", "sampled_softmax"] {
+        // softmax twice: the chunked catalog loss (factors), then materialised logits.
+        for (loss, factors) in [
+            ("softmax", true),
+            ("softmax", false),
+            ("BCE", true),
+            ("gBCE", true),
+            ("sampled_softmax", true),
+        ] {
             let s = spec(json!({"loss": loss, "n_negatives": 3}));
             let obj = TransformerLightningModule::from_spec(
                 &s,
@@ -585,13 +677,13 @@ mod tests {
                 yw: yw.clone(),
                 negatives: negs.clone(),
             };
-            let bb = random_lookup(n);
+            let bb = random_lookup(n, factors);
             let got = obj.train_loss(&bb, &batch).expect("loss");
             let g_got = got.backward().expect("backward");
             let g_got = g_got.get(bb.embs.as_tensor()).expect("grad").clone();
 
             // Reference: all [B, L, C] logits (RecTools' order of operations).
-            let bb_ref = random_lookup(n);
+            let bb_ref = random_lookup(n, factors);
             let want = obj
                 .reference_train_loss(&bb_ref, &batch)
                 .expect("reference");

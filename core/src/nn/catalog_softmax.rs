@@ -1,0 +1,291 @@
+//! RecTools' `softmax` loss over the whole catalog, computed in chunks of rows from the two
+//! factors of the logits, so that the `[M, N]` logits and their gradient never exist whole.
+//!
+//! RecTools (`TransformerLightningModule`, loss `softmax`) scores every target position against
+//! every item, `logits = sessions · itemsᵀ / logits_t` (`[M, N]`), then takes
+//! `cross_entropy(logits, y, ignore_index=0, reduction="none")`, weights it and averages over the
+//! positions with a positive weighted loss. With a catalog of 10k items and a batch of 6,400
+//! targets the logits and their gradient are 512 MB; with a million items they do not fit.
+//!
+//! Here the rows are taken a chunk at a time (a few MB of logits): the chunk's logits come from
+//! one matrix product, one row pass turns them into each row's loss and, in place, into the
+//! gradient of the loss with respect to them, `w·(softmax − onehot)`, and two more products turn
+//! that into the chunk's share of the gradients of the two factors. The gradients are computed
+//! during the forward pass, so the loss is a scalar whose backward pass only scales them by the
+//! upstream gradient: three matrix products per chunk, as with materialised logits, and no
+//! recomputation. The idea is that of Cut Cross-Entropy (Wijmans et al., arXiv 2411.09009,
+//! <https://arxiv.org/abs/2411.09009>), which its authors also apply to recommenders with
+//! negatives (arXiv 2509.09682).
+//!
+//! The loss is the one of `softmax_cross_entropy_ignore_0` then RecTools' weighting: tested
+//! against materialised logits through the composed candle ops, value and both gradients. Off the
+//! CPU, for other dtypes, or with the fused paths switched off ([`crate::nn::fused::enabled`]) the
+//! logits are materialised and the loss composed as before.
+
+use std::sync::Mutex;
+
+use candle_core::{
+    CpuStorage, CustomOp2, DType, Device, Error, InplaceOp1, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+use super::{cpu_slice::with_f32, cross_entropy::softmax_cross_entropy_ignore_0, fast_exp, fused};
+
+/// How many logits one chunk holds at most (4 M floats, 16 MB): the rows per chunk are this
+/// divided by the catalog size (at least 8).
+const CHUNK_ELEMENTS: usize = 1 << 22;
+
+/// RecTools' `softmax` loss from the logits' factors: with `logits = sessions · itemsᵀ / temperature`
+/// (`sessions` `[M, d]`, `items` `[N, d]`), `ce_m = logsumexp(logits_m) − logits[m, t_m]` (0 where
+/// the target `t_m` is 0, the padding id), `l_m = ce_m · w_m`, and the loss is
+/// `Σ l / count(l > 0)` (NaN when no row has a positive weighted loss, as in RecTools).
+///
+/// `targets` `[M]` (integer ids below N), `weights` `[M]`. Differentiable with respect to
+/// `sessions` and `items`. On the CPU in f32 the `[M, N]` logits are never materialised whole.
+pub fn catalog_softmax_loss(
+    sessions: &Tensor,
+    items: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    let (m, d) = sessions.dims2()?;
+    let (n, d_items) = items.dims2()?;
+    if d != d_items {
+        return Err(Error::Msg(format!(
+            "catalog softmax loss: sessions are [{m}, {d}] and items [{n}, {d_items}]; expected \
+             the same width"
+        )));
+    }
+    if targets.dims() != [m] || weights.dims() != [m] {
+        return Err(Error::Msg(format!(
+            "catalog softmax loss: {m} sessions, so targets and weights must be [{m}]; found {:?} \
+             and {:?}",
+            targets.dims(),
+            weights.dims()
+        )));
+    }
+    if !(temperature.is_finite() && temperature > 0.0) {
+        return Err(Error::Msg(format!(
+            "catalog softmax loss: temperature {temperature}; expected a finite value above 0"
+        )));
+    }
+    let targets = targets.to_dtype(DType::U32)?;
+    let in_chunks = matches!(sessions.device(), Device::Cpu)
+        && sessions.dtype() == DType::F32
+        && items.dtype() == DType::F32
+        && fused::enabled();
+    if !in_chunks {
+        return materialised(sessions, items, &targets, weights, temperature);
+    }
+    let rows = (CHUNK_ELEMENTS / n.max(1)).clamp(8, m.max(8));
+    chunked(sessions, items, &targets, weights, temperature, rows)
+}
+
+/// The chunked loss, `rows` rows per chunk (checked inputs, CPU, f32).
+fn chunked(
+    sessions: &Tensor,
+    items: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    temperature: f64,
+    rows: usize,
+) -> Result<Tensor> {
+    let (m, _) = sessions.dims2()?;
+    let (n, _) = items.dims2()?;
+    let t = targets.to_vec1::<u32>()?;
+    if let Some(row) = t.iter().position(|&id| id as usize >= n) {
+        return Err(Error::Msg(format!(
+            "catalog softmax loss: row {row} has target {}, but the catalog has {n} items",
+            t[row]
+        )));
+    }
+    let w = weights.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let want_grad = sessions.track_op() || items.track_op();
+    let s = sessions.detach().contiguous()?;
+    let e = items.detach().contiguous()?;
+    let e_t = e.t()?;
+    let rows = rows.max(1);
+    let mut losses = vec![0f32; m];
+    let mut grad_s_parts = Vec::new();
+    let mut grad_e: Option<Tensor> = None;
+    let mut start = 0;
+    while start < m {
+        let r = rows.min(m - start);
+        let s_c = s.narrow(0, start, r)?;
+        let z = s_c.matmul(&e_t)?;
+        let pass = RowPass {
+            targets: &t[start..start + r],
+            weights: &w[start..start + r],
+            temperature: temperature as f32,
+            want_grad,
+            losses: Mutex::new(Vec::new()),
+        };
+        z.inplace_op1(&pass)?;
+        let chunk_losses = pass
+            .losses
+            .into_inner()
+            .map_err(|_| Error::Msg("catalog softmax loss: poisoned state".into()))?;
+        losses[start..start + r].copy_from_slice(&chunk_losses);
+        if want_grad {
+            grad_s_parts.push(z.matmul(&e)?);
+            let part = z.t()?.matmul(&s_c)?;
+            grad_e = Some(match grad_e {
+                None => part,
+                Some(acc) => (acc + part)?,
+            });
+        }
+        start += r;
+    }
+    let count = losses.iter().filter(|&&l| l > 0.0).count();
+    let total: f32 = losses.iter().sum();
+    let loss = total / count as f32;
+    if !want_grad {
+        return Tensor::new(loss, sessions.device());
+    }
+    // ∂loss/∂logits = w·(softmax − onehot)/count; the logits are s·eᵀ/temperature.
+    let k = 1.0 / (count as f64 * temperature);
+    let grad_s = if grad_s_parts.is_empty() {
+        s.zeros_like()?
+    } else {
+        (Tensor::cat(&grad_s_parts, 0)? * k)?
+    };
+    let grad_e = match grad_e {
+        Some(g) => (g * k)?,
+        None => e.zeros_like()?,
+    };
+    let node = LossNode {
+        loss,
+        grads: (grad_s, grad_e),
+    };
+    sessions.apply_op2(items, node)
+}
+
+/// The loss with the `[M, N]` logits materialised: the reference, and the path off the CPU.
+fn materialised(
+    sessions: &Tensor,
+    items: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
+    let logits = sessions.matmul(&items.t()?)?;
+    let logits = if temperature == 1.0 {
+        logits
+    } else {
+        (logits / temperature)?
+    };
+    let ce = softmax_cross_entropy_ignore_0(&logits, targets)?;
+    let l = ce.mul(&weights.to_dtype(ce.dtype())?)?;
+    let count = l.gt(0.0)?.to_dtype(ce.dtype())?.sum_all()?;
+    l.sum_all()?.div(&count)
+}
+
+/// One chunk's row pass over its logits `[r, N]`, in place: each row's weighted loss, and (when
+/// gradients are wanted) the row replaced by `w·(softmax − onehot)`, or zeros for an ignored row.
+struct RowPass<'a> {
+    targets: &'a [u32],
+    weights: &'a [f32],
+    temperature: f32,
+    want_grad: bool,
+    losses: Mutex<Vec<f32>>,
+}
+
+impl InplaceOp1 for RowPass<'_> {
+    fn name(&self) -> &'static str {
+        "catalog-softmax-row-pass"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let CpuStorage::F32(buf) = storage else {
+            return Err(Error::Msg(
+                "catalog softmax loss: the chunk's logits are not f32".into(),
+            ));
+        };
+        let (r, n) = layout.shape().dims2()?;
+        let Some((from, to)) = layout.contiguous_offsets() else {
+            return Err(Error::Msg(
+                "catalog softmax loss: the chunk's logits are not contiguous".into(),
+            ));
+        };
+        let z = &mut buf[from..to];
+        if z.len() != r * n || self.targets.len() != r {
+            return Err(Error::Msg(format!(
+                "catalog softmax loss: a chunk of {} logits for {} rows of {n}",
+                z.len(),
+                self.targets.len()
+            )));
+        }
+        let mut losses = vec![0f32; r];
+        if n > 0 {
+            z.par_chunks_exact_mut(n)
+                .zip(losses.par_iter_mut())
+                .zip(self.targets.par_iter().zip(self.weights.par_iter()))
+                .for_each(|((row, loss), (&t, &w))| {
+                    if t == 0 {
+                        if self.want_grad {
+                            row.fill(0.0);
+                        }
+                        return;
+                    }
+                    if self.temperature != 1.0 {
+                        fast_exp::div_in_place(row, self.temperature);
+                    }
+                    let mx = fast_exp::max(row);
+                    let lse = mx + fast_exp::sum_exp_shifted(row, mx).ln();
+                    *loss = (lse - row[t as usize]) * w;
+                    if self.want_grad {
+                        fast_exp::scaled_exp_shifted_in_place(row, lse, w);
+                        row[t as usize] -= w;
+                    }
+                });
+        }
+        *self
+            .losses
+            .lock()
+            .map_err(|_| Error::Msg("catalog softmax loss: poisoned state".into()))? = losses;
+        Ok(())
+    }
+}
+
+/// The scalar loss as a node over `(sessions, items)`; its backward scales the gradients the
+/// forward pass computed.
+struct LossNode {
+    loss: f32,
+    grads: (Tensor, Tensor),
+}
+
+impl CustomOp2 for LossNode {
+    fn name(&self) -> &'static str {
+        "catalog-softmax-loss"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _s1: &CpuStorage,
+        _l1: &Layout,
+        _s2: &CpuStorage,
+        _l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![self.loss]), Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        _sessions: &Tensor,
+        _items: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = with_f32(grad, |g| g.first().copied())?
+            .ok_or_else(|| Error::Msg("catalog softmax loss: empty upstream gradient".into()))?;
+        let (gs, ge) = &self.grads;
+        if g == 1.0 {
+            return Ok((Some(gs.clone()), Some(ge.clone())));
+        }
+        Ok((Some((gs * f64::from(g))?), Some((ge * f64::from(g))?)))
+    }
+}
+
+#[cfg(test)]
+mod tests;
