@@ -8,7 +8,9 @@
 //! - Anything else (a regular file, a symlink to one, or a new name) is replaced atomically: the
 //!   output goes to a temporary file beside the final one, is flushed to disk, and is renamed over
 //!   it, so a reader never sees half a file and a failed write leaves the old file as it was. A
-//!   symlink stays a symlink: the file it points to is replaced.
+//!   symlink stays a symlink: the file it points to is replaced. A dangling symlink, or a chain of
+//!   them (`a -> b -> missing`), is followed to its end and the file is created there, as a
+//!   shell's `>` does; no link of the chain is replaced. A loop of symlinks is refused, naming it.
 
 use std::{
     fs::{File, OpenOptions},
@@ -55,12 +57,17 @@ pub fn destination(path: &Path) -> Result<Destination, OutputError> {
     };
     match std::fs::metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // A new file, or a dangling symlink: write where the link points, or the path.
-            let target = std::fs::read_link(path).map_or_else(
-                |_| path.to_path_buf(),
-                |t| path.parent().map_or(t.clone(), |p| p.join(t)),
-            );
-            Ok(Destination::Replace(target))
+            // A new file, or a dangling symlink (or a chain of them): write where the chain ends.
+            follow_links(path)
+                .map(Destination::Replace)
+                .map_err(|chain| err(loop_error(&chain)))
+        }
+        Err(e) if rustix::io::Errno::from_io_error(&e) == Some(rustix::io::Errno::LOOP) => {
+            // A loop of symlinks at the path itself is named; one among its directories is
+            // left to the system's message.
+            Err(err(
+                follow_links(path).map_or_else(|chain| loop_error(&chain), |_| e)
+            ))
         }
         Err(e) => Err(err(e)),
         Ok(meta) if meta.is_dir() => Err(err(io::Error::other(
@@ -71,6 +78,44 @@ pub fn destination(path: &Path) -> Result<Destination, OutputError> {
         )),
         Ok(_) => Ok(Destination::Stream(path.to_path_buf())),
     }
+}
+
+/// The most symlinks followed from an output path (Linux's own limit).
+const MAX_LINKS: usize = 40;
+
+/// Follows the chain of symlinks from `path` (each relative target taken from its link's
+/// directory) to the first name that is not a symlink, which may not exist. `Err`: the chain as
+/// followed, when it comes back to a link it passed or takes more than [`MAX_LINKS`] links.
+fn follow_links(path: &Path) -> Result<PathBuf, Vec<PathBuf>> {
+    let mut chain = vec![path.to_path_buf()];
+    let mut at = path.to_path_buf();
+    while let Ok(target) = std::fs::read_link(&at) {
+        let next = at
+            .parent()
+            .map_or_else(|| target.clone(), |p| p.join(&target));
+        let looped = chain.contains(&next);
+        chain.push(next.clone());
+        if looped || chain.len() > MAX_LINKS + 1 {
+            return Err(chain);
+        }
+        at = next;
+    }
+    Ok(at)
+}
+
+/// The error for a chain of symlinks [`follow_links`] gave up on, showing the chain.
+fn loop_error(chain: &[PathBuf]) -> io::Error {
+    let shown: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
+    let what = if chain.len() > MAX_LINKS + 1 {
+        format!("is a chain of more than {MAX_LINKS} symlinks")
+    } else {
+        "is a loop of symlinks".to_string()
+    };
+    io::Error::other(format!(
+        "{what} ({}); expected a file, or a symlink (chain) ending at one, to write (or - for \
+         standard output)",
+        shown.join(" -> ")
+    ))
 }
 
 /// Writes output to `path` by `write`, as [`destination`] says.
@@ -221,6 +266,77 @@ mod tests {
             std::fs::read_to_string(&target).ok().as_deref(),
             Some("new")
         );
+    }
+
+    #[test]
+    fn a_dangling_symlink_chain_is_followed_to_its_end_and_no_link_is_replaced() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        // first -> sub/second -> third (relative to sub/) -> missing.csv (relative to sub/)
+        symlink("sub/second", d.join("first")).unwrap();
+        symlink("third", d.join("sub/second")).unwrap();
+        symlink("missing.csv", d.join("sub/third")).unwrap();
+        assert!(write_output(&d.join("first"), text("new")).is_ok());
+        for link in ["first", "sub/second", "sub/third"] {
+            let meta = std::fs::symlink_metadata(d.join(link)).unwrap();
+            assert!(meta.file_type().is_symlink(), "{link} was replaced");
+        }
+        assert_eq!(
+            std::fs::read_to_string(d.join("sub/missing.csv"))
+                .ok()
+                .as_deref(),
+            Some("new")
+        );
+        // Written again through the chain, the end is replaced and the links stay.
+        assert!(write_output(&d.join("first"), text("newer")).is_ok());
+        assert_eq!(
+            std::fs::read_to_string(d.join("first")).ok().as_deref(),
+            Some("newer")
+        );
+        assert!(std::fs::symlink_metadata(d.join("sub/second"))
+            .is_ok_and(|m| m.file_type().is_symlink()));
+    }
+
+    #[test]
+    fn a_loop_of_symlinks_is_refused_naming_it() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        symlink("b", &a).unwrap();
+        symlink("a", &b).unwrap();
+        let error = write_output(&a, text("x")).err().unwrap();
+        assert_eq!(error.path, a);
+        let message = error.source.to_string();
+        let chain = format!("{} -> {} -> {}", a.display(), b.display(), a.display());
+        assert!(
+            message.starts_with(&format!("is a loop of symlinks ({chain}); expected a file")),
+            "{message}"
+        );
+        // A link to itself, and a chain too long to follow.
+        symlink("self", dir.path().join("self")).unwrap();
+        let error = write_output(&dir.path().join("self"), text("x"))
+            .err()
+            .unwrap();
+        assert!(error
+            .source
+            .to_string()
+            .starts_with("is a loop of symlinks ("));
+        for i in 0..=MAX_LINKS {
+            symlink(format!("l{}", i + 1), dir.path().join(format!("l{i}"))).unwrap();
+        }
+        let error = write_output(&dir.path().join("l0"), text("x"))
+            .err()
+            .unwrap();
+        let message = error.source.to_string();
+        assert!(
+            message.starts_with("is a chain of more than 40 symlinks ("),
+            "{message}"
+        );
+        // Nothing was written, and every link is still a link.
+        assert!(std::fs::symlink_metadata(&a).is_ok_and(|m| m.file_type().is_symlink()));
+        assert!(!dir.path().join(format!("l{}", MAX_LINKS + 1)).exists());
     }
 
     #[test]
