@@ -148,10 +148,61 @@ fn dismantle(dir: &Path, keep: Option<&Path>) -> Result<(), HostError> {
     Ok(())
 }
 
-/// Whether `file` is `prefix` followed by a process id.
+/// Whether `file` is `prefix` followed by a process id, or by a process id, `-` and a number
+/// (the name [`fresh_temp`] takes when the first is held by a leftover it could not clean).
 fn leftover(file: &str, prefix: &str) -> bool {
+    let number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     file.strip_prefix(prefix)
-        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+        .is_some_and(|rest| match rest.split_once('-') {
+            Some((pid, n)) => number(pid) && number(n),
+            None => number(rest),
+        })
+}
+
+/// Creates this save's temporary directory beside the model, `.<name>.tmp-<pid>`. When a
+/// leftover of an earlier save holds that name ([`recover`] could not empty it: it keeps a file of
+/// the user's whose name is taken in the model directory), it is left alone with a warning naming
+/// it and what it holds, and the save uses `.<name>.tmp-<pid>-<n>` instead.
+fn fresh_temp(parent: &Path, name: &str, dir: &Path) -> Result<PathBuf, HostError> {
+    let pid = std::process::id();
+    for n in 0..1000u32 {
+        let tmp = match n {
+            0 => parent.join(format!(".{name}.tmp-{pid}")),
+            n => parent.join(format!(".{name}.tmp-{pid}-{n}")),
+        };
+        match std::fs::create_dir(&tmp) {
+            Ok(()) => return Ok(tmp),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let held: Vec<String> = std::fs::read_dir(&tmp)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .take(3)
+                    .map(|e| format!("`{}`", e.file_name().to_string_lossy()))
+                    .collect();
+                tracing::warn!(
+                    "{}: left by an earlier save of {} and not cleaned up (it holds {}, which \
+                     could not move back because {} has files of the same names); it is kept \
+                     for you to look at, and this save writes through another temporary \
+                     directory",
+                    tmp.display(),
+                    dir.display(),
+                    if held.is_empty() {
+                        "something that is not a file of recblocks'".to_string()
+                    } else {
+                        held.join(", ")
+                    },
+                    dir.display()
+                );
+            }
+            Err(e) => return Err(HostError::io(&tmp, e)),
+        }
+    }
+    Err(HostError::Other(format!(
+        "{}: 1000 temporary directories .{name}.tmp-{pid}-<n> beside it already exist; remove \
+         them to save here",
+        dir.display()
+    )))
 }
 
 /// Cleans what crashed saves of `dir` left beside it. A model left under `.<name>.old-<pid>` (the
@@ -229,8 +280,7 @@ pub fn replace(
             )));
         }
     }
-    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
-    std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+    let tmp = fresh_temp(&parent, &name, dir)?;
     failpoint(1);
     if let Err(e) = write(&tmp) {
         let _ = dismantle(&tmp, None);
@@ -290,5 +340,97 @@ pub fn replace(
             let _ = dismantle(&tmp, Some(dir));
             Err(HostError::io(dir, e.into()))
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// Writes a minimal model (a `model.json` with the format marker) into a save's directory.
+    fn write_model(version: &str) -> impl FnOnce(&Path) -> Result<(), HostError> + '_ {
+        move |tmp| {
+            let json = format!(
+                r#"{{"format": "{}", "version": "{version}"}}"#,
+                crate::artifact::FORMAT_NAME
+            );
+            std::fs::write(tmp.join("model.json"), json).map_err(io_err(tmp))
+        }
+    }
+
+    #[test]
+    fn a_leftover_temp_directory_that_cannot_be_emptied_does_not_block_the_next_save() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("m");
+        replace(&dir, false, write_model("1")).unwrap();
+        std::fs::write(dir.join("NOTES.md"), "the user's notes").unwrap();
+        // A crashed save of this process id left its temporary directory holding a file of the
+        // user's whose name is now taken in the model directory: it cannot move back, so the
+        // leftover cannot be removed.
+        let stale = parent.path().join(format!(".m.tmp-{}", std::process::id()));
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join("NOTES.md"), "an older copy").unwrap();
+
+        replace(&dir, false, write_model("2")).unwrap();
+        let saved = std::fs::read_to_string(dir.join("model.json")).unwrap();
+        assert!(saved.contains(r#""version": "2""#), "{saved}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("NOTES.md")).unwrap(),
+            "the user's notes"
+        );
+        // The stale copy is kept, not deleted, and nothing else is left behind.
+        assert_eq!(
+            std::fs::read_to_string(stale.join("NOTES.md")).unwrap(),
+            "an older copy"
+        );
+        let mut names: Vec<String> = std::fs::read_dir(parent.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                ".m.lock".to_string(),
+                stale.file_name().unwrap().to_string_lossy().into_owned(),
+                "m".to_string()
+            ]
+        );
+    }
+
+    #[test]
+    fn leftovers_are_recognised_by_pid_or_pid_and_number() {
+        for (name, is) in [
+            (".m.tmp-123", true),
+            (".m.tmp-123-4", true),
+            (".m.tmp-", false),
+            (".m.tmp-123-", false),
+            (".m.tmp--4", false),
+            (".m.tmp-1-2-3", false),
+            (".m.tmp-12a", false),
+        ] {
+            assert_eq!(leftover(name, ".m.tmp-"), is, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_crashed_save_under_a_numbered_temp_name_is_cleaned_by_the_next() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("m");
+        replace(&dir, false, write_model("1")).unwrap();
+        // What a save through `.m.tmp-<pid>-1` leaves when killed after moving the user's file
+        // into it: our files and the user's.
+        let crashed = parent.path().join(".m.tmp-999999-1");
+        std::fs::create_dir(&crashed).unwrap();
+        std::fs::write(crashed.join("model.json"), "{}").unwrap();
+        std::fs::write(crashed.join("eval.txt"), "kept").unwrap();
+        replace(&dir, false, write_model("2")).unwrap();
+        assert!(!crashed.exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.join("eval.txt")).unwrap(),
+            "kept"
+        );
     }
 }
