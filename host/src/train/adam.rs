@@ -5,10 +5,17 @@
 //! exposes them. Update for parameter θ with gradient g at step t:
 //! m = β₁m + (1−β₁)g; v = β₂v + (1−β₂)g²; θ −= lr · (m / (1−β₁ᵗ)) / (√(v / (1−β₂ᵗ)) + eps).
 //! Parameters that get no gradient in a step are left untouched (their moments too), as torch does.
+//!
+//! On the CPU in f32 the update is one in-place pass per parameter (its moments held as plain
+//! vectors, the parameter's storage written where it lies), with the arithmetic, and so the
+//! rounding, of the composed candle ops used elsewhere (and by [`Adam::step_generic`]).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Mutex};
 
-use candle_core::{backprop::GradStore, Tensor, Var};
+use candle_core::{
+    backprop::GradStore, CpuStorage, DType, Device, InplaceOp2, Layout, Tensor, Var,
+};
+use rayon::prelude::*;
 
 /// Adam hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,8 +46,150 @@ impl AdamConfig {
 struct Slot {
     name: String,
     var: Var,
-    m: Tensor,
-    v: Tensor,
+    moments: Moments,
+}
+
+/// A parameter's first and second moments.
+enum Moments {
+    /// CPU f32 parameters: updated by one in-place pass.
+    Host { m: Vec<f32>, v: Vec<f32> },
+    /// Elsewhere: tensors, updated by composed ops.
+    Device { m: Tensor, v: Tensor },
+}
+
+impl Moments {
+    fn zeros(var: &Var) -> candle_core::Result<Self> {
+        if matches!(var.device(), Device::Cpu) && var.dtype() == DType::F32 {
+            let n = var.elem_count();
+            return Ok(Moments::Host {
+                m: vec![0.0; n],
+                v: vec![0.0; n],
+            });
+        }
+        let zeros = var.zeros_like()?;
+        Ok(Moments::Device {
+            m: zeros.clone(),
+            v: zeros,
+        })
+    }
+
+    fn tensors(&self, var: &Var) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok(match self {
+            Moments::Host { m, v } => (
+                Tensor::from_slice(m, var.shape(), var.device())?,
+                Tensor::from_slice(v, var.shape(), var.device())?,
+            ),
+            Moments::Device { m, v } => (m.clone(), v.clone()),
+        })
+    }
+}
+
+/// Coefficients of one step, as f32 the way candle's `tensor * f64` applies them.
+#[derive(Clone, Copy)]
+struct StepCoefficients {
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    inv_bias1: f32,
+    inv_bias2: f32,
+    eps: f32,
+    lr: f32,
+}
+
+impl StepCoefficients {
+    fn new(c: &AdamConfig, bias1: f64, bias2: f64) -> Self {
+        StepCoefficients {
+            beta1: c.beta1 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            inv_bias1: (1.0 / bias1) as f32,
+            inv_bias2: (1.0 / bias2) as f32,
+            eps: c.eps as f32,
+            lr: c.lr as f32,
+        }
+    }
+
+    /// One element: the same operations, in the same order, as the composed path.
+    #[inline(always)]
+    fn apply(&self, p: &mut f32, m: &mut f32, v: &mut f32, g: f32) {
+        *m = *m * self.beta1 + g * self.one_minus_beta1;
+        *v = *v * self.beta2 + (g * g) * self.one_minus_beta2;
+        let denom = (*v * self.inv_bias2).sqrt() + self.eps;
+        let update = (*m * self.inv_bias1) / denom;
+        *p -= update * self.lr;
+    }
+}
+
+/// Elements per parallel block of the in-place pass.
+const BLOCK: usize = 16 * 1024;
+
+/// The in-place pass over one parameter (written) and its gradient (read).
+struct HostStep<'a> {
+    k: StepCoefficients,
+    moments: Mutex<(&'a mut [f32], &'a mut [f32])>,
+}
+
+fn contiguous_f32<'s>(s: &'s CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'s [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(candle_core::Error::Msg(format!(
+            "adam: the {what} is not a contiguous f32 tensor"
+        ))),
+    }
+}
+
+impl InplaceOp2 for HostStep<'_> {
+    fn name(&self) -> &'static str {
+        "adam-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let g = contiguous_f32(s2, l2, "gradient")?;
+        let (CpuStorage::F32(p), Some((a, b))) = (s1, l1.contiguous_offsets()) else {
+            return Err(candle_core::Error::Msg(
+                "adam: the parameter is not a contiguous f32 tensor".into(),
+            ));
+        };
+        let p = &mut p[a..b];
+        let mut guard = self
+            .moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adam: poisoned state".into()))?;
+        let (m, v) = &mut *guard;
+        if p.len() != g.len() || m.len() != p.len() || v.len() != p.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "adam: a parameter of {} values, a gradient of {}, moments of {} and {}",
+                p.len(),
+                g.len(),
+                m.len(),
+                v.len()
+            )));
+        }
+        let k = self.k;
+        let run = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
+            for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                k.apply(p, m, v, g);
+            }
+        };
+        if p.len() <= BLOCK {
+            run(p, m, v, g);
+        } else {
+            p.par_chunks_mut(BLOCK)
+                .zip(m.par_chunks_mut(BLOCK))
+                .zip(v.par_chunks_mut(BLOCK))
+                .zip(g.par_chunks(BLOCK))
+                .for_each(|(((p, m), v), g)| run(p, m, v, g));
+        }
+        Ok(())
+    }
 }
 
 /// The optimizer and its state.
@@ -56,11 +205,9 @@ impl Adam {
         let slots = vars
             .into_iter()
             .map(|(name, var)| {
-                let zeros = var.zeros_like()?;
                 Ok(Slot {
                     name,
-                    m: zeros.clone(),
-                    v: zeros,
+                    moments: Moments::zeros(&var)?,
                     var,
                 })
             })
@@ -84,18 +231,38 @@ impl Adam {
         let t = self.step as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
+        let k = StepCoefficients::new(&c, bias1, bias2);
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            let m = ((&slot.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            let v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let denom = ((&v / bias2)?.sqrt()? + c.eps)?;
-            let update = ((&m / bias1)? / denom)?;
-            let new = (slot.var.as_tensor() - (update * c.lr)?)?;
-            slot.var.set(&new)?;
-            slot.m = m;
-            slot.v = v;
+            match &mut slot.moments {
+                Moments::Host { m, v } if g.is_contiguous() && g.dtype() == DType::F32 => {
+                    let op = HostStep {
+                        k,
+                        moments: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
+                    };
+                    slot.var.as_tensor().inplace_op2(g, &op)?;
+                }
+                _ => slot.composed_step(g, &c, bias1, bias2)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The same step from composed candle ops on every parameter (the reference the in-place
+    /// pass is tested against; the path off the CPU).
+    pub fn step_generic(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        self.step += 1;
+        let c = self.config;
+        let t = self.step as i32;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2 = 1.0 - c.beta2.powi(t);
+        for slot in &mut self.slots {
+            let Some(g) = grads.get(slot.var.as_tensor()) else {
+                continue;
+            };
+            slot.composed_step(g, &c, bias1, bias2)?;
         }
         Ok(())
     }
@@ -104,8 +271,11 @@ impl Adam {
     pub fn state(&self) -> (BTreeMap<String, Tensor>, u64) {
         let mut out = BTreeMap::new();
         for s in &self.slots {
-            out.insert(format!("m.{}", s.name), s.m.clone());
-            out.insert(format!("v.{}", s.name), s.v.clone());
+            // A CPU slice always makes a tensor of the parameter's shape.
+            if let Ok((m, v)) = s.moments.tensors(&s.var) {
+                out.insert(format!("m.{}", s.name), m);
+                out.insert(format!("v.{}", s.name), v);
+            }
         }
         (out, self.step)
     }
@@ -118,7 +288,8 @@ impl Adam {
         step: u64,
     ) -> Result<(), String> {
         for s in &mut self.slots {
-            for (key, dst) in [("m", &mut s.m), ("v", &mut s.v)] {
+            let mut pair = Vec::with_capacity(2);
+            for key in ["m", "v"] {
                 let name = format!("{key}.{}", s.name);
                 let t = tensors
                     .get(&name)
@@ -130,10 +301,55 @@ impl Adam {
                         s.var.dims()
                     ));
                 }
-                *dst = t.clone();
+                pair.push(t.clone());
             }
+            let (Some(v), Some(m)) = (pair.pop(), pair.pop()) else {
+                return Err("optimizer state: two moments expected".into());
+            };
+            s.moments = match s.moments {
+                Moments::Host { .. } => {
+                    let flat = |t: Tensor, key: &str| {
+                        t.to_dtype(DType::F32)
+                            .and_then(|t| t.flatten_all())
+                            .and_then(|t| t.to_vec1::<f32>())
+                            .map_err(|e| format!("optimizer tensor `{key}.{}`: {e}", s.name))
+                    };
+                    Moments::Host {
+                        m: flat(m, "m")?,
+                        v: flat(v, "v")?,
+                    }
+                }
+                Moments::Device { .. } => Moments::Device { m, v },
+            };
         }
         self.step = step;
+        Ok(())
+    }
+}
+
+impl Slot {
+    /// This parameter's update from composed candle ops.
+    fn composed_step(
+        &mut self,
+        g: &Tensor,
+        c: &AdamConfig,
+        bias1: f64,
+        bias2: f64,
+    ) -> candle_core::Result<()> {
+        let (m, v) = self.moments.tensors(&self.var)?;
+        let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+        let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+        let denom = ((&v / bias2)?.sqrt()? + c.eps)?;
+        let update = ((&m / bias1)? / denom)?;
+        let new = (self.var.as_tensor() - (update * c.lr)?)?;
+        self.var.set(&new)?;
+        self.moments = match self.moments {
+            Moments::Host { .. } => Moments::Host {
+                m: m.flatten_all()?.to_vec1()?,
+                v: v.flatten_all()?.to_vec1()?,
+            },
+            Moments::Device { .. } => Moments::Device { m, v },
+        };
         Ok(())
     }
 }
@@ -175,6 +391,64 @@ mod tests {
         // Adam's first step moves every coordinate by lr against the gradient's sign.
         assert!(got[0] < 1.0 - 0.1 && got[1] > -2.0 + 0.1);
         assert_eq!(opt.step_count(), 2);
+        Ok(())
+    }
+
+    #[test]
+    fn the_in_place_pass_equals_the_composed_ops_bit_for_bit() -> candle_core::Result<()> {
+        // One parameter above the parallel block size, one below; three steps, then a state
+        // round trip and a fourth.
+        let dev = Device::Cpu;
+        let sizes = [(BLOCK * 2 + 37, 1usize), (5, 3)];
+        let make = || -> candle_core::Result<BTreeMap<String, Var>> {
+            let mut vars = BTreeMap::new();
+            for (i, &(rows, cols)) in sizes.iter().enumerate() {
+                let vals: Vec<f32> = (0..rows * cols)
+                    .map(|j| (((j * 7919 + i) % 1009) as f32 / 1009.0 - 0.5) * 3.0)
+                    .collect();
+                vars.insert(format!("p{i}"), Var::from_vec(vals, (rows, cols), &dev)?);
+            }
+            Ok(vars)
+        };
+        let loss = |vars: &BTreeMap<String, Var>| -> candle_core::Result<GradStore> {
+            let mut total = Tensor::new(0f32, &dev)?;
+            for v in vars.values() {
+                let t = v.as_tensor();
+                total = (total + (t.sqr()? * t.sin()?)?.sum_all()?)?;
+            }
+            total.backward()
+        };
+        let (fused_vars, generic_vars) = (make()?, make()?);
+        let mut fused = Adam::new(fused_vars.clone(), AdamConfig::rectools(0.01))?;
+        let mut generic = Adam::new(generic_vars.clone(), AdamConfig::rectools(0.01))?;
+        for step in 0..4 {
+            if step == 3 {
+                let (state, n) = fused.state();
+                fused
+                    .load_state(&state, n)
+                    .map_err(candle_core::Error::Msg)?;
+            }
+            fused.step(&loss(&fused_vars)?)?;
+            generic.step_generic(&loss(&generic_vars)?)?;
+        }
+        for (name, a) in &fused_vars {
+            let a = a.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            let b = generic_vars[name]
+                .as_tensor()
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            assert!(
+                a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                "{name}"
+            );
+        }
+        let (fs, _) = fused.state();
+        let (gs, _) = generic.state();
+        for (name, t) in &fs {
+            let a = t.flatten_all()?.to_vec1::<f32>()?;
+            let b = gs[name].flatten_all()?.to_vec1::<f32>()?;
+            assert_eq!(a, b, "{name}");
+        }
         Ok(())
     }
 
