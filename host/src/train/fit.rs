@@ -196,56 +196,89 @@ impl TrainRun<'_> {
 
     /// One epoch's training batches; returns the batch-size-weighted loss sum and the number of
     /// sequences seen.
+    ///
+    /// Batches are collated on a second thread, at most two ahead of the step that trains on
+    /// them, in the epoch's order: the data stream (shuffling, masking, negatives) is drawn from
+    /// by that thread alone during the epoch, in the same order as one thread would, so a seed
+    /// gives the same batches.
     fn train_epoch(&mut self, info: &EpochInfo, started: Instant) -> Result<(f64, usize)> {
         let order = self.epoch_order(self.data.sessions.len());
-        let (mut loss_sum, mut seen) = (0.0f64, 0usize);
-        for (b, chunk) in order.chunks(self.model.spec.batch_size).enumerate() {
-            let refs: Vec<SessionRef<'_>> = chunk
-                .iter()
-                .map(|&i| SessionRef {
-                    items: &self.data.sessions[i].items,
-                    weights: &self.data.sessions[i].weights,
-                })
-                .collect();
-            let batch = self.preparator.collate_train(
-                &refs,
-                self.model.schema.n_items,
-                self.sampler,
-                self.data_rng,
-                &self.model.device,
-            )?;
-            let loss = self
-                .objective
-                .train_loss(self.model.backbone.as_ref(), &batch)?;
-            let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
-            if !value.is_finite() {
-                let origin = recblocks_core::nn::fused::take_non_finite_origin()
-                    .map(|o| format!("; first: {o}"))
-                    .unwrap_or_default();
-                return Err(HostError::NonFiniteLoss {
-                    epoch: info.epoch,
-                    batch: b + 1,
-                    value,
-                    origin,
-                });
+        let batch_size = self.model.spec.batch_size;
+        let (sessions, preparator, sampler, data_rng) = (
+            &self.data.sessions,
+            self.preparator,
+            self.sampler,
+            self.data_rng,
+        );
+        let (n_items, device) = (self.model.schema.n_items, self.model.device.clone());
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            scope.spawn(move || {
+                for chunk in order.chunks(batch_size) {
+                    let refs: Vec<SessionRef<'_>> = chunk
+                        .iter()
+                        .map(|&i| SessionRef {
+                            items: &sessions[i].items,
+                            weights: &sessions[i].weights,
+                        })
+                        .collect();
+                    let batch = preparator
+                        .collate_train(&refs, n_items, sampler, data_rng, &device)
+                        .map(|batch| (chunk.len(), batch));
+                    let failed = batch.is_err();
+                    // A closed channel: the training side stopped (an error); so do we.
+                    if tx.send(batch).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+            for (b, collated) in rx.iter().enumerate() {
+                let (len, batch) = collated?;
+                let value = self.train_step(&batch, info, b)?;
+                loss_sum += value as f64 * len as f64;
+                seen += len;
+                let secs = started.elapsed().as_secs_f64().max(1e-9);
+                self.observer.batch_done(
+                    info,
+                    &BatchProgress {
+                        batch: b + 1,
+                        mean_loss: loss_sum / seen as f64,
+                        sequences_per_second: seen as f64 / secs,
+                    },
+                );
             }
-            // A block's note about non-finite values only matters for the step that failed.
-            let _ = recblocks_core::nn::fused::take_non_finite_origin();
-            let grads = loss.backward()?;
-            self.adam.step(&grads)?;
-            loss_sum += value as f64 * chunk.len() as f64;
-            seen += chunk.len();
-            let secs = started.elapsed().as_secs_f64().max(1e-9);
-            self.observer.batch_done(
-                info,
-                &BatchProgress {
-                    batch: b + 1,
-                    mean_loss: loss_sum / seen as f64,
-                    sequences_per_second: seen as f64 / secs,
-                },
-            );
+            Ok((loss_sum, seen))
+        })
+    }
+
+    /// One optimisation step on `batch` (the `b`-th of the epoch, from 0); returns its loss.
+    fn train_step(
+        &mut self,
+        batch: &recblocks_core::batch::Batch,
+        info: &EpochInfo,
+        b: usize,
+    ) -> Result<f32> {
+        let loss = self
+            .objective
+            .train_loss(self.model.backbone.as_ref(), batch)?;
+        let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        if !value.is_finite() {
+            let origin = recblocks_core::nn::fused::take_non_finite_origin()
+                .map(|o| format!("; first: {o}"))
+                .unwrap_or_default();
+            return Err(HostError::NonFiniteLoss {
+                epoch: info.epoch,
+                batch: b + 1,
+                value,
+                origin,
+            });
         }
-        Ok((loss_sum, seen))
+        // A block's note about non-finite values only matters for the step that failed.
+        let _ = recblocks_core::nn::fused::take_non_finite_origin();
+        let grads = loss.backward()?;
+        self.adam.step(&grads)?;
+        Ok(value)
     }
 
     fn epoch_order(&self, n: usize) -> Vec<usize> {
