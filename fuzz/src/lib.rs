@@ -244,6 +244,11 @@ fn pickle_base_entries() -> &'static [(String, Vec<u8>)] {
 /// stored as torch.save lays a checkpoint out (beside the tensor storages of
 /// [`PICKLE_BASE_CHECKPOINT`]) and imported as `import-rectools` imports it.
 pub fn pickle(data: &[u8]) -> bool {
+    pickle_import(data).is_ok()
+}
+
+/// The `pickle` target's import, with its error message.
+pub fn pickle_import(data: &[u8]) -> Result<(), String> {
     recblocks::memory::set_limit(MEMORY_LIMIT);
     let _ = recblocks::rectools_import::pickle_guard::check_pickle(data);
     let path = scratch().join("fuzz.ckpt");
@@ -259,5 +264,9 @@ pub fn pickle(data: &[u8]) -> bool {
         zip.write_all(bytes).expect("a zip entry's bytes");
     }
     zip.finish().expect("a zip file");
-    REGISTRY.with(|registry| recblocks::rectools_import::import_checkpoint(&path, registry).is_ok())
+    REGISTRY.with(|registry| {
+        recblocks::rectools_import::import_checkpoint(&path, registry)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
 }

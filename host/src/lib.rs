@@ -15,6 +15,7 @@ pub mod model;
 pub mod model_dir;
 pub mod output;
 pub mod output_file;
+pub(crate) mod panic_guard;
 pub mod plot;
 pub mod ranking;
 pub mod recommend;

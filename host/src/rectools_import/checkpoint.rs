@@ -80,13 +80,13 @@ fn top_level(path: &Path) -> Result<Object, String> {
         ));
     }
     super::pickle_guard::check_pickle(&bytes).map_err(|e| format!("`{name}`: {e}"))?;
-    let mut stack = candle_core::pickle::Stack::empty();
-    stack
-        .read_loop(&mut std::io::Cursor::new(bytes))
-        .map_err(|e| format!("`{name}` is not a readable pickle: {e}"))?;
-    stack
-        .finalize()
-        .map_err(|e| format!("`{name}` is not a readable pickle: {e}"))
+    crate::panic_guard::guarded(|| {
+        let mut stack = candle_core::pickle::Stack::empty();
+        stack.read_loop(&mut std::io::Cursor::new(bytes))?;
+        stack.finalize()
+    })
+    .map_err(|panic| format!("`{name}` is corrupt: candle's pickle reader failed with `{panic}`"))?
+    .map_err(|e| format!("`{name}` is not a readable pickle: {e}"))
 }
 
 fn entry<'a>(entries: &'a [(Object, Object)], key: &str) -> Option<&'a Object> {
@@ -146,8 +146,17 @@ pub fn read_checkpoint(path: &Path) -> Result<RecToolsCheckpoint, String> {
             ))
         }
     };
-    let state_dict = candle_core::pickle::read_all_with_key(path, Some("state_dict"))
-        .map_err(|e| format!("cannot read the `state_dict` tensors: {e}"))?;
+    // candle's reader panics on some crafted tensor records (found by fuzzing): refused as corrupt.
+    let state_dict = crate::panic_guard::guarded(|| {
+        candle_core::pickle::read_all_with_key(path, Some("state_dict"))
+    })
+    .map_err(|panic| {
+        format!(
+            "the checkpoint is corrupt: candle's reader of the `state_dict` tensors failed with \
+             `{panic}`"
+        )
+    })?
+    .map_err(|e| format!("cannot read the `state_dict` tensors: {e}"))?;
     if state_dict.is_empty() {
         return Err("the `state_dict` holds no tensors".into());
     }

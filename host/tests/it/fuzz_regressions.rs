@@ -154,3 +154,18 @@ fn fuzz_model_load_seeds_and_regressions() {
 fn fuzz_pickle_seeds_and_regressions() {
     assert!(replay("pickle", harness::pickle, Vec::new()) >= 3);
 }
+
+#[test]
+fn a_tensor_record_candles_reader_panics_on_is_refused_as_a_corrupt_checkpoint() {
+    // Found by the pickle target: candle's `rebuild_args` removes an argument past the end.
+    let data = std::fs::read(
+        fuzz_dir().join("regressions/pickle/crash-rebuild-args-remove-past-end-69c9342d"),
+    )
+    .unwrap();
+    let err = harness::pickle_import(&data).unwrap_err();
+    harness::remove_scratch();
+    assert!(
+        err.contains("the checkpoint is corrupt") && err.contains("removal index"),
+        "{err}"
+    );
+}

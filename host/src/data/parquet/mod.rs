@@ -13,7 +13,6 @@
 //! first data row), and skipped and counted under [`ReadOptions::skip_bad_rows`].
 
 mod cells;
-mod guard;
 mod pages;
 mod roles;
 
@@ -46,11 +45,13 @@ pub fn read_interactions_parquet(
     };
     crate::data::input_file::check_kind(path)?;
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    guard::guarded(|| read_file(file, path, columns, options)).unwrap_or_else(|panic| {
-        Err(parquet_error(&format!(
-            "the file is corrupt: the Parquet decoder failed with `{panic}`"
-        )))
-    })
+    crate::panic_guard::guarded(|| read_file(file, path, columns, options)).unwrap_or_else(
+        |panic| {
+            Err(parquet_error(&format!(
+                "the file is corrupt: the Parquet decoder failed with `{panic}`"
+            )))
+        },
+    )
 }
 
 /// [`read_interactions_parquet`] once the file is open.

@@ -1,8 +1,10 @@
-//! Decoding under a guard. The `parquet` crate panics on some corrupt files instead of returning
-//! an error (the `parquet` fuzz target found an out-of-bounds index in its BYTE_STREAM_SPLIT
-//! decoder when a page claims more values than it holds). [`guarded`] turns such a panic into an
-//! error message naming what the decoder said and where, so that a corrupt file is refused like
-//! any other bad input instead of aborting the command; the panic is not printed.
+//! Decoding under a guard. Some decoders of other crates panic on corrupt input instead of
+//! returning an error: the `parquet` fuzz target found an out-of-bounds index in the parquet
+//! crate's BYTE_STREAM_SPLIT decoder (a page claiming more values than it holds), and the `pickle`
+//! target a `Vec::remove` past the end in candle's checkpoint reader (`rebuild_args` of a crafted
+//! tensor record). [`guarded`] turns such a panic into an error message naming what the decoder
+//! said and where, so that a corrupt file is refused like any other bad input instead of aborting
+//! the command; the panic is not printed.
 
 use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -42,7 +44,7 @@ fn install_hook() {
 }
 
 /// Runs `f`; a panic inside it is returned as `Err` with the panic's message and location.
-pub(super) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+pub(crate) fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     install_hook();
     let outer = GUARDED.with(|g| g.replace(true));
     let result = catch_unwind(AssertUnwindSafe(f));
