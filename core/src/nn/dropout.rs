@@ -89,13 +89,29 @@ pub fn mask_from_key(key: u64, n: usize, p: f64, scale: f32) -> Vec<f32> {
             // Word positions count 32-bit words; each word gives two draws, its low half first
             // (the keystream's bytes read as little-endian u16).
             rng.set_word_pos((block * BLOCK / 2) as u128);
-            let mut draws = vec![0u16; out.len()];
-            rng.fill(&mut draws[..]);
-            for (o, &d) in out.iter_mut().zip(&draws) {
-                *o = if u32::from(d) < threshold { scale } else { 0.0 };
+            // Draws in pieces of a whole number of keystream words (an even count of u16), so
+            // that consecutive fills continue the keystream exactly.
+            let mut draws = [0u16; DRAWS];
+            for out in out.chunks_mut(DRAWS) {
+                let draws = &mut draws[..out.len()];
+                rng.fill(draws);
+                threshold_pass(out, draws, threshold, scale);
             }
         });
     mask
+}
+
+/// 16-bit draws per keystream fill (even: whole 32-bit words).
+const DRAWS: usize = 2048;
+
+/// `out[i] = scale` where `draws[i] < threshold`, else 0, compiled for the CPU's best SIMD level
+/// (pulp's run-time dispatch).
+fn threshold_pass(out: &mut [f32], draws: &[u16], threshold: u32, scale: f32) {
+    pulp::Arch::new().dispatch(|| {
+        for (o, &d) in out.iter_mut().zip(draws) {
+            *o = if u32::from(d) < threshold { scale } else { 0.0 };
+        }
+    })
 }
 
 #[cfg(test)]
