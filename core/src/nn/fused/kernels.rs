@@ -3,12 +3,20 @@
 //! Each pass fuses what the generic path does in several candle ops (bias, activation, dropout,
 //! residual; a layer norm with the residual feeding its gradient). Rows are processed in parallel
 //! blocks of a fixed size and column sums (bias and norm gradients) are added block by block in
-//! order, so every result is the same on any number of threads.
+//! order, so every result is the same on any number of threads. Each parallel task's loops are
+//! compiled for the CPU's best SIMD level (pulp's run-time dispatch); the passes are element-wise
+//! or sum in a fixed order, so the level changes no result.
 
 use rayon::prelude::*;
 
 /// Rows per parallel task.
 const ROWS: usize = 64;
+
+/// Runs `f` compiled for the best SIMD level the CPU has (AVX-512 or AVX2 + FMA on x86-64).
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
+}
 
 /// `y = (x − mean) / sqrt(var + eps) · w + b` per row of `d`, and each row's `(mean, 1/σ)`.
 pub(crate) fn layer_norm(
@@ -28,15 +36,17 @@ pub(crate) fn layer_norm(
         .zip(stats.par_chunks_mut(ROWS))
         .zip(x.par_chunks(ROWS * d))
         .for_each(|((yt, st), xt)| {
-            for ((yr, xr), s) in yt.chunks_exact_mut(d).zip(xt.chunks_exact(d)).zip(st) {
-                let mean = xr.iter().sum::<f32>() / d as f32;
-                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                let rstd = 1.0 / (var + eps).sqrt();
-                for (((o, &v), &wj), &bj) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                    *o = (v - mean) * rstd * wj + bj;
+            simd(|| {
+                for ((yr, xr), s) in yt.chunks_exact_mut(d).zip(xt.chunks_exact(d)).zip(st) {
+                    let mean = xr.iter().sum::<f32>() / d as f32;
+                    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                    let rstd = 1.0 / (var + eps).sqrt();
+                    for (((o, &v), &wj), &bj) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                        *o = (v - mean) * rstd * wj + bj;
+                    }
+                    *s = (mean, rstd);
                 }
-                *s = (mean, rstd);
-            }
+            })
         });
     (y, stats)
 }
@@ -138,24 +148,26 @@ pub(crate) fn bias_dropout_residual(
     let mut y = vec![0f32; x.len()];
     let block = ROWS * d.max(1);
     y.par_chunks_mut(block).enumerate().for_each(|(t, yt)| {
-        let start = t * block;
-        let len = yt.len();
-        let xt = &x[start..start + len];
-        for (yr, xr) in yt.chunks_exact_mut(d.max(1)).zip(xt.chunks_exact(d.max(1))) {
-            for ((o, &v), &bj) in yr.iter_mut().zip(xr).zip(b) {
-                *o = v + bj;
+        simd(|| {
+            let start = t * block;
+            let len = yt.len();
+            let xt = &x[start..start + len];
+            for (yr, xr) in yt.chunks_exact_mut(d.max(1)).zip(xt.chunks_exact(d.max(1))) {
+                for ((o, &v), &bj) in yr.iter_mut().zip(xr).zip(b) {
+                    *o = v + bj;
+                }
             }
-        }
-        if let Some(m) = mask {
-            for (o, &mv) in yt.iter_mut().zip(&m[start..start + len]) {
-                *o *= mv;
+            if let Some(m) = mask {
+                for (o, &mv) in yt.iter_mut().zip(&m[start..start + len]) {
+                    *o *= mv;
+                }
             }
-        }
-        if let Some(r) = residual {
-            for (o, &rv) in yt.iter_mut().zip(&r[start..start + len]) {
-                *o += rv;
+            if let Some(r) = residual {
+                for (o, &rv) in yt.iter_mut().zip(&r[start..start + len]) {
+                    *o += rv;
+                }
             }
-        }
+        })
     });
     y
 }
@@ -168,12 +180,14 @@ pub(crate) fn scale_rows(x: &[f32], m: &[f32], d: usize) -> Vec<f32> {
         .zip(x.par_chunks(block))
         .enumerate()
         .for_each(|(t, (yt, xt))| {
-            let rows = yt.chunks_exact_mut(d.max(1)).zip(xt.chunks_exact(d.max(1)));
-            for ((yr, xr), &mv) in rows.zip(&m[t * ROWS..]) {
-                for (o, &v) in yr.iter_mut().zip(xr) {
-                    *o = v * mv;
+            simd(|| {
+                let rows = yt.chunks_exact_mut(d.max(1)).zip(xt.chunks_exact(d.max(1)));
+                for ((yr, xr), &mv) in rows.zip(&m[t * ROWS..]) {
+                    for (o, &v) in yr.iter_mut().zip(xr) {
+                        *o = v * mv;
+                    }
                 }
-            }
+            })
         });
     y
 }
@@ -184,9 +198,11 @@ pub(crate) fn mul(a: &[f32], b: &[f32]) -> Vec<f32> {
     y.par_chunks_mut(ROWS * 64)
         .zip(a.par_chunks(ROWS * 64).zip(b.par_chunks(ROWS * 64)))
         .for_each(|(yt, (at, bt))| {
-            for ((o, &x), &m) in yt.iter_mut().zip(at).zip(bt) {
-                *o = x * m;
-            }
+            simd(|| {
+                for ((o, &x), &m) in yt.iter_mut().zip(at).zip(bt) {
+                    *o = x * m;
+                }
+            })
         });
     y
 }
@@ -267,11 +283,11 @@ pub(crate) fn bias_act_dropout(
         a.par_chunks_mut(block)
             .zip(h.par_chunks_mut(block))
             .enumerate()
-            .for_each(|(t, (at, ht))| body(t, at, Some(ht)));
+            .for_each(|(t, (at, ht))| simd(|| body(t, at, Some(ht))));
     } else {
         a.par_chunks_mut(block)
             .enumerate()
-            .for_each(|(t, at)| body(t, at, None));
+            .for_each(|(t, at)| simd(|| body(t, at, None)));
     }
     (h, a)
 }
@@ -290,28 +306,30 @@ pub(crate) fn bias_act_dropout_backward(
     let mut dh = vec![0f32; da.len()];
     let block = ROWS * 64;
     dh.par_chunks_mut(block).enumerate().for_each(|(t, dt)| {
-        let start = t * block;
-        let len = dt.len();
-        let dat = &da[start..start + len];
-        match act {
-            Act::Relu => {
-                let at = &a[start..start + dt.len()];
-                for ((o, &g), &av) in dt.iter_mut().zip(dat).zip(at) {
-                    *o = if av > 0.0 { g * scale } else { 0.0 };
+        simd(|| {
+            let start = t * block;
+            let len = dt.len();
+            let dat = &da[start..start + len];
+            match act {
+                Act::Relu => {
+                    let at = &a[start..start + dt.len()];
+                    for ((o, &g), &av) in dt.iter_mut().zip(dat).zip(at) {
+                        *o = if av > 0.0 { g * scale } else { 0.0 };
+                    }
                 }
-            }
-            Act::Gelu => {
-                let ht = &h[start..start + dt.len()];
-                for ((o, &g), &hv) in dt.iter_mut().zip(dat).zip(ht) {
-                    *o = g * gelu_grad(hv);
-                }
-                if let Some(m) = mask {
-                    for (o, &mv) in dt.iter_mut().zip(&m[start..start + len]) {
-                        *o *= mv;
+                Act::Gelu => {
+                    let ht = &h[start..start + dt.len()];
+                    for ((o, &g), &hv) in dt.iter_mut().zip(dat).zip(ht) {
+                        *o = g * gelu_grad(hv);
+                    }
+                    if let Some(m) = mask {
+                        for (o, &mv) in dt.iter_mut().zip(&m[start..start + len]) {
+                            *o *= mv;
+                        }
                     }
                 }
             }
-        }
+        })
     });
     dh
 }
@@ -325,9 +343,11 @@ fn sigmoid(v: f32) -> f32 {
 pub(crate) fn bias_sigmoid(y: &[f32], b: &[f32], d: usize) -> Vec<f32> {
     let mut g = bias_dropout_residual(y, b, None, None, d);
     g.par_chunks_mut(ROWS * 64).for_each(|t| {
-        for v in t.iter_mut() {
-            *v = sigmoid(*v);
-        }
+        simd(|| {
+            for v in t.iter_mut() {
+                *v = sigmoid(*v);
+            }
+        })
     });
     g
 }
@@ -346,14 +366,16 @@ pub(crate) fn gated_residual(
     let mut out = vec![0f32; x.len()];
     let block = ROWS * 64;
     out.par_chunks_mut(block).enumerate().for_each(|(t, ot)| {
-        let start = t * block;
-        let len = ot.len();
-        let xs = &x[start..start + len];
-        let gs = &g[start..start + len];
-        let ys = &yd[start..start + len];
-        for (((o, &xv), &gv), &yv) in ot.iter_mut().zip(xs).zip(gs).zip(ys) {
-            *o = xv + gv * yv;
-        }
+        simd(|| {
+            let start = t * block;
+            let len = ot.len();
+            let xs = &x[start..start + len];
+            let gs = &g[start..start + len];
+            let ys = &yd[start..start + len];
+            for (((o, &xv), &gv), &yv) in ot.iter_mut().zip(xs).zip(gs).zip(ys) {
+                *o = xv + gv * yv;
+            }
+        })
     });
     (yd, out)
 }
@@ -374,17 +396,19 @@ pub(crate) fn gated_residual_backward(
         .zip(d_y.par_chunks_mut(block))
         .enumerate()
         .for_each(|(t, (pt, yt))| {
-            let start = t * block;
-            let len = pt.len();
-            let rows = dout[start..start + len]
-                .iter()
-                .zip(&g[start..start + len])
-                .zip(&yd[start..start + len]);
-            for (i, ((&dv, &gv), &yv)) in rows.enumerate() {
-                pt[i] = dv * yv * gv * (1.0 - gv);
-                let m = mask.map_or(1.0, |m| m[start + i]);
-                yt[i] = dv * gv * m;
-            }
+            simd(|| {
+                let start = t * block;
+                let len = pt.len();
+                let rows = dout[start..start + len]
+                    .iter()
+                    .zip(&g[start..start + len])
+                    .zip(&yd[start..start + len]);
+                for (i, ((&dv, &gv), &yv)) in rows.enumerate() {
+                    pt[i] = dv * yv * gv * (1.0 - gv);
+                    let m = mask.map_or(1.0, |m| m[start + i]);
+                    yt[i] = dv * gv * m;
+                }
+            })
         });
     (d_pre, d_y)
 }
@@ -404,18 +428,20 @@ pub(crate) fn swiglu(
         return (uvb, z);
     }
     z.par_chunks_mut(ROWS * m).enumerate().for_each(|(t, zt)| {
-        for (r, zr) in zt.chunks_exact_mut(m).enumerate() {
-            let row = t * ROWS + r;
-            let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
-            for ((o, &uu), &vv) in zr.iter_mut().zip(u).zip(v) {
-                *o = uu / (1.0 + (-uu).exp()) * vv;
-            }
-            if let Some(mk) = mask {
-                for (o, &mv) in zr.iter_mut().zip(&mk[row * m..(row + 1) * m]) {
-                    *o *= mv;
+        simd(|| {
+            for (r, zr) in zt.chunks_exact_mut(m).enumerate() {
+                let row = t * ROWS + r;
+                let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
+                for ((o, &uu), &vv) in zr.iter_mut().zip(u).zip(v) {
+                    *o = uu / (1.0 + (-uu).exp()) * vv;
+                }
+                if let Some(mk) = mask {
+                    for (o, &mv) in zr.iter_mut().zip(&mk[row * m..(row + 1) * m]) {
+                        *o *= mv;
+                    }
                 }
             }
-        }
+        })
     });
     (uvb, z)
 }
@@ -429,18 +455,20 @@ pub(crate) fn swiglu_backward(dz: &[f32], uvb: &[f32], mask: Option<&[f32]>, m: 
     duv.par_chunks_mut(ROWS * 2 * m)
         .enumerate()
         .for_each(|(t, dt)| {
-            for (r, dr) in dt.chunks_exact_mut(2 * m).enumerate() {
-                let row = t * ROWS + r;
-                let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
-                let (du, dv) = dr.split_at_mut(m);
-                for j in 0..m {
-                    let g = dz[row * m + j] * mask.map_or(1.0, |mk| mk[row * m + j]);
-                    let s = sigmoid(u[j]);
-                    let silu = u[j] / (1.0 + (-u[j]).exp());
-                    du[j] = g * v[j] * s * (1.0 + u[j] * (1.0 - s));
-                    dv[j] = g * silu;
+            simd(|| {
+                for (r, dr) in dt.chunks_exact_mut(2 * m).enumerate() {
+                    let row = t * ROWS + r;
+                    let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
+                    let (du, dv) = dr.split_at_mut(m);
+                    for j in 0..m {
+                        let g = dz[row * m + j] * mask.map_or(1.0, |mk| mk[row * m + j]);
+                        let s = sigmoid(u[j]);
+                        let silu = u[j] / (1.0 + (-u[j]).exp());
+                        du[j] = g * v[j] * s * (1.0 + u[j] * (1.0 - s));
+                        dv[j] = g * silu;
+                    }
                 }
-            }
+            })
         });
     duv
 }
@@ -451,9 +479,11 @@ pub(crate) fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     y.par_chunks_mut(ROWS * 64)
         .zip(a.par_chunks(ROWS * 64).zip(b.par_chunks(ROWS * 64)))
         .for_each(|(yt, (at, bt))| {
-            for ((o, &x), &v) in yt.iter_mut().zip(at).zip(bt) {
-                *o = x + v;
-            }
+            simd(|| {
+                for ((o, &x), &v) in yt.iter_mut().zip(at).zip(bt) {
+                    *o = x + v;
+                }
+            })
         });
     y
 }
