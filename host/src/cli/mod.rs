@@ -10,6 +10,7 @@ mod fit;
 mod generate;
 mod import_rectools;
 pub mod malloc_tuning;
+mod plugin;
 mod plugins;
 mod progress;
 mod recommend;
@@ -64,6 +65,9 @@ pub enum Command {
     /// List loaded plugins, or run the conformance suite on a plugin's components.
     #[command(subcommand)]
     Plugins(plugins::Command),
+    /// Make a new plugin crate, or build one against this binary's recblocks-core.
+    #[command(subcommand)]
+    Plugin(plugin::Command),
 }
 
 /// Logs go to stderr; `RUST_LOG` adjusts the level.
@@ -136,6 +140,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Similar(a) => similar::run(a),
         Command::ImportRectools(a) => import_rectools::run(a),
         Command::Plugins(c) => plugins::run(c),
+        Command::Plugin(c) => plugin::run(c),
     }
 }
 

@@ -56,7 +56,9 @@ fn print_plugin(plugin: &LoadedPlugin) {
     }
 }
 
-fn check(path: &std::path::Path) -> Result<()> {
+/// Loads the plugin at `path` and runs the conformance suite on its components; fails when a
+/// check fails.
+pub fn check(path: &std::path::Path) -> Result<()> {
     let plugin = plugins::load_plugin(path)?;
     // Check the library's own components: the registry of this run minus whatever the crates the
     // plugin provides registered already (a statically linked copy, or the same file given with
