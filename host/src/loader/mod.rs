@@ -9,6 +9,7 @@
 
 mod dlopen;
 mod error;
+pub mod guard;
 
 use std::path::{Path, PathBuf};
 

@@ -17,6 +17,7 @@ mod observer;
 mod param_counts;
 mod parity;
 mod plugin_libs;
+mod plugin_refusals;
 mod plugin_sdk;
 mod plugins;
 mod recommend;
