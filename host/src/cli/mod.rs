@@ -68,6 +68,9 @@ pub enum Command {
     /// Make a new plugin crate, or build one against this binary's recblocks-core.
     #[command(subcommand)]
     Plugin(plugin::Command),
+    /// Install this binary with its core, libstd and plugin SDK under a directory (relocatable:
+    /// it needs nothing of the checkout that built it).
+    Install(plugin::InstallArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` adjusts the level.
@@ -141,6 +144,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::ImportRectools(a) => import_rectools::run(a),
         Command::Plugins(c) => plugins::run(c),
         Command::Plugin(c) => plugin::run(c),
+        Command::Install(a) => plugin::install(a),
     }
 }
 

@@ -1,10 +1,12 @@
-//! `recblocks plugin new NAME [--path DIR]` and `recblocks plugin build [DIR] [--debug] [--check]`.
+//! `recblocks plugin new NAME [--path DIR]`, `recblocks plugin build [DIR] [--debug] [--check]`
+//! and `recblocks install --root DIR`.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use recblocks::sdk::{
     build::{build_plugin, plugin_dir, BuildRequest},
+    install::install as install_to,
     scaffold::new_plugin,
     Sdk,
 };
@@ -77,4 +79,27 @@ pub fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `recblocks install`.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// The install root: the binary goes to ROOT/bin, core, libstd and the plugin SDK to
+    /// ROOT/lib/recblocks-<version>.
+    #[arg(long)]
+    root: PathBuf,
+}
+
+/// Runs `recblocks install`.
+pub fn install(args: InstallArgs) -> Result<()> {
+    let installed = install_to(&args.root)
+        .with_context(|| format!("installing recblocks under {}", args.root.display()))?;
+    eprintln!(
+        "installed {} files ({:.1} MB); the SDK is in {}",
+        installed.files,
+        installed.bytes as f64 / 1e6,
+        installed.lib_dir.display()
+    );
+    println!("{}", installed.binary.display());
+    Ok(())
 }

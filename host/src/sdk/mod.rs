@@ -1,6 +1,7 @@
 //! The plugin SDK: what a plugin build needs from the recblocks binary that will load the plugin,
 //! and the two commands that use it, `recblocks plugin new` ([`scaffold`]) and
-//! `recblocks plugin build` ([`build`]).
+//! `recblocks plugin build` ([`build`]), and the relocatable install that carries it
+//! ([`install`]).
 //!
 //! A plugin must link the very recblocks-core (and candle inside it) that the host links. The
 //! SDK is that core's compiled crate (`librecblocks_core.so`, whose metadata rustc reads) and the
@@ -11,7 +12,9 @@
 
 pub mod build;
 mod error;
+pub mod install;
 pub mod locate;
+mod lock;
 pub mod scaffold;
 
 pub use error::SdkError;

@@ -147,3 +147,82 @@ fn a_plugin_made_outside_the_checkout_builds_against_the_host_loads_trains_and_r
         "the plugin build changed the host's files"
     );
 }
+
+/// The run path entries and resolved libraries of `binary`, from `ldd`.
+fn ldd(binary: &Path) -> String {
+    // Without the test's LD_LIBRARY_PATH (cargo points it at target/ and the toolchain), which
+    // would win over the binary's run path.
+    let out = Command::new("ldd")
+        .arg(binary)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ldd {}", binary.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn recblocks_install_is_relocatable_and_its_sdk_builds_plugins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let root = tmp.path().join("install");
+    let (ok, stdout, stderr) = recblocks(&["install", "--root", root.to_str().unwrap()]);
+    assert!(ok, "{stderr}");
+    let binary = root.join("bin/recblocks");
+    assert_eq!(stdout.lines().last(), Some(binary.to_str().unwrap()));
+    let lib_dir = root.join(format!("lib/recblocks-{}", recblocks_core::VERSION));
+
+    // The installed binary loads core and libstd from the install, nothing from the checkout or
+    // the toolchain. Moving the install keeps it working (the run path is relative).
+    let moved = tmp.path().join("moved");
+    std::fs::rename(&root, &moved).unwrap();
+    let binary = moved.join("bin/recblocks");
+    let resolved = ldd(&binary);
+    for line in resolved.lines() {
+        assert!(
+            !line.contains(workspace.to_str().unwrap()) && !line.contains("rustup"),
+            "{resolved}"
+        );
+    }
+    let lib_dir = moved.join(lib_dir.strip_prefix(&root).unwrap());
+    for lib in ["librecblocks_core.so", "libstd-"] {
+        let line = resolved
+            .lines()
+            .find(|l| l.trim_start().starts_with(lib))
+            .unwrap_or_else(|| panic!("{lib} not in:\n{resolved}"));
+        assert!(line.contains(moved.to_str().unwrap()), "{line}");
+    }
+    assert!(lib_dir.join("deps").is_dir());
+
+    // Its SDK: a plugin made and built by the installed binary loads into it.
+    let plugin = tmp.path().join("installed-plugin");
+    let run = |args: &[&str]| {
+        let out = Command::new(&binary)
+            .args(args)
+            .env_remove(plugins::PLUGINS_ENV)
+            .env_remove("LD_LIBRARY_PATH")
+            .env("CARGO_NET_OFFLINE", "true")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let p = plugin.to_str().unwrap();
+    let (ok, _, stderr) = run(&["plugin", "new", "installed-plugin", "--path", p]);
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = run(&["plugin", "build", p, "--check"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "against {}",
+            lib_dir.join("librecblocks_core.so").display()
+        )) || stderr.contains("lib/recblocks-"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("all conformance checks passed"), "{stdout}");
+    let lib = stdout.lines().last().unwrap();
+    assert!(lib.ends_with("libinstalled_plugin.so"), "{stdout}");
+}
