@@ -25,6 +25,14 @@ pub enum SdkError {
     /// The directory to scaffold into already has files.
     #[error("{}: the directory exists and is not empty; choose another --path or remove it", .0.display())]
     NotEmpty(PathBuf),
+    /// The directory to scaffold into lies inside another Cargo workspace.
+    #[error("{}: inside the Cargo workspace {}; a plugin made by `plugin new` is its own workspace, so make it outside any other (an in-tree plugin of a recblocks checkout is a workspace member instead: docs/plugins.md)", .dir.display(), .workspace.display())]
+    InsideWorkspace {
+        /// The directory asked for.
+        dir: PathBuf,
+        /// The enclosing workspace's root.
+        workspace: PathBuf,
+    },
     /// The plugin directory has no Cargo.toml.
     #[error("{}: no Cargo.toml; `recblocks plugin build` builds a plugin crate (make one with `recblocks plugin new NAME`)", .0.display())]
     NoManifest(PathBuf),

@@ -83,9 +83,30 @@ fn fill(template: &str, crate_name: &str, component: &str) -> String {
         .replace("{{toolchain}}", toolchain_version())
 }
 
-/// Writes a new plugin crate named `name` into `dir` (which must not exist or be empty).
+/// The nearest directory above `dir` whose `Cargo.toml` declares a `[workspace]`, if any.
+fn enclosing_workspace(dir: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(dir).ok()?;
+    absolute
+        .ancestors()
+        .skip(1)
+        .find(|a| {
+            std::fs::read_to_string(a.join("Cargo.toml"))
+                .is_ok_and(|m| m.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map(Path::to_path_buf)
+}
+
+/// Writes a new plugin crate named `name` into `dir` (which must not exist or be empty, nor lie
+/// inside another Cargo workspace: a glob member such as recblocks' `plugins/*` would take it in,
+/// and two workspace roots in one workspace stop cargo).
 pub fn new_plugin(name: &str, dir: &Path) -> Result<NewPlugin, SdkError> {
     check_name(name)?;
+    if let Some(workspace) = enclosing_workspace(dir) {
+        return Err(SdkError::InsideWorkspace {
+            dir: dir.to_path_buf(),
+            workspace,
+        });
+    }
     if dir.exists() {
         let mut entries = std::fs::read_dir(dir).map_err(|e| SdkError::io(dir, e))?;
         if entries.next().is_some() {
@@ -140,5 +161,19 @@ mod tests {
         assert!(manifest.contains("name = \"my-layers\"") && manifest.contains("[workspace]"));
         let err = new_plugin("my-layers", &dir).unwrap_err().to_string();
         assert!(err.contains("not empty"), "{err}");
+    }
+
+    #[test]
+    fn a_new_plugin_is_not_made_inside_another_workspace() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("Cargo.toml"),
+            "[workspace]\nmembers = [\"plugins/*\"]\n",
+        )
+        .unwrap();
+        let err = new_plugin("my-layers", &tmp.path().join("plugins/my-layers"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inside the Cargo workspace"), "{err}");
     }
 }

@@ -26,3 +26,4 @@ mod schema;
 mod spec;
 mod training;
 mod util;
+mod workspace;
