@@ -35,6 +35,10 @@ pub struct Cli {
     /// allocated.
     #[arg(long, global = true, value_name = "SIZE", value_parser = recblocks::memory::parse_size)]
     pub max_memory: Option<u64>,
+    /// Refuse a model whose plugin components come from another build of the plugin (another
+    /// version or library hash) than the one loaded, instead of warning.
+    #[arg(long, global = true)]
+    pub strict: bool,
     /// Subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -128,6 +132,7 @@ pub fn run(cli: Cli) -> Result<()> {
         );
     }
     tracing::debug!(?threads, "thread pools");
+    recblocks::loader::provenance::set_strict(cli.strict);
     let env = std::env::var(recblocks::loader::PLUGINS_ENV).ok();
     let paths = recblocks::loader::plugin_paths(env.as_deref(), &cli.plugins);
     let (registry, _) = recblocks::registry::registry_with_plugins(&paths)?;

@@ -29,6 +29,8 @@ pub struct LoadedPlugin {
     pub name: String,
     /// The plugin's version.
     pub version: String,
+    /// A hash of the library file (`provenance::library_hash`), recorded in saved models.
+    pub hash: String,
     /// The crates whose components it provides.
     pub provides: Vec<String>,
     /// Its registrations, guarded (`guard`): a panic in a component's code becomes an error
@@ -42,6 +44,7 @@ impl std::fmt::Debug for LoadedPlugin {
             .field("path", &self.path)
             .field("name", &self.name)
             .field("version", &self.version)
+            .field("hash", &self.hash)
             .field("provides", &self.provides)
             .field(
                 "components",
@@ -205,10 +208,17 @@ pub fn load_plugin(path: &Path) -> Result<LoadedPlugin, PluginError> {
         .into_iter()
         .map(|reg| guard::guard(&library_name, reg))
         .collect::<Result<Vec<_>, _>>()?;
+    let hash = std::fs::read(&path)
+        .map(|bytes| super::provenance::library_hash(&bytes))
+        .map_err(|e| PluginError::Malformed {
+            path: path.clone(),
+            message: format!("cannot read the library file to hash it: {e}"),
+        })?;
     let loaded = LoadedPlugin {
         path,
         name,
         version,
+        hash,
         provides,
         components,
     };

@@ -10,6 +10,7 @@
 mod dlopen;
 mod error;
 pub mod guard;
+pub mod provenance;
 
 use std::path::{Path, PathBuf};
 
