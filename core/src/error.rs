@@ -58,9 +58,29 @@ pub enum CoreError {
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
+    /// A component of a plugin library panicked; the host caught the panic at the call into the
+    /// plugin. The component's state is not trusted afterwards. Boxed, so that every `Result` of
+    /// core stays small.
+    #[error("plugin {}: {} `{}` panicked in `{}`: {}", .0.library, .0.kind, .0.component, .0.call, .0.message)]
+    PluginPanicked(Box<PluginPanicInfo>),
     /// Anything else, with a message that says what and where.
     #[error("{0}")]
     Other(String),
+}
+
+/// Where a plugin's panic happened, and its message ([`CoreError::PluginPanicked`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginPanicInfo {
+    /// The plugin library file.
+    pub library: String,
+    /// The component kind.
+    pub kind: ComponentKind,
+    /// The component's canonical name.
+    pub component: String,
+    /// The call that panicked (`build`, `forward_t`, ...).
+    pub call: String,
+    /// The panic's message.
+    pub message: String,
 }
 
 impl CoreError {

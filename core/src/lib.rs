@@ -41,10 +41,16 @@ pub use registry::{ComponentInfo, Registry};
 pub use schema::DatasetSchema;
 pub use spec::{ModelSpec, SpecInput};
 
-/// Re-exported so plugins use exactly the candle and inventory that core was built with.
+// Re-exported so that plugins use exactly the crates core was built with, and a plugin built
+// against an installed SDK needs no version matching: a component's kwargs derive with
+// `#[serde(crate = "recblocks_core::serde")]`, its tensors are core's candle, its random streams
+// core's rand. Removing or changing one of these is a breaking change of the plugin API
+// (CHANGELOG.md).
 pub use candle_core as candle;
 pub use candle_nn;
 pub use inventory;
+pub use rand;
+pub use serde;
 pub use serde_json;
 
 /// The version of this crate, recorded in model artifacts and plugin declarations.

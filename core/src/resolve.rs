@@ -93,7 +93,46 @@ impl ModelSpec {
         for (kind, _, name) in self.slot_names() {
             *name = registry.canonical_name(kind, name)?.to_string();
         }
+        self.resolve_block_kwargs(registry)?;
         self.check()
+    }
+
+    /// Keys `item_net_block_kwargs` by canonical block names, each of which must be one of
+    /// `item_net_block_types` (already canonical), and each value an object or null.
+    fn resolve_block_kwargs(&mut self, registry: &Registry) -> Result<()> {
+        let given = std::mem::take(&mut self.item_net_block_kwargs);
+        for (name, kwargs) in given {
+            let canonical = registry
+                .canonical_name(ComponentKind::ItemNetBlock, &name)
+                .map_err(|e| {
+                    CoreError::Spec(format!("key `item_net_block_kwargs.{}`: {e}", cut(&name)))
+                })?
+                .to_string();
+            if !self.item_net_block_types.contains(&canonical) {
+                return Err(CoreError::Spec(format!(
+                    "key `item_net_block_kwargs.{}`: `{canonical}` is not one of item_net_block_types [{}]",
+                    cut(&name),
+                    self.item_net_block_types.join(", ")
+                )));
+            }
+            if !(kwargs.is_object() || kwargs.is_null()) {
+                return Err(CoreError::Spec(format!(
+                    "key `item_net_block_kwargs.{}`: expected an object of kwargs or null, found {}",
+                    cut(&name),
+                    cut(&kwargs.to_string())
+                )));
+            }
+            if self
+                .item_net_block_kwargs
+                .insert(canonical.clone(), kwargs)
+                .is_some()
+            {
+                return Err(CoreError::Spec(format!(
+                    "key `item_net_block_kwargs`: kwargs for `{canonical}` are given twice (under two of its names)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The trainer that runs this spec: `get_trainer_func`, or when it is null the default

@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use crate::{error::CoreError, kind::ComponentKind, Result};
 
 /// Keys recblocks accepts beyond RecTools' config.
-pub const EXTENSION_KEYS: &[&str] = &["seed"];
+pub const EXTENSION_KEYS: &[&str] = &["seed", "item_net_block_kwargs"];
 
 /// Kwargs of a component: a JSON object, or `None` (`null` in the spec) for none.
 pub type Kwargs = Option<Map<String, Value>>;
@@ -117,6 +117,12 @@ pub struct ModelSpec {
     /// recblocks extension: seed of every random stream (default 42).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
+    /// recblocks extension: kwargs of item net blocks, by block type (a name of
+    /// `item_net_block_types`; canonical once resolved). A block without an entry gets `null`.
+    /// RecTools' configs have no such key (BERT4Rec's `item_net_block_kwargs` argument is
+    /// discarded there), so a RecTools export never sets it.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub item_net_block_kwargs: Map<String, Value>,
 }
 
 /// What the user wrote: a spec's JSON object, checked for syntax only (valid JSON, an object at

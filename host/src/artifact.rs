@@ -64,6 +64,10 @@ pub struct ComponentSource {
     /// The plugin library (file name) that provided it, when it was loaded at run time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub plugin: Option<String>,
+    /// The plugin build that provided it (name, version, library hash), when it was loaded at
+    /// run time; loading the model with another build warns, or fails under `--strict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_build: Option<crate::loader::provenance::PluginRecord>,
 }
 
 /// `dataset_schema.json`.
@@ -183,6 +187,7 @@ impl Model {
                         name: name.clone(),
                         crate_name: krate.clone(),
                         plugin: crate::loader::plugin_providing(krate),
+                        plugin_build: crate::loader::provenance::record_for(krate),
                     },
                 )
             })
@@ -284,6 +289,7 @@ impl Model {
             ));
         }
         check_components_available(dir, &file, registry)?;
+        check_plugin_builds(dir, &file)?;
         let spec = recblocks_core::SpecInput::from_value(file.spec.clone())
             .and_then(|s| s.resolve(registry))
             .map_err(|e| artifact_err(dir, format!("model.json spec: {e}")))?;
@@ -358,6 +364,31 @@ impl Model {
             best_weights,
         })
     }
+}
+
+/// Warns (fails under `--strict`) when a component of the model came from another build of its
+/// plugin than the one loaded now.
+fn check_plugin_builds(dir: &Path, file: &ModelFile) -> Result<()> {
+    use crate::loader::provenance;
+    for (slot, source) in &file.components {
+        let Some(recorded) = &source.plugin_build else {
+            continue;
+        };
+        let what = format!("{slot} `{}`", source.name);
+        if let Some(difference) = provenance::difference(&what, &source.crate_name, recorded) {
+            if provenance::strict() {
+                return Err(artifact_err(
+                    dir,
+                    format!("{difference}; refused under --strict (rebuild the model or load the plugin it was trained with)"),
+                ));
+            }
+            tracing::warn!(
+                "model {}: {difference}; its outputs may differ (--strict refuses this)",
+                dir.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Fails with a message naming the plugin crate when a component of the model is not registered.

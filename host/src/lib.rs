@@ -1,6 +1,7 @@
 //! recblocks host: assembles models from specs and the registry, reads interaction logs, trains,
 //! evaluates, recommends, and saves/loads model artifacts. The `recblocks` binary is a thin CLI
-//! over this library. [`loader`] loads plugin libraries at run time.
+//! over this library. [`loader`] loads plugin libraries at run time; [`sdk`] scaffolds and builds
+//! them against the running binary's recblocks-core.
 
 pub mod artifact;
 pub mod assembly;
@@ -21,6 +22,7 @@ pub mod ranking;
 pub mod recommend;
 pub mod rectools_import;
 pub mod registry;
+pub mod sdk;
 pub mod spec_schema;
 pub mod threads;
 pub mod train;

@@ -184,6 +184,11 @@ fn extension_schema(key: &str) -> Value {
             "minimum": 0,
             "description": "recblocks extension: the seed of every random stream",
         }),
+        "item_net_block_kwargs" => json!({
+            "type": "object",
+            "additionalProperties": {"type": ["object", "null"]},
+            "description": "recblocks extension: kwargs of item net blocks, by block type (a name of item_net_block_types)",
+        }),
         _ => json!({"description": "recblocks extension"}),
     }
 }

@@ -54,17 +54,22 @@ pub type BuildItemNetConstructor = fn(
 ) -> Result<Box<dyn ItemNetConstructor>>;
 
 /// Builds every block of `block_types` at width `ctx.n_factors` under
-/// `item_net_blocks.{i}` (i counts the blocks that applied, as RecTools' `ModuleList`).
-/// Kwargs are not forwarded to blocks (recblocks' constructors consume their own kwargs).
+/// `item_net_blocks.{i}` (i counts the blocks that applied, as RecTools' `ModuleList`), each with
+/// its kwargs from the spec's `item_net_block_kwargs` (`null` when it has none there).
 pub fn build_item_net_blocks(
     ctx: &BuildContext<'_>,
     block_types: &[String],
 ) -> Result<Vec<Box<dyn ItemNetBlock>>> {
     let mut blocks = Vec::new();
     for name in block_types {
-        let build = ctx.registry.item_net_block(name)?.build;
+        let registration = ctx.registry.item_net_block(name)?;
+        let kwargs = ctx
+            .spec
+            .item_net_block_kwargs
+            .get(registration.info.name)
+            .unwrap_or(&Value::Null);
         let sub = ctx.pp("item_net_blocks").pp(blocks.len());
-        if let Some(block) = build(&sub, &Value::Null)? {
+        if let Some(block) = (registration.build)(&sub, kwargs)? {
             blocks.push(block);
         }
     }

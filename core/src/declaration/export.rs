@@ -34,18 +34,27 @@ macro_rules! export_plugin {
         $crate::export_plugin!(provides = [env!("CARGO_PKG_NAME")]);
     };
     (provides = [$($krate:expr),+ $(,)?]) => {
-        $crate::__export_declaration!(core_version = $crate::VERSION, provides = [$($krate),+]);
+        $crate::__export_declaration!(
+            core_version = $crate::VERSION,
+            identity = $crate::declaration::core_identity,
+            provides = [$($krate),+]
+        );
     };
 }
 
-/// The expansion of [`export_plugin!`], with the recblocks-core version as a parameter so that a
-/// test fixture can declare another version and check that the host refuses it. Not for plugins.
+/// The expansion of [`export_plugin!`], with the recblocks-core version and the core identity
+/// probe as parameters so that test fixtures can declare another version or stand in for a plugin
+/// with its own copy of core, and check that the host refuses them. Not for plugins.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __export_declaration {
-    (core_version = $core_version:expr, provides = [$($krate:expr),+]) => {
+    (core_version = $core_version:expr, identity = $identity:path, provides = [$($krate:expr),+]) => {
         const _: () = {
             const PROVIDES: &str = $crate::__concat_provides!($($krate),+);
+
+            extern "C" fn core_identity() -> usize {
+                $identity()
+            }
 
             fn register() -> ::std::vec::Vec<$crate::registry::Registered> {
                 $crate::declaration::plugin_registrations(PROVIDES)
@@ -66,6 +75,7 @@ macro_rules! __export_declaration {
                 plugin_version: $crate::declaration::FfiStr::new(env!("CARGO_PKG_VERSION")),
                 provides: $crate::declaration::FfiStr::new(PROVIDES),
                 register,
+                core_identity,
             };
 
             /// The plugin declaration `recblocks --plugin` looks for.

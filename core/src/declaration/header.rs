@@ -3,8 +3,9 @@
 use crate::registry::Registered;
 
 /// The name of the exported function returning `&'static PluginDeclaration`
-/// (NUL-terminated, as `dlsym` wants it). The version is part of the name, so a library built for
-/// an incompatible declaration layout is reported as "not a plugin of this version".
+/// (NUL-terminated, as `dlsym` wants it). The head of the declaration (magic, ABI version) keeps
+/// its layout across versions, so a library built for another declaration layout is reported as
+/// "plugin ABI version differs" before anything else is read.
 pub const DECLARATION_SYMBOL: &[u8] = b"recblocks_plugin_declaration_v1\0";
 
 /// The first eight bytes of every declaration.
@@ -12,7 +13,7 @@ pub const MAGIC: [u8; 8] = *b"RECBLKPL";
 
 /// Version of the declaration layout and of the register protocol. Bumped on any change to
 /// [`PluginDeclaration`] or [`RegisterFn`].
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// A string as plain data (pointer and length), readable before anything else is trusted.
 #[repr(C)]
@@ -68,4 +69,12 @@ pub struct PluginDeclaration {
     pub provides: FfiStr,
     /// Returns the plugin's registrations.
     pub register: RegisterFn,
+    /// Returns the address of [`CORE_IDENTITY`](super::CORE_IDENTITY) in the core the plugin's
+    /// code links: equal to the host's only when host and plugin share one copy of core. A plain
+    /// `extern "C"` function returning an integer, so the host may call it before trusting
+    /// anything else of the plugin.
+    pub core_identity: IdentityFn,
 }
+
+/// Returns the address of the core static the plugin links ([`super::core_identity`]).
+pub type IdentityFn = extern "C" fn() -> usize;

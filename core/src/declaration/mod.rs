@@ -15,6 +15,7 @@
 mod build_info;
 mod export;
 mod header;
+mod identity;
 mod source;
 
 pub use build_info::{
@@ -22,4 +23,7 @@ pub use build_info::{
     SOURCE_HASH,
 };
 pub use export::plugin_registrations;
-pub use header::{FfiStr, PluginDeclaration, RegisterFn, ABI_VERSION, DECLARATION_SYMBOL, MAGIC};
+pub use header::{
+    FfiStr, IdentityFn, PluginDeclaration, RegisterFn, ABI_VERSION, DECLARATION_SYMBOL, MAGIC,
+};
+pub use identity::{core_identity, CORE_IDENTITY};

@@ -119,6 +119,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/declaration/identity.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/declaration/identity.rs"
+        )),
+    ),
+    (
         "src/declaration/mod.rs",
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),

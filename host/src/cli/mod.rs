@@ -10,6 +10,7 @@ mod fit;
 mod generate;
 mod import_rectools;
 pub mod malloc_tuning;
+mod plugin;
 mod plugins;
 mod progress;
 mod recommend;
@@ -34,6 +35,10 @@ pub struct Cli {
     /// allocated.
     #[arg(long, global = true, value_name = "SIZE", value_parser = recblocks::memory::parse_size)]
     pub max_memory: Option<u64>,
+    /// Refuse a model whose plugin components come from another build of the plugin (another
+    /// version or library hash) than the one loaded, instead of warning.
+    #[arg(long, global = true)]
+    pub strict: bool,
     /// Subcommand.
     #[command(subcommand)]
     pub command: Command,
@@ -64,6 +69,12 @@ pub enum Command {
     /// List loaded plugins, or run the conformance suite on a plugin's components.
     #[command(subcommand)]
     Plugins(plugins::Command),
+    /// Make a new plugin crate, or build one against this binary's recblocks-core.
+    #[command(subcommand)]
+    Plugin(plugin::Command),
+    /// Install this binary with its core, libstd and plugin SDK under a directory (relocatable:
+    /// it needs nothing of the checkout that built it).
+    Install(plugin::InstallArgs),
 }
 
 /// Logs go to stderr; `RUST_LOG` adjusts the level.
@@ -121,6 +132,7 @@ pub fn run(cli: Cli) -> Result<()> {
         );
     }
     tracing::debug!(?threads, "thread pools");
+    recblocks::loader::provenance::set_strict(cli.strict);
     let env = std::env::var(recblocks::loader::PLUGINS_ENV).ok();
     let paths = recblocks::loader::plugin_paths(env.as_deref(), &cli.plugins);
     let (registry, _) = recblocks::registry::registry_with_plugins(&paths)?;
@@ -136,6 +148,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Similar(a) => similar::run(a),
         Command::ImportRectools(a) => import_rectools::run(a),
         Command::Plugins(c) => plugins::run(c),
+        Command::Plugin(c) => plugin::run(c),
+        Command::Install(a) => plugin::install(a),
     }
 }
 

@@ -1,9 +1,12 @@
 //! `recblocks plugins list` and `recblocks plugins check PATH`.
 
-use std::path::PathBuf;
+use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
+    path::PathBuf,
+};
 
-use anyhow::{bail, Context, Result};
-use recblocks::loader::{self as plugins, LoadedPlugin};
+use anyhow::{bail, Result};
+use recblocks::loader::{self as plugins, guard, LoadedPlugin};
 use recblocks_conformance::{check_component, Outcome};
 use recblocks_core::Registry;
 
@@ -56,7 +59,9 @@ fn print_plugin(plugin: &LoadedPlugin) {
     }
 }
 
-fn check(path: &std::path::Path) -> Result<()> {
+/// Loads the plugin at `path` and runs the conformance suite on its components; fails when a
+/// check fails.
+pub fn check(path: &std::path::Path) -> Result<()> {
     let plugin = plugins::load_plugin(path)?;
     // Check the library's own components: the registry of this run minus whatever the crates the
     // plugin provides registered already (a statically linked copy, or the same file given with
@@ -71,8 +76,21 @@ fn check(path: &std::path::Path) -> Result<()> {
     print_plugin(&plugin);
     let mut failed = 0usize;
     for reg in &plugin.components {
-        let report = check_component(&registry, reg.kind(), reg.info().name)
-            .with_context(|| format!("checking {} `{}`", reg.kind(), reg.info().name))?;
+        // The plugin's components are guarded (a panic in them is an error naming the library);
+        // a panic that escapes anyway (a re-raised one, or one in the suite) fails the component
+        // instead of ending the check.
+        let checked = catch_unwind(AssertUnwindSafe(|| {
+            check_component(&registry, reg.kind(), reg.info().name).map_err(|e| e.to_string())
+        }))
+        .unwrap_or_else(|payload| Err(format!("panicked: {}", guard::panic_text(&*payload))));
+        let report = match checked {
+            Ok(report) => report,
+            Err(e) => {
+                failed += 1;
+                println!("{} `{}`: FAILED: {e}", reg.kind(), reg.info().name);
+                continue;
+            }
+        };
         for result in &report.results {
             let status = match &result.outcome {
                 Outcome::Pass => "ok".to_string(),

@@ -5,17 +5,20 @@
 #![allow(unsafe_code)]
 
 use std::{
+    panic::{catch_unwind, AssertUnwindSafe},
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
 use libloading::Library;
 use recblocks_core::{
-    declaration::{BuildInfo, FfiStr, PluginDeclaration, ABI_VERSION, DECLARATION_SYMBOL, MAGIC},
+    declaration::{
+        core_identity, BuildInfo, FfiStr, PluginDeclaration, ABI_VERSION, DECLARATION_SYMBOL, MAGIC,
+    },
     registry::{static_registrations, Registered},
 };
 
-use super::PluginError;
+use super::{guard, PluginError};
 
 /// A plugin library that was loaded and accepted.
 #[derive(Clone)]
@@ -26,9 +29,12 @@ pub struct LoadedPlugin {
     pub name: String,
     /// The plugin's version.
     pub version: String,
+    /// A hash of the library file (`provenance::library_hash`), recorded in saved models.
+    pub hash: String,
     /// The crates whose components it provides.
     pub provides: Vec<String>,
-    /// Its registrations.
+    /// Its registrations, guarded (`guard`): a panic in a component's code becomes an error
+    /// naming this library, the kind and the component.
     pub components: Vec<Registered>,
 }
 
@@ -38,6 +44,7 @@ impl std::fmt::Debug for LoadedPlugin {
             .field("path", &self.path)
             .field("name", &self.name)
             .field("version", &self.version)
+            .field("hash", &self.hash)
             .field("provides", &self.provides)
             .field(
                 "components",
@@ -159,20 +166,59 @@ pub fn load_plugin(path: &Path) -> Result<LoadedPlugin, PluginError> {
             mismatch,
         });
     }
+    // Equal declarations do not prove one shared core: a plugin that compiled its own copy of
+    // the same core source declares the same facts. The address of a core static does: the
+    // plugin's probe is a plain `extern "C" fn() -> usize`, safe to call at this point.
+    let (host_core, plugin_core) = (core_identity(), (declaration.core_identity)());
+    if host_core != plugin_core {
+        return Err(PluginError::SecondCore {
+            path,
+            name,
+            host: host_core,
+            plugin: plugin_core,
+        });
+    }
     let version = text("plugin_version", declaration.plugin_version)?;
-    let provides: Vec<String> = text("provides", declaration.provides)?
+    let provides_text = text("provides", declaration.provides)?;
+    let provides: Vec<String> = provides_text
         .split(',')
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect();
 
-    // Same rustc, same core source, same profile, same boundary layout: calling the plugin's Rust
-    // function and using the values it returns is as sound as calling a statically linked one.
-    let components = (declaration.register)();
+    // Same rustc, same core source, same profile, same boundary layout, one shared core: calling
+    // the plugin's Rust function and using the values it returns is as sound as calling a
+    // statically linked one. A panic in it is caught like one in any plugin call.
+    let library_name: Arc<str> = path.display().to_string().into();
+    let origin = |call: &str, payload: &(dyn std::any::Any + Send)| PluginError::Panicked {
+        path: path.clone(),
+        call: call.to_string(),
+        message: guard::panic_text(payload),
+    };
+    let registered = catch_unwind(AssertUnwindSafe(declaration.register))
+        .map_err(|payload| origin("register", &*payload))?;
+    if registered.is_empty() {
+        return Err(PluginError::NoComponents {
+            path,
+            name,
+            provides: provides_text,
+        });
+    }
+    let components = registered
+        .into_iter()
+        .map(|reg| guard::guard(&library_name, reg))
+        .collect::<Result<Vec<_>, _>>()?;
+    let hash = std::fs::read(&path)
+        .map(|bytes| super::provenance::library_hash(&bytes))
+        .map_err(|e| PluginError::Malformed {
+            path: path.clone(),
+            message: format!("cannot read the library file to hash it: {e}"),
+        })?;
     let loaded = LoadedPlugin {
         path,
         name,
         version,
+        hash,
         provides,
         components,
     };

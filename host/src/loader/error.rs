@@ -4,11 +4,12 @@ use std::path::PathBuf;
 
 use recblocks_core::{declaration::Mismatch, CoreError};
 
-/// How to rebuild a plugin so that it matches this host.
-pub const REBUILD_HINT: &str = "rebuild the plugin against this recblocks checkout with the same \
-     toolchain (rust-toolchain.toml) and profile as the host, e.g. `cargo build --release` for a \
-     release host, from inside the recblocks repository or with `--config <recblocks>/.cargo/config.toml` \
-     and recblocks' Cargo.lock";
+/// How to rebuild a plugin so that it matches this host. `recblocks plugin build` builds against
+/// the SDK of the binary that runs it, in the plugin's own target directory, and writes no file of
+/// the host's install or build.
+pub const REBUILD_HINT: &str = "rebuild the plugin with this recblocks binary: \
+     `recblocks plugin build <plugin directory>` (it links the plugin against this binary's \
+     recblocks-core and writes only under the plugin's own target directory)";
 
 /// Everything that can go wrong while loading a plugin library.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +22,7 @@ pub enum PluginError {
     },
     /// The dynamic loader refused the file (not a shared library, wrong architecture, or symbols
     /// missing because it was built against another recblocks-core).
-    #[error("plugin {}: cannot load it as a shared library: {message}. If it is a recblocks plugin, it was probably built against another recblocks-core or toolchain: {REBUILD_HINT}", .path.display())]
+    #[error("plugin {}: cannot load it as a shared library: {message}. If it is a recblocks plugin, it was probably built against another recblocks-core or toolchain (an `undefined symbol` names the missing core item): {REBUILD_HINT}", .path.display())]
     NotALibrary {
         /// The path given.
         path: PathBuf,
@@ -53,6 +54,49 @@ pub enum PluginError {
         path: PathBuf,
         /// What is wrong.
         message: String,
+    },
+    /// The plugin links another copy of recblocks-core (and so of candle) than the host's: its
+    /// core static is at another address.
+    #[error("plugin {} ({name}) carries its own copy of recblocks-core (and of candle inside it): the core static `CORE_IDENTITY` it links is at {plugin:#x}, the host's at {host:#x}. A second copy has its own registry and tensor counter, so its components would not register and training through them would break. This happens when the plugin compiles recblocks-core itself (a git or path dependency in its own workspace); {REBUILD_HINT}", .path.display())]
+    SecondCore {
+        /// The path given.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The address of the host's core static.
+        host: usize,
+        /// The address of the core static the plugin links.
+        plugin: usize,
+    },
+    /// The plugin registers no component.
+    #[error("plugin {} ({name}) registers no component: it exports a declaration for the crates [{provides}], but none of them has a `recblocks_core::register!` this host has not already loaded; a plugin must register at least one component", .path.display())]
+    NoComponents {
+        /// The path given.
+        path: PathBuf,
+        /// The plugin's name.
+        name: String,
+        /// The crates it declares, comma-separated.
+        provides: String,
+    },
+    /// The plugin's `register` fn panicked.
+    #[error("plugin {}: panicked in `{call}`: {message}", .path.display())]
+    Panicked {
+        /// The path given.
+        path: PathBuf,
+        /// The call that panicked.
+        call: String,
+        /// The panic's message.
+        message: String,
+    },
+    /// More plugin components of one kind than the host can guard.
+    #[error("plugin {}: more than {slots} plugin components of kind {kind} are loaded in this process; load fewer plugins", .path.display())]
+    TooManyComponents {
+        /// The path given.
+        path: PathBuf,
+        /// The kind.
+        kind: recblocks_core::ComponentKind,
+        /// How many components of one kind can be loaded.
+        slots: usize,
     },
     /// A component of the plugin clashes with a registered name.
     #[error("plugin {}: {source}; load each plugin once and do not load a plugin whose components are already built into this host", .path.display())]

@@ -9,6 +9,8 @@
 
 mod dlopen;
 mod error;
+pub mod guard;
+pub mod provenance;
 
 use std::path::{Path, PathBuf};
 

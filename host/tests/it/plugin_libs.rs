@@ -65,6 +65,12 @@ pub fn workspace_plugin(lib: &str) -> PathBuf {
                 "recblocks-fixture-broken-plugin",
                 "-p",
                 "recblocks-fixture-old-core-plugin",
+                "-p",
+                "recblocks-fixture-no-components-plugin",
+                "-p",
+                "recblocks-fixture-second-core-plugin",
+                "-p",
+                "recblocks-fixture-panicking-plugin",
             ],
         );
     });

@@ -332,3 +332,68 @@ fn only_named_files_are_loaded() {
     assert!(out.status.success());
     assert!(stdout.contains("no plugins loaded"), "{stdout}");
 }
+
+#[test]
+fn model_json_records_the_plugin_build_and_loading_another_build_warns_or_fails_under_strict() {
+    let (lib, _) = template_plugin();
+    let lib = lib.to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let spec = d.join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"cls": "SASRecModel", "n_factors": 16, "n_heads": 2, "n_blocks": 1,
+            "session_max_len": 10, "batch_size": 16,
+            "transformer_layers_type": "SwiGLUPreLNTransformerLayers"}"#,
+    )
+    .unwrap();
+    let log = d.join("log.csv");
+    write_interactions_csv(&log, &small_data()).unwrap();
+    let model = d.join("model");
+    let (s, l, m) = (
+        spec.to_str().unwrap(),
+        log.to_str().unwrap(),
+        model.to_str().unwrap(),
+    );
+    let (ok, _, stderr) = recblocks(&[
+        "--plugin", lib, "fit", s, "--data", l, "--out", m, "--epochs", "1", "--quiet",
+    ]);
+    assert!(ok, "{stderr}");
+    let path = model.join("model.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let build = &json["components"]["transformer_layers_type"]["plugin_build"];
+    assert_eq!(build["name"], "recblocks-plugin-template", "{text}");
+    assert_eq!(build["version"], "0.1.0", "{text}");
+    assert_eq!(build["file"], "librecblocks_plugin_template.so", "{text}");
+    let hash = build["hash"].as_str().unwrap();
+    assert!(hash.starts_with("crc32:"), "{text}");
+
+    // The same build: no warning.
+    let (ok, _, stderr) = recblocks(&["--plugin", lib, "recommend", m, "--data", l, "-k", "3"]);
+    assert!(ok && !stderr.contains("trained with plugin"), "{stderr}");
+
+    // Another build (as if the library had been rebuilt from other source): a warning naming
+    // both builds, and a refusal under --strict. (Editing model.json keeps its weights' CRC.)
+    std::fs::write(&path, text.replace(hash, "crc32:00000000")).unwrap();
+    let (ok, _, stderr) = recblocks(&["--plugin", lib, "recommend", m, "--data", l, "-k", "3"]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stderr.contains("trained with plugin recblocks-plugin-template 0.1.0")
+            && stderr.contains("crc32:00000000")
+            && stderr.contains(hash),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = recblocks(&[
+        "--plugin",
+        lib,
+        "--strict",
+        "recommend",
+        m,
+        "--data",
+        l,
+        "-k",
+        "3",
+    ]);
+    assert!(!ok && stderr.contains("refused under --strict"), "{stderr}");
+}

@@ -266,3 +266,54 @@ fn n_factors_must_divide_into_heads() {
         "spec: n_factors (10) must be a positive multiple of n_heads (4)"
     );
 }
+
+#[test]
+fn item_net_blocks_get_their_kwargs_from_item_net_block_kwargs() {
+    let registry = registry();
+    let assemble = |json: &str| {
+        let spec = recblocks_core::SpecInput::from_json_str(json)
+            .and_then(|s| s.resolve(&registry))
+            .map_err(|e| e.to_string())?;
+        let schema =
+            recblocks::assembly::schema_for(&spec, &registry, 30).map_err(|e| e.to_string())?;
+        recblocks::assembly::assemble(&spec, &schema, &registry, &candle_core::Device::Cpu)
+            .map(|_| spec)
+            .map_err(|e| e.to_string())
+    };
+    // Given under RecTools' dotted path, keyed by the canonical name once resolved; `{}` and
+    // `null` are no kwargs.
+    let spec = assemble(
+        r#"{"cls": "SASRecModel", "n_factors": 8, "n_heads": 2,
+            "item_net_block_kwargs": {"rectools.models.nn.item_net.IdEmbeddingsItemNet": {}}}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        spec.item_net_block_kwargs.keys().collect::<Vec<_>>(),
+        ["IdEmbeddingsItemNet"]
+    );
+    // The block receives them: IdEmbeddingsItemNet takes none and rejects one, naming it.
+    let msg = assemble(
+        r#"{"cls": "SASRecModel", "n_factors": 8, "n_heads": 2,
+            "item_net_block_kwargs": {"IdEmbeddingsItemNet": {"padding_idx": 0}}}"#,
+    )
+    .unwrap_err();
+    assert!(
+        msg.contains("item_net_block `IdEmbeddingsItemNet`") && msg.contains("padding_idx"),
+        "{msg}"
+    );
+    // Kwargs for a block the spec does not use, or not an object.
+    let msg = err(
+        r#"{"cls": "SASRecModel", "item_net_block_types": ["IdEmbeddingsItemNet"],
+        "item_net_block_kwargs": {"CatFeaturesItemNet": {}}}"#,
+    );
+    assert_eq!(
+        msg,
+        "spec: key `item_net_block_kwargs.CatFeaturesItemNet`: `CatFeaturesItemNet` is not one of \
+         item_net_block_types [IdEmbeddingsItemNet]"
+    );
+    let msg = err(r#"{"cls": "SASRecModel", "item_net_block_kwargs": {"IdEmbeddingsItemNet": 3}}"#);
+    assert!(
+        msg.contains("expected an object of kwargs or null, found 3"),
+        "{msg}"
+    );
+}
