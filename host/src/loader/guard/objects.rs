@@ -97,6 +97,15 @@ impl Similarity for Guarded<Box<dyn Similarity>> {
             self.inner.full_catalog_logits(sessions, item_embs)
         })
     }
+    fn catalog_factors(
+        &self,
+        sessions: &Tensor,
+        item_embs: &Tensor,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        self.origin.call("catalog_factors", || {
+            self.inner.catalog_factors(sessions, item_embs)
+        })
+    }
     fn candidate_logits(
         &self,
         sessions: &Tensor,
