@@ -107,11 +107,14 @@ const DRAWS: usize = 2048;
 /// `out[i] = scale` where `draws[i] < threshold`, else 0, compiled for the CPU's best SIMD level
 /// (pulp's run-time dispatch).
 fn threshold_pass(out: &mut [f32], draws: &[u16], threshold: u32, scale: f32) {
-    pulp::Arch::new().dispatch(|| {
-        for (o, &d) in out.iter_mut().zip(draws) {
-            *o = if u32::from(d) < threshold { scale } else { 0.0 };
-        }
-    })
+    pulp::Arch::new().dispatch(
+        #[inline(always)]
+        || {
+            for (o, &d) in out.iter_mut().zip(draws) {
+                *o = if u32::from(d) < threshold { scale } else { 0.0 };
+            }
+        },
+    )
 }
 
 #[cfg(test)]

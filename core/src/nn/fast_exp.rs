@@ -48,7 +48,10 @@ fn simd<R>(f: impl FnOnce() -> R) -> R {
 
 /// The maximum of `xs` (`-inf` when empty). NaN inputs are ignored unless all are NaN.
 pub fn max(xs: &[f32]) -> f32 {
-    simd(|| max_impl(xs))
+    simd(
+        #[inline(always)]
+        || max_impl(xs),
+    )
 }
 
 #[inline(always)]
@@ -71,7 +74,10 @@ fn max_impl(xs: &[f32]) -> f32 {
 /// `Σ e^(x - shift)` over `xs`, accumulated in [`LANES`] partial sums (a fixed order, so the
 /// result is deterministic).
 pub fn sum_exp_shifted(xs: &[f32], shift: f32) -> f32 {
-    simd(|| sum_exp_shifted_impl(xs, shift))
+    simd(
+        #[inline(always)]
+        || sum_exp_shifted_impl(xs, shift),
+    )
 }
 
 #[inline(always)]
@@ -93,29 +99,38 @@ fn sum_exp_shifted_impl(xs: &[f32], shift: f32) -> f32 {
 
 /// `out = g · e^(x − shift)` element-wise (a softmax gradient row).
 pub fn scaled_exp_shifted(out: &mut [f32], xs: &[f32], shift: f32, g: f32) {
-    simd(|| {
-        for (o, &v) in out.iter_mut().zip(xs) {
-            *o = g * exp(v - shift);
-        }
-    })
+    simd(
+        #[inline(always)]
+        || {
+            for (o, &v) in out.iter_mut().zip(xs) {
+                *o = g * exp(v - shift);
+            }
+        },
+    )
 }
 
 /// `xs = g · e^(xs − shift)` element-wise, in place (a softmax gradient row over its logits).
 pub fn scaled_exp_shifted_in_place(xs: &mut [f32], shift: f32, g: f32) {
-    simd(|| {
-        for v in xs.iter_mut() {
-            *v = g * exp(*v - shift);
-        }
-    })
+    simd(
+        #[inline(always)]
+        || {
+            for v in xs.iter_mut() {
+                *v = g * exp(*v - shift);
+            }
+        },
+    )
 }
 
 /// `xs = xs / t` element-wise, in place.
 pub fn div_in_place(xs: &mut [f32], t: f32) {
-    simd(|| {
-        for v in xs.iter_mut() {
-            *v /= t;
-        }
-    })
+    simd(
+        #[inline(always)]
+        || {
+            for v in xs.iter_mut() {
+                *v /= t;
+            }
+        },
+    )
 }
 
 #[cfg(test)]

@@ -36,17 +36,21 @@ pub(crate) fn layer_norm(
         .zip(stats.par_chunks_mut(ROWS))
         .zip(x.par_chunks(ROWS * d))
         .for_each(|((yt, st), xt)| {
-            simd(|| {
-                for ((yr, xr), s) in yt.chunks_exact_mut(d).zip(xt.chunks_exact(d)).zip(st) {
-                    let mean = xr.iter().sum::<f32>() / d as f32;
-                    let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                    let rstd = 1.0 / (var + eps).sqrt();
-                    for (((o, &v), &wj), &bj) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                        *o = (v - mean) * rstd * wj + bj;
+            simd(
+                #[inline(always)]
+                || {
+                    for ((yr, xr), s) in yt.chunks_exact_mut(d).zip(xt.chunks_exact(d)).zip(st) {
+                        let mean = xr.iter().sum::<f32>() / d as f32;
+                        let var =
+                            xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                        let rstd = 1.0 / (var + eps).sqrt();
+                        for (((o, &v), &wj), &bj) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                            *o = (v - mean) * rstd * wj + bj;
+                        }
+                        *s = (mean, rstd);
                     }
-                    *s = (mean, rstd);
-                }
-            })
+                },
+            )
         });
     (y, stats)
 }
@@ -148,26 +152,29 @@ pub(crate) fn bias_dropout_residual(
     let mut y = vec![0f32; x.len()];
     let block = ROWS * d.max(1);
     y.par_chunks_mut(block).enumerate().for_each(|(t, yt)| {
-        simd(|| {
-            let start = t * block;
-            let len = yt.len();
-            let xt = &x[start..start + len];
-            for (yr, xr) in yt.chunks_exact_mut(d.max(1)).zip(xt.chunks_exact(d.max(1))) {
-                for ((o, &v), &bj) in yr.iter_mut().zip(xr).zip(b) {
-                    *o = v + bj;
+        simd(
+            #[inline(always)]
+            || {
+                let start = t * block;
+                let len = yt.len();
+                let xt = &x[start..start + len];
+                for (yr, xr) in yt.chunks_exact_mut(d.max(1)).zip(xt.chunks_exact(d.max(1))) {
+                    for ((o, &v), &bj) in yr.iter_mut().zip(xr).zip(b) {
+                        *o = v + bj;
+                    }
                 }
-            }
-            if let Some(m) = mask {
-                for (o, &mv) in yt.iter_mut().zip(&m[start..start + len]) {
-                    *o *= mv;
+                if let Some(m) = mask {
+                    for (o, &mv) in yt.iter_mut().zip(&m[start..start + len]) {
+                        *o *= mv;
+                    }
                 }
-            }
-            if let Some(r) = residual {
-                for (o, &rv) in yt.iter_mut().zip(&r[start..start + len]) {
-                    *o += rv;
+                if let Some(r) = residual {
+                    for (o, &rv) in yt.iter_mut().zip(&r[start..start + len]) {
+                        *o += rv;
+                    }
                 }
-            }
-        })
+            },
+        )
     });
     y
 }
@@ -180,14 +187,17 @@ pub(crate) fn scale_rows(x: &[f32], m: &[f32], d: usize) -> Vec<f32> {
         .zip(x.par_chunks(block))
         .enumerate()
         .for_each(|(t, (yt, xt))| {
-            simd(|| {
-                let rows = yt.chunks_exact_mut(d.max(1)).zip(xt.chunks_exact(d.max(1)));
-                for ((yr, xr), &mv) in rows.zip(&m[t * ROWS..]) {
-                    for (o, &v) in yr.iter_mut().zip(xr) {
-                        *o = v * mv;
+            simd(
+                #[inline(always)]
+                || {
+                    let rows = yt.chunks_exact_mut(d.max(1)).zip(xt.chunks_exact(d.max(1)));
+                    for ((yr, xr), &mv) in rows.zip(&m[t * ROWS..]) {
+                        for (o, &v) in yr.iter_mut().zip(xr) {
+                            *o = v * mv;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     y
 }
@@ -198,11 +208,14 @@ pub(crate) fn mul(a: &[f32], b: &[f32]) -> Vec<f32> {
     y.par_chunks_mut(ROWS * 64)
         .zip(a.par_chunks(ROWS * 64).zip(b.par_chunks(ROWS * 64)))
         .for_each(|(yt, (at, bt))| {
-            simd(|| {
-                for ((o, &x), &m) in yt.iter_mut().zip(at).zip(bt) {
-                    *o = x * m;
-                }
-            })
+            simd(
+                #[inline(always)]
+                || {
+                    for ((o, &x), &m) in yt.iter_mut().zip(at).zip(bt) {
+                        *o = x * m;
+                    }
+                },
+            )
         });
     y
 }
@@ -243,53 +256,74 @@ pub(crate) fn bias_act_dropout(
     };
     let mut a = vec![0f32; x.len()];
     let block = ROWS * d.max(1);
-    let body = |t: usize, at: &mut [f32], ht: Option<&mut [f32]>| {
-        let start = t * block;
-        let xt = &x[start..start + at.len()];
-        let mt = mask.map(|m| &m[start..start + at.len()]);
-        let mut hrow = vec![0f32; d];
-        let mut ht = ht;
-        for (r, (ar, xr)) in at
-            .chunks_exact_mut(d.max(1))
-            .zip(xt.chunks_exact(d.max(1)))
-            .enumerate()
-        {
-            for ((hv, &v), &bj) in hrow.iter_mut().zip(xr).zip(b) {
-                *hv = v + bj;
-            }
-            match act {
-                Act::Relu => {
-                    for (o, &hv) in ar.iter_mut().zip(&hrow) {
-                        *o = hv.max(0.0);
-                    }
-                }
-                Act::Gelu => {
-                    for (o, &hv) in ar.iter_mut().zip(&hrow) {
-                        *o = gelu(hv);
-                    }
-                }
-            }
-            if let Some(m) = mt {
-                for (o, &mv) in ar.iter_mut().zip(&m[r * d..(r + 1) * d]) {
-                    *o *= mv;
-                }
-            }
-            if let Some(ht) = ht.as_deref_mut() {
-                ht[r * d..(r + 1) * d].copy_from_slice(&hrow);
-            }
-        }
-    };
     if keep_h {
         a.par_chunks_mut(block)
             .zip(h.par_chunks_mut(block))
             .enumerate()
-            .for_each(|(t, (at, ht))| simd(|| body(t, at, Some(ht))));
+            .for_each(|(t, (at, ht))| {
+                simd(
+                    #[inline(always)]
+                    || bias_act_rows(x, b, act, mask, d, t * block, at, Some(ht)),
+                )
+            });
     } else {
-        a.par_chunks_mut(block)
-            .enumerate()
-            .for_each(|(t, at)| simd(|| body(t, at, None)));
+        a.par_chunks_mut(block).enumerate().for_each(|(t, at)| {
+            simd(
+                #[inline(always)]
+                || bias_act_rows(x, b, act, mask, d, t * block, at, None),
+            )
+        });
     }
     (h, a)
+}
+
+/// One parallel task of [`bias_act_dropout`]: the rows of `at` (and `ht`), starting at element
+/// `start` of `x`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn bias_act_rows(
+    x: &[f32],
+    b: &[f32],
+    act: Act,
+    mask: Option<&[f32]>,
+    d: usize,
+    start: usize,
+    at: &mut [f32],
+    ht: Option<&mut [f32]>,
+) {
+    let xt = &x[start..start + at.len()];
+    let mt = mask.map(|m| &m[start..start + at.len()]);
+    let mut hrow = vec![0f32; d];
+    let mut ht = ht;
+    for (r, (ar, xr)) in at
+        .chunks_exact_mut(d.max(1))
+        .zip(xt.chunks_exact(d.max(1)))
+        .enumerate()
+    {
+        for ((hv, &v), &bj) in hrow.iter_mut().zip(xr).zip(b) {
+            *hv = v + bj;
+        }
+        match act {
+            Act::Relu => {
+                for (o, &hv) in ar.iter_mut().zip(&hrow) {
+                    *o = hv.max(0.0);
+                }
+            }
+            Act::Gelu => {
+                for (o, &hv) in ar.iter_mut().zip(&hrow) {
+                    *o = gelu(hv);
+                }
+            }
+        }
+        if let Some(m) = mt {
+            for (o, &mv) in ar.iter_mut().zip(&m[r * d..(r + 1) * d]) {
+                *o *= mv;
+            }
+        }
+        if let Some(ht) = ht.as_deref_mut() {
+            ht[r * d..(r + 1) * d].copy_from_slice(&hrow);
+        }
+    }
 }
 
 /// The gradient at `h` of `a = act(h) ⊙ mask`, from `da`. ReLU reads the output `a` (`a > 0`
@@ -306,30 +340,33 @@ pub(crate) fn bias_act_dropout_backward(
     let mut dh = vec![0f32; da.len()];
     let block = ROWS * 64;
     dh.par_chunks_mut(block).enumerate().for_each(|(t, dt)| {
-        simd(|| {
-            let start = t * block;
-            let len = dt.len();
-            let dat = &da[start..start + len];
-            match act {
-                Act::Relu => {
-                    let at = &a[start..start + dt.len()];
-                    for ((o, &g), &av) in dt.iter_mut().zip(dat).zip(at) {
-                        *o = if av > 0.0 { g * scale } else { 0.0 };
+        simd(
+            #[inline(always)]
+            || {
+                let start = t * block;
+                let len = dt.len();
+                let dat = &da[start..start + len];
+                match act {
+                    Act::Relu => {
+                        let at = &a[start..start + dt.len()];
+                        for ((o, &g), &av) in dt.iter_mut().zip(dat).zip(at) {
+                            *o = if av > 0.0 { g * scale } else { 0.0 };
+                        }
                     }
-                }
-                Act::Gelu => {
-                    let ht = &h[start..start + dt.len()];
-                    for ((o, &g), &hv) in dt.iter_mut().zip(dat).zip(ht) {
-                        *o = g * gelu_grad(hv);
-                    }
-                    if let Some(m) = mask {
-                        for (o, &mv) in dt.iter_mut().zip(&m[start..start + len]) {
-                            *o *= mv;
+                    Act::Gelu => {
+                        let ht = &h[start..start + dt.len()];
+                        for ((o, &g), &hv) in dt.iter_mut().zip(dat).zip(ht) {
+                            *o = g * gelu_grad(hv);
+                        }
+                        if let Some(m) = mask {
+                            for (o, &mv) in dt.iter_mut().zip(&m[start..start + len]) {
+                                *o *= mv;
+                            }
                         }
                     }
                 }
-            }
-        })
+            },
+        )
     });
     dh
 }
@@ -343,11 +380,14 @@ fn sigmoid(v: f32) -> f32 {
 pub(crate) fn bias_sigmoid(y: &[f32], b: &[f32], d: usize) -> Vec<f32> {
     let mut g = bias_dropout_residual(y, b, None, None, d);
     g.par_chunks_mut(ROWS * 64).for_each(|t| {
-        simd(|| {
-            for v in t.iter_mut() {
-                *v = sigmoid(*v);
-            }
-        })
+        simd(
+            #[inline(always)]
+            || {
+                for v in t.iter_mut() {
+                    *v = sigmoid(*v);
+                }
+            },
+        )
     });
     g
 }
@@ -366,16 +406,19 @@ pub(crate) fn gated_residual(
     let mut out = vec![0f32; x.len()];
     let block = ROWS * 64;
     out.par_chunks_mut(block).enumerate().for_each(|(t, ot)| {
-        simd(|| {
-            let start = t * block;
-            let len = ot.len();
-            let xs = &x[start..start + len];
-            let gs = &g[start..start + len];
-            let ys = &yd[start..start + len];
-            for (((o, &xv), &gv), &yv) in ot.iter_mut().zip(xs).zip(gs).zip(ys) {
-                *o = xv + gv * yv;
-            }
-        })
+        simd(
+            #[inline(always)]
+            || {
+                let start = t * block;
+                let len = ot.len();
+                let xs = &x[start..start + len];
+                let gs = &g[start..start + len];
+                let ys = &yd[start..start + len];
+                for (((o, &xv), &gv), &yv) in ot.iter_mut().zip(xs).zip(gs).zip(ys) {
+                    *o = xv + gv * yv;
+                }
+            },
+        )
     });
     (yd, out)
 }
@@ -396,19 +439,22 @@ pub(crate) fn gated_residual_backward(
         .zip(d_y.par_chunks_mut(block))
         .enumerate()
         .for_each(|(t, (pt, yt))| {
-            simd(|| {
-                let start = t * block;
-                let len = pt.len();
-                let rows = dout[start..start + len]
-                    .iter()
-                    .zip(&g[start..start + len])
-                    .zip(&yd[start..start + len]);
-                for (i, ((&dv, &gv), &yv)) in rows.enumerate() {
-                    pt[i] = dv * yv * gv * (1.0 - gv);
-                    let m = mask.map_or(1.0, |m| m[start + i]);
-                    yt[i] = dv * gv * m;
-                }
-            })
+            simd(
+                #[inline(always)]
+                || {
+                    let start = t * block;
+                    let len = pt.len();
+                    let rows = dout[start..start + len]
+                        .iter()
+                        .zip(&g[start..start + len])
+                        .zip(&yd[start..start + len]);
+                    for (i, ((&dv, &gv), &yv)) in rows.enumerate() {
+                        pt[i] = dv * yv * gv * (1.0 - gv);
+                        let m = mask.map_or(1.0, |m| m[start + i]);
+                        yt[i] = dv * gv * m;
+                    }
+                },
+            )
         });
     (d_pre, d_y)
 }
@@ -428,20 +474,23 @@ pub(crate) fn swiglu(
         return (uvb, z);
     }
     z.par_chunks_mut(ROWS * m).enumerate().for_each(|(t, zt)| {
-        simd(|| {
-            for (r, zr) in zt.chunks_exact_mut(m).enumerate() {
-                let row = t * ROWS + r;
-                let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
-                for ((o, &uu), &vv) in zr.iter_mut().zip(u).zip(v) {
-                    *o = uu / (1.0 + (-uu).exp()) * vv;
-                }
-                if let Some(mk) = mask {
-                    for (o, &mv) in zr.iter_mut().zip(&mk[row * m..(row + 1) * m]) {
-                        *o *= mv;
+        simd(
+            #[inline(always)]
+            || {
+                for (r, zr) in zt.chunks_exact_mut(m).enumerate() {
+                    let row = t * ROWS + r;
+                    let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
+                    for ((o, &uu), &vv) in zr.iter_mut().zip(u).zip(v) {
+                        *o = uu / (1.0 + (-uu).exp()) * vv;
+                    }
+                    if let Some(mk) = mask {
+                        for (o, &mv) in zr.iter_mut().zip(&mk[row * m..(row + 1) * m]) {
+                            *o *= mv;
+                        }
                     }
                 }
-            }
-        })
+            },
+        )
     });
     (uvb, z)
 }
@@ -455,20 +504,23 @@ pub(crate) fn swiglu_backward(dz: &[f32], uvb: &[f32], mask: Option<&[f32]>, m: 
     duv.par_chunks_mut(ROWS * 2 * m)
         .enumerate()
         .for_each(|(t, dt)| {
-            simd(|| {
-                for (r, dr) in dt.chunks_exact_mut(2 * m).enumerate() {
-                    let row = t * ROWS + r;
-                    let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
-                    let (du, dv) = dr.split_at_mut(m);
-                    for j in 0..m {
-                        let g = dz[row * m + j] * mask.map_or(1.0, |mk| mk[row * m + j]);
-                        let s = sigmoid(u[j]);
-                        let silu = u[j] / (1.0 + (-u[j]).exp());
-                        du[j] = g * v[j] * s * (1.0 + u[j] * (1.0 - s));
-                        dv[j] = g * silu;
+            simd(
+                #[inline(always)]
+                || {
+                    for (r, dr) in dt.chunks_exact_mut(2 * m).enumerate() {
+                        let row = t * ROWS + r;
+                        let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
+                        let (du, dv) = dr.split_at_mut(m);
+                        for j in 0..m {
+                            let g = dz[row * m + j] * mask.map_or(1.0, |mk| mk[row * m + j]);
+                            let s = sigmoid(u[j]);
+                            let silu = u[j] / (1.0 + (-u[j]).exp());
+                            du[j] = g * v[j] * s * (1.0 + u[j] * (1.0 - s));
+                            dv[j] = g * silu;
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     duv
 }
@@ -479,11 +531,14 @@ pub(crate) fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
     y.par_chunks_mut(ROWS * 64)
         .zip(a.par_chunks(ROWS * 64).zip(b.par_chunks(ROWS * 64)))
         .for_each(|(yt, (at, bt))| {
-            simd(|| {
-                for ((o, &x), &v) in yt.iter_mut().zip(at).zip(bt) {
-                    *o = x + v;
-                }
-            })
+            simd(
+                #[inline(always)]
+                || {
+                    for ((o, &x), &v) in yt.iter_mut().zip(at).zip(bt) {
+                        *o = x + v;
+                    }
+                },
+            )
         });
     y
 }
