@@ -205,6 +205,21 @@ fn fresh_temp(parent: &Path, name: &str, dir: &Path) -> Result<PathBuf, HostErro
     )))
 }
 
+/// Where the two-rename fallback parks the old model: `.<name>.old-<pid>`, or, when a leftover
+/// that [`recover`] could not empty holds that name (a rename onto it would fail with "Directory
+/// not empty"), the first free `.<name>.old-<pid>-<n>`, which recovery also recognises.
+fn fresh_old(parent: &Path, name: &str) -> PathBuf {
+    let pid = std::process::id();
+    let candidate = |n: u32| match n {
+        0 => parent.join(format!(".{name}.old-{pid}")),
+        n => parent.join(format!(".{name}.old-{pid}-{n}")),
+    };
+    (0..1000u32)
+        .map(candidate)
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .unwrap_or_else(|| candidate(1000))
+}
+
 /// Cleans what crashed saves of `dir` left beside it. A model left under `.<name>.old-<pid>` (the
 /// two-rename fallback) is restored when `dir` is missing, removed (our files only) otherwise;
 /// then a temporary directory goes back into shape: files that are not ours move back into `dir`,
@@ -320,7 +335,7 @@ pub fn replace(
         // A file system without the atomic exchange: two renames, the old model kept under
         // `.<name>.old-<pid>` in between (restored by the next save if a crash falls there).
         Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {
-            let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+            let old = fresh_old(&parent, &name);
             if let Err(e) = std::fs::rename(dir, &old) {
                 let _ = dismantle(&tmp, Some(dir));
                 return Err(HostError::io(dir, e));
@@ -398,6 +413,26 @@ mod tests {
                 "m".to_string()
             ]
         );
+    }
+
+    #[test]
+    fn the_fallback_parks_the_old_model_beside_a_leftover_it_cannot_replace() {
+        let parent = tempfile::tempdir().unwrap();
+        let pid = std::process::id();
+        let first = fresh_old(parent.path(), "m");
+        assert_eq!(first, parent.path().join(format!(".m.old-{pid}")));
+        // A leftover of that name holding a user's file: the next name, which recovery knows.
+        std::fs::create_dir(&first).unwrap();
+        std::fs::write(first.join("NOTES.md"), "mine").unwrap();
+        let next = fresh_old(parent.path(), "m");
+        assert_eq!(next, parent.path().join(format!(".m.old-{pid}-1")));
+        assert!(leftover(&format!(".m.old-{pid}-1"), ".m.old-"));
+        // A rename of a model directory there succeeds where one onto the leftover fails.
+        let model = parent.path().join("m");
+        std::fs::create_dir(&model).unwrap();
+        std::fs::write(model.join("model.json"), "{}").unwrap();
+        assert!(std::fs::rename(&model, &first).is_err());
+        std::fs::rename(&model, &next).unwrap();
     }
 
     #[test]
