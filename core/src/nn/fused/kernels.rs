@@ -204,20 +204,12 @@ pub(crate) fn scale_rows(x: &[f32], m: &[f32], d: usize) -> Vec<f32> {
 
 /// `a ⊙ b`, element-wise (a gradient through a dropout mask).
 pub(crate) fn mul(a: &[f32], b: &[f32]) -> Vec<f32> {
-    let mut y = vec![0f32; a.len()];
-    y.par_chunks_mut(ROWS * 64)
-        .zip(a.par_chunks(ROWS * 64).zip(b.par_chunks(ROWS * 64)))
-        .for_each(|(yt, (at, bt))| {
-            simd(
-                #[inline(always)]
-                || {
-                    for ((o, &x), &m) in yt.iter_mut().zip(at).zip(bt) {
-                        *o = x * m;
-                    }
-                },
-            )
-        });
-    y
+    zip_with(
+        a,
+        b,
+        #[inline(always)]
+        |x, m| x * m,
+    )
 }
 
 /// The activation of a fused feed-forward.
@@ -527,6 +519,17 @@ pub(crate) fn swiglu_backward(dz: &[f32], uvb: &[f32], mask: Option<&[f32]>, m: 
 
 /// `a + b`, element-wise.
 pub(crate) fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+    zip_with(
+        a,
+        b,
+        #[inline(always)]
+        |x, v| x + v,
+    )
+}
+
+/// `f(a[i], b[i])` element-wise, in parallel blocks under SIMD dispatch.
+#[inline(always)]
+fn zip_with(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
     let mut y = vec![0f32; a.len()];
     y.par_chunks_mut(ROWS * 64)
         .zip(a.par_chunks(ROWS * 64).zip(b.par_chunks(ROWS * 64)))
@@ -534,8 +537,8 @@ pub(crate) fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
             simd(
                 #[inline(always)]
                 || {
-                    for ((o, &x), &v) in yt.iter_mut().zip(at).zip(bt) {
-                        *o = x + v;
+                    for ((o, &x), &w) in yt.iter_mut().zip(at).zip(bt) {
+                        *o = f(x, w);
                     }
                 },
             )
