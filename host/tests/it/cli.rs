@@ -1,23 +1,9 @@
 //! The CLI end to end on generated data: validate, components, fit, evaluate; errors exit
 //! non-zero with a message and never panic.
 
-use std::process::Command;
-
 use recblocks::data::{generate_synthetic, write_interactions_csv, SyntheticConfig};
 
-use crate::util::small_data;
-
-fn recblocks(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_recblocks"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
+use crate::util::{recblocks, small_data};
 
 #[test]
 fn validate_json_prints_spec_components_and_total() {

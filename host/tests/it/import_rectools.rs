@@ -3,24 +3,15 @@
 //! recommends after `load_from_checkpoint` (same users, items and ranks; scores to RecTools'
 //! 5-decimal rounding), and broken or unsupported checkpoints must fail with a clear error.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use recblocks::rectools_import::{from_parts, import_checkpoint, read_checkpoint};
 
-use crate::{parity::fixtures_dir, util::registry};
-
-fn recblocks(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_recblocks"))
-        .args(args)
-        .output()
-        .expect("run recblocks");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::{
+    parity::fixtures_dir,
+    util::{recblocks, registry},
+};
 
 /// (user, item, rank) rows and scores of a recommendations CSV.
 fn read_recos(text: &str) -> Vec<(String, String, usize, f64)> {

@@ -3,25 +3,13 @@
 //! panic, the kind and the component); `plugins check` fails on each instead of passing or
 //! aborting.
 
-use std::process::Command;
-
 use recblocks::{data::write_interactions_csv, loader as plugins, Model, TrainData};
 use recblocks_core::{ComponentKind, CoreError, Registry};
 
-use crate::{plugin_libs::workspace_plugin, util::small_data};
-
-fn recblocks(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_recblocks"))
-        .args(args)
-        .env_remove(plugins::PLUGINS_ENV)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
+use crate::{
+    plugin_libs::workspace_plugin,
+    util::{recblocks, small_data},
+};
 
 #[test]
 fn a_plugin_with_its_own_copy_of_core_is_refused_saying_why() {

@@ -11,20 +11,17 @@ use std::{
 
 use recblocks::{data::write_interactions_csv, loader as plugins};
 
-use crate::{plugin_libs::profile_dir, util::small_data};
+use crate::{
+    plugin_libs::profile_dir,
+    util::{self, small_data},
+};
 
 fn recblocks(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_recblocks"))
-        .args(args)
-        .env_remove(plugins::PLUGINS_ENV)
-        // Only crates already in the local registry cache.
-        .env("CARGO_NET_OFFLINE", "true")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
+    // Only crates already in the local registry cache.
+    util::output_of(
+        Command::new(env!("CARGO_BIN_EXE_recblocks"))
+            .args(args)
+            .env("CARGO_NET_OFFLINE", "true"),
     )
 }
 

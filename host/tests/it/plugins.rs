@@ -15,7 +15,7 @@ use recblocks_core::{ComponentKind, Registry};
 
 use crate::{
     plugin_libs::{template_plugin, workspace_plugin},
-    util::small_data,
+    util::{recblocks, small_data},
 };
 
 const ALBERT_SPEC: &str = r#"{"cls": "SASRecModel", "n_factors": 16, "n_heads": 2,
@@ -24,19 +24,6 @@ const ALBERT_SPEC: &str = r#"{"cls": "SASRecModel", "n_factors": 16, "n_heads": 
     "item_net_constructor_kwargs": {"emb_factors": 8},
     "transformer_layers_type": "AlbertLayers",
     "transformer_layers_kwargs": {"n_hidden_groups": 1, "n_inner_groups": 2}}"#;
-
-fn recblocks(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_recblocks"))
-        .args(args)
-        .env_remove(plugins::PLUGINS_ENV)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
 
 /// The built-in registry without the statically linked ALBERT, plus ALBERT loaded from its
 /// plugin library: a host built without ALBERT, inside this test binary.

@@ -3,11 +3,10 @@
 //! misspelt keys and kwargs as spec resolution does, and agrees with `recblocks components
 //! --json` on every component's names and default kwargs.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use recblocks::{
     assembly,
-    loader::PLUGINS_ENV,
     spec_schema::{kwargs_def_name, kwargs_slot, spec_schema},
 };
 use recblocks_core::{ComponentKind, ModelSpec, SpecInput};
@@ -15,21 +14,8 @@ use serde_json::{json, Value};
 
 use crate::{
     plugin_libs::{template_plugin, workspace_root},
-    util::registry,
+    util::{recblocks, registry},
 };
-
-fn recblocks(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_recblocks"))
-        .args(args)
-        .env_remove(PLUGINS_ENV)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
-}
 
 /// A compiled spec schema.
 struct Validator {

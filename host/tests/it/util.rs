@@ -1,7 +1,31 @@
-//! Shared helpers: a small synthetic dataset and spec builders.
+//! Shared helpers: the binary run as a user runs it, a small synthetic dataset and spec builders.
+
+use std::process::Command;
 
 use recblocks::data::{generate_synthetic, Interactions, SyntheticConfig};
 use recblocks_core::{ModelSpec, Registry};
+
+/// Runs the `recblocks` binary with `args`, without any plugin from the environment; returns
+/// whether it succeeded, its stdout and its stderr.
+pub fn recblocks(args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recblocks"));
+    cmd.args(args);
+    output_of(&mut cmd)
+}
+
+/// Runs `cmd` (the binary, set up by the caller) without any plugin from the environment;
+/// returns whether it succeeded, its stdout and its stderr.
+pub fn output_of(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .env_remove(recblocks::loader::PLUGINS_ENV)
+        .output()
+        .unwrap_or_else(|e| panic!("run recblocks: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 pub fn registry() -> Registry {
     recblocks::builtin_registry().unwrap_or_else(|e| panic!("registry: {e}"))
