@@ -286,6 +286,8 @@ impl Model {
             observer: opts.active_observer().unwrap_or(&NoopObserver),
         };
         let outcome = run.run();
+        // The fused blocks' buffers, kept for the next step, are not needed once training ends.
+        recblocks_core::nn::workspace::release();
         self.training.model_rng = RngState::capture(&self.net.rng);
         self.training.data_rng = RngState::capture(data_rng);
         outcome

@@ -325,6 +325,10 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/softmax.rs")),
     ),
     (
+        "src/nn/workspace.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/workspace.rs")),
+    ),
+    (
         "src/register.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/register.rs")),
     ),

@@ -22,14 +22,16 @@
 //! CPU, for other dtypes, or with the fused paths switched off ([`crate::nn::fused::enabled`]) the
 //! logits are materialised and the loss composed as before.
 
-use std::sync::Mutex;
-
-use candle_core::{
-    CpuStorage, CustomOp2, DType, Device, Error, InplaceOp1, Layout, Result, Shape, Tensor,
-};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_slice::with_f32, cross_entropy::softmax_cross_entropy_ignore_0, fast_exp, fused};
+use super::{
+    cpu_slice::{with_f32, F32View},
+    cross_entropy::softmax_cross_entropy_ignore_0,
+    fast_exp,
+    fused::{self, products},
+    workspace::Buf,
+};
 
 /// How many logits one chunk holds at most (4 M floats, 16 MB): the rows per chunk are this
 /// divided by the catalog size (at least 8).
@@ -91,7 +93,7 @@ fn chunked(
     temperature: f64,
     rows: usize,
 ) -> Result<Tensor> {
-    let (m, _) = sessions.dims2()?;
+    let (m, d) = sessions.dims2()?;
     let (n, _) = items.dims2()?;
     let t = targets.to_vec1::<u32>()?;
     if let Some(row) = t.iter().position(|&id| id as usize >= n) {
@@ -102,41 +104,41 @@ fn chunked(
     }
     let w = weights.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let want_grad = sessions.track_op() || items.track_op();
-    let s = sessions.detach().contiguous()?;
-    let e = items.detach().contiguous()?;
-    let e_t = e.t()?;
-    let rows = rows.max(1);
+    let s_t = sessions.detach().contiguous()?;
+    let e_t = items.detach().contiguous()?;
+    let s_view = F32View::new(&s_t, "catalog softmax sessions")?;
+    let e_view = F32View::new(&e_t, "catalog softmax items")?;
+    let (s, e) = (s_view.get(), e_view.get());
+    let rows = rows.clamp(1, m.max(1));
     let mut losses = vec![0f32; m];
-    let mut grad_s_parts = Vec::new();
-    let mut grad_e: Option<Tensor> = None;
+    // One chunk's logits, reused by every chunk; the session gradient is written chunk by chunk
+    // and the item gradient accumulated over the chunks in order.
+    let mut z = Buf::scratch(rows * n);
+    let mut grad_s = Buf::scratch(if want_grad { m * d } else { 0 });
+    // The item gradient transposed, `[d, N]` (the layout its product runs fastest in).
+    let mut grad_e_t = Buf::zeros(if want_grad { n * d } else { 0 });
     let mut start = 0;
     while start < m {
         let r = rows.min(m - start);
-        let s_c = s.narrow(0, start, r)?;
-        let z = s_c.matmul(&e_t)?;
-        let pass = RowPass {
-            targets: &t[start..start + r],
-            weights: &w[start..start + r],
-            temperature: temperature as f32,
+        let s_c = &s[start * d..(start + r) * d];
+        let z_c = &mut z[..r * n];
+        products::a_bt_into(z_c, s_c, e, n, d, false)?;
+        row_pass(
+            z_c,
+            n,
+            &t[start..start + r],
+            &w[start..start + r],
+            temperature as f32,
             want_grad,
-            losses: Mutex::new(Vec::new()),
-        };
-        z.inplace_op1(&pass)?;
-        let chunk_losses = pass
-            .losses
-            .into_inner()
-            .map_err(|_| Error::Msg("catalog softmax loss: poisoned state".into()))?;
-        losses[start..start + r].copy_from_slice(&chunk_losses);
+            &mut losses[start..start + r],
+        );
         if want_grad {
-            grad_s_parts.push(z.matmul(&e)?);
-            let part = z.t()?.matmul(&s_c)?;
-            grad_e = Some(match grad_e {
-                None => part,
-                Some(acc) => (acc + part)?,
-            });
+            products::a_b_into(&mut grad_s[start * d..(start + r) * d], z_c, e, n, d, false)?;
+            products::at_b_transposed_into(&mut grad_e_t, z_c, s_c, n, d, true)?;
         }
         start += r;
     }
+    drop(z);
     let count = losses.iter().filter(|&&l| l > 0.0).count();
     let total: f32 = losses.iter().sum();
     let loss = total / count as f32;
@@ -144,21 +146,46 @@ fn chunked(
         return Tensor::new(loss, sessions.device());
     }
     // ∂loss/∂logits = w·(softmax − onehot)/count; the logits are s·eᵀ/temperature.
-    let k = 1.0 / (count as f64 * temperature);
-    let grad_s = if grad_s_parts.is_empty() {
-        s.zeros_like()?
-    } else {
-        (Tensor::cat(&grad_s_parts, 0)? * k)?
-    };
-    let grad_e = match grad_e {
-        Some(g) => (g * k)?,
-        None => e.zeros_like()?,
-    };
+    let k = (1.0 / (count as f64 * temperature)) as f32;
+    scale_in_place(&mut grad_s, k);
+    let grad_e = transpose_scaled(&grad_e_t, d, n, k);
+    drop(grad_e_t);
+    let grad_s = Tensor::from_vec(grad_s.into_vec(), (m, d), sessions.device())?;
+    let grad_e = Tensor::from_vec(grad_e, (n, d), items.device())?;
+    drop((s_view, e_view));
     let node = LossNode {
         loss,
         grads: (grad_s, grad_e),
     };
     sessions.apply_op2(items, node)
+}
+
+/// `k · xᵀ` for row-major `x` `[rows, cols]`.
+fn transpose_scaled(x: &[f32], rows: usize, cols: usize, k: f32) -> Vec<f32> {
+    let mut t = vec![0f32; x.len()];
+    if rows == 0 {
+        return t;
+    }
+    t.par_chunks_mut(rows).enumerate().for_each(|(c, out)| {
+        for (r, o) in out.iter_mut().enumerate() {
+            *o = x[r * cols + c] * k;
+        }
+    });
+    t
+}
+
+/// `x *= k`, element-wise.
+fn scale_in_place(x: &mut [f32], k: f32) {
+    x.par_chunks_mut(1 << 14).for_each(|c| {
+        pulp::Arch::new().dispatch(
+            #[inline(always)]
+            || {
+                for v in c.iter_mut() {
+                    *v *= k;
+                }
+            },
+        )
+    });
 }
 
 /// The loss with the `[M, N]` logits materialised: the reference, and the path off the CPU.
@@ -181,71 +208,43 @@ fn materialised(
     l.sum_all()?.div(&count)
 }
 
-/// One chunk's row pass over its logits `[r, N]`, in place: each row's weighted loss, and (when
-/// gradients are wanted) the row replaced by `w·(softmax − onehot)`, or zeros for an ignored row.
-struct RowPass<'a> {
-    targets: &'a [u32],
-    weights: &'a [f32],
+/// One chunk's row pass over its logits `z` `[r, N]`, in place: each row's weighted loss into
+/// `losses`, and (when gradients are wanted) the row replaced by `w·(softmax − onehot)`, or zeros
+/// for an ignored row.
+fn row_pass(
+    z: &mut [f32],
+    n: usize,
+    targets: &[u32],
+    weights: &[f32],
     temperature: f32,
     want_grad: bool,
-    losses: Mutex<Vec<f32>>,
-}
-
-impl InplaceOp1 for RowPass<'_> {
-    fn name(&self) -> &'static str {
-        "catalog-softmax-row-pass"
+    losses: &mut [f32],
+) {
+    if n == 0 {
+        return;
     }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let CpuStorage::F32(buf) = storage else {
-            return Err(Error::Msg(
-                "catalog softmax loss: the chunk's logits are not f32".into(),
-            ));
-        };
-        let (r, n) = layout.shape().dims2()?;
-        let Some((from, to)) = layout.contiguous_offsets() else {
-            return Err(Error::Msg(
-                "catalog softmax loss: the chunk's logits are not contiguous".into(),
-            ));
-        };
-        let z = &mut buf[from..to];
-        if z.len() != r * n || self.targets.len() != r {
-            return Err(Error::Msg(format!(
-                "catalog softmax loss: a chunk of {} logits for {} rows of {n}",
-                z.len(),
-                self.targets.len()
-            )));
-        }
-        let mut losses = vec![0f32; r];
-        if n > 0 {
-            z.par_chunks_exact_mut(n)
-                .zip(losses.par_iter_mut())
-                .zip(self.targets.par_iter().zip(self.weights.par_iter()))
-                .for_each(|((row, loss), (&t, &w))| {
-                    if t == 0 {
-                        if self.want_grad {
-                            row.fill(0.0);
-                        }
-                        return;
-                    }
-                    if self.temperature != 1.0 {
-                        fast_exp::div_in_place(row, self.temperature);
-                    }
-                    let mx = fast_exp::max(row);
-                    let lse = mx + fast_exp::sum_exp_shifted(row, mx).ln();
-                    *loss = (lse - row[t as usize]) * w;
-                    if self.want_grad {
-                        fast_exp::scaled_exp_shifted_in_place(row, lse, w);
-                        row[t as usize] -= w;
-                    }
-                });
-        }
-        *self
-            .losses
-            .lock()
-            .map_err(|_| Error::Msg("catalog softmax loss: poisoned state".into()))? = losses;
-        Ok(())
-    }
+    z.par_chunks_exact_mut(n)
+        .zip(losses.par_iter_mut())
+        .zip(targets.par_iter().zip(weights.par_iter()))
+        .for_each(|((row, loss), (&t, &w))| {
+            *loss = 0.0;
+            if t == 0 {
+                if want_grad {
+                    row.fill(0.0);
+                }
+                return;
+            }
+            if temperature != 1.0 {
+                fast_exp::div_in_place(row, temperature);
+            }
+            let mx = fast_exp::max(row);
+            let lse = mx + fast_exp::sum_exp_shifted(row, mx).ln();
+            *loss = (lse - row[t as usize]) * w;
+            if want_grad {
+                fast_exp::scaled_exp_shifted_in_place(row, lse, w);
+                row[t as usize] -= w;
+            }
+        });
 }
 
 /// The scalar loss as a node over `(sessions, items)`; its backward scales the gradients the

@@ -14,7 +14,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-use crate::{context::SharedRng, Result};
+use crate::{context::SharedRng, nn::workspace::Buf, Result};
 
 /// Elements per parallel block of a mask (a multiple of 2: one 32-bit word gives two draws).
 const BLOCK: usize = 1 << 15;
@@ -51,11 +51,19 @@ impl Dropout {
     /// stream; `None` (and no draw) when `p` is 0. [`forward_t`](Self::forward_t) multiplies by
     /// exactly this mask, so a fused block that draws its masks in the same order reproduces it.
     pub fn draw_mask(&self, n: usize) -> Option<Vec<f32>> {
+        self.draw_mask_buf(n).map(Buf::into_vec)
+    }
+
+    /// [`draw_mask`](Self::draw_mask) into a workspace buffer (the fused blocks keep their masks
+    /// for the backward pass, and the buffer goes back to the workspace after it).
+    pub(crate) fn draw_mask_buf(&self, n: usize) -> Option<Buf> {
         if !self.is_active() {
             return None;
         }
         let key = self.rng.lock().random::<u64>();
-        Some(mask_from_key(key, n, self.p, self.scale()))
+        let mut mask = Buf::scratch(n);
+        fill_mask(key, &mut mask, self.p, self.scale());
+        Some(mask)
     }
 
     /// Zeroes each element with probability `p` and scales the rest by 1 / (1 − p) when `train`;
@@ -80,8 +88,14 @@ fn keep_threshold(p: f64) -> u32 {
 /// The mask of `n` elements under `key`: element `i` is `scale` when the `i`-th 16-bit draw is
 /// below the keep threshold (low half of each 32-bit keystream word first), else 0.
 pub fn mask_from_key(key: u64, n: usize, p: f64, scale: f32) -> Vec<f32> {
-    let threshold = keep_threshold(p);
     let mut mask = vec![0f32; n];
+    fill_mask(key, &mut mask, p, scale);
+    mask
+}
+
+/// [`mask_from_key`] into `mask` (every element is written).
+fn fill_mask(key: u64, mask: &mut [f32], p: f64, scale: f32) {
+    let threshold = keep_threshold(p);
     mask.par_chunks_mut(BLOCK)
         .enumerate()
         .for_each(|(block, out)| {
@@ -98,7 +112,6 @@ pub fn mask_from_key(key: u64, n: usize, p: f64, scale: f32) -> Vec<f32> {
                 threshold_pass(out, draws, threshold, scale);
             }
         });
-    mask
 }
 
 /// 16-bit draws per keystream fill (even: whole 32-bit words).

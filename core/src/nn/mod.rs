@@ -24,6 +24,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod masks;
 pub mod softmax;
+pub mod workspace;
 
 pub use attention::MultiHeadAttention;
 pub use blocks::{PreLNTransformerLayer, SASRecTransformerLayer};

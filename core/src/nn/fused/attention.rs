@@ -11,7 +11,7 @@
 use pulp::{Arch, Simd, WithSimd};
 use rayon::prelude::*;
 
-use crate::nn::fast_exp;
+use crate::nn::{fast_exp, workspace::Buf};
 
 /// Batch, session length, width and heads of one attention call.
 #[derive(Debug, Clone, Copy)]
@@ -239,10 +239,10 @@ pub(crate) fn forward(
     bias: Option<(&[f32], bool)>,
     mask: Option<&[f32]>,
     dims: Dims,
-) -> (Vec<f32>, Vec<f32>) {
+) -> (Buf, Buf) {
     let (l, d, heads) = (dims.l, dims.d, dims.heads);
-    let mut o = vec![0f32; dims.b * l * d];
-    let mut p = vec![0f32; dims.b * heads * l * l];
+    let mut o = Buf::scratch(dims.b * l * d);
+    let mut p = Buf::scratch(dims.b * heads * l * l);
     if l == 0 || d == 0 {
         return (o, p);
     }
@@ -371,10 +371,10 @@ pub(crate) fn backward(
     p: &[f32],
     mask: Option<&[f32]>,
     dims: Dims,
-) -> (Vec<f32>, Vec<f32>) {
+) -> (Buf, Buf) {
     let (l, d) = (dims.l, dims.d);
-    let mut dq = vec![0f32; dims.b * l * d];
-    let mut dkv = vec![0f32; dims.b * l * 2 * d];
+    let mut dq = Buf::scratch(dims.b * l * d);
+    let mut dkv = Buf::scratch(dims.b * l * 2 * d);
     if l == 0 || d == 0 {
         return (dq, dkv);
     }

@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+use crate::nn::workspace::Buf;
+
 /// Rows per parallel task.
 const ROWS: usize = 64;
 
@@ -25,9 +27,9 @@ pub(crate) fn layer_norm(
     b: &[f32],
     d: usize,
     eps: f32,
-) -> (Vec<f32>, Vec<(f32, f32)>) {
+) -> (Buf, Vec<(f32, f32)>) {
     let rows = x.len() / d.max(1);
-    let mut y = vec![0f32; rows * d];
+    let mut y = Buf::scratch(rows * d);
     let mut stats = vec![(0f32, 0f32); rows];
     if d == 0 {
         return (y, stats);
@@ -58,7 +60,7 @@ pub(crate) fn layer_norm(
 /// The gradients of a layer norm: `dx` (plus `extra`, when given, added element-wise), and the
 /// weight and bias gradients. The output gradient is `dy + dy2` (a residual's two branches).
 pub(crate) struct LayerNormGrads {
-    pub dx: Vec<f32>,
+    pub dx: Buf,
     pub dw: Vec<f32>,
     pub db: Vec<f32>,
 }
@@ -74,7 +76,7 @@ pub(crate) fn layer_norm_backward(
     d: usize,
 ) -> LayerNormGrads {
     let rows = x.len() / d.max(1);
-    let mut dx = vec![0f32; rows * d];
+    let mut dx = Buf::scratch(rows * d);
     if d == 0 {
         return LayerNormGrads {
             dx,
@@ -148,8 +150,8 @@ pub(crate) fn bias_dropout_residual(
     mask: Option<&[f32]>,
     residual: Option<&[f32]>,
     d: usize,
-) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+) -> Buf {
+    let mut y = Buf::scratch(x.len());
     let block = ROWS * d.max(1);
     y.par_chunks_mut(block).enumerate().for_each(|(t, yt)| {
         simd(
@@ -180,8 +182,8 @@ pub(crate) fn bias_dropout_residual(
 }
 
 /// `y[r, :] = x[r, :] · m[r]` (a timeline mask over rows of `d`).
-pub(crate) fn scale_rows(x: &[f32], m: &[f32], d: usize) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
+pub(crate) fn scale_rows(x: &[f32], m: &[f32], d: usize) -> Buf {
+    let mut y = Buf::scratch(x.len());
     let block = ROWS * d.max(1);
     y.par_chunks_mut(block)
         .zip(x.par_chunks(block))
@@ -203,7 +205,7 @@ pub(crate) fn scale_rows(x: &[f32], m: &[f32], d: usize) -> Vec<f32> {
 }
 
 /// `a ⊙ b`, element-wise (a gradient through a dropout mask).
-pub(crate) fn mul(a: &[f32], b: &[f32]) -> Vec<f32> {
+pub(crate) fn mul(a: &[f32], b: &[f32]) -> Buf {
     zip_with(
         a,
         b,
@@ -239,14 +241,10 @@ pub(crate) fn bias_act_dropout(
     act: Act,
     mask: Option<&[f32]>,
     d: usize,
-) -> (Vec<f32>, Vec<f32>) {
+) -> (Buf, Buf) {
     let keep_h = act == Act::Gelu;
-    let mut h = if keep_h {
-        vec![0f32; x.len()]
-    } else {
-        Vec::new()
-    };
-    let mut a = vec![0f32; x.len()];
+    let mut h = Buf::scratch(if keep_h { x.len() } else { 0 });
+    let mut a = Buf::scratch(x.len());
     let block = ROWS * d.max(1);
     if keep_h {
         a.par_chunks_mut(block)
@@ -328,8 +326,8 @@ pub(crate) fn bias_act_dropout_backward(
     a: &[f32],
     mask: Option<&[f32]>,
     scale: f32,
-) -> Vec<f32> {
-    let mut dh = vec![0f32; da.len()];
+) -> Buf {
+    let mut dh = Buf::scratch(da.len());
     let block = ROWS * 64;
     dh.par_chunks_mut(block).enumerate().for_each(|(t, dt)| {
         simd(
@@ -369,7 +367,7 @@ fn sigmoid(v: f32) -> f32 {
 }
 
 /// `g = σ(y + b)` per row of `d` (a LiGR gate).
-pub(crate) fn bias_sigmoid(y: &[f32], b: &[f32], d: usize) -> Vec<f32> {
+pub(crate) fn bias_sigmoid(y: &[f32], b: &[f32], d: usize) -> Buf {
     let mut g = bias_dropout_residual(y, b, None, None, d);
     g.par_chunks_mut(ROWS * 64).for_each(|t| {
         simd(
@@ -393,9 +391,9 @@ pub(crate) fn gated_residual(
     b: &[f32],
     mask: Option<&[f32]>,
     d: usize,
-) -> (Vec<f32>, Vec<f32>) {
+) -> (Buf, Buf) {
     let yd = bias_dropout_residual(y, b, mask, None, d);
-    let mut out = vec![0f32; x.len()];
+    let mut out = Buf::scratch(x.len());
     let block = ROWS * 64;
     out.par_chunks_mut(block).enumerate().for_each(|(t, ot)| {
         simd(
@@ -422,9 +420,9 @@ pub(crate) fn gated_residual_backward(
     g: &[f32],
     yd: &[f32],
     mask: Option<&[f32]>,
-) -> (Vec<f32>, Vec<f32>) {
-    let mut d_pre = vec![0f32; dout.len()];
-    let mut d_y = vec![0f32; dout.len()];
+) -> (Buf, Buf) {
+    let mut d_pre = Buf::scratch(dout.len());
+    let mut d_y = Buf::scratch(dout.len());
     let block = ROWS * 64;
     d_pre
         .par_chunks_mut(block)
@@ -453,15 +451,10 @@ pub(crate) fn gated_residual_backward(
 
 /// SwiGLU's gate: from `uv` `[n, 2m]` (`u` then `v` in each row) and its bias, the biased `uv`
 /// (kept for the backward pass) and `z = SiLU(u) ⊙ v ⊙ mask` `[n, m]`.
-pub(crate) fn swiglu(
-    uv: &[f32],
-    b: &[f32],
-    mask: Option<&[f32]>,
-    m: usize,
-) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn swiglu(uv: &[f32], b: &[f32], mask: Option<&[f32]>, m: usize) -> (Buf, Buf) {
     let uvb = bias_dropout_residual(uv, b, None, None, 2 * m);
     let rows = uvb.len() / (2 * m).max(1);
-    let mut z = vec![0f32; rows * m];
+    let mut z = Buf::scratch(rows * m);
     if m == 0 {
         return (uvb, z);
     }
@@ -488,8 +481,8 @@ pub(crate) fn swiglu(
 }
 
 /// The backward of [`swiglu`]: `[n, 2m]` gradients of `u` and `v` from `dz`.
-pub(crate) fn swiglu_backward(dz: &[f32], uvb: &[f32], mask: Option<&[f32]>, m: usize) -> Vec<f32> {
-    let mut duv = vec![0f32; uvb.len()];
+pub(crate) fn swiglu_backward(dz: &[f32], uvb: &[f32], mask: Option<&[f32]>, m: usize) -> Buf {
+    let mut duv = Buf::scratch(uvb.len());
     if m == 0 {
         return duv;
     }
@@ -518,7 +511,7 @@ pub(crate) fn swiglu_backward(dz: &[f32], uvb: &[f32], mask: Option<&[f32]>, m: 
 }
 
 /// `a + b`, element-wise.
-pub(crate) fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
+pub(crate) fn add(a: &[f32], b: &[f32]) -> Buf {
     zip_with(
         a,
         b,
@@ -529,8 +522,8 @@ pub(crate) fn add(a: &[f32], b: &[f32]) -> Vec<f32> {
 
 /// `f(a[i], b[i])` element-wise, in parallel blocks under SIMD dispatch.
 #[inline(always)]
-fn zip_with(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    let mut y = vec![0f32; a.len()];
+fn zip_with(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Buf {
+    let mut y = Buf::scratch(a.len());
     y.par_chunks_mut(ROWS * 64)
         .zip(a.par_chunks(ROWS * 64).zip(b.par_chunks(ROWS * 64)))
         .for_each(|(yt, (at, bt))| {
@@ -578,9 +571,9 @@ mod tests {
         let x = [1.0f32, -1.0, 2.0, 0.5];
         let mask = [2.0f32, 2.0, 0.0, 2.0];
         let (_, a) = bias_act_dropout(&x, &[0.0, 0.0], Act::Relu, Some(&mask), 2);
-        assert_eq!(a, vec![2.0, 0.0, 0.0, 1.0]);
+        assert_eq!(&a[..], &[2.0, 0.0, 0.0, 1.0]);
         let dh = bias_act_dropout_backward(&[1.0; 4], Act::Relu, &[], &a, Some(&mask), 2.0);
-        assert_eq!(dh, vec![2.0, 0.0, 0.0, 2.0]);
+        assert_eq!(&dh[..], &[2.0, 0.0, 0.0, 2.0]);
     }
 
     #[test]
@@ -594,7 +587,7 @@ mod tests {
         let sum: Vec<f32> = g1.iter().zip(&g2).map(|(a, b)| a + b).collect();
         let one = layer_norm_backward(&x, &stats, &w, &sum, None, None, d);
         let two = layer_norm_backward(&x, &stats, &w, &g1, Some(&g2), Some(&g1), d);
-        for ((a, g), b) in one.dx.iter().zip(&g1).zip(&two.dx) {
+        for ((a, g), b) in one.dx.iter().zip(&g1).zip(two.dx.iter()) {
             assert!((a + g - b).abs() < 1e-5);
         }
         assert_eq!(one.dw, two.dw);

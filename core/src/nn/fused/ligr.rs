@@ -18,13 +18,13 @@ use super::{
     kernels::{self, Act},
     node::{attach, Backward},
     parts::{LinearParts, NormParts},
-    products::{g_w, x_wt},
     self_attention::SelfAttention,
 };
 use crate::{
     nn::{
         blocks::ligr::{LiGRFeedForward, LiGRLayer},
         cpu_slice::F32View,
+        workspace::Buf,
         Dropout,
     },
     Result,
@@ -39,31 +39,32 @@ enum Ff {
 /// What the backward pass reads, kept from the forward pass.
 struct Saved {
     dims: Dims,
+    /// The block input `[n, d]` (contiguous).
     x: Tensor,
     norm_1: NormParts,
     stats_1: Vec<(f32, f32)>,
-    h: Tensor,
+    h: Buf,
     attention: SelfAttention,
-    mask_1: Option<Vec<f32>>,
+    mask_1: Option<Buf>,
     gate_1: LinearParts,
-    g1: Vec<f32>,
-    attn_dropped: Vec<f32>,
-    x1: Tensor,
+    g1: Buf,
+    attn_dropped: Buf,
+    x1: Buf,
     norm_2: NormParts,
     stats_2: Vec<(f32, f32)>,
-    h2: Tensor,
+    h2: Buf,
     ff: Ff,
     w_in: LinearParts,
     /// SwiGLU: the biased `[u, v]`; point-wise: the pre-activation (GELU only).
-    pre: Vec<f32>,
-    hidden: Tensor,
-    ff_mask: Option<Vec<f32>>,
+    pre: Buf,
+    hidden: Buf,
+    ff_mask: Option<Buf>,
     ff_mask_scale: f32,
     w2: LinearParts,
-    mask_2: Option<Vec<f32>>,
+    mask_2: Option<Buf>,
     gate_2: LinearParts,
-    g2: Vec<f32>,
-    ff_dropped: Vec<f32>,
+    g2: Buf,
+    ff_dropped: Buf,
 }
 
 /// Whether `block` has a fused form: its point-wise activation must be ReLU or GELU.
@@ -113,7 +114,7 @@ pub(crate) fn forward_t(
             )
         }
     };
-    let hidden_dim = w2.w.dim(1)?;
+    let hidden_dim = w2.in_dim();
     let xd = x.detach().contiguous()?.reshape((n, d))?;
     let norm_1 = NormParts::new(&block.layer_norm_1)?;
     let norm_2 = NormParts::new(&block.layer_norm_2)?;
@@ -124,7 +125,7 @@ pub(crate) fn forward_t(
     // dropout_2.
     let draw = |dropout: &Dropout, len: usize| {
         if train {
-            dropout.draw_mask(len)
+            dropout.draw_mask_buf(len)
         } else {
             None
         }
@@ -134,55 +135,42 @@ pub(crate) fn forward_t(
     let ff_mask = draw(ff_dropout, n * hidden_dim);
     let mask_2 = draw(&block.dropout_2, n * d);
 
-    let (h_vec, stats_1) = {
-        let xs = F32View::new(&xd, "LiGR block input")?;
-        norm_1.forward(xs.get(), d)
-    };
-    let h = Tensor::from_vec(h_vec, (n, d), xd.device())?;
+    let xv = F32View::new(&xd, "LiGR block input")?;
+    let (h, stats_1) = norm_1.forward(xv.get(), d);
     let (attention, proj) = SelfAttention::forward(mha, &h, &h, attn_bias, attn_mask, dims)?;
     let g1 = {
-        let p = x_wt(&xd, &gate_1.w)?;
-        let pv = F32View::new(&p, "gate")?;
-        kernels::bias_sigmoid(pv.get(), &gate_1.b, d)
+        let p = gate_1.product(xv.get())?;
+        kernels::bias_sigmoid(&p, &gate_1.b, d)
     };
-    let (attn_dropped, x1) = {
-        let pv = F32View::new(&proj, "attention output")?;
-        let xv = F32View::new(&xd, "LiGR block input")?;
-        kernels::gated_residual(
-            xv.get(),
-            &g1,
-            pv.get(),
-            attention.out_bias(),
-            mask_1.as_deref(),
-            d,
-        )
-    };
-    let (h2_vec, stats_2) = norm_2.forward(&x1, d);
-    let x1 = Tensor::from_vec(x1, (n, d), xd.device())?;
-    let h2 = Tensor::from_vec(h2_vec, (n, d), xd.device())?;
+    let (attn_dropped, x1) = kernels::gated_residual(
+        xv.get(),
+        &g1,
+        &proj,
+        attention.out_bias(),
+        mask_1.as_deref(),
+        d,
+    );
+    drop(proj);
+    let (h2, stats_2) = norm_2.forward(&x1, d);
     let (pre, hidden) = {
-        let p = x_wt(&h2, &w_in.w)?;
-        let pv = F32View::new(&p, "feed-forward hidden")?;
+        let p = w_in.product(&h2)?;
         match ff {
-            Ff::Swiglu => kernels::swiglu(pv.get(), &w_in.b, ff_mask.as_deref(), hidden_dim),
+            Ff::Swiglu => kernels::swiglu(&p, &w_in.b, ff_mask.as_deref(), hidden_dim),
             Ff::PointWise(act) => {
-                kernels::bias_act_dropout(pv.get(), &w_in.b, act, ff_mask.as_deref(), hidden_dim)
+                kernels::bias_act_dropout(&p, &w_in.b, act, ff_mask.as_deref(), hidden_dim)
             }
         }
     };
-    let hidden = Tensor::from_vec(hidden, (n, hidden_dim), xd.device())?;
     let g2 = {
-        let p = x_wt(&x1, &gate_2.w)?;
-        let pv = F32View::new(&p, "gate")?;
-        kernels::bias_sigmoid(pv.get(), &gate_2.b, d)
+        let p = gate_2.product(&x1)?;
+        kernels::bias_sigmoid(&p, &gate_2.b, d)
     };
     let (ff_dropped, out) = {
-        let f = x_wt(&hidden, &w2.w)?;
-        let fv = F32View::new(&f, "feed-forward output")?;
-        let x1v = F32View::new(&x1, "LiGR residual stream")?;
-        kernels::gated_residual(x1v.get(), &g2, fv.get(), &w2.b, mask_2.as_deref(), d)
+        let f = w2.product(&hidden)?;
+        kernels::gated_residual(&x1, &g2, &f, &w2.b, mask_2.as_deref(), d)
     };
-    super::check_finite("LiGR block", &xd, &out)?;
+    super::check_finite("LiGR block", xv.get(), &out)?;
+    drop(xv);
 
     let params: Vec<Tensor> = [
         norm_1.params(),
@@ -226,75 +214,66 @@ pub(crate) fn forward_t(
     } else {
         None
     };
-    Ok(attach("fused-ligr-block", x, &params, out, backward)?)
+    Ok(attach(
+        "fused-ligr-block",
+        x,
+        &params,
+        out.into_vec(),
+        backward,
+    )?)
 }
 
 fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>>)> {
     let d = s.dims.d;
-    let dev = s.x.device().clone();
-    let n = g.len() / d.max(1);
-    let hidden_dim = s.w2.w.dim(1)?;
+    let hidden_dim = s.w2.in_dim();
     // out = x1 + σ(x1·G2ᵀ + g2) ⊙ ((f + b2) ⊙ m2)
     let (d_gate2, d_f) =
         kernels::gated_residual_backward(g, &s.g2, &s.ff_dropped, s.mask_2.as_deref());
-    let d_gate2 = Tensor::from_vec(d_gate2, (n, d), &dev)?;
     let (dg2w, dg2b) = s.gate_2.grads(&d_gate2, &s.x1)?;
-    let dx1_gate = g_w(&d_gate2, &s.gate_2.w)?;
-    let d_f = Tensor::from_vec(d_f, (n, d), &dev)?;
+    let dx1_gate = s.gate_2.input_grad(&d_gate2)?;
+    drop(d_gate2);
     let (dw2, db2) = s.w2.grads(&d_f, &s.hidden)?;
-    let d_hidden = g_w(&d_f, &s.w2.w)?;
-    let d_in = {
-        let dh = F32View::new(&d_hidden, "hidden gradient")?;
-        match s.ff {
-            Ff::Swiglu => {
-                kernels::swiglu_backward(dh.get(), &s.pre, s.ff_mask.as_deref(), hidden_dim)
-            }
-            Ff::PointWise(act) => {
-                let hv = F32View::new(&s.hidden, "hidden")?;
-                kernels::bias_act_dropout_backward(
-                    dh.get(),
-                    act,
-                    &s.pre,
-                    hv.get(),
-                    s.ff_mask.as_deref(),
-                    s.ff_mask_scale,
-                )
-            }
-        }
+    let d_hidden = s.w2.input_grad(&d_f)?;
+    drop(d_f);
+    let d_in = match s.ff {
+        Ff::Swiglu => kernels::swiglu_backward(&d_hidden, &s.pre, s.ff_mask.as_deref(), hidden_dim),
+        Ff::PointWise(act) => kernels::bias_act_dropout_backward(
+            &d_hidden,
+            act,
+            &s.pre,
+            &s.hidden,
+            s.ff_mask.as_deref(),
+            s.ff_mask_scale,
+        ),
     };
-    let in_dim = s.w_in.out_dim()?;
-    let d_in = Tensor::from_vec(d_in, (n, in_dim), &dev)?;
+    drop(d_hidden);
     let (dw_in, db_in) = s.w_in.grads(&d_in, &s.h2)?;
-    let dh2 = g_w(&d_in, &s.w_in.w)?;
+    let dh2 = s.w_in.input_grad(&d_in)?;
+    drop(d_in);
     // h2 = LN2(x1); dx1 = g (residual) + gate 2's input gradient + LN2 backward
     let ln_2 = {
-        let dv = F32View::new(&dh2, "feed-forward input gradient")?;
-        let gv = F32View::new(&dx1_gate, "gate input gradient")?;
-        let x1v = F32View::new(&s.x1, "LiGR residual stream")?;
-        let extra = kernels::add(g, gv.get());
+        let extra = kernels::add(g, &dx1_gate);
         s.norm_2
-            .backward(x1v.get(), &s.stats_2, dv.get(), None, Some(&extra), d)
+            .backward(&s.x1, &s.stats_2, &dh2, None, Some(&extra), d)
     };
+    drop((dh2, dx1_gate));
     // x1 = x + σ(x·G1ᵀ + g1) ⊙ ((Ao + bo) ⊙ m1)
     let (d_gate1, d_ao) =
         kernels::gated_residual_backward(&ln_2.dx, &s.g1, &s.attn_dropped, s.mask_1.as_deref());
-    let d_gate1 = Tensor::from_vec(d_gate1, (n, d), &dev)?;
-    let (dg1w, dg1b) = s.gate_1.grads(&d_gate1, &s.x)?;
-    let dx_gate = g_w(&d_gate1, &s.gate_1.w)?;
-    let d_ao = Tensor::from_vec(d_ao, (n, d), &dev)?;
+    let xv = F32View::new(&s.x, "block input")?;
+    let (dg1w, dg1b) = s.gate_1.grads(&d_gate1, xv.get())?;
+    let dx_gate = s.gate_1.input_grad(&d_gate1)?;
+    drop(d_gate1);
     let att = s.attention.backward(&d_ao, &s.h, &s.h)?;
+    drop(d_ao);
     // h = LN1(x); dx = dx1 (residual) + gate 1's input gradient + LN1 backward
     let ln_1 = {
-        let xv = F32View::new(&s.x, "block input")?;
-        let a = F32View::new(&att.d_q_in, "query projection gradient")?;
-        let b = F32View::new(&att.d_kv_in, "key/value projection gradient")?;
-        let gv = F32View::new(&dx_gate, "gate input gradient")?;
-        let extra = kernels::add(&ln_2.dx, gv.get());
+        let extra = kernels::add(&ln_2.dx, &dx_gate);
         s.norm_1.backward(
             xv.get(),
             &s.stats_1,
-            a.get(),
-            Some(b.get()),
+            &att.d_q_in,
+            Some(&att.d_kv_in),
             Some(&extra),
             d,
         )
@@ -307,5 +286,5 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
     s.w_in.push_grads(&mut grads, dw_in, db_in);
     s.w2.push_grads(&mut grads, dw2, db2);
     s.gate_2.push_grads(&mut grads, dg2w, dg2b);
-    Ok((ln_1.dx, grads))
+    Ok((ln_1.dx.into_vec(), grads))
 }

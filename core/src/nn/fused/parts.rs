@@ -5,16 +5,18 @@ use candle_core::Tensor;
 
 use super::{
     kernels::{self, LayerNormGrads},
-    products::{gt_x, to_vec, x_wt},
+    products::{g_w, gt_x, to_vec, x_wt},
 };
-use crate::nn::{cpu_slice::F32View, LayerNorm, Linear};
+use crate::nn::{workspace::Buf, LayerNorm, Linear};
 
 /// One or more linear layers over the same input, stacked by output rows (`[Wk; Wv]`).
 pub(crate) struct LinearParts {
-    /// The stacked weight `[Σ out, in]`, detached.
-    pub w: Tensor,
+    /// The stacked weight `[Σ out, in]`, row-major.
+    pub w: Vec<f32>,
     /// The stacked bias (zeros for layers without one).
     pub b: Vec<f32>,
+    /// Input width.
+    in_dim: usize,
     /// Each layer's (weight, bias) as the model holds them.
     originals: Vec<(Tensor, Option<Tensor>)>,
 }
@@ -22,22 +24,28 @@ pub(crate) struct LinearParts {
 impl LinearParts {
     /// The layers' parameters, stacked.
     pub fn new(layers: &[&Linear]) -> candle_core::Result<Self> {
-        let ws: Vec<Tensor> = layers.iter().map(|l| l.weight().detach()).collect();
-        let w = if ws.len() == 1 {
-            ws[0].contiguous()?
-        } else {
-            Tensor::cat(&ws, 0)?
-        };
-        let mut b = Vec::with_capacity(w.dim(0)?);
+        let mut w = Vec::new();
+        let mut b = Vec::new();
+        let mut in_dim = None;
         for l in layers {
+            let (out, inp) = l.weight().dims2()?;
+            if in_dim.is_some_and(|i| i != inp) {
+                return Err(candle_core::Error::Msg(format!(
+                    "stacked linear layers take inputs of {} and {inp} features",
+                    in_dim.unwrap_or(0)
+                )));
+            }
+            in_dim = Some(inp);
+            w.extend(to_vec(l.weight())?);
             match l.bias() {
                 Some(bias) => b.extend(to_vec(bias)?),
-                None => b.extend(std::iter::repeat_n(0f32, l.weight().dim(0)?)),
+                None => b.extend(std::iter::repeat_n(0f32, out)),
             }
         }
         Ok(LinearParts {
             w,
             b,
+            in_dim: in_dim.unwrap_or(0),
             originals: layers
                 .iter()
                 .map(|l| (l.weight().clone(), l.bias().cloned()))
@@ -45,22 +53,36 @@ impl LinearParts {
         })
     }
 
+    /// Input width.
+    pub fn in_dim(&self) -> usize {
+        self.in_dim
+    }
+
     /// Output width (all layers together).
-    pub fn out_dim(&self) -> candle_core::Result<usize> {
-        self.w.dim(0)
+    pub fn out_dim(&self) -> usize {
+        self.b.len()
+    }
+
+    /// `x · Wᵀ` `[n, Σ out]` without the bias (a fused kernel adds it).
+    pub fn product(&self, x: &[f32]) -> candle_core::Result<Buf> {
+        x_wt(x, &self.w, self.out_dim(), self.in_dim)
     }
 
     /// `x · Wᵀ + b`, `[n, Σ out]`.
-    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Vec<f32>> {
-        let y = x_wt(x, &self.w)?;
-        let yv = F32View::new(&y, "linear output")?;
+    pub fn forward(&self, x: &[f32]) -> candle_core::Result<Buf> {
+        let y = self.product(x)?;
         Ok(kernels::bias_dropout_residual(
-            yv.get(),
+            &y,
             &self.b,
             None,
             None,
-            self.b.len(),
+            self.out_dim(),
         ))
+    }
+
+    /// The gradient of the input from the output gradient `dy` `[n, Σ out]`: `dy · W`.
+    pub fn input_grad(&self, dy: &[f32]) -> candle_core::Result<Buf> {
+        g_w(dy, &self.w, self.out_dim(), self.in_dim)
     }
 
     /// The parameters to attach gradients to: each layer's weight, then its bias if any.
@@ -77,20 +99,16 @@ impl LinearParts {
 
     /// The stacked weight and bias gradients from the output gradient `dy` `[n, Σ out]` and the
     /// input `x` `[n, in]`.
-    pub fn grads(&self, dy: &Tensor, x: &Tensor) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
-        let dw = to_vec(&gt_x(dy, x)?)?;
-        let out = self.b.len();
-        let db = {
-            let v = F32View::new(dy, "linear output gradient")?;
-            kernels::column_sums(v.get(), out)
-        };
+    pub fn grads(&self, dy: &[f32], x: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<f32>)> {
+        let dw = gt_x(dy, x, self.out_dim(), self.in_dim)?;
+        let db = kernels::column_sums(dy, self.out_dim());
         Ok((dw, db))
     }
 
     /// Appends the gradients in [`params`](Self::params)' order, splitting the stacked ones.
     pub fn push_grads(&self, grads: &mut Vec<Vec<f32>>, dw: Vec<f32>, db: Vec<f32>) {
         let mut row = 0;
-        let cols = dw.len() / self.b.len().max(1);
+        let cols = self.in_dim;
         for (w, b) in &self.originals {
             let rows = w.dims().first().copied().unwrap_or(0);
             grads.push(dw[row * cols..(row + rows) * cols].to_vec());
@@ -122,7 +140,7 @@ impl NormParts {
     }
 
     /// The normalised rows and each row's `(mean, 1/σ)`.
-    pub fn forward(&self, x: &[f32], d: usize) -> (Vec<f32>, Vec<(f32, f32)>) {
+    pub fn forward(&self, x: &[f32], d: usize) -> (Buf, Vec<(f32, f32)>) {
         kernels::layer_norm(x, &self.w, &self.b, d, self.eps)
     }
 

@@ -18,11 +18,10 @@ use super::{
     kernels::{self, Act},
     node::{attach, Backward},
     parts::{LinearParts, NormParts},
-    products::{g_w, x_wt},
     self_attention::SelfAttention,
 };
 use crate::{
-    nn::{blocks::PreLNTransformerLayer, cpu_slice::F32View, Activation},
+    nn::{blocks::PreLNTransformerLayer, cpu_slice::F32View, workspace::Buf, Activation},
     Result,
 };
 
@@ -38,25 +37,26 @@ pub(crate) fn fused_act(a: Activation) -> Option<Act> {
 /// What the backward pass reads, kept from the forward pass.
 struct Saved {
     dims: Dims,
+    /// The block input `[n, d]` (contiguous).
     x: Tensor,
     norm_1: NormParts,
     stats_1: Vec<(f32, f32)>,
-    h: Tensor,
+    h: Buf,
     attention: SelfAttention,
-    mask_1: Option<Vec<f32>>,
-    x1: Vec<f32>,
+    mask_1: Option<Buf>,
+    x1: Buf,
     norm_2: NormParts,
     stats_2: Vec<(f32, f32)>,
-    h2: Tensor,
+    h2: Buf,
     w1: LinearParts,
     act: Act,
-    pre: Vec<f32>,
-    hidden: Tensor,
-    ff_mask: Option<Vec<f32>>,
+    pre: Buf,
+    hidden: Buf,
+    ff_mask: Option<Buf>,
     ff_mask_scale: f32,
     w2: LinearParts,
-    mask_2: Option<Vec<f32>>,
-    mask_3: Option<Vec<f32>>,
+    mask_2: Option<Buf>,
+    mask_3: Option<Buf>,
 }
 
 /// The fused forward pass of `block` on `x` `[B, L, d]`; with `train`, the returned tensor's
@@ -89,13 +89,13 @@ pub(crate) fn forward_t(
     let norm_2 = NormParts::new(&block.layer_norm_2)?;
     let w1 = LinearParts::new(&[&ff.ff_linear_1])?;
     let w2 = LinearParts::new(&[&ff.ff_linear_2])?;
-    let hidden_dim = w1.out_dim()?;
+    let hidden_dim = w1.out_dim();
 
     // The generic block's draw order: attention weights, dropout_1, feed-forward hidden,
     // dropout_2, dropout_3.
     let draw = |dropout: &crate::nn::Dropout, len: usize| {
         if train {
-            dropout.draw_mask(len)
+            dropout.draw_mask_buf(len)
         } else {
             None
         }
@@ -106,41 +106,32 @@ pub(crate) fn forward_t(
     let mask_2 = draw(&block.dropout_2, n * d);
     let mask_3 = draw(&block.dropout_3, n * d);
 
-    let (h_vec, stats_1) = {
-        let xs = F32View::new(&xd, "pre-LN block input")?;
-        norm_1.forward(xs.get(), d)
-    };
-    let h = Tensor::from_vec(h_vec, (n, d), xd.device())?;
+    let xv = F32View::new(&xd, "pre-LN block input")?;
+    let (h, stats_1) = norm_1.forward(xv.get(), d);
     let (attention, proj) = SelfAttention::forward(mha, &h, &h, attn_bias, attn_mask, dims)?;
-    let x1 = {
-        let pv = F32View::new(&proj, "attention output")?;
-        let xv = F32View::new(&xd, "pre-LN block input")?;
-        kernels::bias_dropout_residual(
-            pv.get(),
-            attention.out_bias(),
-            mask_1.as_deref(),
-            Some(xv.get()),
-            d,
-        )
-    };
-    let (h2_vec, stats_2) = norm_2.forward(&x1, d);
-    let h2 = Tensor::from_vec(h2_vec, (n, d), xd.device())?;
+    let x1 = kernels::bias_dropout_residual(
+        &proj,
+        attention.out_bias(),
+        mask_1.as_deref(),
+        Some(xv.get()),
+        d,
+    );
+    drop(proj);
+    let (h2, stats_2) = norm_2.forward(&x1, d);
     let (pre, hidden) = {
-        let p = x_wt(&h2, &w1.w)?;
-        let pv = F32View::new(&p, "feed-forward hidden")?;
-        kernels::bias_act_dropout(pv.get(), &w1.b, act, ff_mask.as_deref(), hidden_dim)
+        let p = w1.product(&h2)?;
+        kernels::bias_act_dropout(&p, &w1.b, act, ff_mask.as_deref(), hidden_dim)
     };
-    let hidden = Tensor::from_vec(hidden, (n, hidden_dim), xd.device())?;
     let x2 = {
-        let f = x_wt(&hidden, &w2.w)?;
-        let fv = F32View::new(&f, "feed-forward output")?;
-        kernels::bias_dropout_residual(fv.get(), &w2.b, mask_2.as_deref(), Some(&x1), d)
+        let f = w2.product(&hidden)?;
+        kernels::bias_dropout_residual(&f, &w2.b, mask_2.as_deref(), Some(&x1), d)
     };
     let out = match &mask_3 {
         Some(m) => kernels::mul(&x2, m),
         None => x2,
     };
-    super::check_finite("pre-LN block", &xd, &out)?;
+    super::check_finite("pre-LN block", xv.get(), &out)?;
+    drop(xv);
 
     let params: Vec<Tensor> = [
         norm_1.params(),
@@ -177,64 +168,71 @@ pub(crate) fn forward_t(
     } else {
         None
     };
-    Ok(attach("fused-preln-block", x, &params, out, backward)?)
+    Ok(attach(
+        "fused-preln-block",
+        x,
+        &params,
+        out.into_vec(),
+        backward,
+    )?)
 }
 
 fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>>)> {
     let d = s.dims.d;
-    let dev = s.x.device().clone();
-    let n = g.len() / d.max(1);
-    let hidden_dim = s.w1.out_dim()?;
     // out = x2 ⊙ m3; x2 = x1 + (f + b2) ⊙ m2
-    let dx2 = match &s.mask_3 {
-        Some(m) => kernels::mul(g, m),
-        None => g.to_vec(),
+    let masked_3;
+    let dx2: &[f32] = match &s.mask_3 {
+        Some(m) => {
+            masked_3 = kernels::mul(g, m);
+            &masked_3
+        }
+        None => g,
     };
-    let df = match &s.mask_2 {
-        Some(m) => kernels::mul(&dx2, m),
-        None => dx2.clone(),
+    let masked_2;
+    let df: &[f32] = match &s.mask_2 {
+        Some(m) => {
+            masked_2 = kernels::mul(dx2, m);
+            &masked_2
+        }
+        None => dx2,
     };
-    let df = Tensor::from_vec(df, (n, d), &dev)?;
-    let (dw2, db2) = s.w2.grads(&df, &s.hidden)?;
-    let d_hidden = g_w(&df, &s.w2.w)?;
-    let d_pre = {
-        let dh = F32View::new(&d_hidden, "hidden gradient")?;
-        let hv = F32View::new(&s.hidden, "hidden")?;
-        kernels::bias_act_dropout_backward(
-            dh.get(),
-            s.act,
-            &s.pre,
-            hv.get(),
-            s.ff_mask.as_deref(),
-            s.ff_mask_scale,
-        )
-    };
-    let d_pre = Tensor::from_vec(d_pre, (n, hidden_dim), &dev)?;
+    let (dw2, db2) = s.w2.grads(df, &s.hidden)?;
+    let d_hidden = s.w2.input_grad(df)?;
+    let d_pre = kernels::bias_act_dropout_backward(
+        &d_hidden,
+        s.act,
+        &s.pre,
+        &s.hidden,
+        s.ff_mask.as_deref(),
+        s.ff_mask_scale,
+    );
+    drop(d_hidden);
     let (dw1, db1) = s.w1.grads(&d_pre, &s.h2)?;
-    let dh2 = g_w(&d_pre, &s.w1.w)?;
+    let dh2 = s.w1.input_grad(&d_pre)?;
+    drop(d_pre);
     // h2 = LN2(x1); dx1 = dx2 (residual) + LN2 backward
-    let ln_2 = {
-        let dv = F32View::new(&dh2, "feed-forward input gradient")?;
-        s.norm_2
-            .backward(&s.x1, &s.stats_2, dv.get(), None, Some(&dx2), d)
-    };
+    let ln_2 = s
+        .norm_2
+        .backward(&s.x1, &s.stats_2, &dh2, None, Some(dx2), d);
+    drop(dh2);
     // x1 = x + (Ao + bo) ⊙ m1
-    let d_ao = match &s.mask_1 {
-        Some(m) => kernels::mul(&ln_2.dx, m),
-        None => ln_2.dx.clone(),
+    let masked_1;
+    let d_ao: &[f32] = match &s.mask_1 {
+        Some(m) => {
+            masked_1 = kernels::mul(&ln_2.dx, m);
+            &masked_1
+        }
+        None => &ln_2.dx,
     };
-    let d_ao = Tensor::from_vec(d_ao, (n, d), &dev)?;
-    let att = s.attention.backward(&d_ao, &s.h, &s.h)?;
+    let att = s.attention.backward(d_ao, &s.h, &s.h)?;
     // h = LN1(x); dx = dx1 (residual) + LN1 backward of (dh_q + dh_kv)
     let ln_1 = {
         let xv = F32View::new(&s.x, "block input")?;
-        let a = F32View::new(&att.d_q_in, "query projection gradient")?;
-        let b = F32View::new(&att.d_kv_in, "key/value projection gradient")?;
         s.norm_1.backward(
             xv.get(),
             &s.stats_1,
-            a.get(),
-            Some(b.get()),
+            &att.d_q_in,
+            Some(&att.d_kv_in),
             Some(&ln_2.dx),
             d,
         )
@@ -245,5 +243,5 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
     grads.push(ln_2.db);
     s.w1.push_grads(&mut grads, dw1, db1);
     s.w2.push_grads(&mut grads, dw2, db2);
-    Ok((ln_1.dx, grads))
+    Ok((ln_1.dx.into_vec(), grads))
 }

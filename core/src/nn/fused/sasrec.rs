@@ -19,31 +19,31 @@ use super::{
     kernels::{self, Act},
     node::{attach, Backward},
     parts::{LinearParts, NormParts},
-    products::{g_w, x_wt},
     self_attention::SelfAttention,
 };
 use crate::{
-    nn::{blocks::SASRecTransformerLayer, cpu_slice::F32View},
+    nn::{blocks::SASRecTransformerLayer, cpu_slice::F32View, workspace::Buf},
     Result,
 };
 
 /// What the backward pass reads, kept from the forward pass.
 struct Saved {
     dims: Dims,
-    x: Tensor,
+    /// The block input after the timeline mask, `[n, d]`.
+    x: Buf,
     q_norm: NormParts,
     q_stats: Vec<(f32, f32)>,
-    q: Tensor,
+    q: Buf,
     attention: SelfAttention,
-    x1: Vec<f32>,
+    x1: Buf,
     ff_norm: NormParts,
     ff_stats: Vec<(f32, f32)>,
-    f: Tensor,
+    f: Buf,
     w1: LinearParts,
-    hidden: Tensor,
+    hidden: Buf,
     ff_mask_scale: f32,
     w2: LinearParts,
-    out_mask: Option<Vec<f32>>,
+    out_mask: Option<Buf>,
     /// The timeline mask applied to the input, one value per row.
     row_mask: Option<Vec<f32>>,
 }
@@ -71,14 +71,16 @@ pub(crate) fn forward_t(
         Some(tm) => Some(super::row_mask(tm, n)?),
         None => None,
     };
-    let xd = {
-        let xd = x.detach().contiguous()?.reshape((n, d))?;
+    let xd: Buf = {
+        let x_c = x.detach().contiguous()?;
+        let xv = F32View::new(&x_c, "SASRec block input")?;
         match &row_mask {
-            Some(m) => {
-                let xv = F32View::new(&xd, "SASRec block input")?;
-                Tensor::from_vec(kernels::scale_rows(xv.get(), m, d), (n, d), xd.device())?
+            Some(m) => kernels::scale_rows(xv.get(), m, d),
+            None => {
+                let mut copy = Buf::scratch(n * d);
+                copy.copy_from_slice(xv.get());
+                copy
             }
-            None => xd,
         }
     };
     let q_norm = NormParts::new(&block.q_layer_norm)?;
@@ -86,49 +88,37 @@ pub(crate) fn forward_t(
     let ff = &block.feed_forward;
     let w1 = LinearParts::new(&[&ff.ff_linear_1])?;
     let w2 = LinearParts::new(&[&ff.ff_linear_2])?;
-    let hidden_dim = w1.out_dim()?;
+    let hidden_dim = w1.out_dim();
 
     // The generic block's draw order: attention weights, feed-forward hidden, block output.
     let attn_mask = if train {
-        mha.dropout.draw_mask(b * dims.heads * l * l)
+        mha.dropout.draw_mask_buf(b * dims.heads * l * l)
     } else {
         None
     };
     let ff_mask = if train {
-        ff.dropout.draw_mask(n * hidden_dim)
+        ff.dropout.draw_mask_buf(n * hidden_dim)
     } else {
         None
     };
     let out_mask = if train {
-        block.dropout.draw_mask(n * d)
+        block.dropout.draw_mask_buf(n * d)
     } else {
         None
     };
 
-    let (q_vec, q_stats) = {
-        let xs = F32View::new(&xd, "SASRec block input")?;
-        q_norm.forward(xs.get(), d)
-    };
-    let q = Tensor::from_vec(q_vec, (n, d), xd.device())?;
+    let (q, q_stats) = q_norm.forward(&xd, d);
     let (attention, proj) = SelfAttention::forward(mha, &q, &xd, attn_bias, attn_mask, dims)?;
-    let x1 = {
-        let pv = F32View::new(&proj, "attention output")?;
-        let qv = F32View::new(&q, "normalised query")?;
-        kernels::bias_dropout_residual(pv.get(), attention.out_bias(), None, Some(qv.get()), d)
-    };
-    let (f_vec, ff_stats) = ff_norm.forward(&x1, d);
-    let f = Tensor::from_vec(f_vec, (n, d), xd.device())?;
+    let x1 = kernels::bias_dropout_residual(&proj, attention.out_bias(), None, Some(&q), d);
+    drop(proj);
+    let (f, ff_stats) = ff_norm.forward(&x1, d);
     let hidden = {
-        let h = x_wt(&f, &w1.w)?;
-        let hv = F32View::new(&h, "feed-forward hidden")?;
-        kernels::bias_act_dropout(hv.get(), &w1.b, Act::Relu, ff_mask.as_deref(), hidden_dim).1
+        let h = w1.product(&f)?;
+        kernels::bias_act_dropout(&h, &w1.b, Act::Relu, ff_mask.as_deref(), hidden_dim).1
     };
-    let hidden = Tensor::from_vec(hidden, (n, hidden_dim), xd.device())?;
     let out = {
-        let h2 = x_wt(&hidden, &w2.w)?;
-        let hv = F32View::new(&h2, "feed-forward output")?;
-        let fv = F32View::new(&f, "normalised block state")?;
-        kernels::bias_dropout_residual(hv.get(), &w2.b, out_mask.as_deref(), Some(fv.get()), d)
+        let h2 = w2.product(&hidden)?;
+        kernels::bias_dropout_residual(&h2, &w2.b, out_mask.as_deref(), Some(&f), d)
     };
     super::check_finite("SASRec block", &xd, &out)?;
 
@@ -163,61 +153,57 @@ pub(crate) fn forward_t(
     } else {
         None
     };
-    Ok(attach("fused-sasrec-block", x, &params, out, backward)?)
+    Ok(attach(
+        "fused-sasrec-block",
+        x,
+        &params,
+        out.into_vec(),
+        backward,
+    )?)
 }
 
 fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>>)> {
-    let Dims { l: _, d, .. } = s.dims;
-    let dev = s.x.device().clone();
-    let n = g.len() / d.max(1);
-    let hidden_dim = s.w1.out_dim()?;
+    let d = s.dims.d;
     // out = (h2 + b2) ⊙ m + f
-    let d_h2 = match &s.out_mask {
-        Some(m) => kernels::mul(g, m),
-        None => g.to_vec(),
+    let masked;
+    let d_h2: &[f32] = match &s.out_mask {
+        Some(m) => {
+            masked = kernels::mul(g, m);
+            &masked
+        }
+        None => g,
     };
-    let d_h2 = Tensor::from_vec(d_h2, (n, d), &dev)?;
-    let (dw2, db2) = s.w2.grads(&d_h2, &s.hidden)?;
-    let d_hidden = g_w(&d_h2, &s.w2.w)?;
-    let d_pre = {
-        let dh = F32View::new(&d_hidden, "hidden gradient")?;
-        let hv = F32View::new(&s.hidden, "hidden")?;
-        kernels::bias_act_dropout_backward(
-            dh.get(),
-            Act::Relu,
-            &[],
-            hv.get(),
-            None,
-            s.ff_mask_scale,
-        )
-    };
-    let d_pre = Tensor::from_vec(d_pre, (n, hidden_dim), &dev)?;
+    let (dw2, db2) = s.w2.grads(d_h2, &s.hidden)?;
+    let d_hidden = s.w2.input_grad(d_h2)?;
+    let d_pre = kernels::bias_act_dropout_backward(
+        &d_hidden,
+        Act::Relu,
+        &[],
+        &s.hidden,
+        None,
+        s.ff_mask_scale,
+    );
+    drop(d_hidden);
     let (dw1, db1) = s.w1.grads(&d_pre, &s.f)?;
-    let df_ff = g_w(&d_pre, &s.w1.w)?;
+    let df_ff = s.w1.input_grad(&d_pre)?;
+    drop(d_pre);
     // f = LN_ff(x1); df = g (residual) + df_ff
-    let ln_ff = {
-        let dv = F32View::new(&df_ff, "feed-forward input gradient")?;
-        s.ff_norm
-            .backward(&s.x1, &s.ff_stats, g, Some(dv.get()), None, d)
-    };
+    let ln_ff = s
+        .ff_norm
+        .backward(&s.x1, &s.ff_stats, g, Some(&df_ff), None, d);
+    drop(df_ff);
     // x1 = q + attention projection
-    let dx1 = Tensor::from_vec(ln_ff.dx, (n, d), &dev)?;
+    let dx1 = ln_ff.dx;
     let att = s.attention.backward(&dx1, &s.q, &s.x)?;
     // q = LN_q(x); dq = dx1 (residual) + dq_proj; dx = LN_q backward + dx_kv
-    let ln_q = {
-        let xv = F32View::new(&s.x, "block input")?;
-        let dx1v = F32View::new(&dx1, "residual gradient")?;
-        let dqp = F32View::new(&att.d_q_in, "query projection gradient")?;
-        let dkvx = F32View::new(&att.d_kv_in, "key/value projection gradient")?;
-        s.q_norm.backward(
-            xv.get(),
-            &s.q_stats,
-            dx1v.get(),
-            Some(dqp.get()),
-            Some(dkvx.get()),
-            d,
-        )
-    };
+    let ln_q = s.q_norm.backward(
+        &s.x,
+        &s.q_stats,
+        &dx1,
+        Some(&att.d_q_in),
+        Some(&att.d_kv_in),
+        d,
+    );
     let mut grads = vec![ln_q.dw, ln_q.db];
     grads.extend(att.params);
     grads.push(ln_ff.dw);
@@ -225,8 +211,8 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
     s.w1.push_grads(&mut grads, dw1, db1);
     s.w2.push_grads(&mut grads, dw2, db2);
     let dx = match &s.row_mask {
-        Some(m) => kernels::scale_rows(&ln_q.dx, m, d),
-        None => ln_q.dx,
+        Some(m) => kernels::scale_rows(&ln_q.dx, m, d).into_vec(),
+        None => ln_q.dx.into_vec(),
     };
     Ok((dx, grads))
 }

@@ -10,9 +10,8 @@ use candle_core::Tensor;
 use super::{
     attention::{self, Dims},
     parts::LinearParts,
-    products::{g_w, x_wt},
 };
-use crate::nn::{cpu_slice::F32View, MultiHeadAttention};
+use crate::nn::{cpu_slice::F32View, workspace::Buf, MultiHeadAttention};
 
 /// A forward pass of the sub-layer, kept for its backward pass.
 pub(crate) struct SelfAttention {
@@ -20,32 +19,33 @@ pub(crate) struct SelfAttention {
     wq: LinearParts,
     wkv: LinearParts,
     wo: LinearParts,
-    queries: Vec<f32>,
-    keys_values: Vec<f32>,
-    weights: Vec<f32>,
-    attn_mask: Option<Vec<f32>>,
-    attended: Tensor,
+    queries: Buf,
+    keys_values: Buf,
+    weights: Buf,
+    attn_mask: Option<Buf>,
+    attended: Buf,
 }
 
 /// The gradients of the sub-layer's inputs (through the query and the key/value projections)
 /// and of its parameters, in [`SelfAttention::params`]' order.
 pub(crate) struct SelfAttentionGrads {
-    pub d_q_in: Tensor,
-    pub d_kv_in: Tensor,
+    pub d_q_in: Buf,
+    pub d_kv_in: Buf,
     pub params: Vec<Vec<f32>>,
 }
 
 impl SelfAttention {
-    /// Runs the sub-layer; returns it and `attended · Woᵀ` `[n, d]` (the output projection
-    /// without its bias, [`SelfAttention::out_bias`]). `attn_mask` is the attention dropout mask.
+    /// Runs the sub-layer on `q_in` and `kv_in` (`[n, d]` each); returns it and
+    /// `attended · Woᵀ` `[n, d]` (the output projection without its bias,
+    /// [`SelfAttention::out_bias`]). `attn_mask` is the attention dropout mask.
     pub fn forward(
         mha: &MultiHeadAttention,
-        q_in: &Tensor,
-        kv_in: &Tensor,
+        q_in: &[f32],
+        kv_in: &[f32],
         attn_bias: Option<&Tensor>,
-        attn_mask: Option<Vec<f32>>,
+        attn_mask: Option<Buf>,
         dims: Dims,
-    ) -> candle_core::Result<(Self, Tensor)> {
+    ) -> candle_core::Result<(Self, Buf)> {
         let wq = LinearParts::new(&[&mha.q_proj])?;
         let wkv = LinearParts::new(&[&mha.k_proj, &mha.v_proj])?;
         let wo = LinearParts::new(&[&mha.out_proj])?;
@@ -65,8 +65,7 @@ impl SelfAttention {
                 dims,
             )
         };
-        let attended = Tensor::from_vec(attended, (dims.b * dims.l, dims.d), q_in.device())?;
-        let projected = x_wt(&attended, &wo.w)?;
+        let projected = wo.product(&attended)?;
         Ok((
             SelfAttention {
                 dims,
@@ -93,34 +92,29 @@ impl SelfAttention {
         [self.wq.params(), self.wkv.params(), self.wo.params()].concat()
     }
 
-    /// The backward pass from the gradient at the output projection's output `d_out` `[n, d]`.
+    /// The backward pass from the gradient at the output projection's output `d_out` `[n, d]`;
+    /// `q_in` and `kv_in` are the forward pass's inputs.
     pub fn backward(
         &self,
-        d_out: &Tensor,
-        q_in: &Tensor,
-        kv_in: &Tensor,
+        d_out: &[f32],
+        q_in: &[f32],
+        kv_in: &[f32],
     ) -> candle_core::Result<SelfAttentionGrads> {
-        let (n, d) = (self.dims.b * self.dims.l, self.dims.d);
-        let dev = d_out.device();
         let (dwo, dbo) = self.wo.grads(d_out, &self.attended)?;
-        let d_att = g_w(d_out, &self.wo.w)?;
-        let (dq, dkv) = {
-            let dv = F32View::new(&d_att, "attention output gradient")?;
-            attention::backward(
-                dv.get(),
-                &self.queries,
-                &self.keys_values,
-                &self.weights,
-                self.attn_mask.as_deref(),
-                self.dims,
-            )
-        };
-        let dq = Tensor::from_vec(dq, (n, d), dev)?;
-        let dkv = Tensor::from_vec(dkv, (n, 2 * d), dev)?;
+        let d_att = self.wo.input_grad(d_out)?;
+        let (dq, dkv) = attention::backward(
+            &d_att,
+            &self.queries,
+            &self.keys_values,
+            &self.weights,
+            self.attn_mask.as_deref(),
+            self.dims,
+        );
+        drop(d_att);
         let (dwq, dbq) = self.wq.grads(&dq, q_in)?;
         let (dwkv, dbkv) = self.wkv.grads(&dkv, kv_in)?;
-        let d_q_in = g_w(&dq, &self.wq.w)?;
-        let d_kv_in = g_w(&dkv, &self.wkv.w)?;
+        let d_q_in = self.wq.input_grad(&dq)?;
+        let d_kv_in = self.wkv.input_grad(&dkv)?;
         let mut params = Vec::new();
         self.wq.push_grads(&mut params, dwq, dbq);
         self.wkv.push_grads(&mut params, dwkv, dbkv);

@@ -297,3 +297,41 @@ mod ligr {
         Ok(())
     }
 }
+
+/// After one training step of a fused block, the next takes every large buffer it keeps to
+/// itself (activations kept for the backward pass, products, gradients) from the workspace: the
+/// only fresh allocations replace the buffers that became candle's tensors (the block's output and
+/// its input's gradient).
+#[test]
+fn a_second_training_step_allocates_no_large_buffer() -> Result<()> {
+    use crate::nn::{blocks::SASRecTransformerLayer, workspace};
+    // Lengths no other test uses (the workspace is shared by the tests' threads): B·L·d = 6,216.
+    let (b, l, d) = (37, 7, 24);
+    let (varmap, vb) = store(3);
+    let _ = varmap;
+    let rng = SharedRng::new(1);
+    let block = SASRecTransformerLayer::new(d, 2, 0.3, &vb, rng)?;
+    let xs: Vec<f32> = (0..b * l * d).map(|i| (i as f32 * 0.37).sin()).collect();
+    let x = Var::from_vec(xs, (b, l, d), &Device::Cpu)?;
+    let step = || -> Result<()> {
+        let y = crate::nn::fused::sasrec::forward_t(&block, x.as_tensor(), None, None, true)?;
+        let grads = y.sqr()?.sum_all()?.backward()?;
+        assert!(grads.get(x.as_tensor()).is_some());
+        Ok(())
+    };
+    step()?;
+    let fresh = workspace::fresh_allocations_on_this_thread();
+    let escaped = workspace::escaped_on_this_thread();
+    step()?;
+    step()?;
+    let fresh = workspace::fresh_allocations_on_this_thread() - fresh;
+    let escaped = workspace::escaped_on_this_thread() - escaped;
+    // Two steps, each handing candle an output and an input gradient.
+    assert_eq!(escaped, 4);
+    assert!(
+        fresh <= escaped,
+        "two steady-state steps allocated {fresh} large buffers fresh, {escaped} of which \
+         replace tensors handed to candle"
+    );
+    Ok(())
+}
