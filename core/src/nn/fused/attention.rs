@@ -62,40 +62,110 @@ fn store<S: Simd>(simd: S, x: &mut [f32], v: S::f32s) {
     }
 }
 
-/// `c = a · b` for row-major `a` `[m, k]`, `b` `[k, n]`, `c` `[m, n]`: tiles of 4 rows by one SIMD
-/// vector of columns, accumulated in registers over `k` (each `b` load feeds 4 FMAs).
+/// One block of `c = a · b`: rows `i..i + R` and the `V` full SIMD vectors of columns from `j`,
+/// accumulated in `R·V` registers over `k` (each `b` load feeds `R` FMAs, each `a` broadcast `V`).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_tile<S: Simd, const R: usize, const V: usize>(
+    simd: S,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    i: usize,
+    j: usize,
+    k: usize,
+    n: usize,
+) {
+    let lanes = S::F32_LANES;
+    let mut acc = [[simd.splat_f32s(0.0); V]; R];
+    for p in 0..k {
+        let row = &b[p * n + j..p * n + j + V * lanes];
+        let mut bv = [simd.splat_f32s(0.0); V];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            *bv = load(simd, &row[v * lanes..(v + 1) * lanes]);
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let av = simd.splat_f32s(a[(i + r) * k + p]);
+            for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                *acc = simd.mul_add_e_f32s(av, bv, *acc);
+            }
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let out = &mut c[(i + r) * n + j..(i + r) * n + j + V * lanes];
+        for (v, &acc) in acc.iter().enumerate() {
+            store(simd, &mut out[v * lanes..(v + 1) * lanes], acc);
+        }
+    }
+}
+
+/// Columns `j..j + w` of `c = a · b` (`w` below the lane count), a row at a time.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_tail<S: Simd>(
+    simd: S,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    j: usize,
+    w: usize,
+    k: usize,
+    n: usize,
+) {
+    for i in 0..m {
+        let mut acc = simd.splat_f32s(0.0);
+        for p in 0..k {
+            let bv = load(simd, &b[p * n + j..p * n + j + w]);
+            acc = simd.mul_add_e_f32s(simd.splat_f32s(a[i * k + p]), bv, acc);
+        }
+        store(simd, &mut c[i * n + j..i * n + j + w], acc);
+    }
+}
+
+/// The full-vector columns `j..j + V·lanes` of `c = a · b`, in blocks of 4 rows.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn gemm_columns<S: Simd, const V: usize>(
+    simd: S,
+    a: &[f32],
+    b: &[f32],
+    c: &mut [f32],
+    m: usize,
+    j: usize,
+    k: usize,
+    n: usize,
+) {
+    let mut i = 0;
+    while i + 4 <= m {
+        gemm_tile::<S, 4, V>(simd, a, b, c, i, j, k, n);
+        i += 4;
+    }
+    while i < m {
+        gemm_tile::<S, 1, V>(simd, a, b, c, i, j, k, n);
+        i += 1;
+    }
+}
+
+/// `c = a · b` for row-major `a` `[m, k]`, `b` `[k, n]`, `c` `[m, n]`, in register tiles of 4
+/// rows by two SIMD vectors of columns (8 accumulators, enough to keep both FMA units busy), then
+/// one vector, then the columns left over. Each element is one sum over `k` in order, whatever
+/// tile computes it.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn small_gemm<S: Simd>(simd: S, a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
     let lanes = S::F32_LANES;
     let mut j = 0;
-    while j < n {
-        let w = lanes.min(n - j);
-        let mut i = 0;
-        while i + 4 <= m {
-            let mut acc = [simd.splat_f32s(0.0); 4];
-            for p in 0..k {
-                let bv = load(simd, &b[p * n + j..p * n + j + w]);
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = simd.splat_f32s(a[(i + r) * k + p]);
-                    *acc = simd.mul_add_e_f32s(av, bv, *acc);
-                }
-            }
-            for (r, acc) in acc.iter().enumerate() {
-                store(simd, &mut c[(i + r) * n + j..(i + r) * n + j + w], *acc);
-            }
-            i += 4;
-        }
-        while i < m {
-            let mut acc = simd.splat_f32s(0.0);
-            for p in 0..k {
-                let bv = load(simd, &b[p * n + j..p * n + j + w]);
-                acc = simd.mul_add_e_f32s(simd.splat_f32s(a[i * k + p]), bv, acc);
-            }
-            store(simd, &mut c[i * n + j..i * n + j + w], acc);
-            i += 1;
-        }
-        j += w;
+    while j + 2 * lanes <= n {
+        gemm_columns::<S, 2>(simd, a, b, c, m, j, k, n);
+        j += 2 * lanes;
+    }
+    if j + lanes <= n {
+        gemm_columns::<S, 1>(simd, a, b, c, m, j, k, n);
+        j += lanes;
+    }
+    if j < n {
+        gemm_tail(simd, a, b, c, m, j, n - j, k, n);
     }
 }
 
@@ -109,17 +179,31 @@ fn transpose(x: &[f32], t: &mut [f32], rows: usize, cols: usize) {
     }
 }
 
-/// Softmax of one row of scores in place; `-inf` scores get exactly 0.
+/// `Σ x`, lane by lane then across the lanes (a fixed order for a given length).
 #[inline(always)]
-fn softmax_row(row: &mut [f32]) {
+fn sum<S: Simd>(simd: S, x: &[f32]) -> f32 {
+    let (head, tail) = S::as_simd_f32s(x);
+    let mut acc = simd.splat_f32s(0.0);
+    for &v in head {
+        acc = simd.add_f32s(acc, v);
+    }
+    let mut s = simd.reduce_sum_f32s(acc);
+    for &v in tail {
+        s += v;
+    }
+    s
+}
+
+/// Softmax of one row of scores in place; `-inf` scores get exactly 0. The exponentials are one
+/// vectorised pass and their sum another (a running scalar sum would keep the pass scalar).
+#[inline(always)]
+fn softmax_row<S: Simd>(simd: S, row: &mut [f32]) {
     let mx = fast_exp::max(row);
-    let mut sum = 0f32;
     for v in row.iter_mut() {
         let e = fast_exp::exp(*v - mx);
         *v = if *v == f32::NEG_INFINITY { 0.0 } else { e };
-        sum += *v;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / sum(simd, row);
     for v in row.iter_mut() {
         *v *= inv;
     }
@@ -210,7 +294,7 @@ impl WithSimd for SessionForward<'_> {
                         }
                     }
                 }
-                softmax_row(pr);
+                softmax_row(simd, pr);
             }
             let weights: &[f32] = match mask {
                 Some(m) => {
@@ -396,4 +480,65 @@ pub(crate) fn backward(
             });
         });
     (dq, dkv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Gemm<'a> {
+        a: &'a [f32],
+        b: &'a [f32],
+        c: &'a mut [f32],
+        m: usize,
+        k: usize,
+        n: usize,
+    }
+
+    impl WithSimd for Gemm<'_> {
+        type Output = ();
+        #[inline(always)]
+        fn with_simd<S: Simd>(self, simd: S) {
+            small_gemm(simd, self.a, self.b, self.c, self.m, self.k, self.n);
+        }
+    }
+
+    /// Every tile path (4-row blocks and single rows; two, one and part of a SIMD vector of
+    /// columns) against a naive product, on whatever SIMD level this CPU has.
+    #[test]
+    fn small_gemm_equals_a_naive_product_for_every_tile_shape() {
+        for m in [1usize, 3, 4, 5, 50] {
+            for n in [1usize, 7, 16, 31, 32, 33, 50, 64, 128] {
+                for k in [1usize, 3, 32] {
+                    let a: Vec<f32> = (0..m * k)
+                        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+                        .collect();
+                    let b: Vec<f32> = (0..k * n)
+                        .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.2)
+                        .collect();
+                    let mut c = vec![f32::NAN; m * n];
+                    Arch::new().dispatch(Gemm {
+                        a: &a,
+                        b: &b,
+                        c: &mut c,
+                        m,
+                        k,
+                        n,
+                    });
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want: f64 = (0..k)
+                                .map(|p| f64::from(a[i * k + p]) * f64::from(b[p * n + j]))
+                                .sum();
+                            let got = c[i * n + j];
+                            assert!(
+                                (f64::from(got) - want).abs() < 1e-4,
+                                "m {m} n {n} k {k}: c[{i}, {j}] = {got}, expected {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
