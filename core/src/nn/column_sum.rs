@@ -20,13 +20,20 @@ pub fn column_sums(xs: &[f32], cols: usize) -> Vec<f32> {
     let partials: Vec<Vec<f32>> = xs
         .par_chunks(BLOCK_ROWS * cols)
         .map(|block| {
-            let mut acc = vec![0f32; cols];
-            for row in block.chunks_exact(cols) {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += v;
-                }
-            }
-            acc
+            // Compiled for the CPU's best SIMD level (element-wise adds: the level changes no
+            // result).
+            pulp::Arch::new().dispatch(
+                #[inline(always)]
+                || {
+                    let mut acc = vec![0f32; cols];
+                    for row in block.chunks_exact(cols) {
+                        for (a, &v) in acc.iter_mut().zip(row) {
+                            *a += v;
+                        }
+                    }
+                    acc
+                },
+            )
         })
         .collect();
     let mut out = vec![0f32; cols];

@@ -89,45 +89,50 @@ pub(crate) fn layer_norm_backward(
         .par_chunks_mut(block)
         .enumerate()
         .map(|(t, dxt)| {
-            let start = t * block;
-            let end = start + dxt.len();
-            let xt = &x[start..end];
-            let gt = &dy[start..end];
-            let g2t = dy2.map(|g| &g[start..end]);
-            let et = extra.map(|e| &e[start..end]);
-            let st = &stats[t * ROWS..t * ROWS + dxt.len() / d];
-            let mut dw = vec![0f32; d];
-            let mut db = vec![0f32; d];
-            let mut g = vec![0f32; d];
-            for (r, (dxr, &(mean, rstd))) in dxt.chunks_exact_mut(d).zip(st).enumerate() {
-                let xr = &xt[r * d..(r + 1) * d];
-                g.copy_from_slice(&gt[r * d..(r + 1) * d]);
-                if let Some(g2) = g2t {
-                    for (a, &b) in g.iter_mut().zip(&g2[r * d..(r + 1) * d]) {
-                        *a += b;
+            simd(
+                #[inline(always)]
+                || {
+                    let start = t * block;
+                    let end = start + dxt.len();
+                    let xt = &x[start..end];
+                    let gt = &dy[start..end];
+                    let g2t = dy2.map(|g| &g[start..end]);
+                    let et = extra.map(|e| &e[start..end]);
+                    let st = &stats[t * ROWS..t * ROWS + dxt.len() / d];
+                    let mut dw = vec![0f32; d];
+                    let mut db = vec![0f32; d];
+                    let mut g = vec![0f32; d];
+                    for (r, (dxr, &(mean, rstd))) in dxt.chunks_exact_mut(d).zip(st).enumerate() {
+                        let xr = &xt[r * d..(r + 1) * d];
+                        g.copy_from_slice(&gt[r * d..(r + 1) * d]);
+                        if let Some(g2) = g2t {
+                            for (a, &b) in g.iter_mut().zip(&g2[r * d..(r + 1) * d]) {
+                                *a += b;
+                            }
+                        }
+                        let (mut sum_dyh, mut sum_dyh_xhat) = (0f32, 0f32);
+                        for j in 0..d {
+                            let xhat = (xr[j] - mean) * rstd;
+                            let dyh = g[j] * w[j];
+                            sum_dyh += dyh;
+                            sum_dyh_xhat += dyh * xhat;
+                            dw[j] += g[j] * xhat;
+                            db[j] += g[j];
+                        }
+                        let (m1, m2) = (sum_dyh / d as f32, sum_dyh_xhat / d as f32);
+                        for j in 0..d {
+                            let xhat = (xr[j] - mean) * rstd;
+                            dxr[j] = (g[j] * w[j] - m1 - xhat * m2) * rstd;
+                        }
+                        if let Some(e) = et {
+                            for (o, &v) in dxr.iter_mut().zip(&e[r * d..(r + 1) * d]) {
+                                *o += v;
+                            }
+                        }
                     }
-                }
-                let (mut sum_dyh, mut sum_dyh_xhat) = (0f32, 0f32);
-                for j in 0..d {
-                    let xhat = (xr[j] - mean) * rstd;
-                    let dyh = g[j] * w[j];
-                    sum_dyh += dyh;
-                    sum_dyh_xhat += dyh * xhat;
-                    dw[j] += g[j] * xhat;
-                    db[j] += g[j];
-                }
-                let (m1, m2) = (sum_dyh / d as f32, sum_dyh_xhat / d as f32);
-                for j in 0..d {
-                    let xhat = (xr[j] - mean) * rstd;
-                    dxr[j] = (g[j] * w[j] - m1 - xhat * m2) * rstd;
-                }
-                if let Some(e) = et {
-                    for (o, &v) in dxr.iter_mut().zip(&e[r * d..(r + 1) * d]) {
-                        *o += v;
-                    }
-                }
-            }
-            (dw, db)
+                    (dw, db)
+                },
+            )
         })
         .collect();
     let mut dw = vec![0f32; d];
