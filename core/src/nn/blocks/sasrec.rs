@@ -114,7 +114,26 @@ impl SASRecTransformerLayer {
     /// `forward_t(x, attn_bias, false)` there: keys and values still come from every position of
     /// `x`, the query, residuals and feed-forward from the last. `last_query_bias` is the
     /// attention bias's last query row ([`crate::components::AttentionMasks::last_query_bias`]).
+    ///
+    /// On the CPU the fused form computes it ([`crate::nn::fused`]) unless `x` is tracked by
+    /// autograd; it builds no graph.
     pub fn forward_last(&self, x: &Tensor, last_query_bias: Option<&Tensor>) -> Result<Tensor> {
+        if crate::nn::fused::usable(x)
+            && crate::nn::fused::supports_bias(last_query_bias)
+            && !x.track_op()
+        {
+            return crate::nn::fused::sasrec::forward_last(self, x, last_query_bias);
+        }
+        self.forward_last_generic(x, last_query_bias)
+    }
+
+    /// [`forward_last`](Self::forward_last) composed from candle ops (the reference for the fused
+    /// form, and the path on other devices).
+    pub fn forward_last_generic(
+        &self,
+        x: &Tensor,
+        last_query_bias: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let x_last = crate::components::last_position(x)?;
         let q = self.q_layer_norm.forward(&x_last)?;
         let a = self
@@ -205,5 +224,23 @@ mod tests {
             &|x, bias| block.forward_last(x, bias),
             8,
         )
+    }
+
+    #[test]
+    fn fused_and_generic_forward_last_agree_with_the_generic_full_pass() -> Result<()> {
+        // Each form of `forward_last` against the full pass composed from candle ops.
+        let (_varmap, vb) = store(5);
+        let block = SASRecTransformerLayer::new(8, 2, 0.2, &vb, SharedRng::new(7))?;
+        let fused = |x: &Tensor, bias: Option<&Tensor>| block.forward_last(x, bias);
+        let generic = |x: &Tensor, bias: Option<&Tensor>| block.forward_last_generic(x, bias);
+        let forms: [super::super::test_util::BlockFn; 2] = [&fused, &generic];
+        for last in forms {
+            super::super::test_util::check_last_position(
+                &|x, bias| block.forward_generic_t(x, bias, false),
+                last,
+                8,
+            )?;
+        }
+        Ok(())
     }
 }

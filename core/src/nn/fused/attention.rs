@@ -482,6 +482,82 @@ pub(crate) fn backward(
     (dq, dkv)
 }
 
+struct LastQuery<'a> {
+    bi: usize,
+    q: &'a [f32],
+    kv: &'a [f32],
+    bias: Option<&'a [f32]>,
+    dims: Dims,
+    o: &'a mut [f32],
+}
+
+impl WithSimd for LastQuery<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: Simd>(self, simd: S) {
+        let LastQuery {
+            bi,
+            q,
+            kv,
+            bias,
+            dims,
+            o,
+        } = self;
+        let (l, d, heads, hd) = (dims.l, dims.d, dims.heads, dims.hd());
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut p = vec![0f32; l];
+        for h in 0..heads {
+            let qh = &q[h * hd..(h + 1) * hd];
+            for (j, pj) in p.iter_mut().enumerate() {
+                let row = (bi * l + j) * 2 * d + h * hd;
+                let s = dot(simd, qh, &kv[row..row + hd]) * scale;
+                *pj = match bias {
+                    Some(b) => s + b[j],
+                    None => s,
+                };
+            }
+            softmax_row(simd, &mut p);
+            let oh = &mut o[h * hd..(h + 1) * hd];
+            oh.fill(0.0);
+            for (j, &pj) in p.iter().enumerate() {
+                let row = (bi * l + j) * 2 * d + d + h * hd;
+                for (o, &v) in oh.iter_mut().zip(&kv[row..row + hd]) {
+                    *o += pj * v;
+                }
+            }
+        }
+    }
+}
+
+/// Eval-mode attention of one query per session (its last position) over all of its keys: the
+/// output `[B, d]` from queries `q` `[B, d]` and keys and values `kv` `[B·L, 2d]`. `bias` is the
+/// last query's row of the attention bias, `[B, L]` (`true`: one per session) or `[1, L]`.
+pub(crate) fn forward_last(q: &[f32], kv: &[f32], bias: Option<(&[f32], bool)>, dims: Dims) -> Buf {
+    let (l, d) = (dims.l, dims.d);
+    let mut o = Buf::scratch(dims.b * d);
+    if l == 0 || d == 0 {
+        o.fill(0.0);
+        return o;
+    }
+    let arch = Arch::new();
+    o.par_chunks_mut(d).enumerate().for_each(|(bi, o)| {
+        let bias = bias.map(|(bs, per_session)| {
+            let start = if per_session { bi * l } else { 0 };
+            &bs[start..start + l]
+        });
+        arch.dispatch(LastQuery {
+            bi,
+            q: &q[bi * d..(bi + 1) * d],
+            kv,
+            bias,
+            dims,
+            o,
+        });
+    });
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -85,6 +85,39 @@ pub(crate) fn bias_rows(
     Ok(Some((t, per_session)))
 }
 
+/// The last query row of an attention bias (`[B or 1, 1, 1, L]`,
+/// [`crate::components::AttentionMasks::last_query_bias`]) as rows `[B, L]` (per session) or
+/// `[1, L]` (shared), and which; `None` without a bias.
+pub(crate) fn last_bias_rows(
+    bias: Option<&Tensor>,
+    b: usize,
+    l: usize,
+) -> candle_core::Result<Option<(Tensor, bool)>> {
+    let Some(bias) = bias else {
+        return Ok(None);
+    };
+    let per_session = bias.dims().first().copied().unwrap_or(1) != 1;
+    let rows = if per_session { b } else { 1 };
+    let t = bias
+        .broadcast_as((rows, 1, 1, l))?
+        .contiguous()?
+        .to_dtype(DType::F32)?
+        .reshape((rows, l))?;
+    Ok(Some((t, per_session)))
+}
+
+/// The last row of each session, `[B, d]`, from rows `[B·L, d]`.
+pub(crate) fn last_rows(x: &[f32], b: usize, l: usize, d: usize) -> crate::nn::workspace::Buf {
+    let mut out = crate::nn::workspace::Buf::scratch(b * d);
+    if l > 0 {
+        for (bi, row) in out.chunks_exact_mut(d.max(1)).enumerate() {
+            let at = (bi * l + l - 1) * d;
+            row.copy_from_slice(&x[at..at + d]);
+        }
+    }
+    out
+}
+
 /// A timeline mask `[B, L, 1]` (or anything with `n` elements) as one f32 per row.
 pub(crate) fn row_mask(mask: &Tensor, n: usize) -> candle_core::Result<Vec<f32>> {
     if mask.elem_count() != n {

@@ -18,7 +18,7 @@ use super::{
     kernels::{self, Act},
     node::{attach, Backward},
     parts::{LinearParts, NormParts},
-    self_attention::SelfAttention,
+    self_attention::{self, SelfAttention},
 };
 use crate::{
     nn::{blocks::PreLNTransformerLayer, cpu_slice::F32View, workspace::Buf, Activation},
@@ -244,4 +244,55 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
     s.w1.push_grads(&mut grads, dw1, db1);
     s.w2.push_grads(&mut grads, dw2, db2);
     Ok((ln_1.dx.into_vec(), grads))
+}
+
+/// The eval-mode output of `block` at the last position only, `[B, 1, d]`, for `x` `[B, L, d]`:
+/// keys and values from every position, the query, residuals and feed-forward from the last (the
+/// generic form is [`PreLNTransformerLayer::forward_last`]). It builds no autograd graph.
+pub(crate) fn forward_last(
+    block: &PreLNTransformerLayer,
+    x: &Tensor,
+    last_query_bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    if l == 0 {
+        return Err(crate::CoreError::Other(
+            "sessions have no positions (session length 0)".into(),
+        ));
+    }
+    let mha = &block.multi_head_attn;
+    let ff = &block.feed_forward;
+    let act = fused_act(ff.activation).ok_or_else(|| {
+        crate::CoreError::Other(format!(
+            "pre-LN block: no fused form of the {:?} activation",
+            ff.activation
+        ))
+    })?;
+    let dims = Dims {
+        b,
+        l,
+        d,
+        heads: mha.n_heads,
+    };
+    let x_c = x.detach().contiguous()?;
+    let xv = F32View::new(&x_c, "pre-LN block input")?;
+    let norm_1 = NormParts::new(&block.layer_norm_1)?;
+    let norm_2 = NormParts::new(&block.layer_norm_2)?;
+    let w1 = LinearParts::new(&[&ff.ff_linear_1])?;
+    let w2 = LinearParts::new(&[&ff.ff_linear_2])?;
+    let (h, _) = norm_1.forward(xv.get(), d);
+    let h_last = super::last_rows(&h, b, l, d);
+    let proj = self_attention::forward_last(mha, &h_last, &h, last_query_bias, dims)?;
+    let x_last = super::last_rows(xv.get(), b, l, d);
+    let x1 = kernels::add(&x_last, &proj);
+    let (h2, _) = norm_2.forward(&x1, d);
+    let hidden = {
+        let p = w1.product(&h2)?;
+        kernels::bias_act_dropout(&p, &w1.b, act, None, w1.out_dim()).1
+    };
+    let out = {
+        let f = w2.product(&hidden)?;
+        kernels::bias_dropout_residual(&f, &w2.b, None, Some(&x1), d)
+    };
+    Ok(Tensor::from_vec(out.into_vec(), (b, 1, d), x.device())?)
 }

@@ -19,7 +19,7 @@ use super::{
     kernels::{self, Act},
     node::{attach, Backward},
     parts::{LinearParts, NormParts},
-    self_attention::SelfAttention,
+    self_attention::{self, SelfAttention},
 };
 use crate::{
     nn::{blocks::SASRecTransformerLayer, cpu_slice::F32View, workspace::Buf},
@@ -215,4 +215,49 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
         None => ln_q.dx.into_vec(),
     };
     Ok((dx, grads))
+}
+
+/// The eval-mode output of `block` at the last position only, `[B, 1, d]`, for `x` `[B, L, d]`
+/// (already multiplied by the timeline mask): keys and values from every position, the query,
+/// residuals and feed-forward from the last (the generic form is
+/// [`SASRecTransformerLayer::forward_last`]). It builds no autograd graph.
+pub(crate) fn forward_last(
+    block: &SASRecTransformerLayer,
+    x: &Tensor,
+    last_query_bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    if l == 0 {
+        return Err(crate::CoreError::Other(
+            "sessions have no positions (session length 0)".into(),
+        ));
+    }
+    let mha = &block.multi_head_attn;
+    let dims = Dims {
+        b,
+        l,
+        d,
+        heads: mha.n_heads,
+    };
+    let x_c = x.detach().contiguous()?;
+    let xv = F32View::new(&x_c, "SASRec block input")?;
+    let q_norm = NormParts::new(&block.q_layer_norm)?;
+    let ff_norm = NormParts::new(&block.ff_layer_norm)?;
+    let ff = &block.feed_forward;
+    let w1 = LinearParts::new(&[&ff.ff_linear_1])?;
+    let w2 = LinearParts::new(&[&ff.ff_linear_2])?;
+    let x_last = super::last_rows(xv.get(), b, l, d);
+    let (q, _) = q_norm.forward(&x_last, d);
+    let proj = self_attention::forward_last(mha, &q, xv.get(), last_query_bias, dims)?;
+    let x1 = kernels::add(&q, &proj);
+    let (f, _) = ff_norm.forward(&x1, d);
+    let hidden = {
+        let h = w1.product(&f)?;
+        kernels::bias_act_dropout(&h, &w1.b, Act::Relu, None, w1.out_dim()).1
+    };
+    let out = {
+        let h2 = w2.product(&hidden)?;
+        kernels::bias_dropout_residual(&h2, &w2.b, None, Some(&f), d)
+    };
+    Ok(Tensor::from_vec(out.into_vec(), (b, 1, d), x.device())?)
 }

@@ -126,3 +126,34 @@ impl SelfAttention {
         })
     }
 }
+
+/// The sub-layer in eval mode for one query per session: `q_in` `[B, d]` (each session's last
+/// position), keys and values from `kv_in` `[B·L, d]`; returns the output projection with its
+/// bias, `[B, d]`. `last_bias` is the attention bias's last query row.
+pub(crate) fn forward_last(
+    mha: &MultiHeadAttention,
+    q_in: &[f32],
+    kv_in: &[f32],
+    last_bias: Option<&Tensor>,
+    dims: Dims,
+) -> candle_core::Result<Buf> {
+    let wq = LinearParts::new(&[&mha.q_proj])?;
+    let wkv = LinearParts::new(&[&mha.k_proj, &mha.v_proj])?;
+    let wo = LinearParts::new(&[&mha.out_proj])?;
+    let queries = wq.forward(q_in)?;
+    let keys_values = wkv.forward(kv_in)?;
+    let bias = super::last_bias_rows(last_bias, dims.b, dims.l)?;
+    let attended = {
+        let bias_view = match &bias {
+            Some((t, per_session)) => Some((F32View::new(t, "attention bias")?, *per_session)),
+            None => None,
+        };
+        attention::forward_last(
+            &queries,
+            &keys_values,
+            bias_view.as_ref().map(|(v, s)| (v.get(), *s)),
+            dims,
+        )
+    };
+    wo.forward(&attended)
+}

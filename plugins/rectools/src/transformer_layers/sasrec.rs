@@ -77,8 +77,7 @@ impl TransformerLayers for SASRecTransformerLayers {
         let bias = masks.attn_bias.as_ref();
         let mut x = seqs.clone();
         for block in rest {
-            x = x.broadcast_mul(tm)?;
-            x = block.forward_t(&x, bias, false)?;
+            x = block.forward_masked_t(&x, tm, bias, false)?;
         }
         x = x.broadcast_mul(tm)?;
         let x = last.forward_last(&x, masks.last_query_bias()?.as_ref())?;
