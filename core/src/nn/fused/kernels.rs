@@ -209,6 +209,30 @@ pub(crate) fn scale_rows(x: &[f32], m: &[f32], d: usize) -> Buf {
     y
 }
 
+/// A gradient through an optional dropout mask: `g ⊙ mask`, or `g` itself.
+pub(crate) enum Masked<'a> {
+    Same(&'a [f32]),
+    Scaled(Buf),
+}
+
+impl std::ops::Deref for Masked<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Masked::Same(g) => g,
+            Masked::Scaled(b) => b,
+        }
+    }
+}
+
+/// `g ⊙ mask` with a mask, `g` without one.
+pub(crate) fn through_mask<'a>(g: &'a [f32], mask: Option<&[f32]>) -> Masked<'a> {
+    match mask {
+        Some(m) => Masked::Scaled(mul(g, m)),
+        None => Masked::Same(g),
+    }
+}
+
 /// `a ⊙ b`, element-wise (a gradient through a dropout mask).
 pub(crate) fn mul(a: &[f32], b: &[f32]) -> Buf {
     zip_with(

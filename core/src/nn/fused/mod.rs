@@ -65,11 +65,14 @@ pub(crate) fn usable(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && enabled()
 }
 
-/// An attention bias as rows `[B, L, L]` (per session) or `[1, L, L]` (shared), and which; `None`
-/// without a bias. A bias that differs between heads is not supported (see [`supports_bias`]).
+/// An attention bias `[B or 1, 1, queries, L]` as rows `[B, queries, L]` (per session) or
+/// `[1, queries, L]` (shared), and which; `None` without a bias. `queries` is `L` for a whole
+/// block, 1 for the last query row ([`crate::components::AttentionMasks::last_query_bias`]). A
+/// bias that differs between heads is not supported (see [`supports_bias`]).
 pub(crate) fn bias_rows(
     bias: Option<&Tensor>,
     b: usize,
+    queries: usize,
     l: usize,
 ) -> candle_core::Result<Option<(Tensor, bool)>> {
     let Some(bias) = bias else {
@@ -78,32 +81,26 @@ pub(crate) fn bias_rows(
     let per_session = bias.dims().first().copied().unwrap_or(1) != 1;
     let rows = if per_session { b } else { 1 };
     let t = bias
-        .broadcast_as((rows, 1, l, l))?
+        .broadcast_as((rows, 1, queries, l))?
         .contiguous()?
         .to_dtype(DType::F32)?
-        .reshape((rows, l, l))?;
+        .reshape((rows, queries, l))?;
     Ok(Some((t, per_session)))
 }
 
-/// The last query row of an attention bias (`[B or 1, 1, 1, L]`,
-/// [`crate::components::AttentionMasks::last_query_bias`]) as rows `[B, L]` (per session) or
-/// `[1, L]` (shared), and which; `None` without a bias.
-pub(crate) fn last_bias_rows(
-    bias: Option<&Tensor>,
-    b: usize,
-    l: usize,
-) -> candle_core::Result<Option<(Tensor, bool)>> {
-    let Some(bias) = bias else {
-        return Ok(None);
-    };
-    let per_session = bias.dims().first().copied().unwrap_or(1) != 1;
-    let rows = if per_session { b } else { 1 };
-    let t = bias
-        .broadcast_as((rows, 1, 1, l))?
-        .contiguous()?
-        .to_dtype(DType::F32)?
-        .reshape((rows, l))?;
-    Ok(Some((t, per_session)))
+/// The dimensions of a block's input `x` `[B, L, d]` for a last-position pass with `heads`, and
+/// `x` detached and contiguous; an error for sessions without positions.
+pub(crate) fn last_position_input(
+    x: &Tensor,
+    heads: usize,
+) -> crate::Result<(attention::Dims, Tensor)> {
+    let (b, l, d) = x.dims3()?;
+    if l == 0 {
+        return Err(crate::CoreError::Other(
+            "sessions have no positions (session length 0)".into(),
+        ));
+    }
+    Ok((attention::Dims { b, l, d, heads }, x.detach().contiguous()?))
 }
 
 /// The last row of each session, `[B, d]`, from rows `[B·L, d]`.

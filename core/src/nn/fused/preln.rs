@@ -34,6 +34,32 @@ pub(crate) fn fused_act(a: Activation) -> Option<Act> {
     }
 }
 
+/// The block's norms, feed-forward layers and fused activation.
+struct Parts {
+    act: Act,
+    norm_1: NormParts,
+    norm_2: NormParts,
+    w1: LinearParts,
+    w2: LinearParts,
+}
+
+fn parts(block: &PreLNTransformerLayer) -> Result<Parts> {
+    let ff = &block.feed_forward;
+    let act = fused_act(ff.activation).ok_or_else(|| {
+        crate::CoreError::Other(format!(
+            "pre-LN block: no fused form of the {:?} activation",
+            ff.activation
+        ))
+    })?;
+    Ok(Parts {
+        act,
+        norm_1: NormParts::new(&block.layer_norm_1)?,
+        norm_2: NormParts::new(&block.layer_norm_2)?,
+        w1: LinearParts::new(&[&ff.ff_linear_1])?,
+        w2: LinearParts::new(&[&ff.ff_linear_2])?,
+    })
+}
+
 /// What the backward pass reads, kept from the forward pass.
 struct Saved {
     dims: Dims,
@@ -72,12 +98,6 @@ pub(crate) fn forward_t(
     let n = b * l;
     let mha = &block.multi_head_attn;
     let ff = &block.feed_forward;
-    let act = fused_act(ff.activation).ok_or_else(|| {
-        crate::CoreError::Other(format!(
-            "pre-LN block: no fused form of the {:?} activation",
-            ff.activation
-        ))
-    })?;
     let dims = Dims {
         b,
         l,
@@ -85,10 +105,13 @@ pub(crate) fn forward_t(
         heads: mha.n_heads,
     };
     let xd = x.detach().contiguous()?.reshape((n, d))?;
-    let norm_1 = NormParts::new(&block.layer_norm_1)?;
-    let norm_2 = NormParts::new(&block.layer_norm_2)?;
-    let w1 = LinearParts::new(&[&ff.ff_linear_1])?;
-    let w2 = LinearParts::new(&[&ff.ff_linear_2])?;
+    let Parts {
+        act,
+        norm_1,
+        norm_2,
+        w1,
+        w2,
+    } = parts(block)?;
     let hidden_dim = w1.out_dim();
 
     // The generic block's draw order: attention weights, dropout_1, feed-forward hidden,
@@ -180,24 +203,11 @@ pub(crate) fn forward_t(
 fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>>)> {
     let d = s.dims.d;
     // out = x2 ⊙ m3; x2 = x1 + (f + b2) ⊙ m2
-    let masked_3;
-    let dx2: &[f32] = match &s.mask_3 {
-        Some(m) => {
-            masked_3 = kernels::mul(g, m);
-            &masked_3
-        }
-        None => g,
-    };
-    let masked_2;
-    let df: &[f32] = match &s.mask_2 {
-        Some(m) => {
-            masked_2 = kernels::mul(dx2, m);
-            &masked_2
-        }
-        None => dx2,
-    };
-    let (dw2, db2) = s.w2.grads(df, &s.hidden)?;
-    let d_hidden = s.w2.input_grad(df)?;
+    let dx2 = kernels::through_mask(g, s.mask_3.as_deref());
+    let df = kernels::through_mask(&dx2, s.mask_2.as_deref());
+    let (dw2, db2) = s.w2.grads(&df, &s.hidden)?;
+    let d_hidden = s.w2.input_grad(&df)?;
+    drop(df);
     let d_pre = kernels::bias_act_dropout_backward(
         &d_hidden,
         s.act,
@@ -213,18 +223,12 @@ fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>
     // h2 = LN2(x1); dx1 = dx2 (residual) + LN2 backward
     let ln_2 = s
         .norm_2
-        .backward(&s.x1, &s.stats_2, &dh2, None, Some(dx2), d);
+        .backward(&s.x1, &s.stats_2, &dh2, None, Some(&dx2), d);
     drop(dh2);
     // x1 = x + (Ao + bo) ⊙ m1
-    let masked_1;
-    let d_ao: &[f32] = match &s.mask_1 {
-        Some(m) => {
-            masked_1 = kernels::mul(&ln_2.dx, m);
-            &masked_1
-        }
-        None => &ln_2.dx,
-    };
-    let att = s.attention.backward(d_ao, &s.h, &s.h)?;
+    let d_ao = kernels::through_mask(&ln_2.dx, s.mask_1.as_deref());
+    let att = s.attention.backward(&d_ao, &s.h, &s.h)?;
+    drop(d_ao);
     // h = LN1(x); dx = dx1 (residual) + LN1 backward of (dh_q + dh_kv)
     let ln_1 = {
         let xv = F32View::new(&s.x, "block input")?;
@@ -254,32 +258,17 @@ pub(crate) fn forward_last(
     x: &Tensor,
     last_query_bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let (b, l, d) = x.dims3()?;
-    if l == 0 {
-        return Err(crate::CoreError::Other(
-            "sessions have no positions (session length 0)".into(),
-        ));
-    }
     let mha = &block.multi_head_attn;
-    let ff = &block.feed_forward;
-    let act = fused_act(ff.activation).ok_or_else(|| {
-        crate::CoreError::Other(format!(
-            "pre-LN block: no fused form of the {:?} activation",
-            ff.activation
-        ))
-    })?;
-    let dims = Dims {
-        b,
-        l,
-        d,
-        heads: mha.n_heads,
-    };
-    let x_c = x.detach().contiguous()?;
+    let (dims, x_c) = super::last_position_input(x, mha.n_heads)?;
+    let Dims { b, l, d, .. } = dims;
     let xv = F32View::new(&x_c, "pre-LN block input")?;
-    let norm_1 = NormParts::new(&block.layer_norm_1)?;
-    let norm_2 = NormParts::new(&block.layer_norm_2)?;
-    let w1 = LinearParts::new(&[&ff.ff_linear_1])?;
-    let w2 = LinearParts::new(&[&ff.ff_linear_2])?;
+    let Parts {
+        act,
+        norm_1,
+        norm_2,
+        w1,
+        w2,
+    } = parts(block)?;
     let (h, _) = norm_1.forward(xv.get(), d);
     let h_last = super::last_rows(&h, b, l, d);
     let proj = self_attention::forward_last(mha, &h_last, &h, last_query_bias, dims)?;

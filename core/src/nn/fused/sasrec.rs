@@ -26,6 +26,24 @@ use crate::{
     Result,
 };
 
+/// The block's norms and feed-forward layers.
+struct Parts {
+    q_norm: NormParts,
+    ff_norm: NormParts,
+    w1: LinearParts,
+    w2: LinearParts,
+}
+
+fn parts(block: &SASRecTransformerLayer) -> Result<Parts> {
+    let ff = &block.feed_forward;
+    Ok(Parts {
+        q_norm: NormParts::new(&block.q_layer_norm)?,
+        ff_norm: NormParts::new(&block.ff_layer_norm)?,
+        w1: LinearParts::new(&[&ff.ff_linear_1])?,
+        w2: LinearParts::new(&[&ff.ff_linear_2])?,
+    })
+}
+
 /// What the backward pass reads, kept from the forward pass.
 struct Saved {
     dims: Dims,
@@ -83,11 +101,13 @@ pub(crate) fn forward_t(
             }
         }
     };
-    let q_norm = NormParts::new(&block.q_layer_norm)?;
-    let ff_norm = NormParts::new(&block.ff_layer_norm)?;
+    let Parts {
+        q_norm,
+        ff_norm,
+        w1,
+        w2,
+    } = parts(block)?;
     let ff = &block.feed_forward;
-    let w1 = LinearParts::new(&[&ff.ff_linear_1])?;
-    let w2 = LinearParts::new(&[&ff.ff_linear_2])?;
     let hidden_dim = w1.out_dim();
 
     // The generic block's draw order: attention weights, feed-forward hidden, block output.
@@ -165,16 +185,10 @@ pub(crate) fn forward_t(
 fn backward(s: &Saved, g: &[f32]) -> candle_core::Result<(Vec<f32>, Vec<Vec<f32>>)> {
     let d = s.dims.d;
     // out = (h2 + b2) ⊙ m + f
-    let masked;
-    let d_h2: &[f32] = match &s.out_mask {
-        Some(m) => {
-            masked = kernels::mul(g, m);
-            &masked
-        }
-        None => g,
-    };
-    let (dw2, db2) = s.w2.grads(d_h2, &s.hidden)?;
-    let d_hidden = s.w2.input_grad(d_h2)?;
+    let d_h2 = kernels::through_mask(g, s.out_mask.as_deref());
+    let (dw2, db2) = s.w2.grads(&d_h2, &s.hidden)?;
+    let d_hidden = s.w2.input_grad(&d_h2)?;
+    drop(d_h2);
     let d_pre = kernels::bias_act_dropout_backward(
         &d_hidden,
         Act::Relu,
@@ -226,26 +240,16 @@ pub(crate) fn forward_last(
     x: &Tensor,
     last_query_bias: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let (b, l, d) = x.dims3()?;
-    if l == 0 {
-        return Err(crate::CoreError::Other(
-            "sessions have no positions (session length 0)".into(),
-        ));
-    }
     let mha = &block.multi_head_attn;
-    let dims = Dims {
-        b,
-        l,
-        d,
-        heads: mha.n_heads,
-    };
-    let x_c = x.detach().contiguous()?;
+    let (dims, x_c) = super::last_position_input(x, mha.n_heads)?;
+    let Dims { b, l, d, .. } = dims;
     let xv = F32View::new(&x_c, "SASRec block input")?;
-    let q_norm = NormParts::new(&block.q_layer_norm)?;
-    let ff_norm = NormParts::new(&block.ff_layer_norm)?;
-    let ff = &block.feed_forward;
-    let w1 = LinearParts::new(&[&ff.ff_linear_1])?;
-    let w2 = LinearParts::new(&[&ff.ff_linear_2])?;
+    let Parts {
+        q_norm,
+        ff_norm,
+        w1,
+        w2,
+    } = parts(block)?;
     let x_last = super::last_rows(xv.get(), b, l, d);
     let (q, _) = q_norm.forward(&x_last, d);
     let proj = self_attention::forward_last(mha, &q, xv.get(), last_query_bias, dims)?;

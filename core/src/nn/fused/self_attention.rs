@@ -46,25 +46,13 @@ impl SelfAttention {
         attn_mask: Option<Buf>,
         dims: Dims,
     ) -> candle_core::Result<(Self, Buf)> {
-        let wq = LinearParts::new(&[&mha.q_proj])?;
-        let wkv = LinearParts::new(&[&mha.k_proj, &mha.v_proj])?;
-        let wo = LinearParts::new(&[&mha.out_proj])?;
+        let (wq, wkv, wo) = projections(mha)?;
         let queries = wq.forward(q_in)?;
         let keys_values = wkv.forward(kv_in)?;
-        let bias = super::bias_rows(attn_bias, dims.b, dims.l)?;
-        let (attended, weights) = {
-            let bias_view = match &bias {
-                Some((t, per_session)) => Some((F32View::new(t, "attention bias")?, *per_session)),
-                None => None,
-            };
-            attention::forward(
-                &queries,
-                &keys_values,
-                bias_view.as_ref().map(|(v, s)| (v.get(), *s)),
-                attn_mask.as_deref(),
-                dims,
-            )
-        };
+        let bias = super::bias_rows(attn_bias, dims.b, dims.l, dims.l)?;
+        let (attended, weights) = with_bias(&bias, |bias| {
+            attention::forward(&queries, &keys_values, bias, attn_mask.as_deref(), dims)
+        })?;
         let projected = wo.product(&attended)?;
         Ok((
             SelfAttention {
@@ -137,23 +125,38 @@ pub(crate) fn forward_last(
     last_bias: Option<&Tensor>,
     dims: Dims,
 ) -> candle_core::Result<Buf> {
-    let wq = LinearParts::new(&[&mha.q_proj])?;
-    let wkv = LinearParts::new(&[&mha.k_proj, &mha.v_proj])?;
-    let wo = LinearParts::new(&[&mha.out_proj])?;
+    let (wq, wkv, wo) = projections(mha)?;
     let queries = wq.forward(q_in)?;
     let keys_values = wkv.forward(kv_in)?;
-    let bias = super::last_bias_rows(last_bias, dims.b, dims.l)?;
-    let attended = {
-        let bias_view = match &bias {
-            Some((t, per_session)) => Some((F32View::new(t, "attention bias")?, *per_session)),
-            None => None,
-        };
-        attention::forward_last(
-            &queries,
-            &keys_values,
-            bias_view.as_ref().map(|(v, s)| (v.get(), *s)),
-            dims,
-        )
-    };
+    let bias = super::bias_rows(last_bias, dims.b, 1, dims.l)?;
+    let attended = with_bias(&bias, |bias| {
+        attention::forward_last(&queries, &keys_values, bias, dims)
+    })?;
     wo.forward(&attended)
+}
+
+/// The query projection, the key and value projections stacked, and the output projection.
+fn projections(
+    mha: &MultiHeadAttention,
+) -> candle_core::Result<(LinearParts, LinearParts, LinearParts)> {
+    Ok((
+        LinearParts::new(&[&mha.q_proj])?,
+        LinearParts::new(&[&mha.k_proj, &mha.v_proj])?,
+        LinearParts::new(&[&mha.out_proj])?,
+    ))
+}
+
+/// Calls `f` with the bias rows' elements (from [`super::bias_rows`]) and whether they are per
+/// session.
+fn with_bias<R>(
+    bias: &Option<(Tensor, bool)>,
+    f: impl FnOnce(Option<(&[f32], bool)>) -> R,
+) -> candle_core::Result<R> {
+    Ok(match bias {
+        Some((t, per_session)) => {
+            let view = F32View::new(t, "attention bias")?;
+            f(Some((view.get(), *per_session)))
+        }
+        None => f(None),
+    })
 }
