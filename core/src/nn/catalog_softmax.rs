@@ -238,11 +238,15 @@ fn row_pass(
                 fast_exp::div_in_place(row, temperature);
             }
             let mx = fast_exp::max(row);
-            let lse = mx + fast_exp::sum_exp_shifted(row, mx).ln();
-            *loss = (lse - row[t as usize]) * w;
+            let target = row[t as usize];
             if want_grad {
-                fast_exp::scaled_exp_shifted_in_place(row, lse, w);
+                // One exp per logit: e^(z − max) in place, then w·softmax = e · w / Σe.
+                let sum = fast_exp::exp_shifted_in_place_sum(row, mx);
+                *loss = (mx + sum.ln() - target) * w;
+                fast_exp::mul_in_place(row, w / sum);
                 row[t as usize] -= w;
+            } else {
+                *loss = (mx + fast_exp::sum_exp_shifted(row, mx).ln() - target) * w;
             }
         });
 }

@@ -97,6 +97,47 @@ fn sum_exp_shifted_impl(xs: &[f32], shift: f32) -> f32 {
     s
 }
 
+/// `xs = e^(xs − shift)` element-wise, in place, returning their sum accumulated as in
+/// [`sum_exp_shifted`] (the same value). One `exp` per element serves both a softmax's
+/// normaliser and its probabilities.
+pub fn exp_shifted_in_place_sum(xs: &mut [f32], shift: f32) -> f32 {
+    simd(
+        #[inline(always)]
+        || {
+            // Two loops: a map the compiler vectorises, then the lane-wise sum (fusing them kept
+            // the exponentials scalar).
+            for v in xs.iter_mut() {
+                *v = exp(*v - shift);
+            }
+            let mut acc = [0f32; LANES];
+            let chunks = xs.chunks_exact(LANES);
+            let tail = chunks.remainder();
+            for c in chunks {
+                for (a, &v) in acc.iter_mut().zip(c) {
+                    *a += v;
+                }
+            }
+            let mut s: f32 = acc.iter().sum();
+            for &v in tail {
+                s += v;
+            }
+            s
+        },
+    )
+}
+
+/// `xs = xs · g` element-wise, in place.
+pub fn mul_in_place(xs: &mut [f32], g: f32) {
+    simd(
+        #[inline(always)]
+        || {
+            for v in xs.iter_mut() {
+                *v *= g;
+            }
+        },
+    )
+}
+
 /// `out = g · e^(x − shift)` element-wise (a softmax gradient row).
 pub fn scaled_exp_shifted(out: &mut [f32], xs: &[f32], shift: f32, g: f32) {
     simd(
@@ -104,18 +145,6 @@ pub fn scaled_exp_shifted(out: &mut [f32], xs: &[f32], shift: f32, g: f32) {
         || {
             for (o, &v) in out.iter_mut().zip(xs) {
                 *o = g * exp(v - shift);
-            }
-        },
-    )
-}
-
-/// `xs = g · e^(xs − shift)` element-wise, in place (a softmax gradient row over its logits).
-pub fn scaled_exp_shifted_in_place(xs: &mut [f32], shift: f32, g: f32) {
-    simd(
-        #[inline(always)]
-        || {
-            for v in xs.iter_mut() {
-                *v = g * exp(*v - shift);
             }
         },
     )
@@ -171,5 +200,16 @@ mod tests {
         let naive: f64 = xs.iter().map(|&v| ((v - 1.5) as f64).exp()).sum();
         let got = sum_exp_shifted(&xs, 1.5) as f64;
         assert!(((got - naive) / naive).abs() < 1e-6, "{got} vs {naive}");
+        // The in-place form: the same sum, bit for bit, and the exponentials left in place.
+        let mut ys = xs.clone();
+        assert_eq!(
+            exp_shifted_in_place_sum(&mut ys, 1.5),
+            sum_exp_shifted(&xs, 1.5)
+        );
+        for (y, x) in ys.iter().zip(&xs) {
+            assert_eq!(*y, exp(x - 1.5));
+        }
+        mul_in_place(&mut ys, 2.0);
+        assert_eq!(ys[3], 2.0 * exp(xs[3] - 1.5));
     }
 }
