@@ -418,7 +418,7 @@ pub(crate) fn bias_act_dropout_backward(
 
 /// `σ(v) = 1 / (1 + e^−v)`, as candle's `sigmoid`.
 fn sigmoid(v: f32) -> f32 {
-    1.0 / (1.0 + (-v).exp())
+    1.0 / (1.0 + crate::nn::fast_exp::exp(-v))
 }
 
 /// `g = σ(y + b)` per row of `d` (a LiGR gate).
@@ -521,7 +521,7 @@ pub(crate) fn swiglu(uv: &[f32], b: &[f32], mask: Option<&[f32]>, m: usize) -> (
                     let row = t * ROWS + r;
                     let (u, v) = uvb[row * 2 * m..(row + 1) * 2 * m].split_at(m);
                     for ((o, &uu), &vv) in zr.iter_mut().zip(u).zip(v) {
-                        *o = uu / (1.0 + (-uu).exp()) * vv;
+                        *o = uu / (1.0 + crate::nn::fast_exp::exp(-uu)) * vv;
                     }
                     if let Some(mk) = mask {
                         for (o, &mv) in zr.iter_mut().zip(&mk[row * m..(row + 1) * m]) {
@@ -554,7 +554,7 @@ pub(crate) fn swiglu_backward(dz: &[f32], uvb: &[f32], mask: Option<&[f32]>, m: 
                         for j in 0..m {
                             let g = dz[row * m + j] * mask.map_or(1.0, |mk| mk[row * m + j]);
                             let s = sigmoid(u[j]);
-                            let silu = u[j] / (1.0 + (-u[j]).exp());
+                            let silu = u[j] / (1.0 + crate::nn::fast_exp::exp(-u[j]));
                             du[j] = g * v[j] * s * (1.0 + u[j] * (1.0 - s));
                             dv[j] = g * silu;
                         }
