@@ -19,22 +19,7 @@ pub fn column_sums(xs: &[f32], cols: usize) -> Vec<f32> {
     }
     let partials: Vec<Vec<f32>> = xs
         .par_chunks(BLOCK_ROWS * cols)
-        .map(|block| {
-            // Compiled for the CPU's best SIMD level (element-wise adds: the level changes no
-            // result).
-            pulp::Arch::new().dispatch(
-                #[inline(always)]
-                || {
-                    let mut acc = vec![0f32; cols];
-                    for row in block.chunks_exact(cols) {
-                        for (a, &v) in acc.iter_mut().zip(row) {
-                            *a += v;
-                        }
-                    }
-                    acc
-                },
-            )
-        })
+        .map(|block| pulp::Arch::new().dispatch(BlockSums { block, cols }))
         .collect();
     let mut out = vec![0f32; cols];
     for p in &partials {
@@ -43,6 +28,29 @@ pub fn column_sums(xs: &[f32], cols: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+/// One block's column sums, compiled for the CPU's best SIMD level (element-wise adds: the level
+/// changes no result). A `WithSimd` type rather than a closure, so that the loop is inlined into
+/// the dispatched instantiation.
+struct BlockSums<'a> {
+    block: &'a [f32],
+    cols: usize,
+}
+
+impl pulp::WithSimd for BlockSums<'_> {
+    type Output = Vec<f32>;
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) -> Vec<f32> {
+        let mut acc = vec![0f32; self.cols];
+        for row in self.block.chunks_exact(self.cols) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
+            }
+        }
+        acc
+    }
 }
 
 #[cfg(test)]
