@@ -122,7 +122,7 @@ fn chunked(
         let r = rows.min(m - start);
         let s_c = &s[start * d..(start + r) * d];
         let z_c = &mut z[..r * n];
-        products::a_bt_into(z_c, s_c, e, n, d, false)?;
+        products::a_bt_into(z_c, s_c, e, n, d)?;
         row_pass(
             z_c,
             n,
@@ -133,8 +133,8 @@ fn chunked(
             &mut losses[start..start + r],
         );
         if want_grad {
-            products::a_b_into(&mut grad_s[start * d..(start + r) * d], z_c, e, n, d, false)?;
-            products::at_b_transposed_into(&mut grad_e_t, z_c, s_c, n, d, true)?;
+            products::a_b_into(&mut grad_s[start * d..(start + r) * d], z_c, e, n, d)?;
+            products::add_at_b_transposed(&mut grad_e_t, z_c, s_c, n, d)?;
         }
         start += r;
     }
