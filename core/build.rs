@@ -29,6 +29,42 @@ fn main() {
         env::var("CARGO_CFG_PANIC").unwrap_or_default(),
         prefer_dynamic,
     );
+    if env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        compile_kernels();
+    }
     println!("cargo:rustc-env=RECBLOCKS_RUSTC_VERSION={rustc_version}");
     println!("cargo:rustc-env=RECBLOCKS_BUILD_FINGERPRINT={fingerprint}");
+}
+
+/// The `cuda` feature's kernels (`src/nn/cuda/kernels.cu`) as PTX in OUT_DIR, for compute
+/// capability 8.0 and up (the driver compiles PTX for the GPU it runs on).
+fn compile_kernels() {
+    let src = "src/nn/cuda/kernels.cu";
+    println!("cargo:rerun-if-changed={src}");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let nvcc = env::var_os("CUDA_HOME")
+        .map(|h| std::path::PathBuf::from(h).join("bin").join("nvcc"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "nvcc".into());
+    let out = std::path::PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default())
+        .join("recblocks_kernels.ptx");
+    let status = Command::new(&nvcc)
+        .args(["--ptx", "-O3", "-arch=compute_80", "-o"])
+        .arg(&out)
+        .arg(src)
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        Ok(s) => {
+            println!("cargo:warning=nvcc failed on {src} ({s})");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            println!(
+                "cargo:warning=the cuda feature needs nvcc ({}): {e}; set CUDA_HOME",
+                nvcc.display()
+            );
+            std::process::exit(1);
+        }
+    }
 }

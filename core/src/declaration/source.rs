@@ -156,8 +156,22 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")),
     ),
     (
+        "src/nn/activation_dropout.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/activation_dropout.rs"
+        )),
+    ),
+    (
         "src/nn/attention.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/attention.rs")),
+    ),
+    (
+        "src/nn/attention_weights.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/attention_weights.rs"
+        )),
     ),
     (
         "src/nn/blocks/ligr.rs",
@@ -212,6 +226,21 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
             env!("CARGO_MANIFEST_DIR"),
             "/src/nn/cross_entropy.rs"
         )),
+    ),
+    (
+        "src/nn/cuda/kernels.cu",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/cuda/kernels.cu"
+        )),
+    ),
+    (
+        "src/nn/cuda/mod.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cuda/mod.rs")),
+    ),
+    (
+        "src/nn/cuda/tests.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cuda/tests.rs")),
     ),
     (
         "src/nn/dropout.rs",
@@ -321,6 +350,10 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/mod.rs")),
     ),
     (
+        "src/nn/philox.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/philox.rs")),
+    ),
+    (
         "src/nn/softmax.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/softmax.rs")),
     ),
@@ -391,12 +424,13 @@ const fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
 
+    /// The Rust and CUDA sources under `dir`.
     fn rs_files(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
         for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
             let path = entry.path();
             if path.is_dir() {
                 rs_files(&path, root, out);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+            } else if path.extension().is_some_and(|e| e == "rs" || e == "cu") {
                 let rel = path.strip_prefix(root).map(|p| p.display().to_string());
                 out.push(rel.unwrap_or_default());
             }

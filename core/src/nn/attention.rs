@@ -104,6 +104,20 @@ impl MultiHeadAttention {
         let k = self.split_heads(&self.k_proj.forward(key)?)?;
         let v = self.split_heads(&self.v_proj.forward(value)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
+        if q.device().is_cuda() && crate::nn::fused::enabled() {
+            // On a GPU the weights are one op (two kernel launches instead of about fifteen).
+            let raw = q.matmul(&k.t()?)?;
+            if let Some(attn) = crate::nn::attention_weights::attention_weights(
+                &raw,
+                attn_bias,
+                scale,
+                &self.dropout,
+                train,
+            )? {
+                let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, d))?;
+                return Ok(self.out_proj.forward(&out)?);
+            }
+        }
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         if let Some(bias) = attn_bias {
             scores = scores.broadcast_add(bias)?;

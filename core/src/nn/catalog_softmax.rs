@@ -18,9 +18,10 @@
 //! negatives (arXiv 2509.09682).
 //!
 //! The loss is the one of `softmax_cross_entropy_ignore_0` then RecTools' weighting: tested
-//! against materialised logits through the composed candle ops, value and both gradients. Off the
-//! CPU, for other dtypes, or with the fused paths switched off ([`crate::nn::fused::enabled`]) the
-//! logits are materialised and the loss composed as before.
+//! against materialised logits through the composed candle ops, value and both gradients. On a
+//! CUDA device the same chunks run as candle matrix products around one kernel per chunk
+//! (`nn::cuda`). For other dtypes, or with the fused paths switched off
+//! ([`crate::nn::fused::enabled`]), the logits are materialised and the loss composed as before.
 
 use candle_core::{CpuStorage, CustomOp2, DType, Device, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -73,6 +74,14 @@ pub fn catalog_softmax_loss(
         )));
     }
     let targets = targets.to_dtype(DType::U32)?;
+    let on_gpu = sessions.device().is_cuda()
+        && sessions.dtype() == DType::F32
+        && items.dtype() == DType::F32
+        && fused::enabled();
+    if on_gpu {
+        let rows = (DEVICE_CHUNK_ELEMENTS / n.max(1)).clamp(8, m.max(8));
+        return chunked_on_device(sessions, items, &targets, weights, temperature, rows);
+    }
     let in_chunks = matches!(sessions.device(), Device::Cpu)
         && sessions.dtype() == DType::F32
         && items.dtype() == DType::F32
@@ -82,6 +91,116 @@ pub fn catalog_softmax_loss(
     }
     let rows = (CHUNK_ELEMENTS / n.max(1)).clamp(8, m.max(8));
     chunked(sessions, items, &targets, weights, temperature, rows)
+}
+
+/// How many logits one chunk holds at most on a GPU (64 M floats, 256 MB).
+const DEVICE_CHUNK_ELEMENTS: usize = 1 << 26;
+
+/// The chunked loss on a CUDA device, `rows` rows per chunk: per chunk, the logits from one
+/// matrix product, one kernel (`rb_catalog_rows`) for the rows' weighted losses and the logits'
+/// gradient, and two products for the chunk's share of the factors' gradients. The loss's
+/// denominator (the count of positive losses) is read back once per call.
+pub(crate) fn chunked_on_device(
+    sessions: &Tensor,
+    items: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+    temperature: f64,
+    rows: usize,
+) -> Result<Tensor> {
+    let (m, _) = sessions.dims2()?;
+    let (n, _) = items.dims2()?;
+    let want_grad = sessions.track_op() || items.track_op();
+    let s = sessions.detach().contiguous()?;
+    let e = items.detach().contiguous()?;
+    let e_t = e.t()?;
+    let w = weights.detach().to_dtype(DType::F32)?.contiguous()?;
+    let targets = targets.contiguous()?;
+    let rows = rows.clamp(1, m.max(1));
+    let (mut losses, mut grad_s) = (Vec::new(), Vec::new());
+    let mut grad_e: Option<Tensor> = None;
+    let mut start = 0;
+    while start < m {
+        let r = rows.min(m - start);
+        let s_c = s.narrow(0, start, r)?;
+        let z = s_c.matmul(&e_t)?;
+        let z = if temperature == 1.0 {
+            z
+        } else {
+            (z / temperature)?
+        };
+        let packed = z.apply_op3_no_bwd(
+            &targets.narrow(0, start, r)?,
+            &w.narrow(0, start, r)?,
+            &DeviceRows,
+        )?;
+        losses.push(packed.narrow(0, r * n, r)?);
+        if want_grad {
+            let dz = packed.narrow(0, 0, r * n)?.reshape((r, n))?;
+            grad_s.push(dz.matmul(&e)?);
+            let ge = dz.t()?.matmul(&s_c)?;
+            grad_e = Some(match grad_e {
+                Some(acc) => (acc + ge)?,
+                None => ge,
+            });
+        }
+        start += r;
+    }
+    // The loss and its scale stay on the device (no read-back, so the host keeps queueing work).
+    let l = Tensor::cat(&losses, 0)?;
+    let count = l.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?;
+    let loss = l.sum_all()?.div(&count)?;
+    let (Some(ge), true) = (grad_e, want_grad) else {
+        return Ok(loss);
+    };
+    // ∂loss/∂logits = w·(softmax − onehot)/count; the logits are s·eᵀ/temperature.
+    let k = (count * temperature)?.recip()?;
+    let node = LossNode {
+        loss: f32::NAN,
+        device_loss: Some(loss),
+        grads: (
+            Tensor::cat(&grad_s, 0)?.broadcast_mul(&k)?,
+            ge.broadcast_mul(&k)?,
+        ),
+    };
+    sessions.apply_op2(items, node)
+}
+
+/// [`chunked_on_device`]'s row pass as a device op over `(z, targets, weights)`, returning the
+/// logits' gradient and the rows' weighted losses packed (CUDA only).
+struct DeviceRows;
+
+impl candle_core::CustomOp3 for DeviceRows {
+    fn name(&self) -> &'static str {
+        "catalog-softmax-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        Err(Error::Msg(
+            "catalog softmax loss: the device row pass runs on CUDA devices only".into(),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::catalog_rows((s1, l1), (s2, l2), (s3, l3))
+    }
 }
 
 /// The chunked loss, `rows` rows per chunk (checked inputs, CPU, f32).
@@ -155,6 +274,7 @@ fn chunked(
     drop((s_view, e_view));
     let node = LossNode {
         loss,
+        device_loss: None,
         grads: (grad_s, grad_e),
     };
     sessions.apply_op2(items, node)
@@ -255,6 +375,9 @@ fn row_pass(
 /// forward pass computed.
 struct LossNode {
     loss: f32,
+    /// The loss computed on a device, returned in place of `loss`.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    device_loss: Option<Tensor>,
     grads: (Tensor, Tensor),
 }
 
@@ -273,6 +396,24 @@ impl CustomOp2 for LossNode {
         Ok((CpuStorage::F32(vec![self.loss]), Shape::from(())))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        _l1: &Layout,
+        _s2: &candle_core::CudaStorage,
+        _l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        if let Some(t) = &self.device_loss {
+            let (storage, layout) = t.storage_and_layout();
+            if let candle_core::Storage::Cuda(c) = &*storage {
+                return Ok((c.try_clone(layout)?, Shape::from(())));
+            }
+        }
+        super::cuda::scalar(&s1.device, self.loss)
+    }
+
     fn bwd(
         &self,
         _sessions: &Tensor,
@@ -280,6 +421,10 @@ impl CustomOp2 for LossNode {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if !matches!(grad.device(), Device::Cpu) {
+            let (gs, ge) = &self.grads;
+            return Ok((Some(gs.broadcast_mul(grad)?), Some(ge.broadcast_mul(grad)?)));
+        }
         let g = with_f32(grad, |g| g.first().copied())?
             .ok_or_else(|| Error::Msg("catalog softmax loss: empty upstream gradient".into()))?;
         let (gs, ge) = &self.grads;

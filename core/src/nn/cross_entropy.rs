@@ -32,7 +32,8 @@ pub fn softmax_cross_entropy_ignore_0(logits: &Tensor, targets: &Tensor) -> Resu
         )));
     }
     let targets = targets.to_dtype(DType::U32)?;
-    if !matches!(logits.device(), Device::Cpu) || logits.dtype() != DType::F32 {
+    let fused_device = matches!(logits.device(), Device::Cpu) || logits.device().is_cuda();
+    if !fused_device || logits.dtype() != DType::F32 {
         return composed(logits, &targets);
     }
     let op = FusedSoftmaxCe {
@@ -107,6 +108,19 @@ impl CustomOp2 for FusedSoftmaxCe {
         Ok((CpuStorage::F32(ce), Shape::from(m)))
     }
 
+    /// On a device the loss of a row whose target is outside the catalog is NaN (the kernel never
+    /// reads out of bounds); the CPU op returns an error naming the row instead.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::softmax_cross_entropy((s1, l1), (s2, l2))
+    }
+
     fn bwd(
         &self,
         logits: &Tensor,
@@ -114,6 +128,14 @@ impl CustomOp2 for FusedSoftmaxCe {
         _res: &Tensor,
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        if logits.device().is_cuda() {
+            // The device backward computes each row's log-sum-exp again.
+            let grad_op = FusedSoftmaxCeGrad {
+                log_sum_exp: Vec::new(),
+            };
+            let grad = logits.apply_op3_no_bwd(targets, &grad_res.contiguous()?, &grad_op)?;
+            return Ok((Some(grad), None));
+        }
         let lse = self
             .log_sum_exp
             .lock()
@@ -173,6 +195,19 @@ impl CustomOp3 for FusedSoftmaxCeGrad {
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from((m, c))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::softmax_cross_entropy_backward((s1, l1), (s2, l2), (s3, l3))
     }
 }
 

@@ -2,22 +2,24 @@
 //! unseedable generator). Inverted dropout, as torch: kept values are scaled by 1 / (1 − p).
 //!
 //! Each call takes one 64-bit key from the model's stream; the mask is then a pure function of
-//! (key, element index): element `i` is kept when the `i`-th 16-bit word of the ChaCha8 keystream
-//! under that key is below `round((1 − p)·2¹⁶)`. ChaCha is counter-based, so the mask is filled in
-//! parallel blocks that seek to their own word position, and it is the same on any thread count,
-//! in the generic and the fused blocks (which draw their keys in the generic order), and on any
-//! device that implements the same function. The keep probability is quantised to 1/65,536
+//! (key, element index), Philox4x32-10 ([`crate::nn::philox`]): element `i` is kept when its
+//! 16-bit draw is below `round((1 − p)·2¹⁶)`. The mask is the same on any thread count, in the
+//! generic and the fused blocks (which draw their keys in the generic order), and on a CUDA
+//! device, where it is drawn by the kernel that applies it (no mask crosses from the host, and the
+//! backward pass draws it again from the key). The keep probability is quantised to 1/65,536
 //! (p = 0.2 keeps with probability 0.800003).
 
-use candle_core::Tensor;
-use rand::{Rng, SeedableRng};
-use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
+use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use rand::Rng;
 
-use crate::{context::SharedRng, nn::workspace::Buf, Result};
-
-/// Elements per parallel block of a mask (a multiple of 2: one 32-bit word gives two draws).
-const BLOCK: usize = 1 << 15;
+use crate::{
+    context::SharedRng,
+    nn::{
+        philox::{fill_mask, keep_threshold},
+        workspace::Buf,
+    },
+    Result,
+};
 
 /// Dropout with probability `p`; acts only when `train` is true.
 #[derive(Debug, Clone)]
@@ -57,20 +59,44 @@ impl Dropout {
     /// [`draw_mask`](Self::draw_mask) into a workspace buffer (the fused blocks keep their masks
     /// for the backward pass, and the buffer goes back to the workspace after it).
     pub(crate) fn draw_mask_buf(&self, n: usize) -> Option<Buf> {
-        if !self.is_active() {
-            return None;
-        }
-        let key = self.rng.lock().random::<u64>();
+        let key = self.draw_key()?;
         let mut mask = Buf::scratch(n);
-        fill_mask(key, &mut mask, self.p, self.scale());
+        fill_mask(key, &mut mask, keep_threshold(self.p), self.scale());
         Some(mask)
+    }
+
+    /// The next mask's key; `None` (and no draw) when `p` is 0.
+    fn draw_key(&self) -> Option<u64> {
+        self.is_active().then(|| self.rng.lock().random::<u64>())
+    }
+
+    /// The next mask as its key and parameters, for ops that apply it inside another pass (the
+    /// device ops draw it where they apply it); takes one key from the stream, as
+    /// [`draw_mask`](Self::draw_mask) does. `None` (and no draw) when `p` is 0.
+    pub(crate) fn draw(&self) -> Option<MaskDraw> {
+        Some(MaskDraw {
+            key: self.draw_key()?,
+            threshold: keep_threshold(self.p),
+            scale: self.scale(),
+        })
     }
 
     /// Zeroes each element with probability `p` and scales the rest by 1 / (1 − p) when `train`;
     /// the identity otherwise.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        if !train {
+        if !train || !self.is_active() {
             return Ok(x.clone());
+        }
+        if x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
+            let Some(key) = self.draw_key() else {
+                return Ok(x.clone());
+            };
+            let op = MaskOp {
+                key,
+                threshold: keep_threshold(self.p),
+                scale: self.scale(),
+            };
+            return Ok(x.contiguous()?.apply_op1(op)?);
         }
         let Some(mask) = self.draw_mask(x.elem_count()) else {
             return Ok(x.clone());
@@ -80,61 +106,81 @@ impl Dropout {
     }
 }
 
-/// The keep threshold over 16-bit draws: round((1 − p)·65,536), at most 65,536.
-fn keep_threshold(p: f64) -> u32 {
-    ((1.0 - p.clamp(0.0, 1.0)) * 65536.0).round() as u32
-}
-
-/// The mask of `n` elements under `key`: element `i` is `scale` when the `i`-th 16-bit draw is
-/// below the keep threshold (low half of each 32-bit keystream word first), else 0.
+/// The mask under `key` of `n` elements: `scale` where element `i`'s draw is below the keep
+/// threshold of `p`, else 0.
 pub fn mask_from_key(key: u64, n: usize, p: f64, scale: f32) -> Vec<f32> {
     let mut mask = vec![0f32; n];
-    fill_mask(key, &mut mask, p, scale);
+    fill_mask(key, &mut mask, keep_threshold(p), scale);
     mask
 }
 
-/// [`mask_from_key`] into `mask` (every element is written).
-fn fill_mask(key: u64, mask: &mut [f32], p: f64, scale: f32) {
-    let threshold = keep_threshold(p);
-    mask.par_chunks_mut(BLOCK)
-        .enumerate()
-        .for_each(|(block, out)| {
-            let mut rng = ChaCha8Rng::seed_from_u64(key);
-            // Word positions count 32-bit words; each word gives two draws, its low half first
-            // (the keystream's bytes read as little-endian u16).
-            rng.set_word_pos((block * BLOCK / 2) as u128);
-            // Draws in pieces of a whole number of keystream words (an even count of u16), so
-            // that consecutive fills continue the keystream exactly.
-            let mut draws = [0u16; DRAWS];
-            for out in out.chunks_mut(DRAWS) {
-                let draws = &mut draws[..out.len()];
-                rng.fill(draws);
-                threshold_pass(out, draws, threshold, scale);
-            }
-        });
+/// One dropout mask, as the function of the element index it is ([`crate::nn::philox`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MaskDraw {
+    /// The mask's key.
+    pub key: u64,
+    /// Elements whose 16-bit draw is below this are kept.
+    pub threshold: u32,
+    /// The value of kept mask elements, 1 / (1 − p).
+    pub scale: f32,
 }
 
-/// 16-bit draws per keystream fill (even: whole 32-bit words).
-const DRAWS: usize = 2048;
+impl MaskDraw {
+    /// The mask of `n` elements.
+    pub fn mask(&self, n: usize) -> Vec<f32> {
+        let mut m = vec![0f32; n];
+        fill_mask(self.key, &mut m, self.threshold, self.scale);
+        m
+    }
+}
 
-/// `out[i] = scale` where `draws[i] < threshold`, else 0, compiled for the CPU's best SIMD level
-/// (pulp's run-time dispatch).
-fn threshold_pass(out: &mut [f32], draws: &[u16], threshold: u32, scale: f32) {
-    pulp::Arch::new().dispatch(
-        #[inline(always)]
-        || {
-            for (o, &d) in out.iter_mut().zip(draws) {
-                *o = if u32::from(d) < threshold { scale } else { 0.0 };
-            }
-        },
-    )
+/// `x · mask(key)` as one op (the device path: the mask is drawn where it is applied); its
+/// backward pass applies the same mask, drawn again from the key, to the output gradient.
+#[derive(Debug, Clone, Copy)]
+struct MaskOp {
+    key: u64,
+    threshold: u32,
+    scale: f32,
+}
+
+impl CustomOp1 for MaskOp {
+    fn name(&self) -> &'static str {
+        "dropout-mask"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = crate::nn::cpu_slice::storage_f32(s, l, "dropout: input")?;
+        let mut out = vec![0f32; x.len()];
+        fill_mask(self.key, &mut out, self.threshold, self.scale);
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o *= v;
+        }
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::dropout(s, l, self.key, self.threshold, self.scale)
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(self)?))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
-    use rand::RngCore;
 
     #[test]
     fn eval_is_identity_and_train_scales_kept_values() -> Result<()> {
@@ -163,23 +209,32 @@ mod tests {
     }
 
     #[test]
-    fn a_mask_is_the_keystream_compared_with_the_threshold_across_blocks() {
-        // Rebuild the mask from one sequential keystream: the parallel blocks must seek exactly.
-        let (key, n, p) = (0xDEC0DE, 3 * BLOCK + 5, 0.2);
-        let mask = mask_from_key(key, n, p, 1.25);
-        let mut rng = ChaCha8Rng::seed_from_u64(key);
-        let t = keep_threshold(p);
-        assert_eq!(t, 52429);
-        for i in (0..n).step_by(2) {
-            let w = rng.next_u32();
-            for (j, d) in [(i, w & 0xFFFF), (i + 1, w >> 16)] {
-                if j < n {
-                    assert_eq!(mask[j], if d < t { 1.25 } else { 0.0 }, "element {j}");
-                }
-            }
-        }
-        let kept = mask.iter().filter(|&&m| m > 0.0).count() as f64 / n as f64;
-        assert!((kept - 0.8).abs() < 0.01, "kept fraction {kept}");
+    fn the_mask_op_equals_the_drawn_mask_forward_and_backward() -> Result<()> {
+        // MaskOp (the device path's op) on the CPU: the same mask as `mask_from_key`, and its
+        // backward multiplies the output gradient by that mask again.
+        let dev = Device::Cpu;
+        let n = 4099;
+        let x = candle_core::Var::from_vec(
+            (0..n).map(|i| (i as f32 * 0.37).sin()).collect::<Vec<_>>(),
+            n,
+            &dev,
+        )?;
+        let op = MaskOp {
+            key: 0xDEC0DE,
+            threshold: keep_threshold(0.2),
+            scale: 1.25,
+        };
+        let y = x.as_tensor().apply_op1(op)?;
+        let mask = mask_from_key(0xDEC0DE, n, 0.2, 1.25);
+        let xs = x.as_tensor().to_vec1::<f32>()?;
+        let want: Vec<f32> = xs.iter().zip(&mask).map(|(a, m)| a * m).collect();
+        assert_eq!(y.to_vec1::<f32>()?, want);
+        let r = Tensor::from_vec((0..n).map(|i| i as f32).collect::<Vec<_>>(), n, &dev)?;
+        let grads = (&y * &r)?.sum_all()?.backward()?;
+        let g = grads.get(x.as_tensor()).map(|g| g.to_vec1::<f32>());
+        let want_g: Vec<f32> = (0..n).map(|i| i as f32 * mask[i]).collect();
+        assert_eq!(g.transpose()?, Some(want_g));
+        Ok(())
     }
 
     #[test]

@@ -63,7 +63,19 @@ impl PointWiseFeedForward {
 
     /// Applies the block.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.activation.apply(&self.ff_linear_1.forward(x)?)?;
+        let pre = self.ff_linear_1.forward(x)?;
+        if pre.device().is_cuda() && crate::nn::fused::enabled() {
+            // On a GPU the activation and dropout are one op (two launches instead of a dozen).
+            if let Some(h) = crate::nn::activation_dropout::activation_dropout(
+                &pre,
+                self.activation,
+                &self.dropout,
+                train,
+            )? {
+                return Ok(self.ff_linear_2.forward(&h)?);
+            }
+        }
+        let h = self.activation.apply(&pre)?;
         let h = self.dropout.forward_t(&h, train)?;
         Ok(self.ff_linear_2.forward(&h)?)
     }

@@ -45,7 +45,7 @@ impl LayerNorm {
 
     /// Normalises `x` over its last dimension.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let fusable = matches!(x.device(), Device::Cpu)
+        let fusable = (matches!(x.device(), Device::Cpu) || x.device().is_cuda())
             && x.dtype() == DType::F32
             && self.weight.dtype() == DType::F32
             && self.bias.dtype() == DType::F32;
@@ -133,6 +133,19 @@ impl CustomOp3 for FusedLayerNorm {
         Ok((CpuStorage::F32(y), Shape::from((r, d))))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::layer_norm((s1, l1), (s2, l2), (s3, l3), self.eps)
+    }
+
     fn bwd(
         &self,
         x: &Tensor,
@@ -142,6 +155,18 @@ impl CustomOp3 for FusedLayerNorm {
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (r, d) = x.dims2()?;
+        if x.device().is_cuda() {
+            // One packed gradient [r·d + 2d]: the input's, then the weight's and the bias's.
+            let packed = x.apply_op3_no_bwd(
+                weight,
+                &grad.contiguous()?,
+                &LayerNormGrad { eps: self.eps },
+            )?;
+            let dx = packed.narrow(0, 0, r * d)?.reshape((r, d))?;
+            let dw = packed.narrow(0, r * d, d)?;
+            let db = packed.narrow(0, r * d + d, d)?;
+            return Ok((Some(dx), Some(dw), Some(db)));
+        }
         let stats = self.stats.lock().map_err(poisoned)?.clone();
         if stats.len() != r {
             return Err(Error::Msg(format!(
@@ -160,6 +185,47 @@ impl CustomOp3 for FusedLayerNorm {
         let dw = Tensor::from_vec(column_sums(&g_xhat, d), d, dev)?;
         let db = Tensor::from_vec(db, d, dev)?;
         Ok((Some(Tensor::from_vec(dx, (r, d), dev)?), Some(dw), Some(db)))
+    }
+}
+
+/// The layer norm's backward pass as one device op over `(x, weight, dy)`: the row statistics
+/// are computed again from `x` (cheaper on a GPU than keeping them), and the result packs the
+/// input, weight and bias gradients. CUDA only; the CPU backward uses the saved statistics.
+struct LayerNormGrad {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    eps: f32,
+}
+
+impl CustomOp3 for LayerNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Err(Error::Msg(
+            "layer norm: the packed backward op runs on CUDA devices only".into(),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::layer_norm_backward((s1, l1), (s2, l2), (s3, l3), self.eps)
     }
 }
 

@@ -8,12 +8,16 @@
 //! cross-entropy) are fused CPU kernels with their own backward, each tested against the composed
 //! candle ops it replaces.
 
+pub(crate) mod activation_dropout;
 pub mod attention;
+pub(crate) mod attention_weights;
 pub mod blocks;
 pub mod catalog_softmax;
 pub(crate) mod column_sum;
 pub(crate) mod cpu_slice;
 pub mod cross_entropy;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dropout;
 pub(crate) mod fast_exp;
 pub mod feed_forward;
@@ -23,6 +27,7 @@ pub mod init;
 pub mod layer_norm;
 pub mod linear;
 pub mod masks;
+pub mod philox;
 pub mod softmax;
 pub mod workspace;
 

@@ -12,7 +12,7 @@ use super::cpu_slice::{storage_f32, with_f32};
 
 /// Softmax over the last dimension; fused on the CPU for f32.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 {
+    if (matches!(x.device(), Device::Cpu) || x.device().is_cuda()) && x.dtype() == DType::F32 {
         x.contiguous()?.apply_op1(FusedSoftmax)
     } else {
         composed(x)
@@ -61,10 +61,60 @@ impl CustomOp1 for FusedSoftmax {
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::softmax(s, l)
+    }
+
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        if res.device().is_cuda() {
+            return Ok(Some(
+                res.apply_op2_no_bwd(&grad.contiguous()?, &SoftmaxGrad)?,
+            ));
+        }
         let n = res.dims().last().copied().unwrap_or(1).max(1);
         let dx = with_f32(res, |y| with_f32(grad, |g| softmax_grad(y, g, n)))??;
         Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
+    }
+}
+
+/// The softmax's backward pass as a device op over `(y, dy)` (CUDA only; the CPU backward calls
+/// [`softmax_grad`] directly).
+struct SoftmaxGrad;
+
+impl candle_core::CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let y = storage_f32(s1, l1, "softmax backward: output")?;
+        let g = storage_f32(s2, l2, "softmax backward: gradient")?;
+        Ok((
+            CpuStorage::F32(softmax_grad(y, g, last_dim(l1))),
+            l1.shape().clone(),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::softmax_backward((s1, l1), (s2, l2))
     }
 }
 

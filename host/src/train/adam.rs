@@ -53,8 +53,20 @@ struct Slot {
 enum Moments {
     /// CPU f32 parameters: updated by one in-place pass.
     Host { m: Vec<f32>, v: Vec<f32> },
+    /// CUDA f32 parameters: device buffers, updated with the parameter by one kernel launch.
+    #[cfg(feature = "cuda")]
+    Cuda(recblocks_core::nn::cuda::AdamMoments),
     /// Elsewhere: tensors, updated by composed ops.
     Device { m: Tensor, v: Tensor },
+}
+
+/// The CUDA device a tensor lives on, if any.
+#[cfg(feature = "cuda")]
+fn cuda_device(t: &Tensor) -> Option<&candle_core::CudaDevice> {
+    match t.device() {
+        Device::Cuda(d) => Some(d),
+        _ => None,
+    }
 }
 
 impl Moments {
@@ -65,6 +77,13 @@ impl Moments {
                 m: vec![0.0; n],
                 v: vec![0.0; n],
             });
+        }
+        #[cfg(feature = "cuda")]
+        if let (Some(dev), DType::F32) = (cuda_device(var.as_tensor()), var.dtype()) {
+            return Ok(Moments::Cuda(recblocks_core::nn::cuda::AdamMoments::zeros(
+                dev,
+                var.elem_count(),
+            )?));
         }
         let zeros = var.zeros_like()?;
         Ok(Moments::Device {
@@ -79,8 +98,67 @@ impl Moments {
                 Tensor::from_slice(m, var.shape(), var.device())?,
                 Tensor::from_slice(v, var.shape(), var.device())?,
             ),
+            #[cfg(feature = "cuda")]
+            Moments::Cuda(mo) => match cuda_device(var.as_tensor()) {
+                Some(dev) => mo.to_tensors(var.shape(), dev)?,
+                None => {
+                    return Err(candle_core::Error::Msg(
+                        "adam: device moments for a parameter off the device".into(),
+                    ))
+                }
+            },
             Moments::Device { m, v } => (m.clone(), v.clone()),
         })
+    }
+}
+
+/// The in-place step of a CUDA parameter and its device moments.
+#[cfg(feature = "cuda")]
+struct CudaStep<'a> {
+    k: StepCoefficients,
+    moments: Mutex<&'a mut recblocks_core::nn::cuda::AdamMoments>,
+}
+
+#[cfg(feature = "cuda")]
+impl InplaceOp2 for CudaStep<'_> {
+    fn name(&self) -> &'static str {
+        "adam-step"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &mut CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<()> {
+        Err(candle_core::Error::Msg(
+            "adam: device moments for a parameter on the CPU".into(),
+        ))
+    }
+
+    fn cuda_fwd(
+        &self,
+        s1: &mut candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let k = self.k;
+        let coefficients = recblocks_core::nn::cuda::AdamCoefficients {
+            beta1: k.beta1,
+            one_minus_beta1: k.one_minus_beta1,
+            beta2: k.beta2,
+            one_minus_beta2: k.one_minus_beta2,
+            inv_bias1: k.inv_bias1,
+            inv_bias2: k.inv_bias2,
+            eps: k.eps,
+            lr: k.lr,
+        };
+        self.moments
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adam: poisoned state".into()))?
+            .step((s1, l1), (s2, l2), coefficients)
     }
 }
 
@@ -244,6 +322,14 @@ impl Adam {
                     };
                     slot.var.as_tensor().inplace_op2(g, &op)?;
                 }
+                #[cfg(feature = "cuda")]
+                Moments::Cuda(mo) if g.dtype() == DType::F32 => {
+                    let op = CudaStep {
+                        k,
+                        moments: Mutex::new(mo),
+                    };
+                    slot.var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
+                }
                 _ => slot.composed_step(g, &c, bias1, bias2)?,
             }
         }
@@ -319,6 +405,18 @@ impl Adam {
                         v: flat(v, "v")?,
                     }
                 }
+                #[cfg(feature = "cuda")]
+                Moments::Cuda(_) => {
+                    let on_device = |t: Tensor, key: &str| {
+                        t.to_device(s.var.device())
+                            .map_err(|e| format!("optimizer tensor `{key}.{}`: {e}", s.name))
+                    };
+                    let (m, v) = (on_device(m, "m")?, on_device(v, "v")?);
+                    Moments::Cuda(
+                        recblocks_core::nn::cuda::AdamMoments::from_tensors(&m, &v)
+                            .map_err(|e| format!("optimizer state of `{}`: {e}", s.name))?,
+                    )
+                }
                 Moments::Device { .. } => Moments::Device { m, v },
             };
         }
@@ -348,6 +446,10 @@ impl Slot {
                 m: m.flatten_all()?.to_vec1()?,
                 v: v.flatten_all()?.to_vec1()?,
             },
+            #[cfg(feature = "cuda")]
+            Moments::Cuda(_) => {
+                Moments::Cuda(recblocks_core::nn::cuda::AdamMoments::from_tensors(&m, &v)?)
+            }
             Moments::Device { .. } => Moments::Device { m, v },
         };
         Ok(())
@@ -358,6 +460,53 @@ impl Slot {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_adam_step_equals_the_cpu_pass_bit_for_bit() -> candle_core::Result<()> {
+        let Ok(gpu) = Device::new_cuda(0) else {
+            assert!(
+                std::env::var("RECBLOCKS_CUDA_TESTS").as_deref() != Ok("1"),
+                "RECBLOCKS_CUDA_TESTS=1 but no CUDA device opens"
+            );
+            eprintln!("cuda_adam_step: skipped, no CUDA device");
+            return Ok(());
+        };
+        let init: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
+        let mut got = Vec::new();
+        for dev in [Device::Cpu, gpu] {
+            let p = Var::from_vec(init.clone(), (10, 100), &dev)?;
+            let mut vars = BTreeMap::new();
+            vars.insert("p".to_string(), p.clone());
+            let mut opt = Adam::new(vars, AdamConfig::rectools(0.01))?;
+            let c = Tensor::from_vec(
+                (0..1000)
+                    .map(|i| ((i as f32) * 0.11).cos())
+                    .collect::<Vec<_>>(),
+                (10, 100),
+                &dev,
+            )?;
+            for step in 0..5 {
+                // (p·c·s).sum(): gradient c·s, exact on both devices.
+                let loss = (p.as_tensor() * (&c * (step + 1) as f64)?)?.sum_all()?;
+                opt.step(&loss.backward()?)?;
+            }
+            let (state, _) = opt.state();
+            let m = state["m.p"]
+                .flatten_all()?
+                .to_device(&Device::Cpu)?
+                .to_vec1::<f32>()?;
+            let params = p
+                .as_tensor()
+                .flatten_all()?
+                .to_device(&Device::Cpu)?
+                .to_vec1::<f32>()?;
+            got.push((params, m));
+        }
+        assert_eq!(got[0].0, got[1].0, "parameters after 5 steps");
+        assert_eq!(got[0].1, got[1].1, "first moments after 5 steps");
+        Ok(())
+    }
 
     #[test]
     fn two_steps_match_torch_adam() -> candle_core::Result<()> {

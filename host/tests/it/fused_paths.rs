@@ -14,7 +14,7 @@ use std::{collections::BTreeMap, path::Path, process::Command};
 use recblocks::data::{generate_synthetic, write_interactions_csv, SyntheticConfig};
 
 /// 640 users with sessions of 12–20 items: 20 batches of 32 in one epoch.
-fn data(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn data(dir: &Path) -> std::path::PathBuf {
     let log = dir.join("log.csv");
     let data = generate_synthetic(&SyntheticConfig {
         n_users: 640,
@@ -36,10 +36,25 @@ fn fit(
     log: &Path,
     path: &str,
 ) -> (f64, BTreeMap<String, Vec<f32>>) {
+    fit_on(dir, name, spec, log, path, "cpu")
+}
+
+/// [`fit`] on `device` (`cpu` or `cuda`). The binary is `RECBLOCKS_BIN` where set (a build
+/// shipped to another machine), else the one cargo built with these tests.
+pub(crate) fn fit_on(
+    dir: &Path,
+    name: &str,
+    spec: &str,
+    log: &Path,
+    path: &str,
+    device: &str,
+) -> (f64, BTreeMap<String, Vec<f32>>) {
     let spec_file = dir.join(format!("{name}.json"));
     std::fs::write(&spec_file, spec).unwrap();
-    let out = dir.join(format!("{name}-{path}"));
-    let run = Command::new(env!("CARGO_BIN_EXE_recblocks"))
+    let out = dir.join(format!("{name}-{path}-{device}"));
+    let bin =
+        std::env::var("RECBLOCKS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_recblocks").into());
+    let run = Command::new(bin)
         .env("RECBLOCKS_BLOCKS", path)
         .args([
             "fit",
@@ -53,12 +68,14 @@ fn fit(
             "--threads",
             "2",
             "--quiet",
+            "--device",
+            device,
         ])
         .output()
         .unwrap();
     assert!(
         run.status.success(),
-        "{name} ({path}): {}",
+        "{name} ({path}, {device}): {}",
         String::from_utf8_lossy(&run.stderr)
     );
     let bytes = std::fs::read(out.join("weights.safetensors")).unwrap();

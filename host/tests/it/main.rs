@@ -7,6 +7,8 @@
 
 mod cli;
 mod cli_refusals;
+#[cfg(feature = "cuda")]
+mod cuda_training;
 mod fused_paths;
 mod fuzz_regressions;
 mod generate;

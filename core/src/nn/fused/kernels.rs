@@ -277,13 +277,13 @@ fn normal_cdf_and_gauss(h: f32) -> (f32, f32) {
 
 /// Exact GELU, `h·Φ(h)` (candle's `gelu_erf`, to within 1e-7 of Φ).
 #[inline(always)]
-fn gelu(h: f32) -> f32 {
+pub(crate) fn gelu(h: f32) -> f32 {
     h * normal_cdf_and_gauss(h).0
 }
 
 /// d/dh of [`gelu`]: Φ(h) + h·φ(h).
 #[inline(always)]
-fn gelu_grad(h: f32) -> f32 {
+pub(crate) fn gelu_grad(h: f32) -> f32 {
     let (cdf, gauss) = normal_cdf_and_gauss(h);
     cdf + h * gauss * 0.398_942_3
 }

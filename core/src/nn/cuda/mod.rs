@@ -1,0 +1,755 @@
+//! The CUDA forms of core's fused ops (the `cuda` feature): dropout drawn on the device, layer
+//! norm, the attention softmax, the catalog cross-entropy and the Adam step, each one kernel (or
+//! two) in `kernels.cu` computing the same function as the CPU op it stands beside.
+//!
+//! The generic blocks on a CUDA device are composed of candle ops, each a kernel launch with an
+//! allocation; a layer norm composed that way is ~10 launches forward and ~25 backward, a dropout
+//! drew its mask on the host and copied it over (a synchronising copy). The ops here replace those
+//! compositions where the CPU has its own fused op, behind the same functions (`LayerNorm::forward`,
+//! `softmax_last_dim`, `Dropout::forward_t`, `softmax_cross_entropy_ignore_0`), so every model
+//! takes them with no change to its code.
+//!
+//! The kernels are compiled to PTX by core's build script (`nvcc --ptx`, for compute capability
+//! 8.0, which the driver compiles for the GPU it runs on) and loaded once per device through
+//! candle's module cache.
+//!
+//! This is the one module of core with `unsafe` code: cudarc's kernel launch and its uninitialised
+//! allocation are `unsafe` (the compiler cannot check a kernel's arguments), and each use says why
+//! it holds.
+#![allow(unsafe_code)]
+
+use candle_core::{
+    cuda_backend::{
+        cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg},
+        CudaDevice, CudaStorage,
+    },
+    Error, Layout, Result, Shape,
+};
+
+#[cfg(test)]
+mod tests;
+
+/// The kernels' PTX, built by `build.rs` from `kernels.cu`.
+const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/recblocks_kernels.ptx"));
+/// The name candle caches the loaded module under.
+const MODULE: &str = "recblocks_kernels";
+
+/// Threads per block of the row kernels (4 warps, one row each).
+const ROW_THREADS: u32 = 128;
+/// Threads per block of the catalog kernels (one row per block) and of element-wise kernels.
+const BLOCK_THREADS: u32 = 256;
+
+fn launch_error(kernel: &str, e: impl std::fmt::Display) -> Error {
+    Error::Msg(format!("CUDA kernel `{kernel}`: {e}"))
+}
+
+/// The f32 elements of a contiguous tensor's storage.
+fn f32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, f32>> {
+    let slice = s.as_cuda_slice::<f32>()?;
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Msg(format!("{what}: expected a contiguous f32 tensor")))?;
+    Ok(slice.slice(a..b))
+}
+
+/// The u32 elements of a contiguous tensor's storage.
+fn u32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'a, u32>> {
+    let slice = s.as_cuda_slice::<u32>()?;
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Msg(format!("{what}: expected a contiguous u32 tensor")))?;
+    Ok(slice.slice(a..b))
+}
+
+/// A device buffer of `n` f32 that the next kernel on the stream writes in full.
+fn output(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
+    // SAFETY: the memory is uninitialised; every caller launches a kernel that writes all `n`
+    // elements before anything reads them (work on one stream runs in order).
+    unsafe { dev.alloc::<f32>(n.max(1)) }
+}
+
+fn grid(n: usize, per_block: usize) -> Result<u32> {
+    u32::try_from(n.div_ceil(per_block.max(1)).max(1))
+        .map_err(|_| Error::Msg(format!("CUDA launch over {n} elements: too many blocks")))
+}
+
+fn config(blocks: u32, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn int(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| Error::Msg(format!("CUDA kernel: {what} {v} exceeds i32")))
+}
+
+/// The last dimension of a layout and the number of rows before it.
+fn rows_and_width(l: &Layout) -> (usize, usize) {
+    let width = l.dims().last().copied().unwrap_or(1);
+    (l.shape().elem_count() / width.max(1), width)
+}
+
+/// `x · mask` where the mask is the one [`crate::nn::philox::fill_mask`] draws for `key`: the
+/// device form of a training-mode dropout. Applied to an output gradient with the same key, it is
+/// the dropout's backward pass.
+pub(crate) fn dropout(
+    s: &CudaStorage,
+    l: &Layout,
+    key: u64,
+    threshold: u32,
+    scale: f32,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let x = f32_view(s, l, "dropout input")?;
+    let n = l.shape().elem_count();
+    let mut out = output(dev, n)?;
+    let f = dev.get_or_load_custom_func("rb_dropout", MODULE, PTX)?;
+    let (n64, lo, hi) = (n as u64, key as u32, (key >> 32) as u32);
+    let mut b = f.builder();
+    b.arg(&x)
+        .arg(&mut out)
+        .arg(&n64)
+        .arg(&lo)
+        .arg(&hi)
+        .arg(&threshold)
+        .arg(&scale);
+    // One thread per Philox block: 16 blocks per group of 128 elements.
+    let blocks = n.div_ceil(128) * 16;
+    // SAFETY: rb_dropout(const float*, float*, u64, u32, u32, u32, float) matches the arguments;
+    // the kernel touches indices below n, and both buffers hold n elements.
+    unsafe { b.launch(config(grid(blocks, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_dropout", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        l.shape().clone(),
+    ))
+}
+
+/// Layer norm over the last dimension of `x` with `weight` and `bias` `[d]`.
+pub(crate) fn layer_norm(
+    (sx, lx): (&CudaStorage, &Layout),
+    (sw, lw): (&CudaStorage, &Layout),
+    (sb, lb): (&CudaStorage, &Layout),
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sx.device;
+    let (rows, d) = rows_and_width(lx);
+    let x = f32_view(sx, lx, "layer norm input")?;
+    let w = f32_view(sw, lw, "layer norm weight")?;
+    let b = f32_view(sb, lb, "layer norm bias")?;
+    if w.len() != d || b.len() != d {
+        return Err(Error::Msg(format!(
+            "layer norm over width {d}: weight of {} and bias of {} values",
+            w.len(),
+            b.len()
+        )));
+    }
+    let mut y = output(dev, rows * d)?;
+    let f = dev.get_or_load_custom_func("rb_layer_norm_fwd", MODULE, PTX)?;
+    let (r, di) = (int(rows, "rows")?, int(d, "width")?);
+    let mut l = f.builder();
+    l.arg(&x)
+        .arg(&w)
+        .arg(&b)
+        .arg(&mut y)
+        .arg(&r)
+        .arg(&di)
+        .arg(&eps);
+    // SAFETY: rb_layer_norm_fwd(const float* x, w, b, float* y, int rows, int d, float eps); x and
+    // y hold rows·d values, w and b d values (checked above); one warp per row.
+    unsafe { l.launch(config(grid(rows, 4)?, ROW_THREADS)) }
+        .map_err(|e| launch_error("rb_layer_norm_fwd", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev.clone()),
+        lx.shape().clone(),
+    ))
+}
+
+/// Rows per chunk of the layer norm's parameter-gradient column sums.
+const LN_CHUNK: usize = 256;
+
+/// The layer norm's gradients for output gradient `dy`: `[rows·d + 2d]`, the input gradient
+/// (row-major) followed by the weight's and the bias's gradients.
+pub(crate) fn layer_norm_backward(
+    (sx, lx): (&CudaStorage, &Layout),
+    (sw, lw): (&CudaStorage, &Layout),
+    (sg, lg): (&CudaStorage, &Layout),
+    eps: f32,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sx.device;
+    let (rows, d) = rows_and_width(lx);
+    let x = f32_view(sx, lx, "layer norm input")?;
+    let w = f32_view(sw, lw, "layer norm weight")?;
+    let g = f32_view(sg, lg, "layer norm output gradient")?;
+    if w.len() != d || g.len() != rows * d {
+        return Err(Error::Msg(format!(
+            "layer norm backward over [{rows}, {d}]: weight of {} and gradient of {} values",
+            w.len(),
+            g.len()
+        )));
+    }
+    let mut out = output(dev, rows * d + 2 * d)?;
+    let mut stats = output(dev, 2 * rows)?;
+    let chunks = rows.div_ceil(LN_CHUNK).max(1);
+    let mut partials = output(dev, chunks * 2 * d)?;
+    let (r, di, ch) = (
+        int(rows, "rows")?,
+        int(d, "width")?,
+        int(LN_CHUNK, "chunk")?,
+    );
+    {
+        let mut dx = out.slice_mut(0..rows * d);
+        let f = dev.get_or_load_custom_func("rb_layer_norm_bwd_dx", MODULE, PTX)?;
+        let mut l = f.builder();
+        l.arg(&x)
+            .arg(&w)
+            .arg(&g)
+            .arg(&mut dx)
+            .arg(&mut stats)
+            .arg(&r)
+            .arg(&di)
+            .arg(&eps);
+        // SAFETY: rb_layer_norm_bwd_dx(const float* x, w, dy, float* dx, float* stats, int rows,
+        // int d, float eps): x, dy, dx hold rows·d values, w d, stats 2·rows; a warp per row.
+        unsafe { l.launch(config(grid(rows, 4)?, ROW_THREADS)) }
+            .map_err(|e| launch_error("rb_layer_norm_bwd_dx", e))?;
+    }
+    {
+        let f = dev.get_or_load_custom_func("rb_layer_norm_bwd_params", MODULE, PTX)?;
+        let mut l = f.builder();
+        l.arg(&x)
+            .arg(&g)
+            .arg(&stats)
+            .arg(&mut partials)
+            .arg(&r)
+            .arg(&di)
+            .arg(&ch);
+        let cfg = LaunchConfig {
+            grid_dim: (grid(d, 32)?, grid(rows, LN_CHUNK)?, 1),
+            block_dim: (32, 8, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: rb_layer_norm_bwd_params(const float* x, dy, stats, float* partials, int rows,
+        // int d, int chunk): the grid covers ⌈d/32⌉ column tiles × `chunks` row chunks, and
+        // partials holds chunks·2·d values; reads stay below rows·d.
+        unsafe { l.launch(cfg) }.map_err(|e| launch_error("rb_layer_norm_bwd_params", e))?;
+    }
+    {
+        let mut dwb = out.slice_mut(rows * d..rows * d + 2 * d);
+        let f = dev.get_or_load_custom_func("rb_sum_partials", MODULE, PTX)?;
+        let (c, width) = (int(chunks, "chunks")?, int(2 * d, "width")?);
+        let mut l = f.builder();
+        l.arg(&partials).arg(&mut dwb).arg(&c).arg(&width);
+        // SAFETY: rb_sum_partials(const float* partials, float* out, int chunks, int width):
+        // partials is [chunks, 2d], out the last 2d values of `out`.
+        unsafe { l.launch(config(grid(2 * d, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
+            .map_err(|e| launch_error("rb_sum_partials", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(rows * d + 2 * d),
+    ))
+}
+
+/// Softmax over the last dimension.
+pub(crate) fn softmax(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let (rows, n) = rows_and_width(l);
+    let x = f32_view(s, l, "softmax input")?;
+    let mut y = output(dev, rows * n)?;
+    let f = dev.get_or_load_custom_func("rb_softmax_fwd", MODULE, PTX)?;
+    let (r, ni) = (int(rows, "rows")?, int(n, "width")?);
+    let mut b = f.builder();
+    b.arg(&x).arg(&mut y).arg(&r).arg(&ni);
+    // SAFETY: rb_softmax_fwd(const float* x, float* y, int rows, int n); both hold rows·n values.
+    unsafe { b.launch(config(grid(rows, 4)?, ROW_THREADS)) }
+        .map_err(|e| launch_error("rb_softmax_fwd", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(y, dev.clone()),
+        l.shape().clone(),
+    ))
+}
+
+/// The softmax's input gradient `y·(dy − Σ dy·y)` from its output `y` and output gradient `dy`.
+pub(crate) fn softmax_backward(
+    (sy, ly): (&CudaStorage, &Layout),
+    (sg, lg): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sy.device;
+    let (rows, n) = rows_and_width(ly);
+    let y = f32_view(sy, ly, "softmax output")?;
+    let g = f32_view(sg, lg, "softmax output gradient")?;
+    if g.len() != y.len() {
+        return Err(Error::Msg(format!(
+            "softmax backward: output of {} and gradient of {} values",
+            y.len(),
+            g.len()
+        )));
+    }
+    let mut dx = output(dev, rows * n)?;
+    let f = dev.get_or_load_custom_func("rb_softmax_bwd", MODULE, PTX)?;
+    let (r, ni) = (int(rows, "rows")?, int(n, "width")?);
+    let mut b = f.builder();
+    b.arg(&y).arg(&g).arg(&mut dx).arg(&r).arg(&ni);
+    // SAFETY: rb_softmax_bwd(const float* y, dy, float* dx, int rows, int n); all rows·n values.
+    unsafe { b.launch(config(grid(rows, 4)?, ROW_THREADS)) }
+        .map_err(|e| launch_error("rb_softmax_bwd", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+        ly.shape().clone(),
+    ))
+}
+
+/// Per-row softmax cross-entropy `[M]` of logits `[M, C]` against u32 targets `[M]`, class 0
+/// ignored. Targets must be below C (the caller checks them).
+pub(crate) fn softmax_cross_entropy(
+    (sx, lx): (&CudaStorage, &Layout),
+    (st, lt): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sx.device;
+    let (m, c) = lx.shape().dims2()?;
+    let x = f32_view(sx, lx, "cross-entropy logits")?;
+    let t = u32_view(st, lt, "cross-entropy targets")?;
+    if t.len() != m {
+        return Err(Error::Msg(format!(
+            "cross-entropy: {m} rows of logits and {} targets",
+            t.len()
+        )));
+    }
+    let mut ce = output(dev, m)?;
+    let f = dev.get_or_load_custom_func("rb_softmax_ce_fwd", MODULE, PTX)?;
+    let (mi, ci) = (int(m, "rows")?, int(c, "classes")?);
+    let mut b = f.builder();
+    b.arg(&x).arg(&t).arg(&mut ce).arg(&mi).arg(&ci);
+    // SAFETY: rb_softmax_ce_fwd(const float* x, const u32* t, float* ce, int rows, int c): x is
+    // [m, c], t and ce [m]; one block per row; targets below c (checked by the caller).
+    unsafe { b.launch(config(grid(m, 1)?, BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_softmax_ce_fwd", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(ce, dev.clone()),
+        Shape::from(m),
+    ))
+}
+
+/// The cross-entropy's logits gradient `g_m·(softmax − onehot)` for upstream gradient `g` `[M]`.
+pub(crate) fn softmax_cross_entropy_backward(
+    (sx, lx): (&CudaStorage, &Layout),
+    (st, lt): (&CudaStorage, &Layout),
+    (sg, lg): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sx.device;
+    let (m, c) = lx.shape().dims2()?;
+    let x = f32_view(sx, lx, "cross-entropy logits")?;
+    let t = u32_view(st, lt, "cross-entropy targets")?;
+    let g = f32_view(sg, lg, "cross-entropy upstream gradient")?;
+    if t.len() != m || g.len() != m {
+        return Err(Error::Msg(format!(
+            "cross-entropy backward: {m} rows, {} targets, {} upstream values",
+            t.len(),
+            g.len()
+        )));
+    }
+    let mut dx = output(dev, m * c)?;
+    let f = dev.get_or_load_custom_func("rb_softmax_ce_bwd", MODULE, PTX)?;
+    let (mi, ci) = (int(m, "rows")?, int(c, "classes")?);
+    let mut b = f.builder();
+    b.arg(&x).arg(&t).arg(&g).arg(&mut dx).arg(&mi).arg(&ci);
+    // SAFETY: rb_softmax_ce_bwd(const float* x, const u32* t, const float* g, float* dx, int rows,
+    // int c): x and dx [m, c], t and g [m]; one block per row.
+    unsafe { b.launch(config(grid(m, 1)?, BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_softmax_ce_bwd", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(dx, dev.clone()),
+        Shape::from((m, c)),
+    ))
+}
+
+/// One Adam step's coefficients, as f32 (the host optimizer's `StepCoefficients`).
+#[derive(Debug, Clone, Copy)]
+pub struct AdamCoefficients {
+    /// β₁.
+    pub beta1: f32,
+    /// 1 − β₁.
+    pub one_minus_beta1: f32,
+    /// β₂.
+    pub beta2: f32,
+    /// 1 − β₂.
+    pub one_minus_beta2: f32,
+    /// 1 / (1 − β₁ᵗ).
+    pub inv_bias1: f32,
+    /// 1 / (1 − β₂ᵗ).
+    pub inv_bias2: f32,
+    /// ε.
+    pub eps: f32,
+    /// The learning rate.
+    pub lr: f32,
+}
+
+/// A parameter's Adam moments held on its CUDA device, updated in place with the parameter by
+/// one kernel launch per step.
+pub struct AdamMoments {
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+}
+
+impl AdamMoments {
+    /// Zero moments for a parameter of `n` values on `dev`.
+    pub fn zeros(dev: &CudaDevice, n: usize) -> Result<Self> {
+        Ok(AdamMoments {
+            m: dev.alloc_zeros::<f32>(n.max(1))?,
+            v: dev.alloc_zeros::<f32>(n.max(1))?,
+        })
+    }
+
+    /// Moments from tensors (a resumed run's state), copied to `dev`.
+    pub fn from_tensors(m: &candle_core::Tensor, v: &candle_core::Tensor) -> Result<Self> {
+        let copy = |t: &candle_core::Tensor| -> Result<CudaSlice<f32>> {
+            let t = t
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .contiguous()?;
+            let (storage, layout) = t.storage_and_layout();
+            match &*storage {
+                candle_core::Storage::Cuda(s) => {
+                    let view = f32_view(s, layout, "adam moment")?;
+                    let mut out = output(&s.device, view.len())?;
+                    s.device.memcpy_dtod(&view, &mut out)?;
+                    Ok(out)
+                }
+                _ => Err(Error::Msg(
+                    "adam moments: expected tensors on a CUDA device".into(),
+                )),
+            }
+        };
+        Ok(AdamMoments {
+            m: copy(m)?,
+            v: copy(v)?,
+        })
+    }
+
+    /// The moments as tensors of `shape` on `dev` (copies).
+    pub fn to_tensors(
+        &self,
+        shape: &Shape,
+        dev: &CudaDevice,
+    ) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+        let n = shape.elem_count();
+        let copy = |s: &CudaSlice<f32>| -> Result<candle_core::Tensor> {
+            let mut out = output(dev, n)?;
+            dev.memcpy_dtod(&s.slice(0..n), &mut out)?;
+            let storage =
+                candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone()));
+            Ok(candle_core::Tensor::from_storage(
+                storage,
+                shape.clone(),
+                candle_core::op::BackpropOp::none(),
+                false,
+            ))
+        };
+        Ok((copy(&self.m)?, copy(&self.v)?))
+    }
+
+    /// Updates the parameter `(sp, lp)` and these moments from gradient `(sg, lg)`.
+    pub fn step(
+        &mut self,
+        (sp, lp): (&mut CudaStorage, &Layout),
+        (sg, lg): (&CudaStorage, &Layout),
+        k: AdamCoefficients,
+    ) -> Result<()> {
+        let dev = sp.device.clone();
+        let n = lp.shape().elem_count();
+        let g = f32_view(sg, lg, "adam gradient")?;
+        let (a, b) = lp
+            .contiguous_offsets()
+            .ok_or_else(|| Error::Msg("adam: the parameter is not contiguous".into()))?;
+        if g.len() != n || self.m.len() < n || self.v.len() < n {
+            return Err(Error::Msg(format!(
+                "adam: a parameter of {n} values, a gradient of {}, moments of {}",
+                g.len(),
+                self.m.len()
+            )));
+        }
+        let mut p = sp.as_cuda_slice_mut::<f32>()?.slice_mut(a..b);
+        let f = dev.get_or_load_custom_func("rb_adam_step", MODULE, PTX)?;
+        let n64 = n as u64;
+        let mut l = f.builder();
+        l.arg(&mut p)
+            .arg(&g)
+            .arg(&mut self.m)
+            .arg(&mut self.v)
+            .arg(&n64)
+            .arg(&k.beta1)
+            .arg(&k.one_minus_beta1)
+            .arg(&k.beta2)
+            .arg(&k.one_minus_beta2)
+            .arg(&k.inv_bias1)
+            .arg(&k.inv_bias2)
+            .arg(&k.eps)
+            .arg(&k.lr);
+        // SAFETY: rb_adam_step(float* p, const float* g, float* m, float* v, u64 n, 8 × float):
+        // p and g hold n values, m and v at least n (checked above); one thread per element.
+        unsafe { l.launch(config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
+            .map_err(|e| launch_error("rb_adam_step", e))?;
+        Ok(())
+    }
+}
+
+/// The catalog softmax loss's row pass over one chunk of logits `z` `[r, N]` with targets `[r]`
+/// (u32) and weights `[r]`: `[r·N + r]`, the logits' gradient `w·(softmax − onehot)` (row-major)
+/// followed by each row's weighted loss `(lse − z_t)·w`.
+pub(crate) fn catalog_rows(
+    (sz, lz): (&CudaStorage, &Layout),
+    (st, lt): (&CudaStorage, &Layout),
+    (sw, lw): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sz.device;
+    let (r, c) = lz.shape().dims2()?;
+    let z = f32_view(sz, lz, "catalog logits")?;
+    let t = u32_view(st, lt, "catalog targets")?;
+    let w = f32_view(sw, lw, "catalog weights")?;
+    if t.len() != r || w.len() != r {
+        return Err(Error::Msg(format!(
+            "catalog loss: {r} rows of logits, {} targets and {} weights",
+            t.len(),
+            w.len()
+        )));
+    }
+    let mut out = output(dev, r * c + r)?;
+    {
+        let (mut dz, mut losses) = out.split_at_mut(r * c);
+        let f = dev.get_or_load_custom_func("rb_catalog_rows", MODULE, PTX)?;
+        let (ri, ci) = (int(r, "rows")?, int(c, "classes")?);
+        let mut b = f.builder();
+        b.arg(&z)
+            .arg(&t)
+            .arg(&w)
+            .arg(&mut dz)
+            .arg(&mut losses)
+            .arg(&ri)
+            .arg(&ci);
+        // SAFETY: rb_catalog_rows(const float* z, const u32* t, const float* w, float* dz,
+        // float* losses, int rows, int c): z and dz [r, c], t, w and losses [r]; a block per row.
+        unsafe { b.launch(config(grid(r, 1)?, BLOCK_THREADS)) }
+            .map_err(|e| launch_error("rb_catalog_rows", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(r * c + r),
+    ))
+}
+
+/// A one-element f32 storage holding `v` on `dev`.
+pub(crate) fn scalar(dev: &CudaDevice, v: f32) -> Result<(CudaStorage, Shape)> {
+    let host = [v];
+    let s = dev.clone_htod(&host[..])?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(s, dev.clone()),
+        Shape::from(()),
+    ))
+}
+
+/// The dropout arguments of a kernel that applies a mask inside another pass: (use it, key low,
+/// key high, threshold, scale).
+fn mask_args(drop: Option<crate::nn::dropout::MaskDraw>) -> (i32, u32, u32, u32, f32) {
+    match drop {
+        Some(d) => (1, d.key as u32, (d.key >> 32) as u32, d.threshold, d.scale),
+        None => (0, 0, 0, 0, 1.0),
+    }
+}
+
+/// The shape facts of an attention-weights op: scores `[B, heads, queries, K]`, bias
+/// `[bias_b, 1, bias_q, K]` (`bias_b` 0: none).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttentionShape {
+    pub heads: usize,
+    pub queries: usize,
+    pub bias_b: usize,
+    pub bias_q: usize,
+    pub scale: f32,
+}
+
+/// `dropout(softmax(scores·scale + bias))`, and the softmax output `y` for the backward pass.
+pub(crate) fn attention_weights(
+    (ss, ls): (&CudaStorage, &Layout),
+    (sb, lb): (&CudaStorage, &Layout),
+    shape: AttentionShape,
+    drop: Option<crate::nn::dropout::MaskDraw>,
+) -> Result<(CudaStorage, CudaSlice<f32>)> {
+    let dev = &ss.device;
+    let (rows, k) = rows_and_width(ls);
+    let s = f32_view(ss, ls, "attention scores")?;
+    let bias = f32_view(sb, lb, "attention bias")?;
+    let want_bias = shape.bias_b * shape.bias_q * k;
+    if shape.bias_b > 0 && bias.len() != want_bias {
+        return Err(Error::Msg(format!(
+            "attention weights: a bias of {} values, expected {want_bias}",
+            bias.len()
+        )));
+    }
+    let mut p = output(dev, rows * k)?;
+    let mut y = output(dev, rows * k)?;
+    let f = dev.get_or_load_custom_func("rb_attention_probs_fwd", MODULE, PTX)?;
+    let (use_mask, lo, hi, thr, dscale) = mask_args(drop);
+    let (r, n) = (int(rows, "rows")?, int(k, "keys")?);
+    let (h, q) = (int(shape.heads, "heads")?, int(shape.queries, "queries")?);
+    let (bb, bq) = (
+        int(shape.bias_b, "bias rows")?,
+        int(shape.bias_q, "bias queries")?,
+    );
+    let mut b = f.builder();
+    b.arg(&s)
+        .arg(&bias)
+        .arg(&mut p)
+        .arg(&mut y)
+        .arg(&r)
+        .arg(&n)
+        .arg(&h)
+        .arg(&q)
+        .arg(&bb)
+        .arg(&bq)
+        .arg(&shape.scale)
+        .arg(&use_mask)
+        .arg(&lo)
+        .arg(&hi)
+        .arg(&thr)
+        .arg(&dscale);
+    // SAFETY: rb_attention_probs_fwd(const float* s, const float* bias, float* p, float* y, int
+    // rows, int n, int heads, int queries, int bias_b, int bias_q, float scale, int use_mask, u32,
+    // u32, u32, float): s, p and y hold rows·n values; the bias rows read are below
+    // bias_b·bias_q (checked above, unread when bias_b is 0); a warp per row.
+    unsafe { b.launch(config(grid(rows, 4)?, ROW_THREADS)) }
+        .map_err(|e| launch_error("rb_attention_probs_fwd", e))?;
+    Ok((CudaStorage::wrap_cuda_slice(p, dev.clone()), y))
+}
+
+/// The scores' gradient from the saved softmax output `y` and the output gradient `dp`.
+pub(crate) fn attention_weights_backward(
+    y: &CudaSlice<f32>,
+    (sg, lg): (&CudaStorage, &Layout),
+    scale: f32,
+    drop: Option<crate::nn::dropout::MaskDraw>,
+) -> Result<CudaStorage> {
+    let dev = &sg.device;
+    let (rows, k) = rows_and_width(lg);
+    let g = f32_view(sg, lg, "attention weights gradient")?;
+    if y.len() < rows * k {
+        return Err(Error::Msg(format!(
+            "attention weights backward: {} saved values for a gradient of {}",
+            y.len(),
+            rows * k
+        )));
+    }
+    let mut ds = output(dev, rows * k)?;
+    let f = dev.get_or_load_custom_func("rb_attention_probs_bwd", MODULE, PTX)?;
+    let (use_mask, lo, hi, thr, dscale) = mask_args(drop);
+    let (r, n) = (int(rows, "rows")?, int(k, "keys")?);
+    let mut b = f.builder();
+    b.arg(y)
+        .arg(&g)
+        .arg(&mut ds)
+        .arg(&r)
+        .arg(&n)
+        .arg(&scale)
+        .arg(&use_mask)
+        .arg(&lo)
+        .arg(&hi)
+        .arg(&thr)
+        .arg(&dscale);
+    // SAFETY: rb_attention_probs_bwd(const float* y, const float* dp, float* ds, int rows, int n,
+    // float scale, int use_mask, u32, u32, u32, float): y (checked), dp and ds hold rows·n values.
+    unsafe { b.launch(config(grid(rows, 4)?, ROW_THREADS)) }
+        .map_err(|e| launch_error("rb_attention_probs_bwd", e))?;
+    Ok(CudaStorage::wrap_cuda_slice(ds, dev.clone()))
+}
+
+/// `act(h)·mask` (no `grad`), or its backward `g·mask·act'(h)` (with `grad` = `g`).
+pub(crate) fn act_dropout(
+    (sh, lh): (&CudaStorage, &Layout),
+    grad: Option<(&CudaStorage, &Layout)>,
+    act: i32,
+    drop: Option<crate::nn::dropout::MaskDraw>,
+) -> Result<CudaStorage> {
+    let dev = &sh.device;
+    let n = lh.shape().elem_count();
+    let h = f32_view(sh, lh, "activation input")?;
+    let mut out = output(dev, n)?;
+    let (use_mask, lo, hi, thr, dscale) = mask_args(drop);
+    let n64 = n as u64;
+    let cfg = config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS);
+    match grad {
+        None => {
+            let f = dev.get_or_load_custom_func("rb_act_dropout_fwd", MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&h)
+                .arg(&mut out)
+                .arg(&n64)
+                .arg(&act)
+                .arg(&use_mask)
+                .arg(&lo)
+                .arg(&hi)
+                .arg(&thr)
+                .arg(&dscale);
+            // SAFETY: rb_act_dropout_fwd(const float* h, float* out, u64 n, int act, int
+            // use_mask, u32, u32, u32, float): h and out hold n values; a thread per element.
+            unsafe { b.launch(cfg) }.map_err(|e| launch_error("rb_act_dropout_fwd", e))?;
+        }
+        Some((sg, lg)) => {
+            let g = f32_view(sg, lg, "activation gradient")?;
+            if g.len() != n {
+                return Err(Error::Msg(format!(
+                    "activation backward: {n} inputs and {} gradient values",
+                    g.len()
+                )));
+            }
+            let f = dev.get_or_load_custom_func("rb_act_dropout_bwd", MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&h)
+                .arg(&g)
+                .arg(&mut out)
+                .arg(&n64)
+                .arg(&act)
+                .arg(&use_mask)
+                .arg(&lo)
+                .arg(&hi)
+                .arg(&thr)
+                .arg(&dscale);
+            // SAFETY: rb_act_dropout_bwd(const float* h, const float* g, float* dh, u64 n, int
+            // act, int use_mask, u32, u32, u32, float): h, g (checked) and dh hold n values.
+            unsafe { b.launch(cfg) }.map_err(|e| launch_error("rb_act_dropout_bwd", e))?;
+        }
+    }
+    Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
+}
+
+/// `x [R, C] + b [C]`.
+pub(crate) fn bias_add(
+    (sx, lx): (&CudaStorage, &Layout),
+    (sb, lb): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sx.device;
+    let (rows, cols) = rows_and_width(lx);
+    let x = f32_view(sx, lx, "bias-add input")?;
+    let b = f32_view(sb, lb, "bias-add bias")?;
+    if b.len() != cols || cols == 0 {
+        return Err(Error::Msg(format!(
+            "bias-add: input rows are {cols} wide but the bias has {} values",
+            b.len()
+        )));
+    }
+    let n = rows * cols;
+    let mut out = output(dev, n)?;
+    let f = dev.get_or_load_custom_func("rb_bias_add", MODULE, PTX)?;
+    let (n64, c) = (n as u64, int(cols, "columns")?);
+    let mut l = f.builder();
+    l.arg(&x).arg(&b).arg(&mut out).arg(&n64).arg(&c);
+    // SAFETY: rb_bias_add(const float* x, const float* b, float* out, u64 n, int cols): x and out
+    // hold n values, b cols (checked, cols > 0); a thread per element.
+    unsafe { l.launch(config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_bias_add", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        lx.shape().clone(),
+    ))
+}

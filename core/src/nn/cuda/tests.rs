@@ -1,0 +1,385 @@
+//! Each CUDA op against the CPU op it stands beside, on the same inputs (and the same dropout
+//! keys): forward to 1e-5 and gradients to 1e-4, relative (‖gpu − cpu‖ / ‖cpu‖), dropout exactly.
+//!
+//! These run only where a CUDA device opens. Without one they print that they were skipped, unless
+//! `RECBLOCKS_CUDA_TESTS=1` (set by `bench/gpu/run.sh` on the GPU machine), where a missing device
+//! fails them.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+
+use crate::{
+    context::SharedRng,
+    nn::{catalog_softmax_loss, softmax::softmax_last_dim, Dropout, LayerNorm},
+};
+
+/// The GPU, or `None` (skip) where none opens and the tests were not required.
+fn gpu(test: &str) -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            assert!(
+                std::env::var("RECBLOCKS_CUDA_TESTS").as_deref() != Ok("1"),
+                "{test}: RECBLOCKS_CUDA_TESTS=1 but no CUDA device opens: {e}"
+            );
+            eprintln!("{test}: skipped, no CUDA device ({e})");
+            None
+        }
+    }
+}
+
+/// Deterministic values in about [-2, 2] (a different stream per `salt`).
+fn values(n: usize, salt: u64) -> Vec<f32> {
+    let mut s = salt.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+        })
+        .collect()
+}
+
+fn rel_err(gpu: &Tensor, cpu: &Tensor) -> Result<f64> {
+    let g = gpu
+        .to_device(&Device::Cpu)?
+        .to_dtype(DType::F64)?
+        .flatten_all()?;
+    let c = cpu.to_dtype(DType::F64)?.flatten_all()?;
+    let diff = (g - &c)?.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    let norm = c.sqr()?.sum_all()?.to_scalar::<f64>()?.sqrt();
+    let err = diff / norm.max(1e-30);
+    assert!(err.is_finite(), "non-finite difference");
+    Ok(err)
+}
+
+fn assert_close(what: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) -> Result<()> {
+    let err = rel_err(gpu, cpu)?;
+    assert!(err <= tol, "{what}: relative error {err:e} > {tol:e}");
+    Ok(())
+}
+
+/// A variable with the same values on the CPU and the GPU.
+fn pair(shape: &[usize], salt: u64, gpu: &Device) -> Result<(Var, Var)> {
+    let n = shape.iter().product();
+    let v = values(n, salt);
+    Ok((
+        Var::from_vec(v.clone(), shape, &Device::Cpu)?,
+        Var::from_vec(v, shape, gpu)?,
+    ))
+}
+
+/// `Σ y·r` for fixed weights `r`, so that every output element has its own upstream gradient.
+fn weighted_sum(y: &Tensor, salt: u64) -> Result<Tensor> {
+    let r = Tensor::from_vec(values(y.elem_count(), salt), y.shape(), y.device())?;
+    (y * r)?.sum_all()
+}
+
+#[test]
+fn cuda_dropout_draws_the_cpu_mask_forward_and_backward() -> Result<()> {
+    let Some(dev) = gpu("cuda_dropout") else {
+        return Ok(());
+    };
+    let shape = [7, 13, 111]; // 10,101 elements: a ragged last Philox block
+    let (xc, xg) = pair(&shape, 1, &dev)?;
+    for p in [0.1, 0.2, 0.5] {
+        let yc = Dropout::new(p, SharedRng::new(99))
+            .forward_t(xc.as_tensor(), true)
+            .map_err(candle_core::Error::wrap)?;
+        let yg = Dropout::new(p, SharedRng::new(99))
+            .forward_t(xg.as_tensor(), true)
+            .map_err(candle_core::Error::wrap)?;
+        let (a, b) = (
+            yc.flatten_all()?.to_vec1::<f32>()?,
+            yg.to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        );
+        assert_eq!(a, b, "p = {p}: the GPU mask differs from the CPU mask");
+        let gc = weighted_sum(&yc, 2)?.backward()?;
+        let gg = weighted_sum(&yg, 2)?.backward()?;
+        let (Some(gc), Some(gg)) = (gc.get(xc.as_tensor()), gg.get(xg.as_tensor())) else {
+            panic!("dropout: no input gradient");
+        };
+        assert_close("dropout input gradient", gg, gc, 0.0)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_layer_norm_matches_the_cpu_op() -> Result<()> {
+    let Some(dev) = gpu("cuda_layer_norm") else {
+        return Ok(());
+    };
+    for (rows, d) in [(300, 64), (257, 100), (3, 1024)] {
+        let (xc, xg) = pair(&[rows, d], 3, &dev)?;
+        let (wc, wg) = pair(&[d], 4, &dev)?;
+        let (bc, bg) = pair(&[d], 5, &dev)?;
+        let lc = LayerNorm::from_tensors(wc.as_tensor().clone(), bc.as_tensor().clone(), 1e-5);
+        let lg = LayerNorm::from_tensors(wg.as_tensor().clone(), bg.as_tensor().clone(), 1e-5);
+        let yc = lc
+            .forward(xc.as_tensor())
+            .map_err(candle_core::Error::wrap)?;
+        let yg = lg
+            .forward(xg.as_tensor())
+            .map_err(candle_core::Error::wrap)?;
+        assert_close("layer norm output", &yg, &yc, 1e-5)?;
+        let gc = weighted_sum(&yc, 6)?.backward()?;
+        let gg = weighted_sum(&yg, 6)?.backward()?;
+        for (what, c, g) in [
+            ("input", &xc, &xg),
+            ("weight", &wc, &wg),
+            ("bias", &bc, &bg),
+        ] {
+            let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
+                panic!("layer norm [{rows}, {d}]: no {what} gradient");
+            };
+            assert_close(
+                &format!("layer norm [{rows}, {d}] {what} gradient"),
+                b,
+                a,
+                1e-4,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_softmax_matches_the_cpu_op_with_masked_scores() -> Result<()> {
+    let Some(dev) = gpu("cuda_softmax") else {
+        return Ok(());
+    };
+    let (b, h, l) = (4, 2, 50);
+    let (xc, xg) = pair(&[b, h, l, l], 7, &dev)?;
+    // A causal mask: -inf above the diagonal, as the attention bias adds.
+    let mut mask = vec![0f32; l * l];
+    for i in 0..l {
+        for j in i + 1..l {
+            mask[i * l + j] = f32::NEG_INFINITY;
+        }
+    }
+    let mc = Tensor::from_vec(mask.clone(), (1, 1, l, l), &Device::Cpu)?;
+    let mg = Tensor::from_vec(mask, (1, 1, l, l), &dev)?;
+    let yc = softmax_last_dim(&xc.as_tensor().broadcast_add(&mc)?)?;
+    let yg = softmax_last_dim(&xg.as_tensor().broadcast_add(&mg)?)?;
+    assert_close("softmax output", &yg, &yc, 1e-5)?;
+    let gc = weighted_sum(&yc, 8)?.backward()?;
+    let gg = weighted_sum(&yg, 8)?.backward()?;
+    let (Some(a), Some(g)) = (gc.get(xc.as_tensor()), gg.get(xg.as_tensor())) else {
+        panic!("softmax: no input gradient");
+    };
+    assert_close("softmax input gradient", g, a, 1e-4)
+}
+
+#[test]
+fn cuda_cross_entropy_and_catalog_loss_match_the_cpu_ops() -> Result<()> {
+    let Some(dev) = gpu("cuda_cross_entropy") else {
+        return Ok(());
+    };
+    let (m, d, n) = (333, 64, 1683);
+    let (sc, sg) = pair(&[m, d], 9, &dev)?;
+    let (ec, eg) = pair(&[n, d], 10, &dev)?;
+    // Targets in [0, n), a fifth of them 0 (padding, ignored); weights in [0, 2).
+    let targets: Vec<u32> = values(m, 11)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            if i % 5 == 0 {
+                0
+            } else {
+                ((v + 2.0) / 4.0 * (n - 1) as f32) as u32 + 1
+            }
+        })
+        .map(|t| t.min(n as u32 - 1))
+        .collect();
+    let weights: Vec<f32> = values(m, 12).iter().map(|v| v / 2.0 + 1.0).collect();
+    let (tc, tg) = (
+        Tensor::from_vec(targets.clone(), m, &Device::Cpu)?,
+        Tensor::from_vec(targets, m, &dev)?,
+    );
+    let (wc, wg) = (
+        Tensor::from_vec(weights.clone(), m, &Device::Cpu)?,
+        Tensor::from_vec(weights, m, &dev)?,
+    );
+    // The per-row cross-entropy on materialised logits.
+    let zc = sc.as_tensor().matmul(&ec.as_tensor().t()?)?;
+    let zg = sg.as_tensor().matmul(&eg.as_tensor().t()?)?;
+    let cc = crate::nn::softmax_cross_entropy_ignore_0(&zc, &tc)?;
+    let cg = crate::nn::softmax_cross_entropy_ignore_0(&zg, &tg)?;
+    assert_close("cross-entropy rows", &cg, &cc, 1e-5)?;
+    let gc = weighted_sum(&cc, 13)?.backward()?;
+    let gg = weighted_sum(&cg, 13)?.backward()?;
+    for (what, c, g) in [("sessions", &sc, &sg), ("items", &ec, &eg)] {
+        let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
+            panic!("cross-entropy: no {what} gradient");
+        };
+        assert_close(&format!("cross-entropy {what} gradient"), b, a, 1e-4)?;
+    }
+    // RecTools' catalog softmax loss (chunked on the CPU, materialised on the GPU).
+    // One chunk (the default size) and seven chunks of 50 rows.
+    let lc = catalog_softmax_loss(sc.as_tensor(), ec.as_tensor(), &tc, &wc, 0.7)?;
+    let gc = lc.backward()?;
+    for rows in [None, Some(50)] {
+        let lg = match rows {
+            None => catalog_softmax_loss(sg.as_tensor(), eg.as_tensor(), &tg, &wg, 0.7)?,
+            Some(r) => crate::nn::catalog_softmax::chunked_on_device(
+                sg.as_tensor(),
+                eg.as_tensor(),
+                &tg,
+                &wg,
+                0.7,
+                r,
+            )?,
+        };
+        assert_close(
+            &format!("catalog softmax loss, chunks {rows:?}"),
+            &lg,
+            &lc,
+            1e-5,
+        )?;
+        let gg = lg.backward()?;
+        for (what, c, g) in [("sessions", &sc, &sg), ("items", &ec, &eg)] {
+            let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
+                panic!("catalog loss: no {what} gradient");
+            };
+            assert_close(
+                &format!("catalog loss {what} gradient, chunks {rows:?}"),
+                b,
+                a,
+                1e-4,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_cross_entropy_gives_nan_for_a_target_outside_the_catalog() -> Result<()> {
+    let Some(dev) = gpu("cuda_cross_entropy_bad_target") else {
+        return Ok(());
+    };
+    let z = Tensor::from_vec(values(2 * 5, 14), (2, 5), &dev)?;
+    let t = Tensor::from_vec(vec![3u32, 5], 2, &dev)?;
+    let ce = crate::nn::softmax_cross_entropy_ignore_0(&z, &t)?.to_vec1::<f32>()?;
+    assert!(ce[0].is_finite() && ce[1].is_nan(), "{ce:?}");
+    Ok(())
+}
+
+#[test]
+fn cuda_attention_weights_match_the_cpu_op_with_each_bias_and_dropout() -> Result<()> {
+    let Some(dev) = gpu("cuda_attention_weights") else {
+        return Ok(());
+    };
+    let (b, h, l) = (4, 2, 37);
+    // Ids padded on the left (row i has i + 1 padding positions).
+    let ids: Vec<u32> = (0..b * l)
+        .map(|i| if i % l <= i / l { 0 } else { 1 + i as u32 })
+        .collect();
+    let ids_c = Tensor::from_vec(ids.clone(), (b, l), &Device::Cpu)?;
+    let ids_g = Tensor::from_vec(ids, (b, l), &dev)?;
+    let wrap = candle_core::Error::wrap;
+    let biases = [
+        (
+            "causal",
+            Some(crate::nn::masks::causal_bias(l, &Device::Cpu).map_err(wrap)?),
+            Some(crate::nn::masks::causal_bias(l, &dev).map_err(wrap)?),
+        ),
+        (
+            "padding",
+            Some(crate::nn::masks::key_padding_bias(&ids_c).map_err(wrap)?),
+            Some(crate::nn::masks::key_padding_bias(&ids_g).map_err(wrap)?),
+        ),
+        (
+            "merged",
+            Some(crate::nn::masks::merged_bias(&ids_c).map_err(wrap)?),
+            Some(crate::nn::masks::merged_bias(&ids_g).map_err(wrap)?),
+        ),
+        ("none", None, None),
+    ];
+    for (name, bc, bg) in &biases {
+        for train in [false, true] {
+            let (sc, sg) = pair(&[b, h, l, l], 15, &dev)?;
+            let dc = Dropout::new(0.2, SharedRng::new(21));
+            let dg = Dropout::new(0.2, SharedRng::new(21));
+            let apply = |s: &Var, bias: Option<&Tensor>, d: &Dropout| -> Result<Tensor> {
+                crate::nn::attention_weights::attention_weights(s.as_tensor(), bias, 0.3, d, train)?
+                    .ok_or_else(|| candle_core::Error::Msg(format!("{name}: op not applied")))
+            };
+            let yc = apply(&sc, bc.as_ref(), &dc)?;
+            let yg = apply(&sg, bg.as_ref(), &dg)?;
+            assert_close(
+                &format!("attention weights ({name}, train {train})"),
+                &yg,
+                &yc,
+                1e-5,
+            )?;
+            let gc = weighted_sum(&yc, 16)?.backward()?;
+            let gg = weighted_sum(&yg, 16)?.backward()?;
+            let (Some(a), Some(g)) = (gc.get(sc.as_tensor()), gg.get(sg.as_tensor())) else {
+                panic!("attention weights ({name}): no gradient");
+            };
+            assert_close(
+                &format!("attention weights gradient ({name}, train {train})"),
+                g,
+                a,
+                1e-4,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_activation_dropout_matches_the_cpu_op() -> Result<()> {
+    let Some(dev) = gpu("cuda_activation_dropout") else {
+        return Ok(());
+    };
+    for act in [crate::nn::Activation::Relu, crate::nn::Activation::Gelu] {
+        for train in [false, true] {
+            let (xc, xg) = pair(&[50, 257], 17, &dev)?;
+            let dc = Dropout::new(0.2, SharedRng::new(23));
+            let dg = Dropout::new(0.2, SharedRng::new(23));
+            let apply = |x: &Var, d: &Dropout| -> Result<Tensor> {
+                crate::nn::activation_dropout::activation_dropout(x.as_tensor(), act, d, train)?
+                    .ok_or_else(|| candle_core::Error::Msg("op not applied".into()))
+            };
+            let yc = apply(&xc, &dc)?;
+            let yg = apply(&xg, &dg)?;
+            assert_close(&format!("{act:?} dropout (train {train})"), &yg, &yc, 1e-5)?;
+            let gc = weighted_sum(&yc, 18)?.backward()?;
+            let gg = weighted_sum(&yg, 18)?.backward()?;
+            let (Some(a), Some(g)) = (gc.get(xc.as_tensor()), gg.get(xg.as_tensor())) else {
+                panic!("{act:?}: no gradient");
+            };
+            assert_close(
+                &format!("{act:?} dropout gradient (train {train})"),
+                g,
+                a,
+                1e-4,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_bias_add_matches_the_cpu_op() -> Result<()> {
+    let Some(dev) = gpu("cuda_bias_add") else {
+        return Ok(());
+    };
+    let (xc, xg) = pair(&[300, 97], 19, &dev)?;
+    let (bc, bg) = pair(&[97], 20, &dev)?;
+    let yc = crate::nn::linear::add_bias(xc.as_tensor(), bc.as_tensor())?;
+    let yg = crate::nn::linear::add_bias(xg.as_tensor(), bg.as_tensor())?;
+    assert_close("bias add", &yg, &yc, 1e-6)?;
+    let gc = weighted_sum(&yc, 21)?.backward()?;
+    let gg = weighted_sum(&yg, 21)?.backward()?;
+    for (what, c, g) in [("input", &xc, &xg), ("bias", &bc, &bg)] {
+        let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
+            panic!("bias add: no {what} gradient");
+        };
+        assert_close(&format!("bias add {what} gradient"), b, a, 1e-5)?;
+    }
+    Ok(())
+}

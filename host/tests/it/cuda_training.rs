@@ -1,0 +1,70 @@
+//! Training on a CUDA device against training on the CPU (the `cuda` feature): the same spec,
+//! seed and data, 20 Adam steps with dropout on. The dropout masks are the same function of the
+//! seed on both devices (Philox), so the two runs differ only by rounding: the training loss
+//! agrees to 1e-4 (relative) and every weight stays within a few Adam steps of the other run's
+//! (`lr` per step at most; a gradient that is zero in exact arithmetic, like the key projection's
+//! bias, is rounding noise on both sides, which Adam turns into steps of up to `lr`).
+//!
+//! Without a CUDA device the test prints that it was skipped, unless `RECBLOCKS_CUDA_TESTS=1`
+//! (set on the GPU machine by `bench/gpu/run.sh`), where it fails.
+
+use super::fused_paths::{data, fit_on};
+
+#[test]
+fn cuda_and_cpu_training_agree() {
+    if candle_core::Device::new_cuda(0).is_err() {
+        assert!(
+            std::env::var("RECBLOCKS_CUDA_TESTS").as_deref() != Ok("1"),
+            "RECBLOCKS_CUDA_TESTS=1 but no CUDA device opens"
+        );
+        eprintln!("cuda_and_cpu_training_agree: skipped, no CUDA device");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = data(dir.path());
+    let common = r#""n_factors": 16, "n_heads": 2, "session_max_len": 16, "dropout_rate": 0.2,
+        "batch_size": 32, "lr": 0.001, "seed": 7"#;
+    let cases = [
+        (
+            "sasrec",
+            format!(r#"{{"cls": "SASRecModel", "n_blocks": 2, {common}}}"#),
+        ),
+        (
+            "bert4rec",
+            format!(r#"{{"cls": "BERT4RecModel", "n_blocks": 2, {common}}}"#),
+        ),
+    ];
+    for (name, spec) in &cases {
+        let (loss_c, cpu) = fit_on(dir.path(), name, spec, &log, "fused", "cpu");
+        let (loss_g, gpu) = fit_on(dir.path(), name, spec, &log, "fused", "cuda");
+        eprintln!("{name}: training loss cpu {loss_c} cuda {loss_g}");
+        assert!(
+            (loss_c - loss_g).abs() <= 1e-4 * loss_c.abs().max(1.0),
+            "{name}: training loss cpu {loss_c} vs cuda {loss_g}"
+        );
+        assert_eq!(
+            cpu.keys().collect::<Vec<_>>(),
+            gpu.keys().collect::<Vec<_>>()
+        );
+        let mut worst = (0f32, String::new());
+        for (key, c) in &cpu {
+            let g = &gpu[key];
+            for (a, b) in c.iter().zip(g) {
+                let diff = (a - b).abs() / a.abs().max(1.0);
+                if diff > worst.0 {
+                    worst = (diff, key.clone());
+                }
+            }
+        }
+        eprintln!(
+            "{name}: largest weight difference {} in {}",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 <= 5.0 * 0.001,
+            "{name}: weight {} differs by {} (more than 5 Adam steps of lr 0.001)",
+            worst.1,
+            worst.0
+        );
+    }
+}
