@@ -167,6 +167,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/attention.rs")),
     ),
     (
+        "src/nn/attention_core.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/attention_core.rs"
+        )),
+    ),
+    (
         "src/nn/attention_weights.rs",
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -340,6 +347,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
     (
         "src/nn/linear.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/linear.rs")),
+    ),
+    (
+        "src/nn/linear_node.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/linear_node.rs"
+        )),
     ),
     (
         "src/nn/masks.rs",

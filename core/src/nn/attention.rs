@@ -100,24 +100,30 @@ impl MultiHeadAttention {
         train: bool,
     ) -> Result<Tensor> {
         let (b, lq, d) = query.dims3()?;
-        let q = self.split_heads(&self.q_proj.forward(query)?)?;
-        let k = self.split_heads(&self.k_proj.forward(key)?)?;
-        let v = self.split_heads(&self.v_proj.forward(value)?)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        if q.device().is_cuda() && crate::nn::fused::enabled() {
-            // On a GPU the weights are one op (two kernel launches instead of about fifteen).
-            let raw = q.matmul(&k.t()?)?;
-            if let Some(attn) = crate::nn::attention_weights::attention_weights(
-                &raw,
+        let (qp, kp, vp) = (
+            self.q_proj.forward(query)?,
+            self.k_proj.forward(key)?,
+            self.v_proj.forward(value)?,
+        );
+        if qp.device().is_cuda() && crate::nn::fused::enabled() {
+            // On a GPU the attention core is one node (crate::nn::attention_core): about twenty
+            // kernel launches instead of forty.
+            if let Some(out) = crate::nn::attention_core::attention_core(
+                &qp,
+                &kp,
+                &vp,
+                self.n_heads,
                 attn_bias,
                 scale,
-                &self.dropout,
-                train,
+                train.then_some(&self.dropout),
             )? {
-                let out = attn.matmul(&v)?.transpose(1, 2)?.reshape((b, lq, d))?;
                 return Ok(self.out_proj.forward(&out)?);
             }
         }
+        let q = self.split_heads(&qp)?;
+        let k = self.split_heads(&kp)?;
+        let v = self.split_heads(&vp)?;
         let mut scores = (q.matmul(&k.t()?)? * scale)?;
         if let Some(bias) = attn_bias {
             scores = scores.broadcast_add(bias)?;

@@ -25,6 +25,7 @@ use super::{
 /// `dropout(softmax(scores·scale + bias))` over the last dimension of `scores` `[B, H, Q, K]`,
 /// with `bias` broadcastable to it as `[B or 1, 1, Q or 1, K]`, or `None` when the op does not
 /// apply (other shapes, dtypes): the caller composes it then.
+#[cfg(test)]
 pub(crate) fn attention_weights(
     scores: &Tensor,
     bias: Option<&Tensor>,
@@ -32,6 +33,21 @@ pub(crate) fn attention_weights(
     dropout: &Dropout,
     train: bool,
 ) -> Result<Option<Tensor>> {
+    let Some((op, bias_t)) = weights_op(scores, bias, scale, dropout, train)? else {
+        return Ok(None);
+    };
+    Ok(Some(scores.contiguous()?.apply_op2(&bias_t, op)?))
+}
+
+/// The op for `scores` and `bias` (drawing the dropout key when `train`) and the bias tensor to
+/// apply it with; `None` where it does not apply.
+pub(crate) fn weights_op(
+    scores: &Tensor,
+    bias: Option<&Tensor>,
+    scale: f64,
+    dropout: &Dropout,
+    train: bool,
+) -> Result<Option<(AttentionWeights, Tensor)>> {
     let Ok((b, h, q, k)) = scores.dims4() else {
         return Ok(None);
     };
@@ -56,7 +72,7 @@ pub(crate) fn attention_weights(
         drop: if train { dropout.draw() } else { None },
         saved: Mutex::new(None),
     };
-    Ok(Some(scores.contiguous()?.apply_op2(&bias_t, op)?))
+    Ok(Some((op, bias_t.detach())))
 }
 
 /// The softmax output kept for the backward pass.
@@ -66,7 +82,7 @@ enum Saved {
     Cuda(candle_core::cuda_backend::cudarc::driver::CudaSlice<f32>),
 }
 
-struct AttentionWeights {
+pub(crate) struct AttentionWeights {
     scale: f32,
     heads: usize,
     queries: usize,
@@ -82,6 +98,22 @@ fn poisoned<T>(_: T) -> Error {
 }
 
 impl AttentionWeights {
+    /// The backward op of the last forward (its saved output taken): from the weights' output
+    /// gradient to the scores' gradient.
+    pub(crate) fn grad_op(&self) -> Result<AttentionWeightsGrad> {
+        let saved = self
+            .saved
+            .lock()
+            .map_err(poisoned)?
+            .take()
+            .ok_or_else(|| Error::Msg("attention weights: backward ran twice".into()))?;
+        Ok(AttentionWeightsGrad {
+            scale: self.scale,
+            drop: self.drop,
+            y: Mutex::new(Some(saved)),
+        })
+    }
+
     /// The bias row of score row `row` (of `rows` rows of `k`), as an offset into the bias.
     fn bias_row(&self, row: usize, k: usize) -> usize {
         let q = row % self.queries;
@@ -168,23 +200,13 @@ impl CustomOp2 for AttentionWeights {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let saved = self
-            .saved
-            .lock()
-            .map_err(poisoned)?
-            .take()
-            .ok_or_else(|| Error::Msg("attention weights: backward ran twice".into()))?;
-        let op = AttentionWeightsGrad {
-            scale: self.scale,
-            drop: self.drop,
-            y: Mutex::new(Some(saved)),
-        };
+        let op = self.grad_op()?;
         Ok((Some(grad.contiguous()?.apply_op1_no_bwd(&op)?), None))
     }
 }
 
 /// The backward pass: from the output gradient `dp` to the scores' gradient.
-struct AttentionWeightsGrad {
+pub(crate) struct AttentionWeightsGrad {
     scale: f32,
     drop: Option<MaskDraw>,
     y: Mutex<Option<Saved>>,
@@ -330,7 +352,7 @@ mod tests {
                 let g1 = (want * &r)?.sum_all()?.backward()?;
                 let g2 = (got * &r)?.sum_all()?.backward()?;
                 let (Some(a), Some(c)) = (g1.get(s1.as_tensor()), g2.get(s2.as_tensor())) else {
-                    panic!("{name}: no gradient");
+                    return Err(candle_core::Error::Msg(format!("{name}: no gradient")));
                 };
                 close(c, a, 1e-5)?;
             }

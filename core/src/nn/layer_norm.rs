@@ -66,11 +66,13 @@ impl LayerNorm {
             eps: self.eps as f32,
             stats: Arc::new(Mutex::new(Vec::new())),
         };
-        let y = x.reshape((rows, d))?.contiguous()?.apply_op3(
-            &self.weight.contiguous()?,
-            &self.bias.contiguous()?,
-            op,
-        )?;
+        let (w, b) = (self.weight.contiguous()?, self.bias.contiguous()?);
+        if x.device().is_cuda() {
+            // The device op takes any rank (rows are everything before the last dimension), so no
+            // reshape nodes, whose backward passes are launches of their own on a GPU.
+            return Ok(x.contiguous()?.apply_op3(&w, &b, op)?);
+        }
+        let y = x.reshape((rows, d))?.contiguous()?.apply_op3(&w, &b, op)?;
         Ok(y.reshape(dims)?)
     }
 
@@ -154,19 +156,21 @@ impl CustomOp3 for FusedLayerNorm {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (r, d) = x.dims2()?;
         if x.device().is_cuda() {
             // One packed gradient [r·d + 2d]: the input's, then the weight's and the bias's.
+            let d = x.dims().last().copied().unwrap_or(1);
+            let r = x.elem_count() / d.max(1);
             let packed = x.apply_op3_no_bwd(
                 weight,
                 &grad.contiguous()?,
                 &LayerNormGrad { eps: self.eps },
             )?;
-            let dx = packed.narrow(0, 0, r * d)?.reshape((r, d))?;
+            let dx = packed.narrow(0, 0, r * d)?.reshape(x.shape())?;
             let dw = packed.narrow(0, r * d, d)?;
             let db = packed.narrow(0, r * d + d, d)?;
             return Ok((Some(dx), Some(dw), Some(db)));
         }
+        let (r, d) = x.dims2()?;
         let stats = self.stats.lock().map_err(poisoned)?.clone();
         if stats.len() != r {
             return Err(Error::Msg(format!(

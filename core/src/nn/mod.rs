@@ -10,6 +10,7 @@
 
 pub(crate) mod activation_dropout;
 pub mod attention;
+pub(crate) mod attention_core;
 pub(crate) mod attention_weights;
 pub mod blocks;
 pub mod catalog_softmax;
@@ -26,6 +27,7 @@ pub mod gather_dot;
 pub mod init;
 pub mod layer_norm;
 pub mod linear;
+pub(crate) mod linear_node;
 pub mod masks;
 pub mod philox;
 pub mod softmax;

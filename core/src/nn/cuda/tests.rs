@@ -99,7 +99,7 @@ fn cuda_dropout_draws_the_cpu_mask_forward_and_backward() -> Result<()> {
         let gc = weighted_sum(&yc, 2)?.backward()?;
         let gg = weighted_sum(&yg, 2)?.backward()?;
         let (Some(gc), Some(gg)) = (gc.get(xc.as_tensor()), gg.get(xg.as_tensor())) else {
-            panic!("dropout: no input gradient");
+            return Err(candle_core::Error::Msg("dropout: no input gradient".into()));
         };
         assert_close("dropout input gradient", gg, gc, 0.0)?;
     }
@@ -111,8 +111,10 @@ fn cuda_layer_norm_matches_the_cpu_op() -> Result<()> {
     let Some(dev) = gpu("cuda_layer_norm") else {
         return Ok(());
     };
-    for (rows, d) in [(300, 64), (257, 100), (3, 1024)] {
-        let (xc, xg) = pair(&[rows, d], 3, &dev)?;
+    for shape in [&[300, 64][..], &[257, 100], &[3, 1024], &[4, 25, 64]] {
+        let d = shape[shape.len() - 1];
+        let rows = shape.iter().product::<usize>() / d;
+        let (xc, xg) = pair(shape, 3, &dev)?;
         let (wc, wg) = pair(&[d], 4, &dev)?;
         let (bc, bg) = pair(&[d], 5, &dev)?;
         let lc = LayerNorm::from_tensors(wc.as_tensor().clone(), bc.as_tensor().clone(), 1e-5);
@@ -132,7 +134,9 @@ fn cuda_layer_norm_matches_the_cpu_op() -> Result<()> {
             ("bias", &bc, &bg),
         ] {
             let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
-                panic!("layer norm [{rows}, {d}]: no {what} gradient");
+                return Err(candle_core::Error::Msg(format!(
+                    "layer norm [{rows}, {d}]: no {what} gradient"
+                )));
             };
             assert_close(
                 &format!("layer norm [{rows}, {d}] {what} gradient"),
@@ -167,7 +171,7 @@ fn cuda_softmax_matches_the_cpu_op_with_masked_scores() -> Result<()> {
     let gc = weighted_sum(&yc, 8)?.backward()?;
     let gg = weighted_sum(&yg, 8)?.backward()?;
     let (Some(a), Some(g)) = (gc.get(xc.as_tensor()), gg.get(xg.as_tensor())) else {
-        panic!("softmax: no input gradient");
+        return Err(candle_core::Error::Msg("softmax: no input gradient".into()));
     };
     assert_close("softmax input gradient", g, a, 1e-4)
 }
@@ -212,7 +216,9 @@ fn cuda_cross_entropy_and_catalog_loss_match_the_cpu_ops() -> Result<()> {
     let gg = weighted_sum(&cg, 13)?.backward()?;
     for (what, c, g) in [("sessions", &sc, &sg), ("items", &ec, &eg)] {
         let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
-            panic!("cross-entropy: no {what} gradient");
+            return Err(candle_core::Error::Msg(format!(
+                "cross-entropy: no {what} gradient"
+            )));
         };
         assert_close(&format!("cross-entropy {what} gradient"), b, a, 1e-4)?;
     }
@@ -241,7 +247,9 @@ fn cuda_cross_entropy_and_catalog_loss_match_the_cpu_ops() -> Result<()> {
         let gg = lg.backward()?;
         for (what, c, g) in [("sessions", &sc, &sg), ("items", &ec, &eg)] {
             let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
-                panic!("catalog loss: no {what} gradient");
+                return Err(candle_core::Error::Msg(format!(
+                    "catalog loss: no {what} gradient"
+                )));
             };
             assert_close(
                 &format!("catalog loss {what} gradient, chunks {rows:?}"),
@@ -317,7 +325,9 @@ fn cuda_attention_weights_match_the_cpu_op_with_each_bias_and_dropout() -> Resul
             let gc = weighted_sum(&yc, 16)?.backward()?;
             let gg = weighted_sum(&yg, 16)?.backward()?;
             let (Some(a), Some(g)) = (gc.get(sc.as_tensor()), gg.get(sg.as_tensor())) else {
-                panic!("attention weights ({name}): no gradient");
+                return Err(candle_core::Error::Msg(format!(
+                    "attention weights ({name}): no gradient"
+                )));
             };
             assert_close(
                 &format!("attention weights gradient ({name}, train {train})"),
@@ -350,7 +360,7 @@ fn cuda_activation_dropout_matches_the_cpu_op() -> Result<()> {
             let gc = weighted_sum(&yc, 18)?.backward()?;
             let gg = weighted_sum(&yg, 18)?.backward()?;
             let (Some(a), Some(g)) = (gc.get(xc.as_tensor()), gg.get(xg.as_tensor())) else {
-                panic!("{act:?}: no gradient");
+                return Err(candle_core::Error::Msg(format!("{act:?}: no gradient")));
             };
             assert_close(
                 &format!("{act:?} dropout gradient (train {train})"),
@@ -377,9 +387,60 @@ fn cuda_bias_add_matches_the_cpu_op() -> Result<()> {
     let gg = weighted_sum(&yg, 21)?.backward()?;
     for (what, c, g) in [("input", &xc, &xg), ("bias", &bc, &bg)] {
         let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
-            panic!("bias add: no {what} gradient");
+            return Err(candle_core::Error::Msg(format!(
+                "bias add: no {what} gradient"
+            )));
         };
         assert_close(&format!("bias add {what} gradient"), b, a, 1e-5)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_attention_core_matches_the_cpu_node() -> Result<()> {
+    let Some(dev) = gpu("cuda_attention_core") else {
+        return Ok(());
+    };
+    let (b, l, d, heads) = (5, 33, 64, 2);
+    let causal_c =
+        crate::nn::masks::causal_bias(l, &Device::Cpu).map_err(candle_core::Error::wrap)?;
+    let causal_g = crate::nn::masks::causal_bias(l, &dev).map_err(candle_core::Error::wrap)?;
+    for train in [false, true] {
+        let (qc, qg) = pair(&[b, l, d], 31, &dev)?;
+        let (kc, kg) = pair(&[b, l, d], 32, &dev)?;
+        let (vc, vg) = pair(&[b, l, d], 33, &dev)?;
+        let dc = Dropout::new(0.2, SharedRng::new(41));
+        let dg = Dropout::new(0.2, SharedRng::new(41));
+        let run = |q: &Var, k: &Var, v: &Var, bias: &Tensor, drop: &Dropout| -> Result<Tensor> {
+            crate::nn::attention_core::attention_core(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                heads,
+                Some(bias),
+                0.125,
+                train.then_some(drop),
+            )?
+            .ok_or_else(|| candle_core::Error::Msg("node not applied".into()))
+        };
+        let yc = run(&qc, &kc, &vc, &causal_c, &dc)?;
+        let yg = run(&qg, &kg, &vg, &causal_g, &dg)?;
+        assert_close(&format!("attention core (train {train})"), &yg, &yc, 1e-5)?;
+        let gc = weighted_sum(&yc, 34)?.backward()?;
+        let gg = weighted_sum(&yg, 34)?.backward()?;
+        for (what, c, g) in [("q", &qc, &qg), ("k", &kc, &kg), ("v", &vc, &vg)] {
+            let (Some(a), Some(x)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
+                return Err(candle_core::Error::Msg(format!(
+                    "attention core: no {what} gradient"
+                )));
+            };
+            assert_close(
+                &format!("attention core {what} gradient (train {train})"),
+                x,
+                a,
+                1e-4,
+            )?;
+        }
     }
     Ok(())
 }

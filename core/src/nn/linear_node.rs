@@ -1,0 +1,168 @@
+//! A linear layer `y = x·Wᵀ + b` as one autograd node with a hand-written backward pass
+//! (`dx = g·W`, `dW = gᵀ·x`, `db = Σ_rows g`), for devices where every candle op is a kernel
+//! launch.
+//!
+//! Composed from candle ops a linear layer is five graph nodes (flatten, transpose, product, bias,
+//! unflatten), and candle's backward pass gives each a zeroed gradient to add into: about sixteen
+//! launches backward on a GPU. This node computes the same ops on detached tensors (no graph) and
+//! its backward in three products and a column sum, plus candle's accumulation into `x`, `W` and
+//! `b`: about nine. It runs wherever its ops do (the tests compare it with the composed layer on
+//! the CPU); [`crate::nn::Linear`] uses it on CUDA devices.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp3, Error, Layout, Result, Shape, Tensor};
+
+/// `x·Wᵀ + b` over the last dimension of `x`, as one node.
+pub(crate) fn linear_node(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    let (out_dim, in_dim) = weight.dims2()?;
+    let rows = x.elem_count() / in_dim.max(1);
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = out_dim;
+    }
+    let x2d = x.detach().reshape((rows, in_dim))?.contiguous()?;
+    let w = weight.detach();
+    let y = crate::nn::linear::add_bias(&x2d.matmul(&w.t()?)?, &bias.detach())?;
+    let y = y.reshape(out_dims)?;
+    if !(x.track_op() || weight.track_op() || bias.track_op()) {
+        return Ok(y);
+    }
+    let node = LinearNode {
+        out: Mutex::new(Some(y)),
+        x2d,
+        w,
+    };
+    x.apply_op3(weight, bias, node)
+}
+
+struct LinearNode {
+    /// The output, computed before the node; its forward hands it to candle.
+    out: Mutex<Option<Tensor>>,
+    /// The input as rows `[R, in]`, detached.
+    x2d: Tensor,
+    /// The weight `[out, in]`, detached.
+    w: Tensor,
+}
+
+impl LinearNode {
+    fn take_out(&self) -> Result<Tensor> {
+        self.out
+            .lock()
+            .map_err(|_| Error::Msg("linear: poisoned state".into()))?
+            .take()
+            .ok_or_else(|| Error::Msg("linear: output taken twice".into()))
+    }
+}
+
+impl CustomOp3 for LinearNode {
+    fn name(&self) -> &'static str {
+        "linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = self.take_out()?;
+        let shape = out.shape().clone();
+        Ok((CpuStorage::F32(out.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let out = self.take_out()?;
+        let (storage, layout) = out.storage_and_layout();
+        match &*storage {
+            candle_core::Storage::Cuda(c) => Ok((c.try_clone(layout)?, out.shape().clone())),
+            _ => Err(Error::Msg(
+                "linear: the output is not on the CUDA device".into(),
+            )),
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (out_dim, _) = self.w.dims2()?;
+        let rows = self.x2d.dims2()?.0;
+        let g = grad.detach().reshape((rows, out_dim))?.contiguous()?;
+        let dx = g.matmul(&self.w)?.reshape(x.shape())?;
+        let dw = g.t()?.matmul(&self.x2d)?;
+        let db = g.sum(0)?;
+        Ok((Some(dx), Some(dw), Some(db)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Module, Var};
+
+    #[test]
+    fn the_node_equals_the_composed_layer_values_and_gradients() -> Result<()> {
+        let dev = Device::Cpu;
+        let (b, l, i, o) = (3, 5, 7, 4);
+        let v = |n: usize, salt: usize| -> Vec<f32> {
+            (0..n)
+                .map(|k| (((k * 29 + salt * 13) % 83) as f32 / 20.0) - 2.0)
+                .collect()
+        };
+        let make = || -> Result<(Var, Var, Var)> {
+            Ok((
+                Var::from_vec(v(b * l * i, 1), (b, l, i), &dev)?,
+                Var::from_vec(v(o * i, 2), (o, i), &dev)?,
+                Var::from_vec(v(o, 3), o, &dev)?,
+            ))
+        };
+        let (x1, w1, b1) = make()?;
+        let (x2, w2, b2) = make()?;
+        let composed = crate::nn::Linear::new(w1.as_tensor().clone(), Some(b1.as_tensor().clone()));
+        let want = composed.forward(x1.as_tensor())?;
+        let got = linear_node(x2.as_tensor(), w2.as_tensor(), b2.as_tensor())?;
+        assert_eq!(got.dims(), want.dims());
+        let close = |a: &Tensor, c: &Tensor, what: &str| -> Result<()> {
+            let (a, c) = (
+                a.flatten_all()?.to_vec1::<f32>()?,
+                c.flatten_all()?.to_vec1::<f32>()?,
+            );
+            for (k, (p, q)) in a.iter().zip(&c).enumerate() {
+                assert!(
+                    (p - q).abs() <= 1e-5 * q.abs().max(1.0),
+                    "{what} {k}: {p} vs {q}"
+                );
+            }
+            Ok(())
+        };
+        close(&got, &want, "output")?;
+        let r = Tensor::from_vec(v(b * l * o, 4), (b, l, o), &dev)?;
+        let g1 = (want * &r)?.sum_all()?.backward()?;
+        let g2 = (got * &r)?.sum_all()?.backward()?;
+        for (what, a, c) in [("x", &x1, &x2), ("w", &w1, &w2), ("b", &b1, &b2)] {
+            let (Some(p), Some(q)) = (g1.get(a.as_tensor()), g2.get(c.as_tensor())) else {
+                return Err(candle_core::Error::Msg(format!("no {what} gradient")));
+            };
+            close(q, p, what)?;
+        }
+        Ok(())
+    }
+}
