@@ -368,6 +368,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/philox.rs")),
     ),
     (
+        "src/nn/precomputed.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/precomputed.rs"
+        )),
+    ),
+    (
         "src/nn/softmax.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/softmax.rs")),
     ),

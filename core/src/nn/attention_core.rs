@@ -21,7 +21,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp3, Error, Layout, Result, Shape, Tensor};
 
-use super::{attention_weights::weights_op, dropout::Dropout};
+use super::{attention_weights::weights_op, dropout::Dropout, precomputed::Precomputed};
 
 /// `[B, L, d]` → `[B, H, L, d/H]`, contiguous.
 fn split(x: &Tensor, heads: usize) -> Result<Tensor> {
@@ -73,7 +73,7 @@ pub(crate) fn attention_core(
         return Ok(Some(out));
     }
     let node = CoreNode {
-        out: Mutex::new(Some(out)),
+        out: Precomputed::new("attention core", out),
         saved: Mutex::new(Some(SavedCore {
             qh,
             kh,
@@ -98,22 +98,12 @@ struct SavedCore {
 
 /// The node: its forward hands candle the output computed beforehand.
 struct CoreNode {
-    out: Mutex<Option<Tensor>>,
+    out: Precomputed,
     saved: Mutex<Option<SavedCore>>,
 }
 
 fn poisoned<T>(_: T) -> Error {
     Error::Msg("attention core: poisoned state".into())
-}
-
-impl CoreNode {
-    fn take_out(&self) -> Result<Tensor> {
-        self.out
-            .lock()
-            .map_err(poisoned)?
-            .take()
-            .ok_or_else(|| Error::Msg("attention core: output taken twice".into()))
-    }
 }
 
 impl CustomOp3 for CoreNode {
@@ -130,10 +120,7 @@ impl CustomOp3 for CoreNode {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = self.take_out()?;
-        let shape = out.shape().clone();
-        let values = out.flatten_all()?.to_vec1::<f32>()?;
-        Ok((CpuStorage::F32(values), shape))
+        self.out.cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -146,15 +133,7 @@ impl CustomOp3 for CoreNode {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let out = self.take_out()?;
-        let (storage, layout) = out.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cuda(c) => Ok((c.try_clone(layout)?, out.shape().clone())),
-            _ => Err(Error::Msg(
-                "attention core: the output is not on the CUDA device".into(),
-            )),
-        }
+        self.out.cuda()
     }
 
     fn bwd(

@@ -9,9 +9,9 @@
 //! `b`: about nine. It runs wherever its ops do (the tests compare it with the composed layer on
 //! the CPU); [`crate::nn::Linear`] uses it on CUDA devices.
 
-use std::sync::Mutex;
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
-use candle_core::{CpuStorage, CustomOp3, Error, Layout, Result, Shape, Tensor};
+use super::precomputed::Precomputed;
 
 /// `x·Wᵀ + b` over the last dimension of `x`, as one node.
 pub(crate) fn linear_node(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
@@ -29,7 +29,7 @@ pub(crate) fn linear_node(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<
         return Ok(y);
     }
     let node = LinearNode {
-        out: Mutex::new(Some(y)),
+        out: Precomputed::new("linear", y),
         x2d,
         w,
     };
@@ -38,21 +38,11 @@ pub(crate) fn linear_node(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<
 
 struct LinearNode {
     /// The output, computed before the node; its forward hands it to candle.
-    out: Mutex<Option<Tensor>>,
+    out: Precomputed,
     /// The input as rows `[R, in]`, detached.
     x2d: Tensor,
     /// The weight `[out, in]`, detached.
     w: Tensor,
-}
-
-impl LinearNode {
-    fn take_out(&self) -> Result<Tensor> {
-        self.out
-            .lock()
-            .map_err(|_| Error::Msg("linear: poisoned state".into()))?
-            .take()
-            .ok_or_else(|| Error::Msg("linear: output taken twice".into()))
-    }
 }
 
 impl CustomOp3 for LinearNode {
@@ -69,9 +59,7 @@ impl CustomOp3 for LinearNode {
         _: &CpuStorage,
         _: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = self.take_out()?;
-        let shape = out.shape().clone();
-        Ok((CpuStorage::F32(out.flatten_all()?.to_vec1::<f32>()?), shape))
+        self.out.cpu()
     }
 
     #[cfg(feature = "cuda")]
@@ -84,15 +72,7 @@ impl CustomOp3 for LinearNode {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        use candle_core::backend::BackendStorage;
-        let out = self.take_out()?;
-        let (storage, layout) = out.storage_and_layout();
-        match &*storage {
-            candle_core::Storage::Cuda(c) => Ok((c.try_clone(layout)?, out.shape().clone())),
-            _ => Err(Error::Msg(
-                "linear: the output is not on the CUDA device".into(),
-            )),
-        }
+        self.out.cuda()
     }
 
     fn bwd(

@@ -30,6 +30,7 @@ pub mod linear;
 pub(crate) mod linear_node;
 pub mod masks;
 pub mod philox;
+pub(crate) mod precomputed;
 pub mod softmax;
 pub mod workspace;
 

@@ -343,6 +343,14 @@ __device__ __forceinline__ bool dropout_keep(unsigned long long i, unsigned int 
   return draw < threshold;
 }
 
+// The mask value of element i: `dscale` where kept, else 0; 1 without dropout (use_mask 0).
+__device__ __forceinline__ float mask_value(unsigned long long i, int use_mask,
+                                            unsigned int key_lo, unsigned int key_hi,
+                                            unsigned int threshold, float dscale) {
+  if (!use_mask) return 1.0f;
+  return dropout_keep(i, key_lo, key_hi, threshold) ? dscale : 0.0f;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attention weights: y = softmax(s·scale + bias) over rows of n keys, p = y·mask (dropout; mask
 // value `dscale` or 0, `use_mask` 0 = no dropout). Rows are (batch, head, query) of scores
@@ -381,10 +389,8 @@ extern "C" __global__ void rb_attention_probs_fwd(const float *s, const float *b
   for (int j = lane; j < n; j += 32) {
     float v = expf(sr[j] * scale + (br ? br[j] : 0.0f) - mx) / sum;
     yr[j] = v;
-    float m = 1.0f;
-    if (use_mask)
-      m = dropout_keep((unsigned long long)row * n + j, key_lo, key_hi, threshold) ? dscale : 0.0f;
-    pr[j] = v * m;
+    pr[j] = v * mask_value((unsigned long long)row * n + j, use_mask, key_lo, key_hi, threshold,
+                           dscale);
   }
 }
 
@@ -401,16 +407,14 @@ extern "C" __global__ void rb_attention_probs_bwd(const float *y, const float *d
   float *dr = ds + (size_t)row * n;
   float dot = 0.0f;
   for (int j = lane; j < n; j += 32) {
-    float m = 1.0f;
-    if (use_mask)
-      m = dropout_keep((unsigned long long)row * n + j, key_lo, key_hi, threshold) ? dscale : 0.0f;
+    float m = mask_value((unsigned long long)row * n + j, use_mask, key_lo, key_hi, threshold,
+                         dscale);
     dot += gr[j] * m * yr[j];
   }
   dot = warp_sum(dot);
   for (int j = lane; j < n; j += 32) {
-    float m = 1.0f;
-    if (use_mask)
-      m = dropout_keep((unsigned long long)row * n + j, key_lo, key_hi, threshold) ? dscale : 0.0f;
+    float m = mask_value((unsigned long long)row * n + j, use_mask, key_lo, key_hi, threshold,
+                         dscale);
     dr[j] = scale * yr[j] * (gr[j] * m - dot);
   }
 }
@@ -436,9 +440,7 @@ extern "C" __global__ void rb_act_dropout_fwd(const float *h, float *out, unsign
                                               float dscale) {
   unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  float m = 1.0f;
-  if (use_mask) m = dropout_keep(i, key_lo, key_hi, threshold) ? dscale : 0.0f;
-  out[i] = act_fwd(h[i], act) * m;
+  out[i] = act_fwd(h[i], act) * mask_value(i, use_mask, key_lo, key_hi, threshold, dscale);
 }
 
 extern "C" __global__ void rb_act_dropout_bwd(const float *h, const float *g, float *dh,
@@ -447,9 +449,7 @@ extern "C" __global__ void rb_act_dropout_bwd(const float *h, const float *g, fl
                                               unsigned int threshold, float dscale) {
   unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  float m = 1.0f;
-  if (use_mask) m = dropout_keep(i, key_lo, key_hi, threshold) ? dscale : 0.0f;
-  dh[i] = g[i] * m * act_grad(h[i], act);
+  dh[i] = g[i] * mask_value(i, use_mask, key_lo, key_hi, threshold, dscale) * act_grad(h[i], act);
 }
 
 // ---------------------------------------------------------------------------------------------

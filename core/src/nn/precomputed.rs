@@ -1,0 +1,60 @@
+//! The output of an autograd node computed before the node exists.
+//!
+//! The nodes that run their forward pass on detached tensors (`attention_core`, `linear_node`,
+//! the chunked catalog loss) compute their output first, then enter candle's graph as a custom op
+//! whose forward only hands that output over: as a copy of its storage on a CUDA device (one
+//! device-to-device copy), as its values on the CPU.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, Error, Result, Shape, Tensor};
+
+/// A node's output, handed to candle once by the op's forward.
+pub(crate) struct Precomputed {
+    what: &'static str,
+    out: Mutex<Option<Tensor>>,
+}
+
+impl Precomputed {
+    /// `out`, computed for the node `what` (named in errors).
+    pub(crate) fn new(what: &'static str, out: Tensor) -> Self {
+        Precomputed {
+            what,
+            out: Mutex::new(Some(out)),
+        }
+    }
+
+    fn take(&self) -> Result<Tensor> {
+        self.out
+            .lock()
+            .map_err(|_| Error::Msg(format!("{}: poisoned state", self.what)))?
+            .take()
+            .ok_or_else(|| Error::Msg(format!("{}: output taken twice", self.what)))
+    }
+
+    /// The output as CPU storage (its values).
+    pub(crate) fn cpu(&self) -> Result<(CpuStorage, Shape)> {
+        let out = self.take()?;
+        let shape = out.shape().clone();
+        Ok((CpuStorage::F32(out.flatten_all()?.to_vec1::<f32>()?), shape))
+    }
+
+    /// The output as CUDA storage (a copy).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda(&self) -> Result<(candle_core::CudaStorage, Shape)> {
+        cuda_copy(&self.take()?, self.what)
+    }
+}
+
+/// A copy of `t`'s CUDA storage, with its shape; an error naming `what` if `t` is elsewhere.
+#[cfg(feature = "cuda")]
+pub(crate) fn cuda_copy(t: &Tensor, what: &str) -> Result<(candle_core::CudaStorage, Shape)> {
+    use candle_core::backend::BackendStorage;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cuda(c) => Ok((c.try_clone(layout)?, t.shape().clone())),
+        _ => Err(Error::Msg(format!(
+            "{what}: the output is not on the CUDA device"
+        ))),
+    }
+}
