@@ -1,8 +1,8 @@
 //! Where a model trains: `--device cpu` (default) or `--device cuda[:N]`.
 //!
-//! CUDA goes through candle's `cuda` feature, which this crate forwards as its own `cuda` feature
-//! (off by default: it needs the CUDA toolkit to build). The fused CPU kernels fall back to
-//! candle's composed ops on other devices, so the same code trains on a GPU.
+//! CUDA goes through candle's `cuda` feature and core's CUDA kernels, which this crate's `cuda`
+//! feature turns on (off by default: it needs the CUDA toolkit to build). The models' code is the
+//! same on every device; the ops they call take their CUDA forms on a GPU (`docs/gpu.md`).
 
 use std::{fmt, str::FromStr};
 

@@ -8,7 +8,7 @@
 //! Without a CUDA device the test prints that it was skipped, unless `RECBLOCKS_CUDA_TESTS=1`
 //! (set on the GPU machine by `bench/gpu/run.sh`), where it fails.
 
-use super::fused_paths::{data, fit_on};
+use super::fused_paths::{data, fit_on, COMMON};
 
 #[test]
 fn cuda_and_cpu_training_agree() {
@@ -22,8 +22,7 @@ fn cuda_and_cpu_training_agree() {
     }
     let dir = tempfile::tempdir().unwrap();
     let log = data(dir.path());
-    let common = r#""n_factors": 16, "n_heads": 2, "session_max_len": 16, "dropout_rate": 0.2,
-        "batch_size": 32, "lr": 0.001, "seed": 7"#;
+    let common = COMMON;
     let cases = [
         (
             "sasrec",

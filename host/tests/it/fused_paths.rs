@@ -13,6 +13,10 @@ use std::{collections::BTreeMap, path::Path, process::Command};
 
 use recblocks::data::{generate_synthetic, write_interactions_csv, SyntheticConfig};
 
+/// The settings every spec of these runs shares: small, dropout on, 20 batches an epoch.
+pub(crate) const COMMON: &str = r#""n_factors": 16, "n_heads": 2, "session_max_len": 16,
+    "dropout_rate": 0.2, "batch_size": 32, "lr": 0.001, "seed": 7"#;
+
 /// 640 users with sessions of 12–20 items: 20 batches of 32 in one epoch.
 pub(crate) fn data(dir: &Path) -> std::path::PathBuf {
     let log = dir.join("log.csv");
@@ -104,8 +108,7 @@ pub(crate) fn fit_on(
 fn fused_and_generic_blocks_train_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
     let log = data(dir.path());
-    let common = r#""n_factors": 16, "n_heads": 2, "session_max_len": 16, "dropout_rate": 0.2,
-        "batch_size": 32, "lr": 0.001, "seed": 7"#;
+    let common = COMMON;
     let cases = [
         (
             "sasrec",
