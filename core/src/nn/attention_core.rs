@@ -49,11 +49,6 @@ pub(crate) fn attention_core(
     scale: f64,
     dropout: Option<&Dropout>,
 ) -> Result<Option<Tensor>> {
-    let off = Dropout::new(0.0, crate::context::SharedRng::new(0));
-    let (dropout, train) = match dropout {
-        Some(d) => (d, true),
-        None => (&off, false),
-    };
     let (_, _, d) = q.dims3()?;
     if heads == 0 || d % heads != 0 {
         return Ok(None);
@@ -64,7 +59,8 @@ pub(crate) fn attention_core(
         split(&v.detach(), heads)?,
     );
     let scores = qh.matmul(&kh.t()?)?;
-    let Some((weights, bias_t)) = weights_op(&scores, bias, scale, dropout, train)? else {
+    let drop = dropout.and_then(Dropout::draw);
+    let Some((weights, bias_t)) = weights_op(&scores, bias, scale, drop)? else {
         return Ok(None);
     };
     let p = scores.apply_op2_no_bwd(&bias_t, &weights)?;

@@ -7,7 +7,7 @@
 //! launches per attention layer where this op takes two (`rb_attention_probs_fwd`/`_bwd` in
 //! `nn/cuda/kernels.cu`). It keeps the softmax output `y` for the backward pass,
 //! `ds = scale · y·(dy − Σ dy·y)` with `dy = dp·mask`, and draws the dropout mask from its key in
-//! both passes (the same mask [`Dropout::forward_t`] would multiply by, so both forms train
+//! both passes (the same mask [`crate::nn::Dropout::forward_t`] would multiply by, so both forms train
 //! identically).
 //!
 //! The CPU form (the fused transformer blocks do this work on the CPU) exists as the reference the
@@ -17,10 +17,7 @@ use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Error, Layout, Result, Shape, Tensor};
 
-use super::{
-    cpu_slice::storage_f32,
-    dropout::{Dropout, MaskDraw},
-};
+use super::{cpu_slice::storage_f32, dropout::MaskDraw};
 
 /// `dropout(softmax(scores·scale + bias))` over the last dimension of `scores` `[B, H, Q, K]`,
 /// with `bias` broadcastable to it as `[B or 1, 1, Q or 1, K]`, or `None` when the op does not
@@ -30,23 +27,23 @@ pub(crate) fn attention_weights(
     scores: &Tensor,
     bias: Option<&Tensor>,
     scale: f64,
-    dropout: &Dropout,
+    dropout: &crate::nn::Dropout,
     train: bool,
 ) -> Result<Option<Tensor>> {
-    let Some((op, bias_t)) = weights_op(scores, bias, scale, dropout, train)? else {
+    let drop = if train { dropout.draw() } else { None };
+    let Some((op, bias_t)) = weights_op(scores, bias, scale, drop)? else {
         return Ok(None);
     };
     Ok(Some(scores.contiguous()?.apply_op2(&bias_t, op)?))
 }
 
-/// The op for `scores` and `bias` (drawing the dropout key when `train`) and the bias tensor to
-/// apply it with; `None` where it does not apply.
+/// The op for `scores` and `bias` with dropout mask `drop` (none in evaluation) and the bias
+/// tensor to apply it with; `None` where it does not apply.
 pub(crate) fn weights_op(
     scores: &Tensor,
     bias: Option<&Tensor>,
     scale: f64,
-    dropout: &Dropout,
-    train: bool,
+    drop: Option<MaskDraw>,
 ) -> Result<Option<(AttentionWeights, Tensor)>> {
     let Ok((b, h, q, k)) = scores.dims4() else {
         return Ok(None);
@@ -69,7 +66,7 @@ pub(crate) fn weights_op(
         queries: q,
         bias_b,
         bias_q,
-        drop: if train { dropout.draw() } else { None },
+        drop,
         saved: Mutex::new(None),
     };
     Ok(Some((op, bias_t.detach())))
@@ -270,7 +267,10 @@ impl candle_core::CustomOp1 for AttentionWeightsGrad {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{context::SharedRng, nn::softmax::softmax_last_dim};
+    use crate::{
+        context::SharedRng,
+        nn::{softmax::softmax_last_dim, Dropout},
+    };
     use candle_core::{Device, Var};
 
     /// The composed form the op replaces (the generic attention's four ops).
