@@ -256,26 +256,32 @@ extern "C" __global__ void rb_softmax_ce_fwd(const float *x, const unsigned int 
   if (threadIdx.x == 0) ce[row] = lse - xr[tr];
 }
 
+// One row's gradient of a weighted softmax cross-entropy: dr[j] = g·(softmax_j − [j = t]), zeros
+// where t = 0 and NaN where t ≥ c (an id outside the catalog). Returns whether the row has a
+// target, and then its log-sum-exp in *lse. Every thread of the block calls it.
+__device__ __forceinline__ bool ce_grad_row(const float *xr, float *dr, unsigned int tr, int c,
+                                            float g, float *scratch, float *lse) {
+  if (tr == 0u || tr >= (unsigned int)c) {
+    float fill = tr == 0u ? 0.0f : NAN;
+    for (int j = threadIdx.x; j < c; j += blockDim.x) dr[j] = fill;
+    return false;
+  }
+  *lse = row_log_sum_exp(xr, c, scratch);
+  for (int j = threadIdx.x; j < c; j += blockDim.x) {
+    float v = g * expf(xr[j] - *lse);
+    dr[j] = (j == (int)tr) ? v - g : v;
+  }
+  return true;
+}
+
 // dx[row, j] = g[row]·(softmax_j − [j = t]) (0 where t = 0).
 extern "C" __global__ void rb_softmax_ce_bwd(const float *x, const unsigned int *t, const float *g,
                                              float *dx, int rows, int c) {
   __shared__ float scratch[8];
   int row = blockIdx.x;
   if (row >= rows) return;
-  unsigned int tr = t[row];
-  const float *xr = x + (size_t)row * c;
-  float *dr = dx + (size_t)row * c;
-  if (tr == 0u || tr >= (unsigned int)c) {
-    float fill = tr == 0u ? 0.0f : NAN;
-    for (int j = threadIdx.x; j < c; j += blockDim.x) dr[j] = fill;
-    return;
-  }
-  float lse = row_log_sum_exp(xr, c, scratch);
-  float gr = g[row];
-  for (int j = threadIdx.x; j < c; j += blockDim.x) {
-    float v = gr * expf(xr[j] - lse);
-    dr[j] = (j == (int)tr) ? v - gr : v;
-  }
+  float lse;
+  ce_grad_row(x + (size_t)row * c, dx + (size_t)row * c, t[row], c, g[row], scratch, &lse);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -309,20 +315,9 @@ extern "C" __global__ void rb_catalog_rows(const float *z, const unsigned int *t
   if (row >= rows) return;
   unsigned int tr = t[row];
   const float *zr = z + (size_t)row * c;
-  float *dr = dz + (size_t)row * c;
-  if (tr == 0u || tr >= (unsigned int)c) {
-    float fill = tr == 0u ? 0.0f : NAN;
-    for (int j = threadIdx.x; j < c; j += blockDim.x) dr[j] = fill;
-    if (threadIdx.x == 0) losses[row] = fill;
-    return;
-  }
-  float lse = row_log_sum_exp(zr, c, scratch);
-  float wr = w[row];
-  for (int j = threadIdx.x; j < c; j += blockDim.x) {
-    float v = wr * expf(zr[j] - lse);
-    dr[j] = (j == (int)tr) ? v - wr : v;
-  }
-  if (threadIdx.x == 0) losses[row] = (lse - zr[tr]) * wr;
+  float wr = w[row], lse;
+  bool target = ce_grad_row(zr, dz + (size_t)row * c, tr, c, wr, scratch, &lse);
+  if (threadIdx.x == 0) losses[row] = target ? (lse - zr[tr]) * wr : (tr == 0u ? 0.0f : NAN);
 }
 
 // ---------------------------------------------------------------------------------------------
