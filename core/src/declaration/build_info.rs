@@ -20,7 +20,14 @@ pub const CANDLE_VERSION: &str = "0.11.1";
 pub const BUILD_FINGERPRINT: &str = env!("RECBLOCKS_BUILD_FINGERPRINT");
 
 /// FNV-1a hash of core's source files, manifest and build script.
-pub const SOURCE_HASH: u64 = super::source::source_hash();
+pub const SOURCE_HASH: u64 = SOURCE_HASH_VALUE;
+
+/// [`SOURCE_HASH`], evaluated once, here: a `static` keeps the value in core's metadata, so a crate
+/// that reads the constant (every plugin's declaration) does not hash the sources again. The hash
+/// runs past the const evaluator's "taking a long time" threshold (half a megabyte, byte by byte);
+/// the loop is bounded by the sources' length.
+#[allow(long_running_const_eval)]
+static SOURCE_HASH_VALUE: u64 = super::source::source_hash();
 
 /// A hash of the sizes and alignments of the types that cross the host–plugin boundary.
 pub const BOUNDARY_LAYOUT: u64 = layout_hash(&[
