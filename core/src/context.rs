@@ -46,6 +46,11 @@ impl SharedRng {
     pub fn reseed(&self, seed: u64) {
         *self.lock() = ChaCha8Rng::seed_from_u64(seed);
     }
+
+    /// Whether `self` and `other` are handles of the same stream (not merely equal states).
+    pub fn same_stream(&self, other: &SharedRng) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 mod rand_distr_shim {

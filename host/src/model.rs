@@ -284,6 +284,7 @@ impl Model {
             state: &mut self.training,
             best_weights: &mut self.best_weights,
             observer: opts.active_observer().unwrap_or(&NoopObserver),
+            cuda_graph: opts.cuda_graph,
         };
         let outcome = run.run();
         // The fused blocks' buffers, kept for the next step, are not needed once training ends.

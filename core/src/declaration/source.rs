@@ -206,6 +206,10 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/nn/capture.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/capture.rs")),
+    ),
+    (
         "src/nn/catalog_softmax.rs",
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -233,6 +237,10 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
             env!("CARGO_MANIFEST_DIR"),
             "/src/nn/cross_entropy.rs"
         )),
+    ),
+    (
+        "src/nn/cuda/graph.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cuda/graph.rs")),
     ),
     (
         "src/nn/cuda/kernels.cu",

@@ -10,11 +10,11 @@
 //! (p = 0.2 keeps with probability 0.800003).
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use rand::Rng;
 
 use crate::{
     context::SharedRng,
     nn::{
+        capture::{take_key, TapedKey},
         philox::{fill_mask, keep_threshold},
         workspace::Buf,
     },
@@ -60,22 +60,40 @@ impl Dropout {
     /// for the backward pass, and the buffer goes back to the workspace after it).
     pub(crate) fn draw_mask_buf(&self, n: usize) -> Option<Buf> {
         let key = self.draw_key()?;
+        // Under a slot tape (a CUDA capture) the key is a placeholder and the tape fails the
+        // capture; a host mask cannot be replayed.
         let mut mask = Buf::scratch(n);
         fill_mask(key, &mut mask, keep_threshold(self.p), self.scale());
         Some(mask)
     }
 
-    /// The next mask's key; `None` (and no draw) when `p` is 0.
+    /// The next mask's key, for a mask computed on the host; `None` (and no draw) when `p` is 0.
+    /// Keys come from the stream, or from the running [`KeyTape`](crate::nn::capture::KeyTape).
     fn draw_key(&self) -> Option<u64> {
-        self.is_active().then(|| self.rng.lock().random::<u64>())
+        if !self.is_active() {
+            return None;
+        }
+        Some(match take_key(&self.rng, true) {
+            TapedKey::Value(k) => k,
+            TapedKey::Slot(_) => 0,
+        })
     }
 
     /// The next mask as its key and parameters, for ops that apply it inside another pass (the
     /// device ops draw it where they apply it); takes one key from the stream, as
-    /// [`draw_mask`](Self::draw_mask) does. `None` (and no draw) when `p` is 0.
+    /// [`draw_mask`](Self::draw_mask) does (or from the running tape, which may hand out the
+    /// key's device address instead). `None` (and no draw) when `p` is 0.
     pub(crate) fn draw(&self) -> Option<MaskDraw> {
+        if !self.is_active() {
+            return None;
+        }
+        let (key, key_slot) = match take_key(&self.rng, false) {
+            TapedKey::Value(k) => (k, 0),
+            TapedKey::Slot(a) => (0, a),
+        };
         Some(MaskDraw {
-            key: self.draw_key()?,
+            key,
+            key_slot,
             threshold: keep_threshold(self.p),
             scale: self.scale(),
         })
@@ -88,15 +106,10 @@ impl Dropout {
             return Ok(x.clone());
         }
         if x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
-            let Some(key) = self.draw_key() else {
+            let Some(draw) = self.draw() else {
                 return Ok(x.clone());
             };
-            let op = MaskOp {
-                key,
-                threshold: keep_threshold(self.p),
-                scale: self.scale(),
-            };
-            return Ok(x.contiguous()?.apply_op1(op)?);
+            return Ok(x.contiguous()?.apply_op1(MaskOp(draw))?);
         }
         let Some(mask) = self.draw_mask(x.elem_count()) else {
             return Ok(x.clone());
@@ -119,6 +132,10 @@ pub fn mask_from_key(key: u64, n: usize, p: f64, scale: f32) -> Vec<f32> {
 pub(crate) struct MaskDraw {
     /// The mask's key.
     pub key: u64,
+    /// The device address the key is read from instead, during a captured step (0: none; only
+    /// the CUDA kernels read it, and only a slot tape sets it).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub key_slot: u64,
     /// Elements whose 16-bit draw is below this are kept.
     pub threshold: u32,
     /// The value of kept mask elements, 1 / (1 − p).
@@ -137,11 +154,7 @@ impl MaskDraw {
 /// `x · mask(key)` as one op (the device path: the mask is drawn where it is applied); its
 /// backward pass applies the same mask, drawn again from the key, to the output gradient.
 #[derive(Debug, Clone, Copy)]
-struct MaskOp {
-    key: u64,
-    threshold: u32,
-    scale: f32,
-}
+struct MaskOp(MaskDraw);
 
 impl CustomOp1 for MaskOp {
     fn name(&self) -> &'static str {
@@ -151,7 +164,7 @@ impl CustomOp1 for MaskOp {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = crate::nn::cpu_slice::storage_f32(s, l, "dropout: input")?;
         let mut out = vec![0f32; x.len()];
-        fill_mask(self.key, &mut out, self.threshold, self.scale);
+        fill_mask(self.0.key, &mut out, self.0.threshold, self.0.scale);
         for (o, &v) in out.iter_mut().zip(x) {
             *o *= v;
         }
@@ -164,7 +177,7 @@ impl CustomOp1 for MaskOp {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        crate::nn::cuda::dropout(s, l, self.key, self.threshold, self.scale)
+        crate::nn::cuda::dropout(s, l, self.0)
     }
 
     fn bwd(
@@ -219,11 +232,12 @@ mod tests {
             n,
             &dev,
         )?;
-        let op = MaskOp {
+        let op = MaskOp(MaskDraw {
             key: 0xDEC0DE,
+            key_slot: 0,
             threshold: keep_threshold(0.2),
             scale: 1.25,
-        };
+        });
         let y = x.as_tensor().apply_op1(op)?;
         let mask = mask_from_key(0xDEC0DE, n, 0.2, 1.25);
         let xs = x.as_tensor().to_vec1::<f32>()?;

@@ -6,6 +6,9 @@
 //! - both: RecTools' merged mask `[B, 1, L, L]` (same for every head), −inf where causal or
 //!   padding, then the **diagonal set to 0** so padded queries never get an all-masked row
 //!   (pytorch#41508).
+//!
+//! On a CUDA device each bias is built by one kernel from the ids where they lie (no copy to the
+//! host and back, so a captured step can build it); the values are the same.
 
 use candle_core::{Device, Tensor};
 
@@ -20,6 +23,15 @@ pub fn timeline_mask(x: &Tensor) -> Result<Tensor> {
 
 /// The causal bias `[1, 1, L, L]`: query i may attend to keys j ≤ i.
 pub fn causal_bias(l: usize, device: &Device) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = device {
+        return Ok(crate::nn::cuda::attention_bias(
+            dev,
+            None,
+            l,
+            crate::nn::cuda::BiasKind::Causal,
+        )?);
+    }
     let mut v = vec![0f32; l * l];
     for i in 0..l {
         for j in (i + 1)..l {
@@ -32,6 +44,15 @@ pub fn causal_bias(l: usize, device: &Device) -> Result<Tensor> {
 /// The key padding bias `[B, 1, 1, L]`: keys with id 0 (PAD) are not attended to.
 pub fn key_padding_bias(x: &Tensor) -> Result<Tensor> {
     let (b, l) = x.dims2()?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = x.device() {
+        return Ok(crate::nn::cuda::attention_bias(
+            dev,
+            Some(x),
+            l,
+            crate::nn::cuda::BiasKind::KeyPadding,
+        )?);
+    }
     let ids = x.flatten_all()?.to_vec1::<u32>()?;
     let v: Vec<f32> = ids
         .iter()
@@ -43,6 +64,15 @@ pub fn key_padding_bias(x: &Tensor) -> Result<Tensor> {
 /// RecTools' merged mask `[B, 1, L, L]`: −inf where `j > i` or key j is padding, diagonal 0.
 pub fn merged_bias(x: &Tensor) -> Result<Tensor> {
     let (b, l) = x.dims2()?;
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(dev) = x.device() {
+        return Ok(crate::nn::cuda::attention_bias(
+            dev,
+            Some(x),
+            l,
+            crate::nn::cuda::BiasKind::Merged,
+        )?);
+    }
     let ids = x.flatten_all()?.to_vec1::<u32>()?;
     let mut v = vec![0f32; b * l * l];
     for bi in 0..b {

@@ -13,6 +13,7 @@ pub mod attention;
 pub(crate) mod attention_core;
 pub(crate) mod attention_weights;
 pub mod blocks;
+pub mod capture;
 pub mod catalog_softmax;
 pub(crate) mod column_sum;
 pub(crate) mod cpu_slice;

@@ -37,10 +37,17 @@ pub struct Args {
     /// Train on `cpu` (default) or `cuda[:N]` (a build with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     pub device: recblocks::device::DeviceSpec,
+    /// Record one training step as a CUDA graph after two warm-up steps and replay it for every
+    /// full batch (with `--device cuda`; docs/gpu.md).
+    #[arg(long)]
+    pub cuda_graph: bool,
 }
 
 /// Runs the command.
 pub fn run(args: Args) -> Result<()> {
+    if args.cuda_graph && args.device == recblocks::device::DeviceSpec::Cpu {
+        bail!("--cuda-graph records CUDA graphs: it needs --device cuda");
+    }
     let registry = super::registry()?;
     let interactions = args.data.interactions(args.quiet)?;
     let features = args.data.item_features(args.quiet)?;
@@ -54,6 +61,7 @@ pub fn run(args: Args) -> Result<()> {
         seed: args.seed,
         device: args.device,
         observer,
+        cuda_graph: args.cuda_graph,
     };
     let started = Instant::now();
     let model = if args.resume {

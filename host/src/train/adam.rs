@@ -112,56 +112,6 @@ impl Moments {
     }
 }
 
-/// The in-place step of a CUDA parameter and its device moments.
-#[cfg(feature = "cuda")]
-struct CudaStep<'a> {
-    k: StepCoefficients,
-    moments: Mutex<&'a mut recblocks_core::nn::cuda::AdamMoments>,
-}
-
-#[cfg(feature = "cuda")]
-impl InplaceOp2 for CudaStep<'_> {
-    fn name(&self) -> &'static str {
-        "adam-step"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &mut CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> candle_core::Result<()> {
-        Err(candle_core::Error::Msg(
-            "adam: device moments for a parameter on the CPU".into(),
-        ))
-    }
-
-    fn cuda_fwd(
-        &self,
-        s1: &mut candle_core::CudaStorage,
-        l1: &Layout,
-        s2: &candle_core::CudaStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<()> {
-        let k = self.k;
-        let coefficients = recblocks_core::nn::cuda::AdamCoefficients {
-            beta1: k.beta1,
-            one_minus_beta1: k.one_minus_beta1,
-            beta2: k.beta2,
-            one_minus_beta2: k.one_minus_beta2,
-            inv_bias1: k.inv_bias1,
-            inv_bias2: k.inv_bias2,
-            eps: k.eps,
-            lr: k.lr,
-        };
-        self.moments
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("adam: poisoned state".into()))?
-            .step((s1, l1), (s2, l2), coefficients)
-    }
-}
-
 /// Coefficients of one step, as f32 the way candle's `tensor * f64` applies them.
 #[derive(Clone, Copy)]
 struct StepCoefficients {
@@ -187,6 +137,36 @@ impl StepCoefficients {
             eps: c.eps as f32,
             lr: c.lr as f32,
         }
+    }
+
+    /// The device kernels' form of these coefficients.
+    #[cfg(feature = "cuda")]
+    fn device(&self) -> recblocks_core::nn::cuda::AdamCoefficients {
+        recblocks_core::nn::cuda::AdamCoefficients {
+            beta1: self.beta1,
+            one_minus_beta1: self.one_minus_beta1,
+            beta2: self.beta2,
+            one_minus_beta2: self.one_minus_beta2,
+            inv_bias1: self.inv_bias1,
+            inv_bias2: self.inv_bias2,
+            eps: self.eps,
+            lr: self.lr,
+        }
+    }
+
+    /// The coefficients as the eight f32 a captured step reads from device memory, in the order
+    /// of the kernels' `AdamCoefficients`.
+    fn as_array(&self) -> [f32; 8] {
+        [
+            self.beta1,
+            self.one_minus_beta1,
+            self.beta2,
+            self.one_minus_beta2,
+            self.inv_bias1,
+            self.inv_bias2,
+            self.eps,
+            self.lr,
+        ]
     }
 
     /// One element: the same operations, in the same order, as the composed path.
@@ -304,34 +284,114 @@ impl Adam {
 
     /// Applies one update from `grads`.
     pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
-        self.step += 1;
+        let (k, bias1, bias2) = self.advance_coefficients();
+        self.apply(grads, k, bias1, bias2, None)
+    }
+
+    /// Counts one more step and returns its coefficients as the eight f32 that
+    /// [`step_reading_coefficients`](Self::step_reading_coefficients) reads: what the host
+    /// writes before each replay of a captured step.
+    pub fn advance(&mut self) -> [f32; 8] {
+        self.advance_coefficients().0.as_array()
+    }
+
+    /// Applies `grads` with the coefficients of the step [`advance`](Self::advance) counted last
+    /// (the CPU form of a replayed step).
+    pub fn step_counted(&mut self, grads: &GradStore) -> candle_core::Result<()> {
+        let (k, bias1, bias2) = self.coefficients(self.step.max(1));
+        self.apply(grads, k, bias1, bias2, None)
+    }
+
+    /// The update of a captured step (CUDA only): applies `grads` with the coefficients found at
+    /// `coefficients` (8 f32 on the device, see [`advance`](Self::advance)) when the work runs,
+    /// without counting a step (each replay's [`advance`](Self::advance) does).
+    pub fn step_reading_coefficients(
+        &mut self,
+        grads: &GradStore,
+        coefficients: &Tensor,
+    ) -> candle_core::Result<()> {
+        let (k, bias1, bias2) = self.coefficients(self.step.max(1));
+        self.apply(grads, k, bias1, bias2, Some(coefficients))
+    }
+
+    fn coefficients(&self, step: u64) -> (StepCoefficients, f64, f64) {
         let c = self.config;
-        let t = self.step as i32;
+        let t = step as i32;
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
-        let k = StepCoefficients::new(&c, bias1, bias2);
+        (StepCoefficients::new(&c, bias1, bias2), bias1, bias2)
+    }
+
+    fn advance_coefficients(&mut self) -> (StepCoefficients, f64, f64) {
+        self.step += 1;
+        self.coefficients(self.step)
+    }
+
+    /// One update with coefficients `k` (and the biases they came from, for the composed path);
+    /// `device_k`: the device parameters read their coefficients there instead.
+    fn apply(
+        &mut self,
+        grads: &GradStore,
+        k: StepCoefficients,
+        bias1: f64,
+        bias2: f64,
+        device_k: Option<&Tensor>,
+    ) -> candle_core::Result<()> {
+        let c = self.config;
+        #[cfg(feature = "cuda")]
+        let mut on_device: Vec<recblocks_core::nn::cuda::AdamParam<'_>> = Vec::new();
+        #[cfg(feature = "cuda")]
+        let mut device = None;
         for slot in &mut self.slots {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            match &mut slot.moments {
-                Moments::Host { m, v } if g.is_contiguous() && g.dtype() == DType::F32 => {
+            let Slot { var, moments, .. } = slot;
+            let f32_grad = g.dtype() == DType::F32;
+            let in_place = match moments {
+                Moments::Host { .. } => device_k.is_none() && f32_grad && g.is_contiguous(),
+                #[cfg(feature = "cuda")]
+                Moments::Cuda(_) => f32_grad,
+                Moments::Device { .. } => false,
+            };
+            if !in_place {
+                if device_k.is_some() {
+                    return Err(candle_core::Error::Msg(
+                        "adam: a captured step's update needs every parameter on the CUDA \
+                         device in f32"
+                            .into(),
+                    ));
+                }
+                composed_step(var, moments, g, &c, bias1, bias2)?;
+                continue;
+            }
+            match moments {
+                Moments::Host { m, v } => {
                     let op = HostStep {
                         k,
                         moments: Mutex::new((m.as_mut_slice(), v.as_mut_slice())),
                     };
-                    slot.var.as_tensor().inplace_op2(g, &op)?;
+                    var.as_tensor().inplace_op2(g, &op)?;
                 }
                 #[cfg(feature = "cuda")]
-                Moments::Cuda(mo) if g.dtype() == DType::F32 => {
-                    let op = CudaStep {
-                        k,
-                        moments: Mutex::new(mo),
-                    };
-                    slot.var.as_tensor().inplace_op2(&g.contiguous()?, &op)?;
+                Moments::Cuda(mo) => {
+                    device = cuda_device(var.as_tensor()).cloned();
+                    on_device.push(recblocks_core::nn::cuda::AdamParam {
+                        param: var.as_tensor(),
+                        grad: g,
+                        moments: mo,
+                    });
                 }
-                _ => slot.composed_step(g, &c, bias1, bias2)?,
+                Moments::Device { .. } => {}
             }
+        }
+        #[cfg(feature = "cuda")]
+        if let Some(dev) = device {
+            let k_slot = match device_k {
+                Some(t) => recblocks_core::nn::cuda::graph::address(t)?,
+                None => 0,
+            };
+            recblocks_core::nn::cuda::adam_step(&dev, &mut on_device, k.device(), k_slot)?;
         }
         Ok(())
     }
@@ -348,7 +408,7 @@ impl Adam {
             let Some(g) = grads.get(slot.var.as_tensor()) else {
                 continue;
             };
-            slot.composed_step(g, &c, bias1, bias2)?;
+            composed_step(&slot.var, &mut slot.moments, g, &c, bias1, bias2)?;
         }
         Ok(())
     }
@@ -425,41 +485,96 @@ impl Adam {
     }
 }
 
-impl Slot {
-    /// This parameter's update from composed candle ops.
-    fn composed_step(
-        &mut self,
-        g: &Tensor,
-        c: &AdamConfig,
-        bias1: f64,
-        bias2: f64,
-    ) -> candle_core::Result<()> {
-        let (m, v) = self.moments.tensors(&self.var)?;
-        let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-        let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-        let denom = ((&v / bias2)?.sqrt()? + c.eps)?;
-        let update = ((&m / bias1)? / denom)?;
-        let new = (self.var.as_tensor() - (update * c.lr)?)?;
-        self.var.set(&new)?;
-        self.moments = match self.moments {
-            Moments::Host { .. } => Moments::Host {
-                m: m.flatten_all()?.to_vec1()?,
-                v: v.flatten_all()?.to_vec1()?,
-            },
-            #[cfg(feature = "cuda")]
-            Moments::Cuda(_) => {
-                Moments::Cuda(recblocks_core::nn::cuda::AdamMoments::from_tensors(&m, &v)?)
-            }
-            Moments::Device { .. } => Moments::Device { m, v },
-        };
-        Ok(())
-    }
+/// One parameter's update from composed candle ops.
+fn composed_step(
+    var: &Var,
+    moments: &mut Moments,
+    g: &Tensor,
+    c: &AdamConfig,
+    bias1: f64,
+    bias2: f64,
+) -> candle_core::Result<()> {
+    let (m, v) = moments.tensors(var)?;
+    let m = ((m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
+    let v = ((v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
+    let denom = ((&v / bias2)?.sqrt()? + c.eps)?;
+    let update = ((&m / bias1)? / denom)?;
+    let new = (var.as_tensor() - (update * c.lr)?)?;
+    var.set(&new)?;
+    *moments = match moments {
+        Moments::Host { .. } => Moments::Host {
+            m: m.flatten_all()?.to_vec1()?,
+            v: v.flatten_all()?.to_vec1()?,
+        },
+        #[cfg(feature = "cuda")]
+        Moments::Cuda(_) => {
+            Moments::Cuda(recblocks_core::nn::cuda::AdamMoments::from_tensors(&m, &v)?)
+        }
+        Moments::Device { .. } => Moments::Device { m, v },
+    };
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// The parameters of the CUDA tests: 53 of assorted sizes (more than one launch's 48, block
+    /// edges of 256 on both sides, a single value), values and gradient weights.
+    #[cfg(feature = "cuda")]
+    fn assorted(dev: &Device) -> candle_core::Result<(BTreeMap<String, Var>, Vec<Tensor>)> {
+        let sizes: Vec<usize> = (0..53)
+            .map(|i| [1usize, 255, 256, 257, 1000, 37][i % 6] + i)
+            .collect();
+        let mut vars = BTreeMap::new();
+        let mut weights = Vec::new();
+        for (i, &n) in sizes.iter().enumerate() {
+            let init: Vec<f32> = (0..n)
+                .map(|j| ((j as f32) * 0.37 + i as f32).sin() * 3.0)
+                .collect();
+            vars.insert(format!("p{i:02}"), Var::from_vec(init, n, dev)?);
+            let c: Vec<f32> = (0..n).map(|j| ((j + 7 * i) as f32 * 0.11).cos()).collect();
+            weights.push(Tensor::from_vec(c, n, dev)?);
+        }
+        Ok((vars, weights))
+    }
+
+    /// `Σ_i (p_i · c_i · s).sum()`: gradient c_i·s, exact on both devices.
+    #[cfg(feature = "cuda")]
+    fn weighted_loss(
+        vars: &BTreeMap<String, Var>,
+        weights: &[Tensor],
+        s: f64,
+    ) -> candle_core::Result<GradStore> {
+        let mut total: Option<Tensor> = None;
+        for (v, c) in vars.values().zip(weights) {
+            let term = (v.as_tensor() * (c * s)?)?.sum_all()?;
+            total = Some(match total {
+                Some(t) => (t + term)?,
+                None => term,
+            });
+        }
+        total
+            .ok_or_else(|| candle_core::Error::Msg("no parameter".into()))?
+            .backward()
+    }
+
+    /// Every parameter and first moment, on the host.
+    #[cfg(feature = "cuda")]
+    fn host_state(vars: &BTreeMap<String, Var>, opt: &Adam) -> candle_core::Result<Vec<Vec<f32>>> {
+        let (state, _) = opt.state();
+        let mut out = Vec::new();
+        for (name, v) in vars {
+            out.push(v.as_tensor().to_device(&Device::Cpu)?.to_vec1::<f32>()?);
+            out.push(
+                state[&format!("m.{name}")]
+                    .to_device(&Device::Cpu)?
+                    .to_vec1::<f32>()?,
+            );
+        }
+        Ok(out)
+    }
 
     #[cfg(feature = "cuda")]
     #[test]
@@ -472,39 +587,30 @@ mod tests {
             eprintln!("cuda_adam_step: skipped, no CUDA device");
             return Ok(());
         };
-        let init: Vec<f32> = (0..1000).map(|i| ((i as f32) * 0.37).sin() * 3.0).collect();
+        // The CPU pass, the device pass with coefficients by value, and the device pass reading
+        // them from device memory (a captured step's): the same bits after 5 steps.
         let mut got = Vec::new();
-        for dev in [Device::Cpu, gpu] {
-            let p = Var::from_vec(init.clone(), (10, 100), &dev)?;
-            let mut vars = BTreeMap::new();
-            vars.insert("p".to_string(), p.clone());
-            let mut opt = Adam::new(vars, AdamConfig::rectools(0.01))?;
-            let c = Tensor::from_vec(
-                (0..1000)
-                    .map(|i| ((i as f32) * 0.11).cos())
-                    .collect::<Vec<_>>(),
-                (10, 100),
-                &dev,
-            )?;
+        for (dev, from_memory) in [(Device::Cpu, false), (gpu.clone(), false), (gpu, true)] {
+            let (vars, weights) = assorted(&dev)?;
+            let mut opt = Adam::new(vars.clone(), AdamConfig::rectools(0.01))?;
             for step in 0..5 {
-                // (p·c·s).sum(): gradient c·s, exact on both devices.
-                let loss = (p.as_tensor() * (&c * (step + 1) as f64)?)?.sum_all()?;
-                opt.step(&loss.backward()?)?;
+                let grads = weighted_loss(&vars, &weights, (step + 1) as f64)?;
+                if from_memory {
+                    let k = opt.advance();
+                    let k = Tensor::from_vec(k.to_vec(), 8, &dev)?;
+                    opt.step_reading_coefficients(&grads, &k)?;
+                } else {
+                    opt.step(&grads)?;
+                }
             }
-            let (state, _) = opt.state();
-            let m = state["m.p"]
-                .flatten_all()?
-                .to_device(&Device::Cpu)?
-                .to_vec1::<f32>()?;
-            let params = p
-                .as_tensor()
-                .flatten_all()?
-                .to_device(&Device::Cpu)?
-                .to_vec1::<f32>()?;
-            got.push((params, m));
+            assert_eq!(opt.step_count(), 5);
+            got.push(host_state(&vars, &opt)?);
         }
-        assert_eq!(got[0].0, got[1].0, "parameters after 5 steps");
-        assert_eq!(got[0].1, got[1].1, "first moments after 5 steps");
+        assert!(got[0] == got[1], "CPU and CUDA Adam differ after 5 steps");
+        assert!(
+            got[1] == got[2],
+            "CUDA Adam with coefficients by value and from device memory differ"
+        );
         Ok(())
     }
 

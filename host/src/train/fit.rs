@@ -24,6 +24,7 @@ use crate::{
     error::HostError,
     train::{
         adam::Adam,
+        captured_step::CapturedSteps,
         observer::{BatchProgress, EpochInfo, EpochObserver},
         prepare::PreparedData,
         rng_state::RngState,
@@ -44,6 +45,9 @@ pub struct FitOptions {
     /// Told about every epoch and batch, and given the run's messages; `None` (the default):
     /// nobody is, and the fit is silent.
     pub observer: Option<Arc<dyn EpochObserver>>,
+    /// Record one training step as a CUDA graph and replay it for every full batch
+    /// ([`crate::train::captured_step`]); on the CPU the same bookkeeping runs uncaptured.
+    pub cuda_graph: bool,
 }
 
 impl FitOptions {
@@ -59,6 +63,7 @@ impl std::fmt::Debug for FitOptions {
             .field("epochs", &self.epochs)
             .field("seed", &self.seed)
             .field("device", &self.device)
+            .field("cuda_graph", &self.cuda_graph)
             .field(
                 "observer",
                 &self.observer.as_ref().map(|_| "dyn EpochObserver"),
@@ -140,6 +145,8 @@ pub struct TrainRun<'a> {
     pub best_weights: &'a mut Option<BTreeMap<String, Tensor>>,
     /// Told about progress.
     pub observer: &'a dyn EpochObserver,
+    /// Capture one step and replay it ([`FitOptions::cuda_graph`]).
+    pub cuda_graph: bool,
 }
 
 impl TrainRun<'_> {
@@ -151,6 +158,7 @@ impl TrainRun<'_> {
         }
         let batch_size = self.model.spec.batch_size;
         let n_batches = n_sessions.div_ceil(batch_size);
+        let mut captured = self.cuda_graph.then(CapturedSteps::new);
         while self.state.epochs_done < self.settings.epochs && !self.state.stopped_early {
             let info = EpochInfo {
                 epoch: self.state.epochs_done + 1,
@@ -161,7 +169,7 @@ impl TrainRun<'_> {
             let epoch = info.epoch;
             self.observer.epoch_started(&info);
             let started = Instant::now();
-            let (loss_sum, seen) = match self.train_epoch(&info, started) {
+            let (loss_sum, seen) = match self.train_epoch(&info, started, captured.as_mut()) {
                 Ok(sums) => sums,
                 Err(e) => {
                     self.observer.epoch_failed(&info, &e);
@@ -201,7 +209,15 @@ impl TrainRun<'_> {
     /// them, in the epoch's order: the data stream (shuffling, masking, negatives) is drawn from
     /// by that thread alone during the epoch, in the same order as one thread would, so a seed
     /// gives the same batches.
-    fn train_epoch(&mut self, info: &EpochInfo, started: Instant) -> Result<(f64, usize)> {
+    ///
+    /// With `captured`, batches are collated on the CPU and copied into the captured step's
+    /// buffers.
+    fn train_epoch(
+        &mut self,
+        info: &EpochInfo,
+        started: Instant,
+        mut captured: Option<&mut CapturedSteps>,
+    ) -> Result<(f64, usize)> {
         let order = self.epoch_order(self.data.sessions.len());
         let batch_size = self.model.spec.batch_size;
         let (sessions, preparator, sampler, data_rng) = (
@@ -210,7 +226,11 @@ impl TrainRun<'_> {
             self.sampler,
             self.data_rng,
         );
-        let (n_items, device) = (self.model.schema.n_items, self.model.device.clone());
+        let n_items = self.model.schema.n_items;
+        let device = match captured {
+            Some(_) => candle_core::Device::Cpu,
+            None => self.model.device.clone(),
+        };
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel(1);
             scope.spawn(move || {
@@ -235,7 +255,10 @@ impl TrainRun<'_> {
             let (mut loss_sum, mut seen) = (0.0f64, 0usize);
             for (b, collated) in rx.iter().enumerate() {
                 let (len, batch) = collated?;
-                let value = self.train_step(&batch, info, b)?;
+                let value = match captured.as_deref_mut() {
+                    Some(c) => c.step(self, &batch, info, b)?,
+                    None => self.train_step(&batch, info, b)?,
+                };
                 loss_sum += value as f64 * len as f64;
                 seen += len;
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -253,7 +276,7 @@ impl TrainRun<'_> {
     }
 
     /// One optimisation step on `batch` (the `b`-th of the epoch, from 0); returns its loss.
-    fn train_step(
+    pub(crate) fn train_step(
         &mut self,
         batch: &recblocks_core::batch::Batch,
         info: &EpochInfo,
@@ -263,6 +286,14 @@ impl TrainRun<'_> {
             .objective
             .train_loss(self.model.backbone.as_ref(), batch)?;
         let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
+        self.check_loss(value, info, b)?;
+        let grads = loss.backward()?;
+        self.adam.step(&grads)?;
+        Ok(value)
+    }
+
+    /// Fails on a non-finite loss, naming where a fused block first saw non-finite values.
+    pub(crate) fn check_loss(&self, value: f32, info: &EpochInfo, b: usize) -> Result<()> {
         if !value.is_finite() {
             let origin = recblocks_core::nn::fused::take_non_finite_origin()
                 .map(|o| format!("; first: {o}"))
@@ -276,9 +307,7 @@ impl TrainRun<'_> {
         }
         // A block's note about non-finite values only matters for the step that failed.
         let _ = recblocks_core::nn::fused::take_non_finite_origin();
-        let grads = loss.backward()?;
-        self.adam.step(&grads)?;
-        Ok(value)
+        Ok(())
     }
 
     fn epoch_order(&self, n: usize) -> Vec<usize> {

@@ -2,6 +2,7 @@
 //! stopping, the observer that hears about its progress, and the state `--resume` needs.
 
 pub mod adam;
+pub mod captured_step;
 pub mod fit;
 pub mod observer;
 pub mod prepare;

@@ -5,19 +5,32 @@
 //! (`lr` per step at most; a gradient that is zero in exact arithmetic, like the key projection's
 //! bias, is rounding noise on both sides, which Adam turns into steps of up to `lr`).
 //!
-//! Without a CUDA device the test prints that it was skipped, unless `RECBLOCKS_CUDA_TESTS=1`
-//! (set on the GPU machine by `bench/gpu/run.sh`), where it fails.
+//! The same holds with the step captured as a CUDA graph and replayed (`--cuda-graph`: 2 warm-up
+//! steps, then the capture and 18 replays), and the run must not have fallen back to uncaptured
+//! steps.
+//!
+//! Without a CUDA device the tests print that they were skipped, unless `RECBLOCKS_CUDA_TESTS=1`
+//! (set on the GPU machine by `bench/gpu/run.sh`), where they fail.
 
-use super::fused_paths::{data, fit_on, COMMON};
+use super::fused_paths::{data, fit_on, fit_with_args, COMMON};
 
 #[test]
 fn cuda_and_cpu_training_agree() {
+    agree(false);
+}
+
+#[test]
+fn captured_cuda_and_cpu_training_agree() {
+    agree(true);
+}
+
+fn agree(cuda_graph: bool) {
     if candle_core::Device::new_cuda(0).is_err() {
         assert!(
             std::env::var("RECBLOCKS_CUDA_TESTS").as_deref() != Ok("1"),
             "RECBLOCKS_CUDA_TESTS=1 but no CUDA device opens"
         );
-        eprintln!("cuda_and_cpu_training_agree: skipped, no CUDA device");
+        eprintln!("cuda training (graph {cuda_graph}): skipped, no CUDA device");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -35,8 +48,25 @@ fn cuda_and_cpu_training_agree() {
     ];
     for (name, spec) in &cases {
         let (loss_c, cpu) = fit_on(dir.path(), name, spec, &log, "fused", "cpu");
-        let (loss_g, gpu) = fit_on(dir.path(), name, spec, &log, "fused", "cuda");
-        eprintln!("{name}: training loss cpu {loss_c} cuda {loss_g}");
+        let (loss_g, gpu) = if cuda_graph {
+            let (loss, weights, stderr) = fit_with_args(
+                dir.path(),
+                name,
+                spec,
+                &log,
+                "fused",
+                "cuda",
+                &["--cuda-graph"],
+            );
+            assert!(
+                !stderr.contains("uncaptured"),
+                "{name}: the captured run fell back: {stderr}"
+            );
+            (loss, weights)
+        } else {
+            fit_on(dir.path(), name, spec, &log, "fused", "cuda")
+        };
+        eprintln!("{name}: training loss cpu {loss_c} cuda {loss_g} (graph {cuda_graph})");
         assert!(
             (loss_c - loss_g).abs() <= 1e-4 * loss_c.abs().max(1.0),
             "{name}: training loss cpu {loss_c} vs cuda {loss_g}"

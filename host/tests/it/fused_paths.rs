@@ -53,9 +53,23 @@ pub(crate) fn fit_on(
     path: &str,
     device: &str,
 ) -> (f64, BTreeMap<String, Vec<f32>>) {
+    let (loss, weights, _) = fit_with_args(dir, name, spec, log, path, device, &["--quiet"]);
+    (loss, weights)
+}
+
+/// [`fit_on`] with `extra` arguments to `fit` (in place of `--quiet`); also returns its stderr.
+pub(crate) fn fit_with_args(
+    dir: &Path,
+    name: &str,
+    spec: &str,
+    log: &Path,
+    path: &str,
+    device: &str,
+    extra: &[&str],
+) -> (f64, BTreeMap<String, Vec<f32>>, String) {
     let spec_file = dir.join(format!("{name}.json"));
     std::fs::write(&spec_file, spec).unwrap();
-    let out = dir.join(format!("{name}-{path}-{device}"));
+    let out = dir.join(format!("{name}-{path}-{device}{}", extra.join("")));
     let bin =
         std::env::var("RECBLOCKS_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_recblocks").into());
     let run = Command::new(bin)
@@ -71,17 +85,14 @@ pub(crate) fn fit_on(
             "1",
             "--threads",
             "2",
-            "--quiet",
             "--device",
             device,
         ])
+        .args(extra)
         .output()
         .unwrap();
-    assert!(
-        run.status.success(),
-        "{name} ({path}, {device}): {}",
-        String::from_utf8_lossy(&run.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    assert!(run.status.success(), "{name} ({path}, {device}): {stderr}");
     let bytes = std::fs::read(out.join("weights.safetensors")).unwrap();
     let tensors = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut weights = BTreeMap::new();
@@ -101,7 +112,7 @@ pub(crate) fn fit_on(
         .and_then(|row| row.split(',').nth(1))
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or_else(|| panic!("{name}: no training loss in train_log.csv: {log_csv}"));
-    (loss, weights)
+    (loss, weights, stderr)
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod captured_steps;
 mod cli;
 mod cli_refusals;
 #[cfg(feature = "cuda")]

@@ -113,11 +113,16 @@ impl TransformerTorchBackbone {
         }
         let (b, l) = x.dims2()?;
         let ids = x.flatten_all()?;
-        if let Some(&bad) = ids
-            .to_vec1::<u32>()?
-            .iter()
-            .find(|&&id| id as usize >= n_items)
-        {
+        // In a step that may be captured the ids cannot be read here; the trainer checks each
+        // batch on the host before copying it to the device.
+        let bad = if recblocks_core::nn::capture::static_shapes() {
+            None
+        } else {
+            ids.to_vec1::<u32>()?
+                .into_iter()
+                .find(|&id| id as usize >= n_items)
+        };
+        if let Some(bad) = bad {
             return Err(CoreError::invalid(
                 ComponentKind::Backbone,
                 NAME,

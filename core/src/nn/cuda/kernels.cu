@@ -63,16 +63,28 @@ __device__ __forceinline__ uint4 philox4x32_10(uint4 c, uint2 k) {
   return c;
 }
 
+// A mask's key: the launch's (key_lo, key_hi), or, where `key_slot` is set, the 64-bit key stored
+// there (a captured training step reads each replay's keys from device memory: nn/capture.rs).
+__device__ __forceinline__ uint2 mask_key(unsigned int key_lo, unsigned int key_hi,
+                                          const unsigned long long *key_slot) {
+  if (key_slot) {
+    unsigned long long k = *key_slot;
+    return make_uint2((unsigned int)k, (unsigned int)(k >> 32));
+  }
+  return make_uint2(key_lo, key_hi);
+}
+
 // out[i] = x[i] * (draw_i < threshold ? scale : 0); one thread per Philox block (8 elements,
 // 16 floats apart: the threads of a warp write 16 consecutive floats of two groups per draw).
 extern "C" __global__ void rb_dropout(const float *x, float *out, unsigned long long n,
                                       unsigned int key_lo, unsigned int key_hi,
-                                      unsigned int threshold, float scale) {
+                                      const unsigned long long *key_slot, unsigned int threshold,
+                                      float scale) {
   unsigned long long b = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   unsigned long long base = (b >> 4) * 128 + (b & 15);
   if (base >= n) return;
   uint4 r = philox4x32_10(make_uint4((unsigned int)b, (unsigned int)(b >> 32), 0u, 0u),
-                          make_uint2(key_lo, key_hi));
+                          mask_key(key_lo, key_hi, key_slot));
   unsigned int words[4] = {r.x, r.y, r.z, r.w};
 #pragma unroll
   for (int d = 0; d < 8; ++d) {
@@ -285,22 +297,51 @@ extern "C" __global__ void rb_softmax_ce_bwd(const float *x, const unsigned int 
 }
 
 // ---------------------------------------------------------------------------------------------
-// Adam (torch.optim.Adam without weight decay), the operations of the host's CPU pass in order.
+// Adam (torch.optim.Adam without weight decay), the operations of the host's CPU pass in order,
+// over up to ADAM_TENSORS parameters in one launch (nn/cuda/mod.rs `adam_step`, whose
+// `AdamTable` and `AdamCoefficients` mirror these structs field for field). Block b updates
+// elements [(b − first_block[t])·blockDim, …) of parameter t, where first_block[t] ≤ b <
+// first_block[t + 1]. The coefficients come by value, or from device memory where `k_slot` is
+// set (a captured step reads each replay's step coefficients there: nn/capture.rs).
 
-extern "C" __global__ void rb_adam_step(float *p, const float *g, float *m, float *v,
-                                        unsigned long long n, float beta1, float one_minus_beta1,
-                                        float beta2, float one_minus_beta2, float inv_bias1,
-                                        float inv_bias2, float eps, float lr) {
-  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
-  float gi = g[i];
-  float mi = __fadd_rn(__fmul_rn(m[i], beta1), __fmul_rn(gi, one_minus_beta1));
-  float vi = __fadd_rn(__fmul_rn(v[i], beta2), __fmul_rn(__fmul_rn(gi, gi), one_minus_beta2));
+#define ADAM_TENSORS 48
+
+struct AdamTable {
+  float *p[ADAM_TENSORS];
+  const float *g[ADAM_TENSORS];
+  float *m[ADAM_TENSORS];
+  float *v[ADAM_TENSORS];
+  unsigned int n[ADAM_TENSORS];
+  unsigned int first_block[ADAM_TENSORS + 1];
+  int count;
+};
+
+struct AdamCoefficients {
+  float beta1, one_minus_beta1, beta2, one_minus_beta2, inv_bias1, inv_bias2, eps, lr;
+};
+
+extern "C" __global__ void rb_adam_step(const AdamTable table, AdamCoefficients k,
+                                        const AdamCoefficients *k_slot) {
+  unsigned int blk = blockIdx.x;
+  int lo = 0, hi = table.count - 1;
+  while (lo < hi) {
+    int mid = (lo + hi + 1) >> 1;
+    if (table.first_block[mid] <= blk) lo = mid;
+    else hi = mid - 1;
+  }
+  int t = lo;
+  unsigned long long i = (unsigned long long)(blk - table.first_block[t]) * blockDim.x + threadIdx.x;
+  if (i >= table.n[t]) return;
+  if (k_slot) k = *k_slot;
+  float *p = table.p[t], *m = table.m[t], *v = table.v[t];
+  float gi = table.g[t][i];
+  float mi = __fadd_rn(__fmul_rn(m[i], k.beta1), __fmul_rn(gi, k.one_minus_beta1));
+  float vi = __fadd_rn(__fmul_rn(v[i], k.beta2), __fmul_rn(__fmul_rn(gi, gi), k.one_minus_beta2));
   m[i] = mi;
   v[i] = vi;
-  float denom = __fadd_rn(sqrtf(__fmul_rn(vi, inv_bias2)), eps);
-  float update = __fdiv_rn(__fmul_rn(mi, inv_bias1), denom);
-  p[i] = __fsub_rn(p[i], __fmul_rn(update, lr));
+  float denom = __fadd_rn(sqrtf(__fmul_rn(vi, k.inv_bias2)), k.eps);
+  float update = __fdiv_rn(__fmul_rn(mi, k.inv_bias1), denom);
+  p[i] = __fsub_rn(p[i], __fmul_rn(update, k.lr));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -324,14 +365,13 @@ extern "C" __global__ void rb_catalog_rows(const float *z, const unsigned int *t
 // Dropout draws element by element (for kernels that apply a mask inside another pass): the keep
 // decision of element i under `key`, the same function as rb_dropout's.
 
-__device__ __forceinline__ bool dropout_keep(unsigned long long i, unsigned int key_lo,
-                                             unsigned int key_hi, unsigned int threshold) {
+__device__ __forceinline__ bool dropout_keep(unsigned long long i, uint2 key,
+                                             unsigned int threshold) {
   unsigned long long g = i >> 7;
   unsigned int r = (unsigned int)(i & 127);
   unsigned long long b = g * 16 + (r & 15);
   unsigned int d = r >> 4;
-  uint4 w = philox4x32_10(make_uint4((unsigned int)b, (unsigned int)(b >> 32), 0u, 0u),
-                          make_uint2(key_lo, key_hi));
+  uint4 w = philox4x32_10(make_uint4((unsigned int)b, (unsigned int)(b >> 32), 0u, 0u), key);
   unsigned int words[4] = {w.x, w.y, w.z, w.w};
   unsigned int word = words[d >> 1];
   unsigned int draw = (d & 1) ? (word >> 16) : (word & 0xffffu);
@@ -339,11 +379,10 @@ __device__ __forceinline__ bool dropout_keep(unsigned long long i, unsigned int 
 }
 
 // The mask value of element i: `dscale` where kept, else 0; 1 without dropout (use_mask 0).
-__device__ __forceinline__ float mask_value(unsigned long long i, int use_mask,
-                                            unsigned int key_lo, unsigned int key_hi,
+__device__ __forceinline__ float mask_value(unsigned long long i, int use_mask, uint2 key,
                                             unsigned int threshold, float dscale) {
   if (!use_mask) return 1.0f;
-  return dropout_keep(i, key_lo, key_hi, threshold) ? dscale : 0.0f;
+  return dropout_keep(i, key, threshold) ? dscale : 0.0f;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -356,11 +395,13 @@ extern "C" __global__ void rb_attention_probs_fwd(const float *s, const float *b
                                                   float *y, int rows, int n, int heads,
                                                   int queries, int bias_b, int bias_q,
                                                   float scale, int use_mask, unsigned int key_lo,
-                                                  unsigned int key_hi, unsigned int threshold,
-                                                  float dscale) {
+                                                  unsigned int key_hi,
+                                                  const unsigned long long *key_slot,
+                                                  unsigned int threshold, float dscale) {
   int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   int lane = threadIdx.x & 31;
   if (row >= rows) return;
+  uint2 key = mask_key(key_lo, key_hi, key_slot);
   int q = row % queries;
   int b = row / (queries * heads);
   const float *sr = s + (size_t)row * n;
@@ -384,7 +425,7 @@ extern "C" __global__ void rb_attention_probs_fwd(const float *s, const float *b
   for (int j = lane; j < n; j += 32) {
     float v = expf(sr[j] * scale + (br ? br[j] : 0.0f) - mx) / sum;
     yr[j] = v;
-    pr[j] = v * mask_value((unsigned long long)row * n + j, use_mask, key_lo, key_hi, threshold,
+    pr[j] = v * mask_value((unsigned long long)row * n + j, use_mask, key, threshold,
                            dscale);
   }
 }
@@ -393,22 +434,24 @@ extern "C" __global__ void rb_attention_probs_fwd(const float *s, const float *b
 extern "C" __global__ void rb_attention_probs_bwd(const float *y, const float *dp, float *ds,
                                                   int rows, int n, float scale, int use_mask,
                                                   unsigned int key_lo, unsigned int key_hi,
+                                                  const unsigned long long *key_slot,
                                                   unsigned int threshold, float dscale) {
   int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
   int lane = threadIdx.x & 31;
   if (row >= rows) return;
+  uint2 key = mask_key(key_lo, key_hi, key_slot);
   const float *yr = y + (size_t)row * n;
   const float *gr = dp + (size_t)row * n;
   float *dr = ds + (size_t)row * n;
   float dot = 0.0f;
   for (int j = lane; j < n; j += 32) {
-    float m = mask_value((unsigned long long)row * n + j, use_mask, key_lo, key_hi, threshold,
+    float m = mask_value((unsigned long long)row * n + j, use_mask, key, threshold,
                          dscale);
     dot += gr[j] * m * yr[j];
   }
   dot = warp_sum(dot);
   for (int j = lane; j < n; j += 32) {
-    float m = mask_value((unsigned long long)row * n + j, use_mask, key_lo, key_hi, threshold,
+    float m = mask_value((unsigned long long)row * n + j, use_mask, key, threshold,
                          dscale);
     dr[j] = scale * yr[j] * (gr[j] * m - dot);
   }
@@ -431,20 +474,24 @@ __device__ __forceinline__ float act_grad(float h, int act) {
 
 extern "C" __global__ void rb_act_dropout_fwd(const float *h, float *out, unsigned long long n,
                                               int act, int use_mask, unsigned int key_lo,
-                                              unsigned int key_hi, unsigned int threshold,
-                                              float dscale) {
+                                              unsigned int key_hi,
+                                              const unsigned long long *key_slot,
+                                              unsigned int threshold, float dscale) {
   unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  out[i] = act_fwd(h[i], act) * mask_value(i, use_mask, key_lo, key_hi, threshold, dscale);
+  uint2 key = mask_key(key_lo, key_hi, key_slot);
+  out[i] = act_fwd(h[i], act) * mask_value(i, use_mask, key, threshold, dscale);
 }
 
 extern "C" __global__ void rb_act_dropout_bwd(const float *h, const float *g, float *dh,
                                               unsigned long long n, int act, int use_mask,
                                               unsigned int key_lo, unsigned int key_hi,
+                                              const unsigned long long *key_slot,
                                               unsigned int threshold, float dscale) {
   unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  dh[i] = g[i] * mask_value(i, use_mask, key_lo, key_hi, threshold, dscale) * act_grad(h[i], act);
+  uint2 key = mask_key(key_lo, key_hi, key_slot);
+  dh[i] = g[i] * mask_value(i, use_mask, key, threshold, dscale) * act_grad(h[i], act);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -455,4 +502,26 @@ extern "C" __global__ void rb_bias_add(const float *x, const float *b, float *ou
   unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n) return;
   out[i] = x[i] + b[i % (unsigned long long)cols];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention biases (nn/masks.rs) built on the device from input ids [b, l] (u32): 0 where a query
+// may attend to a key, −inf where not. mode 0: causal, [1, 1, l, l] (ids unused); 1: key
+// padding, [b, 1, 1, l]; 2: RecTools' merged mask, [b, 1, l, l] (causal or padding, the diagonal
+// always allowed). One thread per output element.
+
+extern "C" __global__ void rb_attention_bias(const unsigned int *ids, float *out,
+                                             unsigned long long n, int l, int mode) {
+  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  unsigned long long j = i % (unsigned long long)l;
+  if (mode == 1) {
+    out[i] = ids[i] == 0u ? -INFINITY : 0.0f;
+    return;
+  }
+  unsigned long long row = i / (unsigned long long)l;
+  unsigned long long q = row % (unsigned long long)l;
+  bool masked = j > q;
+  if (mode == 2) masked = (masked || ids[(row / (unsigned long long)l) * l + j] == 0u) && j != q;
+  out[i] = masked ? -INFINITY : 0.0f;
 }

@@ -1,6 +1,9 @@
 //! The CUDA forms of core's fused ops (the `cuda` feature): dropout drawn on the device, layer
-//! norm, the attention softmax, the catalog cross-entropy and the Adam step, each one kernel (or
-//! two) in `kernels.cu` computing the same function as the CPU op it stands beside.
+//! norm, the attention softmax, the attention masks, the catalog cross-entropy and the Adam step
+//! (up to 48 parameters a launch), each one kernel (or two) in `kernels.cu` computing the same
+//! function as the CPU op it stands beside. [`graph`] records and replays a training step as a
+//! CUDA graph ([`crate::nn::capture`]); the kernels that draw dropout masks and Adam's can read
+//! their key or coefficients from device memory for it.
 //!
 //! The generic blocks on a CUDA device are composed of candle ops, each a kernel launch with an
 //! allocation; a layer norm composed that way is ~10 launches forward and ~25 backward, a dropout
@@ -14,18 +17,19 @@
 //! candle's module cache.
 //!
 //! This is the one module of core with `unsafe` code: cudarc's kernel launch and its uninitialised
-//! allocation are `unsafe` (the compiler cannot check a kernel's arguments), and each use says why
-//! it holds.
+//! allocation are `unsafe` (the compiler cannot check a kernel's arguments), as is declaring a
+//! `repr(C)` struct a valid kernel argument, and each use says why it holds.
 #![allow(unsafe_code)]
 
 use candle_core::{
     cuda_backend::{
-        cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg},
+        cudarc::driver::{CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg},
         CudaDevice, CudaStorage,
     },
     Error, Layout, Result, Shape,
 };
 
+pub mod graph;
 #[cfg(test)]
 mod tests;
 
@@ -91,34 +95,33 @@ fn rows_and_width(l: &Layout) -> (usize, usize) {
     (l.shape().elem_count() / width.max(1), width)
 }
 
-/// `x · mask` where the mask is the one [`crate::nn::philox::fill_mask`] draws for `key`: the
-/// device form of a training-mode dropout. Applied to an output gradient with the same key, it is
-/// the dropout's backward pass.
+/// `x · mask` where the mask is the one [`crate::nn::philox::fill_mask`] draws for the draw's
+/// key: the device form of a training-mode dropout. Applied to an output gradient with the same
+/// draw, it is the dropout's backward pass.
 pub(crate) fn dropout(
     s: &CudaStorage,
     l: &Layout,
-    key: u64,
-    threshold: u32,
-    scale: f32,
+    draw: crate::nn::dropout::MaskDraw,
 ) -> Result<(CudaStorage, Shape)> {
     let dev = &s.device;
     let x = f32_view(s, l, "dropout input")?;
     let n = l.shape().elem_count();
     let mut out = output(dev, n)?;
     let f = dev.get_or_load_custom_func("rb_dropout", MODULE, PTX)?;
-    let (n64, lo, hi) = (n as u64, key as u32, (key >> 32) as u32);
+    let n64 = n as u64;
+    let m = MaskArgs::new(Some(draw));
     let mut b = f.builder();
-    b.arg(&x)
-        .arg(&mut out)
-        .arg(&n64)
-        .arg(&lo)
-        .arg(&hi)
-        .arg(&threshold)
-        .arg(&scale);
+    b.arg(&x).arg(&mut out).arg(&n64);
+    b.arg(&m.key_lo)
+        .arg(&m.key_hi)
+        .arg(&m.key_slot)
+        .arg(&m.threshold)
+        .arg(&m.scale);
     // One thread per Philox block: 16 blocks per group of 128 elements.
     let blocks = n.div_ceil(128) * 16;
-    // SAFETY: rb_dropout(const float*, float*, u64, u32, u32, u32, float) matches the arguments;
-    // the kernel touches indices below n, and both buffers hold n elements.
+    // SAFETY: rb_dropout(const float*, float*, u64, u32, u32, const u64* key_slot, u32, float)
+    // matches the arguments (the slot, where set, is a live key of the capture's key buffer); the
+    // kernel touches indices below n, and both buffers hold n elements.
     unsafe { b.launch(config(grid(blocks, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
         .map_err(|e| launch_error("rb_dropout", e))?;
     Ok((
@@ -366,8 +369,10 @@ pub(crate) fn softmax_cross_entropy_backward(
     ))
 }
 
-/// One Adam step's coefficients, as f32 (the host optimizer's `StepCoefficients`).
-#[derive(Debug, Clone, Copy)]
+/// One Adam step's coefficients, as f32 (the host optimizer's `StepCoefficients`); the layout of
+/// the kernels' `AdamCoefficients`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamCoefficients {
     /// β₁.
     pub beta1: f32,
@@ -388,7 +393,7 @@ pub struct AdamCoefficients {
 }
 
 /// A parameter's Adam moments held on its CUDA device, updated in place with the parameter by
-/// one kernel launch per step.
+/// [`adam_step`].
 pub struct AdamMoments {
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
@@ -450,50 +455,132 @@ impl AdamMoments {
         };
         Ok((copy(&self.m)?, copy(&self.v)?))
     }
+}
 
-    /// Updates the parameter `(sp, lp)` and these moments from gradient `(sg, lg)`.
-    pub fn step(
-        &mut self,
-        (sp, lp): (&mut CudaStorage, &Layout),
-        (sg, lg): (&CudaStorage, &Layout),
-        k: AdamCoefficients,
-    ) -> Result<()> {
-        let dev = sp.device.clone();
-        let n = lp.shape().elem_count();
-        let g = f32_view(sg, lg, "adam gradient")?;
-        let (a, b) = lp
-            .contiguous_offsets()
-            .ok_or_else(|| Error::Msg("adam: the parameter is not contiguous".into()))?;
-        if g.len() != n || self.m.len() < n || self.v.len() < n {
-            return Err(Error::Msg(format!(
-                "adam: a parameter of {n} values, a gradient of {}, moments of {}",
-                g.len(),
-                self.m.len()
-            )));
+/// Parameters per launch of `rb_adam_step` (its `ADAM_TENSORS`).
+const ADAM_TENSORS: usize = 48;
+
+/// The kernel's parameter table, field for field the `AdamTable` of `kernels.cu` (device
+/// addresses as u64).
+#[repr(C)]
+struct AdamTable {
+    p: [u64; ADAM_TENSORS],
+    g: [u64; ADAM_TENSORS],
+    m: [u64; ADAM_TENSORS],
+    v: [u64; ADAM_TENSORS],
+    n: [u32; ADAM_TENSORS],
+    first_block: [u32; ADAM_TENSORS + 1],
+    count: i32,
+}
+
+// SAFETY: a plain `repr(C)` struct of integers whose layout is the kernel's `AdamTable` (the same
+// fields in the same order: 4 × 48 u64, 48 u32, 49 u32, one int; 1,928 bytes).
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for AdamTable {}
+// SAFETY: a `repr(C)` struct of 8 f32, the kernel's `AdamCoefficients`.
+unsafe impl candle_core::cuda_backend::cudarc::driver::DeviceRepr for AdamCoefficients {}
+
+/// One parameter of an [`adam_step`]: the parameter (updated in place), its gradient and its
+/// moments.
+pub struct AdamParam<'a> {
+    /// The parameter, a contiguous f32 tensor on the device.
+    pub param: &'a candle_core::Tensor,
+    /// Its gradient, same shape.
+    pub grad: &'a candle_core::Tensor,
+    /// Its moments.
+    pub moments: &'a mut AdamMoments,
+}
+
+/// A tensor's device address (of its first element) and element count; it must be a contiguous
+/// f32 tensor on a CUDA device.
+fn f32_address(t: &candle_core::Tensor, what: &str) -> Result<(u64, usize)> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtr;
+    let (storage, layout) = t.storage_and_layout();
+    let (a, b) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Msg(format!("adam: the {what} is not contiguous")))?;
+    match &*storage {
+        candle_core::Storage::Cuda(c) => {
+            let slice = c.as_cuda_slice::<f32>()?;
+            let stream = c.device.cuda_stream();
+            let (ptr, _sync) = slice.device_ptr(&stream);
+            Ok((ptr + (a * std::mem::size_of::<f32>()) as u64, b - a))
         }
-        let mut p = sp.as_cuda_slice_mut::<f32>()?.slice_mut(a..b);
-        let f = dev.get_or_load_custom_func("rb_adam_step", MODULE, PTX)?;
-        let n64 = n as u64;
-        let mut l = f.builder();
-        l.arg(&mut p)
-            .arg(&g)
-            .arg(&mut self.m)
-            .arg(&mut self.v)
-            .arg(&n64)
-            .arg(&k.beta1)
-            .arg(&k.one_minus_beta1)
-            .arg(&k.beta2)
-            .arg(&k.one_minus_beta2)
-            .arg(&k.inv_bias1)
-            .arg(&k.inv_bias2)
-            .arg(&k.eps)
-            .arg(&k.lr);
-        // SAFETY: rb_adam_step(float* p, const float* g, float* m, float* v, u64 n, 8 × float):
-        // p and g hold n values, m and v at least n (checked above); one thread per element.
-        unsafe { l.launch(config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
-            .map_err(|e| launch_error("rb_adam_step", e))?;
-        Ok(())
+        _ => Err(Error::Msg(format!(
+            "adam: the {what} is not on the CUDA device"
+        ))),
     }
+}
+
+/// One Adam step over `params`, updating each parameter and its moments in place: one launch per
+/// 48 parameters. The coefficients are `k`, or, where `k_slot` is set, the [`AdamCoefficients`]
+/// stored at that device address when the launch runs (a captured step's, written before each
+/// replay).
+pub fn adam_step(
+    dev: &CudaDevice,
+    params: &mut [AdamParam<'_>],
+    k: AdamCoefficients,
+    k_slot: u64,
+) -> Result<()> {
+    use candle_core::cuda_backend::cudarc::driver::DevicePtrMut;
+    let stream = dev.cuda_stream();
+    for chunk in params.chunks_mut(ADAM_TENSORS) {
+        let mut table = AdamTable {
+            p: [0; ADAM_TENSORS],
+            g: [0; ADAM_TENSORS],
+            m: [0; ADAM_TENSORS],
+            v: [0; ADAM_TENSORS],
+            n: [0; ADAM_TENSORS],
+            first_block: [0; ADAM_TENSORS + 1],
+            count: 0,
+        };
+        // Gradients that are views are copied contiguous; the copies live until the launch is
+        // queued (their memory is freed in stream order, after the kernel).
+        let mut held = Vec::new();
+        let mut blocks = 0usize;
+        for (i, item) in chunk.iter_mut().enumerate() {
+            let (p, n) = f32_address(item.param, "parameter")?;
+            let grad = item.grad.contiguous()?;
+            let (g, ng) = f32_address(&grad, "gradient")?;
+            held.push(grad);
+            if ng != n || item.moments.m.len() < n || item.moments.v.len() < n {
+                return Err(Error::Msg(format!(
+                    "adam: a parameter of {n} values, a gradient of {ng}, moments of {}",
+                    item.moments.m.len()
+                )));
+            }
+            let (m, _sm) = item.moments.m.device_ptr_mut(&stream);
+            table.m[i] = m;
+            let (v, _sv) = item.moments.v.device_ptr_mut(&stream);
+            table.v[i] = v;
+            table.p[i] = p;
+            table.g[i] = g;
+            table.n[i] = u32::try_from(n)
+                .map_err(|_| Error::Msg(format!("adam: a parameter of {n} values")))?;
+            table.first_block[i] =
+                u32::try_from(blocks).map_err(|_| Error::Msg("adam: too many blocks".into()))?;
+            blocks += n.div_ceil(BLOCK_THREADS as usize);
+            table.count = i as i32 + 1;
+        }
+        table.first_block[chunk.len()] =
+            u32::try_from(blocks).map_err(|_| Error::Msg("adam: too many blocks".into()))?;
+        if blocks == 0 {
+            continue;
+        }
+        let f = dev.get_or_load_custom_func("rb_adam_step", MODULE, PTX)?;
+        let mut l = f.builder();
+        l.arg(&table).arg(&k).arg(&k_slot);
+        // SAFETY: rb_adam_step(AdamTable, AdamCoefficients, const AdamCoefficients* k_slot): the
+        // table (by value) names, for each of its `count` parameters, the parameter and gradient
+        // of n values (checked above) and moments of at least n; block b updates elements of the
+        // parameter whose block range holds b, each below its n. The parameters are written
+        // through addresses taken under a read lock: their storage stays where it is (variables
+        // are updated in place), and all device work runs in order on this one stream. k_slot,
+        // where set, is the address of live coefficients (the capture's buffer).
+        unsafe { l.launch(config(grid(blocks, 1)?, BLOCK_THREADS)) }
+            .map_err(|e| launch_error("rb_adam_step", e))?;
+        drop(held);
+    }
+    Ok(())
 }
 
 /// The catalog softmax loss's row pass over one chunk of logits `z` `[r, N]` with targets `[r]`
@@ -550,12 +637,49 @@ pub(crate) fn scalar(dev: &CudaDevice, v: f32) -> Result<(CudaStorage, Shape)> {
     ))
 }
 
-/// The dropout arguments of a kernel that applies a mask inside another pass: (use it, key low,
-/// key high, threshold, scale).
-fn mask_args(drop: Option<crate::nn::dropout::MaskDraw>) -> (i32, u32, u32, u32, f32) {
-    match drop {
-        Some(d) => (1, d.key as u32, (d.key >> 32) as u32, d.threshold, d.scale),
-        None => (0, 0, 0, 0, 1.0),
+/// The dropout arguments of a kernel that applies a mask: whether it does, the key as two
+/// halves, the address of a key in device memory that replaces them (0: none; see
+/// [`crate::nn::capture`]), the keep threshold and the kept values' scale.
+struct MaskArgs {
+    use_mask: i32,
+    key_lo: u32,
+    key_hi: u32,
+    key_slot: u64,
+    threshold: u32,
+    scale: f32,
+}
+
+impl MaskArgs {
+    fn new(drop: Option<crate::nn::dropout::MaskDraw>) -> Self {
+        match drop {
+            Some(d) => MaskArgs {
+                use_mask: 1,
+                key_lo: d.key as u32,
+                key_hi: (d.key >> 32) as u32,
+                key_slot: d.key_slot,
+                threshold: d.threshold,
+                scale: d.scale,
+            },
+            None => MaskArgs {
+                use_mask: 0,
+                key_lo: 0,
+                key_hi: 0,
+                key_slot: 0,
+                threshold: 0,
+                scale: 1.0,
+            },
+        }
+    }
+
+    /// Pushes `use_mask, key_lo, key_hi, key_slot, threshold, scale`, the order of the kernels'
+    /// mask parameters.
+    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
+        b.arg(&self.use_mask)
+            .arg(&self.key_lo)
+            .arg(&self.key_hi)
+            .arg(&self.key_slot)
+            .arg(&self.threshold)
+            .arg(&self.scale);
     }
 }
 
@@ -591,7 +715,7 @@ pub(crate) fn attention_weights(
     let mut p = output(dev, rows * k)?;
     let mut y = output(dev, rows * k)?;
     let f = dev.get_or_load_custom_func("rb_attention_probs_fwd", MODULE, PTX)?;
-    let (use_mask, lo, hi, thr, dscale) = mask_args(drop);
+    let m = MaskArgs::new(drop);
     let (r, n) = (int(rows, "rows")?, int(k, "keys")?);
     let (h, q) = (int(shape.heads, "heads")?, int(shape.queries, "queries")?);
     let (bb, bq) = (
@@ -609,16 +733,12 @@ pub(crate) fn attention_weights(
         .arg(&q)
         .arg(&bb)
         .arg(&bq)
-        .arg(&shape.scale)
-        .arg(&use_mask)
-        .arg(&lo)
-        .arg(&hi)
-        .arg(&thr)
-        .arg(&dscale);
+        .arg(&shape.scale);
+    m.push(&mut b);
     // SAFETY: rb_attention_probs_fwd(const float* s, const float* bias, float* p, float* y, int
     // rows, int n, int heads, int queries, int bias_b, int bias_q, float scale, int use_mask, u32,
-    // u32, u32, float): s, p and y hold rows·n values; the bias rows read are below
-    // bias_b·bias_q (checked above, unread when bias_b is 0); a warp per row.
+    // u32, const u64* key_slot, u32, float): s, p and y hold rows·n values; the bias rows read
+    // are below bias_b·bias_q (checked above, unread when bias_b is 0); a warp per row.
     unsafe { b.launch(config(grid(rows, 4)?, ROW_THREADS)) }
         .map_err(|e| launch_error("rb_attention_probs_fwd", e))?;
     Ok((CudaStorage::wrap_cuda_slice(p, dev.clone()), y))
@@ -643,22 +763,14 @@ pub(crate) fn attention_weights_backward(
     }
     let mut ds = output(dev, rows * k)?;
     let f = dev.get_or_load_custom_func("rb_attention_probs_bwd", MODULE, PTX)?;
-    let (use_mask, lo, hi, thr, dscale) = mask_args(drop);
+    let m = MaskArgs::new(drop);
     let (r, n) = (int(rows, "rows")?, int(k, "keys")?);
     let mut b = f.builder();
-    b.arg(y)
-        .arg(&g)
-        .arg(&mut ds)
-        .arg(&r)
-        .arg(&n)
-        .arg(&scale)
-        .arg(&use_mask)
-        .arg(&lo)
-        .arg(&hi)
-        .arg(&thr)
-        .arg(&dscale);
+    b.arg(y).arg(&g).arg(&mut ds).arg(&r).arg(&n).arg(&scale);
+    m.push(&mut b);
     // SAFETY: rb_attention_probs_bwd(const float* y, const float* dp, float* ds, int rows, int n,
-    // float scale, int use_mask, u32, u32, u32, float): y (checked), dp and ds hold rows·n values.
+    // float scale, int use_mask, u32, u32, const u64* key_slot, u32, float): y (checked), dp and
+    // ds hold rows·n values.
     unsafe { b.launch(config(grid(rows, 4)?, ROW_THREADS)) }
         .map_err(|e| launch_error("rb_attention_probs_bwd", e))?;
     Ok(CudaStorage::wrap_cuda_slice(ds, dev.clone()))
@@ -675,24 +787,18 @@ pub(crate) fn act_dropout(
     let n = lh.shape().elem_count();
     let h = f32_view(sh, lh, "activation input")?;
     let mut out = output(dev, n)?;
-    let (use_mask, lo, hi, thr, dscale) = mask_args(drop);
+    let m = MaskArgs::new(drop);
     let n64 = n as u64;
     let cfg = config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS);
     match grad {
         None => {
             let f = dev.get_or_load_custom_func("rb_act_dropout_fwd", MODULE, PTX)?;
             let mut b = f.builder();
-            b.arg(&h)
-                .arg(&mut out)
-                .arg(&n64)
-                .arg(&act)
-                .arg(&use_mask)
-                .arg(&lo)
-                .arg(&hi)
-                .arg(&thr)
-                .arg(&dscale);
+            b.arg(&h).arg(&mut out).arg(&n64).arg(&act);
+            m.push(&mut b);
             // SAFETY: rb_act_dropout_fwd(const float* h, float* out, u64 n, int act, int
-            // use_mask, u32, u32, u32, float): h and out hold n values; a thread per element.
+            // use_mask, u32, u32, const u64* key_slot, u32, float): h and out hold n values; a
+            // thread per element.
             unsafe { b.launch(cfg) }.map_err(|e| launch_error("rb_act_dropout_fwd", e))?;
         }
         Some((sg, lg)) => {
@@ -705,18 +811,11 @@ pub(crate) fn act_dropout(
             }
             let f = dev.get_or_load_custom_func("rb_act_dropout_bwd", MODULE, PTX)?;
             let mut b = f.builder();
-            b.arg(&h)
-                .arg(&g)
-                .arg(&mut out)
-                .arg(&n64)
-                .arg(&act)
-                .arg(&use_mask)
-                .arg(&lo)
-                .arg(&hi)
-                .arg(&thr)
-                .arg(&dscale);
+            b.arg(&h).arg(&g).arg(&mut out).arg(&n64).arg(&act);
+            m.push(&mut b);
             // SAFETY: rb_act_dropout_bwd(const float* h, const float* g, float* dh, u64 n, int
-            // act, int use_mask, u32, u32, u32, float): h, g (checked) and dh hold n values.
+            // act, int use_mask, u32, u32, const u64* key_slot, u32, float): h, g (checked) and
+            // dh hold n values.
             unsafe { b.launch(cfg) }.map_err(|e| launch_error("rb_act_dropout_bwd", e))?;
         }
     }
@@ -751,5 +850,91 @@ pub(crate) fn bias_add(
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         lx.shape().clone(),
+    ))
+}
+
+/// Which attention bias [`attention_bias`] builds (the `mode` of `rb_attention_bias`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BiasKind {
+    /// `[1, 1, L, L]`, −inf above the diagonal.
+    Causal = 0,
+    /// `[B, 1, 1, L]`, −inf at padded keys.
+    KeyPadding = 1,
+    /// RecTools' merged mask `[B, 1, L, L]`.
+    Merged = 2,
+}
+
+/// An attention bias of `kind` for input ids `ids` `[B, L]` (u32; unused for the causal bias,
+/// which takes `l`), built on `dev` by one kernel: no copy between host and device, so a
+/// captured step can build it.
+pub(crate) fn attention_bias(
+    dev: &CudaDevice,
+    ids: Option<&candle_core::Tensor>,
+    l: usize,
+    kind: BiasKind,
+) -> Result<candle_core::Tensor> {
+    let (b, shape) = match (kind, ids) {
+        (BiasKind::Causal, _) => (1, Shape::from((1, 1, l, l))),
+        (BiasKind::KeyPadding, Some(x)) => {
+            let (b, _) = x.dims2()?;
+            (b, Shape::from((b, 1, 1, l)))
+        }
+        (BiasKind::Merged, Some(x)) => {
+            let (b, _) = x.dims2()?;
+            (b, Shape::from((b, 1, l, l)))
+        }
+        _ => {
+            return Err(Error::Msg(
+                "attention bias: a padding mask needs the input ids".into(),
+            ))
+        }
+    };
+    let n = shape.elem_count();
+    let mut out = output(dev, n)?;
+    let ids = match ids {
+        Some(x) if kind != BiasKind::Causal => {
+            if x.dims2()? != (b, l) || x.dtype() != candle_core::DType::U32 {
+                return Err(Error::Msg(format!(
+                    "attention bias: input ids must be [{b}, {l}] u32, found {:?} {:?}",
+                    x.dtype(),
+                    x.dims()
+                )));
+            }
+            Some(x.contiguous()?)
+        }
+        _ => None,
+    };
+    let storage = ids.as_ref().map(|x| x.storage_and_layout());
+    let view = match &storage {
+        Some((s, layout)) => match &**s {
+            candle_core::Storage::Cuda(c) => Some(u32_view(c, layout, "attention bias ids")?),
+            _ => {
+                return Err(Error::Msg(
+                    "attention bias: the input ids are not on the CUDA device".into(),
+                ))
+            }
+        },
+        None => None,
+    };
+    let f = dev.get_or_load_custom_func("rb_attention_bias", MODULE, PTX)?;
+    let (n64, li, mode) = (n as u64, int(l, "session length")?, kind as i32);
+    let null = 0u64;
+    let mut lb = f.builder();
+    match &view {
+        Some(v) => lb.arg(v),
+        None => lb.arg(&null),
+    };
+    lb.arg(&mut out).arg(&n64).arg(&li).arg(&mode);
+    // SAFETY: rb_attention_bias(const u32* ids, float* out, u64 n, int l, int mode): out holds n
+    // values; ids (read in modes 1 and 2 only, where it is set) holds b·l, checked above, and
+    // every index read is below b·l; a thread per element.
+    unsafe { lb.launch(config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_attention_bias", e))?;
+    let storage = candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone()));
+    Ok(candle_core::Tensor::from_storage(
+        storage,
+        shape,
+        candle_core::op::BackpropOp::none(),
+        false,
     ))
 }

@@ -444,3 +444,94 @@ fn cuda_attention_core_matches_the_cpu_node() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn cuda_attention_biases_equal_the_cpu_masks() -> Result<()> {
+    let Some(dev) = gpu("cuda_attention_biases") else {
+        return Ok(());
+    };
+    let wrap = candle_core::Error::wrap;
+    let (b, l) = (5, 23);
+    // Left padding of 0..=4 positions, and a padded id inside one session.
+    let mut ids: Vec<u32> = (0..b * l)
+        .map(|i| if i % l < i / l { 0 } else { 1 + i as u32 })
+        .collect();
+    ids[3 * l + 10] = 0;
+    let ids_c = Tensor::from_vec(ids.clone(), (b, l), &Device::Cpu)?;
+    let ids_g = Tensor::from_vec(ids, (b, l), &dev)?;
+    let host = |t: Tensor| -> Result<(Vec<usize>, Vec<f32>)> {
+        Ok((
+            t.dims().to_vec(),
+            t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1()?,
+        ))
+    };
+    use crate::nn::masks::{causal_bias, key_padding_bias, merged_bias};
+    for len in [1, 7, l] {
+        assert_eq!(
+            host(causal_bias(len, &dev).map_err(wrap)?)?,
+            host(causal_bias(len, &Device::Cpu).map_err(wrap)?)?,
+            "causal bias, L = {len}"
+        );
+    }
+    assert_eq!(
+        host(key_padding_bias(&ids_g).map_err(wrap)?)?,
+        host(key_padding_bias(&ids_c).map_err(wrap)?)?,
+        "key padding bias"
+    );
+    assert_eq!(
+        host(merged_bias(&ids_g).map_err(wrap)?)?,
+        host(merged_bias(&ids_c).map_err(wrap)?)?,
+        "merged bias"
+    );
+    Ok(())
+}
+
+#[test]
+fn cuda_masks_read_from_a_key_slot_equal_masks_by_value() -> Result<()> {
+    // A captured step's dropouts read their keys from device memory (a slot tape); the masks must
+    // be those of the same keys passed by value, for every kernel that draws one.
+    use crate::nn::capture::KeyTape;
+    let Some(dev) = gpu("cuda_key_slots") else {
+        return Ok(());
+    };
+    let keys = [0x0123_4567_89AB_CDEFu64, 0xFEDC_BA98_7654_3210, 42];
+    let pairs: Vec<u32> = keys
+        .iter()
+        .flat_map(|k| [*k as u32, (*k >> 32) as u32])
+        .collect();
+    let slots = Tensor::from_vec(pairs, 6, &dev)?;
+    let base = super::graph::address(&slots)?;
+    let x = Var::from_vec(values(3 * 1031, 31), (3, 1031), &dev)?;
+    let scores = Tensor::from_vec(values(2 * 2 * 9 * 9, 32), (2, 2, 9, 9), &dev)?;
+    let d = Dropout::new(0.3, SharedRng::new(5));
+    // Plain dropout, activation + dropout and attention weights, each drawing one mask, forward
+    // and backward.
+    let run = || -> Result<Vec<Vec<f32>>> {
+        let y1 = d
+            .forward_t(x.as_tensor(), true)
+            .map_err(candle_core::Error::wrap)?;
+        let y2 = crate::nn::activation_dropout::activation_dropout(
+            x.as_tensor(),
+            crate::nn::feed_forward::Activation::Gelu,
+            &d,
+            true,
+        )?
+        .ok_or_else(|| candle_core::Error::Msg("activation dropout not applied".into()))?;
+        let y3 = crate::nn::attention_weights::attention_weights(&scores, None, 0.5, &d, true)?
+            .ok_or_else(|| candle_core::Error::Msg("attention weights not applied".into()))?;
+        let g = (weighted_sum(&y1, 33)? + weighted_sum(&y2, 34)?)?.backward()?;
+        let gx = g
+            .get(x.as_tensor())
+            .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+        [y1, y2, y3, gx.clone()]
+            .iter()
+            .map(|t| t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>())
+            .collect()
+    };
+    let (by_slot, tape) = KeyTape::slots(base, keys.len()).run(run);
+    tape.finish().map_err(candle_core::Error::Msg)?;
+    let (by_value, given) = KeyTape::given(keys.to_vec()).run(run);
+    given.finish().map_err(candle_core::Error::Msg)?;
+    assert_eq!(by_slot?, by_value?);
+    Ok(())
+}

@@ -266,8 +266,9 @@ struct TargetRows {
     y: Tensor,
     w: Tensor,
     item_embs: Tensor,
-    /// The kept flat positions (`b · L + l`), `[M]`.
-    idx: Tensor,
+    /// The kept flat positions (`b · L + l`), `[M]`; `None`: every position, in order (a step
+    /// with static shapes, [`recblocks_core::nn::capture`]).
+    idx: Option<Tensor>,
 }
 
 impl TargetRows {
@@ -276,6 +277,17 @@ impl TargetRows {
         let sessions = backbone.encode_sessions(&batch.x, &item_embs, train)?;
         let (b, l, d) = sessions.dims3()?;
         let y = batch.y.to_dtype(DType::U32)?.flatten_all()?;
+        if recblocks_core::nn::capture::static_shapes() {
+            // A step that may be captured keeps its shapes: every position, M = B·L (padding
+            // has weight 0 and adds nothing to any loss, as when it is dropped).
+            return Ok(Self {
+                h: sessions.reshape((1, b * l, d))?,
+                y: y.unsqueeze(0)?,
+                w: batch.yw.flatten_all()?.unsqueeze(0)?,
+                item_embs,
+                idx: None,
+            });
+        }
         let keep: Vec<u32> = y
             .to_vec1::<u32>()?
             .iter()
@@ -296,7 +308,7 @@ impl TargetRows {
             y: y_sel,
             w: w_sel,
             item_embs,
-            idx,
+            idx: Some(idx),
         })
     }
 
@@ -323,10 +335,12 @@ impl TargetRows {
         let k = negatives.dim(D::Minus1)?;
         let negatives = negatives.broadcast_as((b, l, k))?;
         let candidates = Tensor::cat(&[&pos, &negatives], D::Minus1)?;
-        let candidates = candidates
-            .reshape((b * l, k + 1))?
-            .index_select(&self.idx, 0)?
-            .unsqueeze(0)?;
+        let candidates = candidates.reshape((b * l, k + 1))?;
+        let candidates = match &self.idx {
+            Some(idx) => candidates.index_select(idx, 0)?,
+            None => candidates,
+        }
+        .unsqueeze(0)?;
         backbone
             .similarity()
             .candidate_logits(&self.h, &self.item_embs, &candidates)
@@ -690,17 +704,42 @@ mod tests {
             let g_want = want.backward().expect("backward");
             let g_want = g_want.get(bb_ref.embs.as_tensor()).expect("grad").clone();
 
+            // A step with static shapes (one that may be captured) scores every position.
+            let bb_static = random_lookup(n, factors);
+            let fixed = {
+                let _static = recblocks_core::nn::capture::StaticShapes::enter();
+                obj.train_loss(&bb_static, &batch).expect("static loss")
+            };
+            let g_fixed = fixed.backward().expect("backward");
+            let g_fixed = g_fixed
+                .get(bb_static.embs.as_tensor())
+                .expect("grad")
+                .clone();
+
             let (a, b) = (scalar(&got), scalar(&want));
             assert!(
                 (a - b).abs() < 1e-6 * b.abs().max(1.0),
                 "{loss}: {a} vs {b}"
             );
-            let diff = (g_got - g_want)
-                .and_then(|d| d.abs())
-                .and_then(|d| d.max_all())
-                .and_then(|d| d.to_scalar::<f32>())
-                .expect("diff");
+            let c = scalar(&fixed);
+            assert!(
+                (c - b).abs() < 1e-6 * b.abs().max(1.0),
+                "{loss}, static shapes: {c} vs {b}"
+            );
+            let max_diff = |g: &Tensor| {
+                (g - &g_want)
+                    .and_then(|d| d.abs())
+                    .and_then(|d| d.max_all())
+                    .and_then(|d| d.to_scalar::<f32>())
+                    .expect("diff")
+            };
+            let diff = max_diff(&g_got);
             assert!(diff < 1e-6, "{loss}: gradients differ by {diff}");
+            let diff = max_diff(&g_fixed);
+            assert!(
+                diff < 1e-6,
+                "{loss}, static shapes: gradients differ by {diff}"
+            );
         }
     }
 

@@ -1,0 +1,101 @@
+//! The device half of a captured training step ([`crate::nn::capture`]): recording the step's
+//! work on the device's stream as one CUDA graph, replaying it, and the device addresses of the
+//! buffers the host writes before each replay.
+//!
+//! Capture runs in cudarc's relaxed mode on the stream candle uses; allocations made while
+//! capturing become the graph's own (stream-ordered allocation), so a step whose temporaries are
+//! all dropped before the capture ends replays with no allocation. Small constant uploads that
+//! candle makes inside ops (layouts, scalars) are served from candle's capture cache, filled by
+//! an uncaptured step run with the same shapes first ([`ConstantUploads`]).
+
+use std::any::Any;
+
+use candle_core::{
+    cuda_backend::{
+        cudarc::driver::{sys, CudaGraph, DevicePtr},
+        CudaDevice,
+    },
+    Error, Result, Tensor,
+};
+
+/// While alive, candle keeps the small host-to-device copies its ops make (at most 4 KiB each)
+/// and serves a capture from them; a copy it has not seen fails the capture with an error naming
+/// it. Hold one over the uncaptured warm-up step and the capture.
+pub struct ConstantUploads {
+    _guard: Box<dyn Any>,
+}
+
+impl ConstantUploads {
+    /// Starts caching on the current thread.
+    pub fn enable(dev: &CudaDevice) -> Self {
+        ConstantUploads {
+            _guard: Box::new(dev.enable_cuda_graph_htod_cache()),
+        }
+    }
+}
+
+/// A recorded step: replaying it runs the same kernels on the same addresses.
+pub struct StepGraph {
+    graph: CudaGraph,
+}
+
+impl std::fmt::Debug for StepGraph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StepGraph")
+    }
+}
+
+fn driver(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Msg(format!("CUDA graph {what}: {e}"))
+}
+
+/// Starts recording the work queued on `dev`'s stream (nothing runs until a replay).
+pub fn begin_capture(dev: &CudaDevice) -> Result<()> {
+    dev.cuda_stream()
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        .map_err(|e| driver("capture", e))
+}
+
+/// Ends the recording started by [`begin_capture`] and prepares it for replay. Call it even when
+/// the step failed, so the stream leaves capture mode; the error then is the step's.
+pub fn end_capture(dev: &CudaDevice) -> Result<StepGraph> {
+    let graph = dev
+        .cuda_stream()
+        .end_capture(sys::CUgraphInstantiate_flags(0))
+        .map_err(|e| driver("instantiation", e))?
+        .ok_or_else(|| Error::Msg("CUDA graph capture recorded no work".into()))?;
+    graph.upload().map_err(|e| driver("upload", e))?;
+    Ok(StepGraph { graph })
+}
+
+impl StepGraph {
+    /// Queues one replay on the stream.
+    pub fn replay(&self) -> Result<()> {
+        self.graph.launch().map_err(|e| driver("replay", e))
+    }
+}
+
+/// The device address of the first element of `t`, a contiguous f32 or u32 tensor on a CUDA
+/// device: where a captured kernel reads a value the host writes before each replay.
+pub fn address(t: &Tensor) -> Result<u64> {
+    let (storage, layout) = t.storage_and_layout();
+    let (a, _) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Msg("device address: the tensor is not contiguous".into()))?;
+    let candle_core::Storage::Cuda(c) = &*storage else {
+        return Err(Error::Msg(
+            "device address: the tensor is not on a CUDA device".into(),
+        ));
+    };
+    let stream = c.device.cuda_stream();
+    let base = match t.dtype() {
+        candle_core::DType::F32 => c.as_cuda_slice::<f32>()?.device_ptr(&stream).0,
+        candle_core::DType::U32 => c.as_cuda_slice::<u32>()?.device_ptr(&stream).0,
+        other => {
+            return Err(Error::Msg(format!(
+                "device address: a {other:?} tensor; expected f32 or u32"
+            )))
+        }
+    };
+    Ok(base + (a * 4) as u64)
+}

@@ -1,0 +1,420 @@
+//! Training steps recorded once and replayed (`FitOptions::cuda_graph`, `fit --cuda-graph`), as
+//! `torch.cuda.graph` does for a PyTorch step: on a CUDA device the whole step (forward, backward,
+//! Adam) is captured as one CUDA graph, and every batch of the full batch size replays it. Between
+//! replays the host only copies the batch, the step's dropout keys and Adam's coefficients into
+//! buffers that stay where they are, then reads the loss back. The rules a captured step follows
+//! are those of [`recblocks_core::nn::capture`].
+//!
+//! Phases: [`WARMUP_STEPS`] ordinary steps under static shapes (they fill candle's cache of the
+//! constant uploads its ops make, load every kernel, and note which stream each dropout draws
+//! from), one capture, then replays. A batch of another size (an epoch's last, shorter one) takes
+//! an ordinary step. Every step trains on its batch exactly once, and a replay draws the keys an
+//! ordinary step would draw, in the same order, so training follows the same course as without
+//! capture (to float rounding: a step with static shapes scores the padded positions too, with
+//! weight 0). If the capture fails, training goes on with ordinary steps and the observer is told
+//! why.
+//!
+//! On the CPU nothing is captured: the same phases run, and each "replay" runs the step directly
+//! with its keys drawn ahead as a replay's are. That is how the bookkeeping is tested without a
+//! GPU.
+
+use candle_core::{DType, Device, Tensor};
+use recblocks_core::{
+    batch::Batch,
+    nn::capture::{draw_keys, KeyTape, StaticShapes},
+    SharedRng,
+};
+
+use crate::{error::HostError, train::observer::EpochInfo, Result};
+
+use super::fit::TrainRun;
+
+/// Ordinary steps before the capture.
+pub const WARMUP_STEPS: usize = 2;
+
+/// Where the captured path stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// This many warm-up steps done.
+    Warmup(usize),
+    /// The next full batch is captured.
+    Capture,
+    /// Full batches replay the capture.
+    Replay,
+    /// Captured steps were abandoned; every step is ordinary.
+    Off,
+}
+
+/// The buffers a captured step reads and writes, on the training device (the keys, coefficients
+/// and loss only where a graph replays).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+struct Buffers {
+    /// The batch the step trains on (`x`, `y`, `yw`, negatives), refilled before each step.
+    batch: Batch,
+    /// The replayed step's dropout keys, u64 as (low, high) u32 pairs.
+    keys: Tensor,
+    /// Adam's step coefficients (8 f32).
+    coefficients: Tensor,
+    /// The step's loss.
+    loss: Tensor,
+}
+
+/// The captured path's state over one training run.
+pub struct CapturedSteps {
+    phase: Phase,
+    buffers: Option<Buffers>,
+    /// The stream of each dropout draw of a step, in order.
+    streams: Vec<SharedRng>,
+    #[cfg(feature = "cuda")]
+    graph: Option<recblocks_core::nn::cuda::graph::StepGraph>,
+}
+
+impl Default for CapturedSteps {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CapturedSteps {
+    /// Nothing warmed up or captured yet.
+    pub fn new() -> Self {
+        CapturedSteps {
+            phase: Phase::Warmup(0),
+            buffers: None,
+            streams: Vec::new(),
+            #[cfg(feature = "cuda")]
+            graph: None,
+        }
+    }
+
+    /// Whether steps are replayed now.
+    pub fn replaying(&self) -> bool {
+        self.phase == Phase::Replay
+    }
+
+    /// One optimisation step on `batch`, collated on the CPU; returns its loss.
+    pub(crate) fn step(
+        &mut self,
+        run: &mut TrainRun<'_>,
+        batch: &Batch,
+        info: &EpochInfo,
+        b: usize,
+    ) -> Result<f32> {
+        let device = run.model.device.clone();
+        let full = batch.x.dim(0)? == run.model.spec.batch_size;
+        let fixed = match (&self.buffers, full, self.phase) {
+            (_, false, _) | (_, _, Phase::Off) => None,
+            (None, true, _) => {
+                self.buffers = Some(Buffers::new(batch, &device)?);
+                self.buffers.as_ref().map(|bufs| bufs.batch.clone())
+            }
+            (Some(bufs), true, _) => fits(&bufs.batch, batch).then(|| bufs.batch.clone()),
+        };
+        let Some(fixed) = fixed else {
+            return run.train_step(&to_device(batch, &device)?, info, b);
+        };
+        check_ids(batch, run.model.schema.n_items)?;
+        upload(&fixed, batch)?;
+        match self.phase {
+            Phase::Warmup(done) => self.warm_up(run, &fixed, info, b, done),
+            Phase::Capture => match self.capture(run, &fixed) {
+                Ok(()) => {
+                    self.phase = Phase::Replay;
+                    self.replay(run, &fixed, info, b)
+                }
+                Err(e) => {
+                    self.turn_off(
+                        run,
+                        &format!("the training step could not be captured: {e}"),
+                    );
+                    run.train_step(&fixed, info, b)
+                }
+            },
+            Phase::Replay => self.replay(run, &fixed, info, b),
+            Phase::Off => run.train_step(&fixed, info, b),
+        }
+    }
+
+    fn turn_off(&mut self, run: &TrainRun<'_>, why: &str) {
+        self.phase = Phase::Off;
+        #[cfg(feature = "cuda")]
+        {
+            self.graph = None;
+        }
+        run.observer
+            .message(&format!("{why}; training goes on with uncaptured steps"));
+    }
+
+    /// An ordinary step under static shapes, noting the streams its dropouts draw from.
+    fn warm_up(
+        &mut self,
+        run: &mut TrainRun<'_>,
+        fixed: &Batch,
+        info: &EpochInfo,
+        b: usize,
+        done: usize,
+    ) -> Result<f32> {
+        let (value, tape) = {
+            let _static = StaticShapes::enter();
+            #[cfg(feature = "cuda")]
+            let _uploads = match &run.model.device {
+                Device::Cuda(dev) => Some(
+                    recblocks_core::nn::cuda::graph::ConstantUploads::enable(dev),
+                ),
+                _ => None,
+            };
+            KeyTape::counting().run(|| run.train_step(fixed, info, b))
+        };
+        let value = value?;
+        let streams = tape.streams();
+        let same = streams.len() == self.streams.len()
+            && streams
+                .iter()
+                .zip(&self.streams)
+                .all(|(a, b)| a.same_stream(b));
+        if done > 0 && !same {
+            self.turn_off(
+                run,
+                &format!(
+                    "warm-up steps drew {} and {} dropout masks, so no step can be replayed",
+                    self.streams.len(),
+                    streams.len()
+                ),
+            );
+            return Ok(value);
+        }
+        self.streams = streams.to_vec();
+        self.phase = if done + 1 >= WARMUP_STEPS {
+            Phase::Capture
+        } else {
+            Phase::Warmup(done + 1)
+        };
+        Ok(value)
+    }
+
+    /// Records the step on `fixed` (a CUDA device); nothing runs until the first replay. On the
+    /// CPU there is nothing to record.
+    fn capture(&mut self, run: &mut TrainRun<'_>, fixed: &Batch) -> Result<()> {
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(dev) = &run.model.device {
+            use recblocks_core::nn::cuda::graph;
+            let Some(bufs) = &self.buffers else {
+                return Err(HostError::Other("captured step: no buffers".into()));
+            };
+            let (keys, coefficients, loss_buf) = (&bufs.keys, &bufs.coefficients, &bufs.loss);
+            let n_keys = self.streams.len();
+            let base = graph::address(keys)?;
+            let _uploads = graph::ConstantUploads::enable(dev);
+            let _static = StaticShapes::enter();
+            // Everything the body creates is dropped inside it, before the capture ends: the
+            // graph then frees its own temporaries on every replay.
+            graph::begin_capture(dev)?;
+            let (body, tape) = KeyTape::slots(base, n_keys).run(|| -> Result<()> {
+                let loss = run
+                    .objective
+                    .train_loss(run.model.backbone.as_ref(), fixed)?;
+                let value = loss.to_dtype(DType::F32)?.reshape(1)?;
+                loss_buf.slice_set(&value, 0, 0)?;
+                let grads = loss.backward()?;
+                run.adam.step_reading_coefficients(&grads, coefficients)?;
+                Ok(())
+            });
+            let recorded = graph::end_capture(dev);
+            body?;
+            tape.finish().map_err(HostError::Other)?;
+            self.graph = Some(recorded?);
+            return Ok(());
+        }
+        let _ = (run, fixed);
+        Ok(())
+    }
+
+    /// One replay of the captured step on `fixed`: the next keys and coefficients written to
+    /// their buffers, the graph run, the loss read back. On the CPU: the step run directly with
+    /// the keys drawn ahead.
+    fn replay(
+        &mut self,
+        run: &mut TrainRun<'_>,
+        fixed: &Batch,
+        info: &EpochInfo,
+        b: usize,
+    ) -> Result<f32> {
+        let keys = draw_keys(&self.streams);
+        let coefficients = run.adam.advance();
+        #[cfg(feature = "cuda")]
+        if let (Some(graph), Some(bufs)) = (&self.graph, &self.buffers) {
+            let dev = run.model.device.clone();
+            if !keys.is_empty() {
+                let pairs: Vec<u32> = keys
+                    .iter()
+                    .flat_map(|k| [*k as u32, (*k >> 32) as u32])
+                    .collect();
+                let n = pairs.len();
+                bufs.keys
+                    .slice_set(&Tensor::from_vec(pairs, n, &dev)?, 0, 0)?;
+            }
+            bufs.coefficients.slice_set(
+                &Tensor::from_vec(coefficients.to_vec(), 8, &dev)?,
+                0,
+                0,
+            )?;
+            graph.replay()?;
+            let value = bufs
+                .loss
+                .to_vec1::<f32>()?
+                .first()
+                .copied()
+                .unwrap_or(f32::NAN);
+            run.check_loss(value, info, b)?;
+            return Ok(value);
+        }
+        let _ = coefficients;
+        let (out, tape) = {
+            let _static = StaticShapes::enter();
+            KeyTape::given(keys).run(|| -> Result<f32> {
+                let loss = run
+                    .objective
+                    .train_loss(run.model.backbone.as_ref(), fixed)?;
+                let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+                run.check_loss(value, info, b)?;
+                let grads = loss.backward()?;
+                run.adam.step_counted(&grads)?;
+                Ok(value)
+            })
+        };
+        let value = out?;
+        tape.finish().map_err(HostError::Other)?;
+        Ok(value)
+    }
+}
+
+impl Buffers {
+    /// Buffers shaped like `batch`, on `device`.
+    fn new(batch: &Batch, device: &Device) -> Result<Self> {
+        let like = |t: &Tensor| Tensor::zeros(t.shape(), t.dtype(), device);
+        Ok(Buffers {
+            batch: Batch {
+                x: like(&batch.x)?,
+                y: like(&batch.y)?,
+                yw: like(&batch.yw)?,
+                negatives: batch.negatives.as_ref().map(like).transpose()?,
+            },
+            // Room for the keys of every dropout of a step: allocated before the count is known
+            // (warm-up), so generous; the capture fails cleanly past it.
+            keys: Tensor::zeros(2 * KEY_CAPACITY, DType::U32, device)?,
+            coefficients: Tensor::zeros(8, DType::F32, device)?,
+            loss: Tensor::zeros(1, DType::F32, device)?,
+        })
+    }
+}
+
+/// Dropout keys a captured step may use.
+const KEY_CAPACITY: usize = 4096;
+
+/// Whether `batch` has the shapes (and dtypes) of the buffers.
+fn fits(buffers: &Batch, batch: &Batch) -> bool {
+    let same = |a: &Tensor, b: &Tensor| a.dims() == b.dims() && a.dtype() == b.dtype();
+    same(&buffers.x, &batch.x)
+        && same(&buffers.y, &batch.y)
+        && same(&buffers.yw, &batch.yw)
+        && match (&buffers.negatives, &batch.negatives) {
+            (Some(a), Some(b)) => same(a, b),
+            (None, None) => true,
+            _ => false,
+        }
+}
+
+/// Copies `batch` into the buffers (same shapes, see [`fits`]).
+fn upload(buffers: &Batch, batch: &Batch) -> Result<()> {
+    let copy = |dst: &Tensor, src: &Tensor| -> Result<()> {
+        Ok(dst.slice_set(&src.to_device(dst.device())?, 0, 0)?)
+    };
+    copy(&buffers.x, &batch.x)?;
+    copy(&buffers.y, &batch.y)?;
+    copy(&buffers.yw, &batch.yw)?;
+    if let (Some(dst), Some(src)) = (&buffers.negatives, &batch.negatives) {
+        copy(dst, src)?;
+    }
+    Ok(())
+}
+
+/// `batch` on `device`.
+fn to_device(batch: &Batch, device: &Device) -> Result<Batch> {
+    Ok(Batch {
+        x: batch.x.to_device(device)?,
+        y: batch.y.to_device(device)?,
+        yw: batch.yw.to_device(device)?,
+        negatives: batch
+            .negatives
+            .as_ref()
+            .map(|t| t.to_device(device))
+            .transpose()?,
+    })
+}
+
+/// The check the backbone makes on an uncaptured step (a captured one cannot read ids on the
+/// device): every input id has a row in the item embeddings.
+fn check_ids(batch: &Batch, n_items: usize) -> Result<()> {
+    let ids = batch.x.flatten_all()?.to_vec1::<u32>()?;
+    match ids.iter().find(|&&id| id as usize >= n_items) {
+        Some(bad) => Err(HostError::TrainingData(format!(
+            "input item id {bad} is out of range (the catalog has {n_items} rows)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(b: usize, l: usize, negatives: bool) -> candle_core::Result<Batch> {
+        let ids: Vec<u32> = (0..b * l).map(|i| (i % 7) as u32).collect();
+        Ok(Batch {
+            x: Tensor::from_vec(ids.clone(), (b, l), &Device::Cpu)?,
+            y: Tensor::from_vec(ids, (b, l), &Device::Cpu)?,
+            yw: Tensor::ones((b, l), DType::F32, &Device::Cpu)?,
+            negatives: negatives
+                .then(|| Tensor::zeros((b, l, 3), DType::U32, &Device::Cpu))
+                .transpose()?,
+        })
+    }
+
+    #[test]
+    fn batches_of_other_shapes_do_not_fit_and_uploads_copy_values() -> Result<()> {
+        let a = batch(4, 5, false)?;
+        let bufs = Buffers::new(&a, &Device::Cpu)?;
+        assert!(fits(&bufs.batch, &a));
+        assert!(!fits(&bufs.batch, &batch(3, 5, false)?));
+        assert!(!fits(&bufs.batch, &batch(4, 5, true)?));
+        upload(&bufs.batch, &a)?;
+        assert_eq!(
+            bufs.batch.x.to_vec2::<u32>()?,
+            a.x.to_vec2::<u32>()?,
+            "the buffer holds the batch"
+        );
+        // The copy writes in place: a handle taken before sees the new values (a replay reads
+        // the same address).
+        let before = bufs.batch.x.clone();
+        let next = Batch {
+            x: (a.x.to_dtype(DType::F32)? + 1.0)?.to_dtype(DType::U32)?,
+            ..a.clone()
+        };
+        upload(&bufs.batch, &next)?;
+        assert_eq!(before.to_vec2::<u32>()?, next.x.to_vec2::<u32>()?);
+        Ok(())
+    }
+
+    #[test]
+    fn ids_outside_the_catalog_are_refused_on_the_host() -> Result<()> {
+        let a = batch(2, 5, false)?;
+        assert!(check_ids(&a, 7).is_ok());
+        let err = check_ids(&a, 6).map(|_| ()).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("input item id 6") && e.contains("6 rows")),
+            "{err:?}"
+        );
+        Ok(())
+    }
+}
