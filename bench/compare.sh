@@ -24,6 +24,7 @@
 #   bench/.venv is created from that file (large download: torch) and used.
 #   RECBLOCKS_DATA = where datasets are cached (default $HOME/.cache/recblocks-data).
 #   RECBLOCKS_BIN = a prebuilt recblocks binary (default: cargo build --release, then target/release).
+#   RECBLOCKS_ARGS = more arguments for `recblocks evaluate` (e.g. --cuda-graph), split on spaces.
 # Needs python3; peak RSS comes from GNU time (/usr/bin/time), or bench/timev.py where it is
 # missing. Every run also scores the popularity baseline on its split; the summary checks that
 # both systems saw the same split (train/test counts and identical baseline metrics, which depend
@@ -68,6 +69,7 @@ if [ -z "$bin" ]; then
   bin=target/release/recblocks
 fi
 rb_threads=(); rb_env=()
+read -r -a rb_extra <<< "${RECBLOCKS_ARGS:-}"
 if "$bin" evaluate --help | grep -q -- '--threads'; then
   rb_threads=(--threads "$threads")
 else
@@ -106,6 +108,7 @@ synth() { # name users items len
 
 machine="$(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 [ "$device" = cpu ] || machine="$machine, device $device ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+[ -z "${RECBLOCKS_ARGS:-}" ] || machine="$machine, recblocks $RECBLOCKS_ARGS"
 echo "# compare: $(date -u +%FT%TZ), $machine, threads $threads, epochs $epochs, seeds $seeds" >&2
 for ds in "${dataset_list[@]}"; do
   csv=$(dataset_csv "$ds")
@@ -118,7 +121,8 @@ for ds in "${dataset_list[@]}"; do
         echo "== $ds $model recblocks seed $seed ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2
         env "${rb_env[@]}" "${timer[@]}" "$bin" evaluate "$spec" --data "$csv" --epochs "$epochs" \
           --seed "$seed" --json --quiet --baseline popular --metrics recall,ndcg,mrr,hitrate \
-          --device "$device" "${rb_threads[@]}" > "${base}_recblocks_s$seed.json" 2> "${base}_recblocks_s$seed.time"
+          --device "$device" "${rb_threads[@]}" "${rb_extra[@]}" \
+          > "${base}_recblocks_s$seed.json" 2> "${base}_recblocks_s$seed.time"
       fi
       if [ -n "$py" ]; then
         echo "== $ds $model rectools seed $seed ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2

@@ -20,6 +20,10 @@
 #   5 compare  bench/compare.sh on ML-100k, SASRec + BERT4Rec, EPOCHS epochs, seed 42, both
 #              systems, with `nvidia-smi dmon` sampling -> $OUT/dmon.txt; then synth20k SASRec
 #              --quick if time is left
+#   5 graph    recblocks alone with `--cuda-graph` (the step captured once and replayed): ML-100k
+#              SASRec + BERT4Rec, EPOCHS epochs, then synth20k SASRec --quick if time is left;
+#              the summary's step table (bench/gpu/step_times.py) sets its ms/step against the
+#              uncaptured runs and the PyTorch CUDA-graph step of stage 6
 #   6 pytorch  bench/pytorch_step.py: a plain PyTorch SASRec step, eager / compile / CUDA graph
 #              -> $OUT/pytorch_step.json
 #   7 big      a large-catalog run, only when BIG_CATALOG_SPEC is set
@@ -30,13 +34,13 @@
 #
 # Environment (defaults in brackets):
 #   OUT [bench/out/gpu-run]  where results go (at most 8 files)
-#   DEADLINE [440]  seconds for the whole script;  STAGES [0,1,2,3,4,5,6,7,8]  the stages to run
+#   DEADLINE [470]  seconds for the whole script;  STAGES [0,1,2,3,4,5,6,7,8]  the stages to run
 #   EPOCHS [10]  compare epochs;  THREADS [2]  CPU threads of both systems;  DEVICE [cuda]
 #   PY [python3]  the python with torch;  WHEELS [gpu-pack/whl, else .whl; `skip` = install none]
 #   PACK [gpu-pack];  SITE [/tmp/site];  RB [/tmp/rb];  WORK [/tmp/rb-work] (state, data, raw)
 #   RB_LIBS  use this LD_LIBRARY_PATH for recblocks instead of searching (a dry run elsewhere)
 #   BUDGET_<stage>  a stage's time cap in seconds (e.g. BUDGET_tests=120; stage names above,
-#              plus `synth` for the synth20k part of stage 5)
+#              plus `synth` and `graph` for the synth20k and captured parts of stage 5)
 #   TEST_ARGS ["--test-threads 1 cuda"]  libtest arguments of stage 3
 #   PT_SHAPES ["1683:64:50:128;10001:64:50:128"], PT_MODES [eager,compile,graph], PT_STEPS,
 #              PT_REPEATS  for bench/pytorch_step.py
@@ -53,7 +57,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cd "$root" || exit 1
 
-DEADLINE=${DEADLINE:-440}
+DEADLINE=${DEADLINE:-470}
 STAGES=${STAGES:-0,1,2,3,4,5,6,7,8}
 EPOCHS=${EPOCHS:-10}
 DEVICE=${DEVICE:-cuda}
@@ -300,7 +304,7 @@ stage_smoke() {
   fi
 }
 
-compare() { # dataset models out-name [extra compare.sh args]
+compare() { # dataset models out-name [extra compare.sh args]; RB_ARGS: more recblocks arguments
   local ds=$1 models=$2 name=$3 sys rc
   shift 3
   sys=$(systems)
@@ -312,7 +316,7 @@ compare() { # dataset models out-name [extra compare.sh args]
   dmon_start "compare $ds $models"
   # RECBLOCKS_BIN must name a program even when recblocks is left out (else compare.sh builds).
   RECBLOCKS_DATA=$data RECBLOCKS_BIN=$( recblocks_ok && echo "$wrap" || echo true ) RECTOOLS_PYTHON=$PY \
-    bash bench/compare.sh --device "$DEVICE" --datasets "$ds" --models "$models" --seeds 42 \
+    RECBLOCKS_ARGS=${RB_ARGS:-} bash bench/compare.sh --device "$DEVICE" --datasets "$ds" --models "$models" --seeds 42 \
     --threads "$THREADS" --systems "$sys" --out "$WORK/compare/$name" "$@"
   rc=$?
   dmon_stop
@@ -324,6 +328,20 @@ stage_compare() { compare ml100k sasrec,bert4rec ml100k --epochs "$EPOCHS"; }
 stage_synth() {
   recblocks_ok || { note "synth20k needs recblocks to generate its data"; return 1; }
   compare synth20k sasrec synth20k --quick
+}
+
+stage_graph() {
+  [ "$DEVICE" != cpu ] || { note "--cuda-graph needs a CUDA device: skipped"; return 0; }
+  recblocks_ok || { note "no binary (stage 2)"; return 1; }
+  local end=$((SECONDS + ${RB_STAGE_BUDGET:-90} - 3)) rc
+  RB_ARGS=--cuda-graph compare ml100k sasrec,bert4rec ml100k-graph --epochs "$EPOCHS" --systems recblocks
+  rc=$?
+  if [ $((end - SECONDS)) -gt 35 ]; then
+    RB_ARGS=--cuda-graph compare synth20k sasrec synth20k-graph --quick --systems recblocks || rc=1
+  else
+    note "synth20k with --cuda-graph: no time left"
+  fi
+  return $rc
 }
 
 stage_pytorch() {
@@ -402,11 +420,12 @@ plan=(
   "4 smoke 60 20 0"
   "5 compare 170 60 0"
   "5 synth 80 40 1"
+  "5 graph 80 30 0"
   "6 pytorch 90 30 0"
   "7 big 150 60 0"
   "8 profile 60 30 1"
 )
-[ -n "$BIG_CATALOG_SPEC" ] || plan=("${plan[@]:0:8}" "${plan[@]:9}")
+[ -n "$BIG_CATALOG_SPEC" ] || plan=("${plan[@]:0:9}" "${plan[@]:10}")
 final_reserve=15
 selected() { [[ ",$STAGES," == *",$1,"* ]]; }
 t0=$SECONDS
@@ -449,7 +468,7 @@ done
 # Summary: every table in $OUT/summary.md, printed last (only the end of stdout may be kept).
 # Only the stages of this call are reported (the state folder may hold an earlier call's results).
 # A comparison cut short by its timeout still gets a table of the runs that finished.
-for f in ml100k:compare synth20k:synth; do
+for f in ml100k:compare synth20k:synth ml100k-graph:graph synth20k-graph:graph; do
   stage=${f#*:} f=${f%:*} d=$WORK/compare/${f%:*}
   if ran "$stage" && [ -d "$d" ] && [ ! -s "$d/summary.md" ] && compgen -G "$d/*.json" >/dev/null; then
     models=$(find "$d" -name "${f}_*_s42.json" -printf '%f\n' | sed "s/^${f}_//; s/_\(recblocks\|rectools\)_s42.json$//" | sort -u | paste -sd,)
@@ -468,12 +487,25 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
   echo "|---|---|---|---|"
   printf '%s\n' "${statuses[@]}"
   echo
-  for f in ml100k:compare synth20k:synth big:big; do
+  for f in ml100k:compare synth20k:synth ml100k-graph:graph synth20k-graph:graph big:big; do
     if ran "${f#*:}" && [ -s "$WORK/compare/${f%:*}/summary.md" ]; then
+      case ${f%:*} in *-graph) echo "## recblocks --cuda-graph";; esac
       sed '1{/^# /d}' "$WORK/compare/${f%:*}/summary.md"
       echo
     fi
   done
+  if ran graph; then
+    for g in ml100k:sasrec,bert4rec synth20k:sasrec; do
+      if [ -d "$WORK/compare/${g%:*}-graph" ]; then
+        echo "## step time, ${g%:*} (bench/gpu/step_times.py)"
+        echo
+        python3 bench/gpu/step_times.py --dataset "${g%:*}" --models "${g#*:}" \
+          --eager "$WORK/compare/${g%:*}" --graph "$WORK/compare/${g%:*}-graph" --data-dir "$data" \
+          --pytorch "$OUT/pytorch_step.json" 2>&1
+        echo
+      fi
+    done
+  fi
   if ran pytorch && [ -s "$state/pytorch.txt" ]; then
     echo "## PyTorch SASRec step (bench/pytorch_step.py)"
     echo
