@@ -112,8 +112,8 @@ impl KeyTape {
         })
     }
 
-    /// Dropouts get the device addresses `base + 8·i` (u64 keys), in order, for up to
-    /// `capacity` draws; no stream is drawn from.
+    /// Dropouts get the device addresses `base + 8·i` (u64 keys), in order; the step must draw
+    /// exactly `capacity` keys (the count its warm-up drew). No stream is drawn from.
     pub fn slots(base: u64, capacity: usize) -> Self {
         Self::with(TapeMode::Slots {
             base,
@@ -158,15 +158,15 @@ impl KeyTape {
         }
     }
 
-    /// Checks that the step used the tape as it must: no more keys than a slot tape holds, every
-    /// given key taken exactly, and no mask drawn on the host under a slot tape.
+    /// Checks that the step used the tape as it must: as many keys as a slot tape was made for,
+    /// every given key taken exactly, and no mask drawn on the host under a slot tape.
     pub fn finish(&self) -> Result<(), String> {
         if let Some(m) = &self.misuse {
             return Err(m.clone());
         }
         match &self.mode {
-            TapeMode::Slots { capacity, used, .. } if used > capacity => Err(format!(
-                "the step drew {used} dropout masks; the key buffer holds {capacity}"
+            TapeMode::Slots { capacity, used, .. } if used != capacity => Err(format!(
+                "the captured step drew {used} dropout masks where its warm-up drew {capacity}"
             )),
             TapeMode::Given { keys, used } if *used != keys.len() => Err(format!(
                 "the step drew {used} dropout masks; {} keys were drawn for it",
@@ -283,7 +283,13 @@ mod tests {
             take_key(&rng, false);
             take_key(&rng, false)
         });
-        assert!(over.finish().is_err_and(|e| e.contains("holds 1")));
+        assert!(over
+            .finish()
+            .is_err_and(|e| e.contains("drew 2 dropout masks where")));
+        let (_, under) = KeyTape::slots(0x1000, 2).run(|| take_key(&rng, false));
+        assert!(under
+            .finish()
+            .is_err_and(|e| e.contains("drew 1 dropout masks where")));
         let (_, host) = KeyTape::slots(0x1000, 4).run(|| take_key(&rng, true));
         assert!(host.finish().is_err_and(|e| e.contains("on the host")));
     }

@@ -304,14 +304,17 @@ impl Adam {
 
     /// The update of a captured step (CUDA only): applies `grads` with the coefficients found at
     /// `coefficients` (8 f32 on the device, see [`advance`](Self::advance)) when the work runs,
-    /// without counting a step (each replay's [`advance`](Self::advance) does).
+    /// without counting a step (each replay's [`advance`](Self::advance) does). With `guard` (a
+    /// one-value f32 tensor on the device, the step's loss), nothing changes unless that value is
+    /// finite when the work runs.
     pub fn step_reading_coefficients(
         &mut self,
         grads: &GradStore,
         coefficients: &Tensor,
+        guard: Option<&Tensor>,
     ) -> candle_core::Result<()> {
         let (k, bias1, bias2) = self.coefficients(self.step.max(1));
-        self.apply(grads, k, bias1, bias2, Some(coefficients))
+        self.apply(grads, k, bias1, bias2, Some((coefficients, guard)))
     }
 
     fn coefficients(&self, step: u64) -> (StepCoefficients, f64, f64) {
@@ -328,14 +331,15 @@ impl Adam {
     }
 
     /// One update with coefficients `k` (and the biases they came from, for the composed path);
-    /// `device_k`: the device parameters read their coefficients there instead.
+    /// `device_k`: the device parameters read their coefficients there instead, and skip the
+    /// update unless the guard's value is finite.
     fn apply(
         &mut self,
         grads: &GradStore,
         k: StepCoefficients,
         bias1: f64,
         bias2: f64,
-        device_k: Option<&Tensor>,
+        device_k: Option<(&Tensor, Option<&Tensor>)>,
     ) -> candle_core::Result<()> {
         let c = self.config;
         #[cfg(feature = "cuda")]
@@ -387,11 +391,15 @@ impl Adam {
         }
         #[cfg(feature = "cuda")]
         if let Some(dev) = device {
-            let k_slot = match device_k {
-                Some(t) => recblocks_core::nn::cuda::graph::address(t)?,
-                None => 0,
+            let address = |t: Option<&Tensor>| match t {
+                Some(t) => recblocks_core::nn::cuda::graph::address(t),
+                None => Ok(0),
             };
-            recblocks_core::nn::cuda::adam_step(&dev, &mut on_device, k.device(), k_slot)?;
+            let (k_slot, guard) = match device_k {
+                Some((k, guard)) => (address(Some(k))?, address(guard)?),
+                None => (0, 0),
+            };
+            recblocks_core::nn::cuda::adam_step(&dev, &mut on_device, k.device(), k_slot, guard)?;
         }
         Ok(())
     }
@@ -598,7 +606,7 @@ mod tests {
                 if from_memory {
                     let k = opt.advance();
                     let k = Tensor::from_vec(k.to_vec(), 8, &dev)?;
-                    opt.step_reading_coefficients(&grads, &k)?;
+                    opt.step_reading_coefficients(&grads, &k, None)?;
                 } else {
                     opt.step(&grads)?;
                 }
@@ -611,6 +619,38 @@ mod tests {
             got[1] == got[2],
             "CUDA Adam with coefficients by value and from device memory differ"
         );
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_adam_changes_nothing_when_its_guard_is_not_finite() -> candle_core::Result<()> {
+        let Ok(gpu) = Device::new_cuda(0) else {
+            assert!(
+                std::env::var("RECBLOCKS_CUDA_TESTS").as_deref() != Ok("1"),
+                "RECBLOCKS_CUDA_TESTS=1 but no CUDA device opens"
+            );
+            eprintln!("cuda_adam_guard: skipped, no CUDA device");
+            return Ok(());
+        };
+        let (vars, weights) = assorted(&gpu)?;
+        let mut opt = Adam::new(vars.clone(), AdamConfig::rectools(0.01))?;
+        let before = host_state(&vars, &opt)?;
+        for bad in [f32::NAN, f32::INFINITY] {
+            let guard = Tensor::from_vec(vec![bad], 1, &gpu)?;
+            let k = Tensor::from_vec(opt.advance().to_vec(), 8, &gpu)?;
+            let grads = weighted_loss(&vars, &weights, 1.0)?;
+            opt.step_reading_coefficients(&grads, &k, Some(&guard))?;
+            assert!(
+                host_state(&vars, &opt)? == before,
+                "guard {bad}: state changed"
+            );
+        }
+        let guard = Tensor::from_vec(vec![2.5f32], 1, &gpu)?;
+        let k = Tensor::from_vec(opt.advance().to_vec(), 8, &gpu)?;
+        let grads = weighted_loss(&vars, &weights, 1.0)?;
+        opt.step_reading_coefficients(&grads, &k, Some(&guard))?;
+        assert!(host_state(&vars, &opt)? != before, "a finite guard updates");
         Ok(())
     }
 

@@ -203,23 +203,43 @@ impl CapturedSteps {
             };
             let (keys, coefficients, loss_buf) = (&bufs.keys, &bufs.coefficients, &bufs.loss);
             let n_keys = self.streams.len();
+            if n_keys > KEY_CAPACITY {
+                return Err(HostError::Other(format!(
+                    "the step draws {n_keys} dropout masks; a captured step holds at most \
+                     {KEY_CAPACITY}"
+                )));
+            }
             let base = graph::address(keys)?;
             let _uploads = graph::ConstantUploads::enable(dev);
             let _static = StaticShapes::enter();
             // Everything the body creates is dropped inside it, before the capture ends: the
-            // graph then frees its own temporaries on every replay.
-            graph::begin_capture(dev)?;
+            // graph then frees its own temporaries on every replay. Dropped without `end` (a
+            // panic), the capture ends itself.
+            let capture = graph::begin_capture(dev)?;
+            // Each part names itself in an error: an op that cannot be captured fails where it
+            // is called, with candle's or the driver's message.
+            let part = |what: &str, e: &dyn std::fmt::Display| {
+                HostError::Other(format!("in the step's {what}: {e}"))
+            };
             let (body, tape) = KeyTape::slots(base, n_keys).run(|| -> Result<()> {
                 let loss = run
                     .objective
-                    .train_loss(run.model.backbone.as_ref(), fixed)?;
+                    .train_loss(run.model.backbone.as_ref(), fixed)
+                    .map_err(|e| part("forward pass and loss", &e))?;
                 let value = loss.to_dtype(DType::F32)?.reshape(1)?;
-                loss_buf.slice_set(&value, 0, 0)?;
-                let grads = loss.backward()?;
-                run.adam.step_reading_coefficients(&grads, coefficients)?;
+                loss_buf
+                    .slice_set(&value, 0, 0)
+                    .map_err(|e| part("loss copy", &e))?;
+                let grads = loss.backward().map_err(|e| part("backward pass", &e))?;
+                // The update reads the loss first and leaves everything as it was when the loss
+                // is not finite, as an uncaptured step stops before its update; the replay then
+                // reports the loss.
+                run.adam
+                    .step_reading_coefficients(&grads, coefficients, Some(loss_buf))
+                    .map_err(|e| part("Adam update", &e))?;
                 Ok(())
             });
-            let recorded = graph::end_capture(dev);
+            let recorded = capture.end();
             body?;
             tape.finish().map_err(HostError::Other)?;
             self.graph = Some(recorded?);

@@ -25,6 +25,10 @@ pub struct LearnableInversePositionalEncodingKwargs {
 /// `[session_max_len, d]` (xavier-normal) when the spec's `use_pos_emb` is on.
 pub struct LearnableInversePositionalEncoding {
     pos_emb: Option<Tensor>,
+    /// The rows `session_max_len − 1, …, 0` on the parameters' device, made once: the full-length
+    /// input takes them without a copy to the device each step (a captured step could not make
+    /// them when they pass 4 KiB, `recblocks_core::nn::capture`).
+    full_rows: Option<Tensor>,
     scale: Option<f64>,
     session_max_len: usize,
 }
@@ -52,8 +56,13 @@ impl LearnableInversePositionalEncoding {
         } else {
             None
         };
+        let full_rows = match &pos_emb {
+            Some(p) => Some(Tensor::new(reversed_rows(l).as_slice(), p.device())?),
+            None => None,
+        };
         Ok(LearnableInversePositionalEncoding {
             pos_emb,
+            full_rows,
             scale: kwargs.use_scale_factor.then(|| (d as f64).sqrt()),
             session_max_len: l,
         })
@@ -78,13 +87,20 @@ impl PositionalEncoding for LearnableInversePositionalEncoding {
                     ),
                 ));
             }
-            let rows: Vec<u32> = (0..l as u32).rev().collect();
-            let rows = Tensor::new(rows.as_slice(), pos_emb.device())?;
+            let rows = match &self.full_rows {
+                Some(rows) if l == self.session_max_len => rows.clone(),
+                _ => Tensor::new(reversed_rows(l).as_slice(), pos_emb.device())?,
+            };
             let pos = pos_emb.index_select(&rows, 0)?; // [L, d], row j = pos_emb[L-1-j]
             x = x.broadcast_add(&pos)?;
         }
         Ok(x)
     }
+}
+
+/// `l − 1, …, 0`: the position rows of a length-`l` input.
+fn reversed_rows(l: usize) -> Vec<u32> {
+    (0..l as u32).rev().collect()
 }
 
 fn build(ctx: &BuildContext<'_>, kwargs: &Value) -> Result<Box<dyn PositionalEncoding>> {

@@ -8,11 +8,11 @@
 //! candle makes inside ops (layouts, scalars) are served from candle's capture cache, filled by
 //! an uncaptured step run with the same shapes first ([`ConstantUploads`]).
 
-use std::any::Any;
+use std::{any::Any, sync::Arc};
 
 use candle_core::{
     cuda_backend::{
-        cudarc::driver::{sys, CudaGraph, DevicePtr},
+        cudarc::driver::{result, sys, CudaGraph, CudaStream, DevicePtr},
         CudaDevice,
     },
     Error, Result, Tensor,
@@ -49,23 +49,92 @@ fn driver(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Msg(format!("CUDA graph {what}: {e}"))
 }
 
-/// Starts recording the work queued on `dev`'s stream (nothing runs until a replay).
-pub fn begin_capture(dev: &CudaDevice) -> Result<()> {
-    dev.cuda_stream()
-        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
-        .map_err(|e| driver("capture", e))
+/// A recording in progress on a device's stream, from [`begin_capture`] until
+/// [`Capture::end`]. Dropped without `end` (an error or a panic inside the step), it ends the
+/// recording and throws it away, so the stream never stays in capture mode.
+pub struct Capture {
+    stream: Arc<CudaStream>,
+    ended: bool,
 }
 
-/// Ends the recording started by [`begin_capture`] and prepares it for replay. Call it even when
-/// the step failed, so the stream leaves capture mode; the error then is the step's.
-pub fn end_capture(dev: &CudaDevice) -> Result<StepGraph> {
-    let graph = dev
-        .cuda_stream()
-        .end_capture(sys::CUgraphInstantiate_flags(0))
-        .map_err(|e| driver("instantiation", e))?
-        .ok_or_else(|| Error::Msg("CUDA graph capture recorded no work".into()))?;
-    graph.upload().map_err(|e| driver("upload", e))?;
-    Ok(StepGraph { graph })
+/// Starts recording the work queued on `dev`'s stream (nothing runs until a replay).
+pub fn begin_capture(dev: &CudaDevice) -> Result<Capture> {
+    let stream = dev.cuda_stream();
+    // An error cudarc recorded earlier would be returned by the call below without starting.
+    stream
+        .context()
+        .check_err()
+        .map_err(|e| driver("capture (an earlier call had failed)", e))?;
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+        .map_err(|e| driver("capture", e))?;
+    Ok(Capture {
+        stream,
+        ended: false,
+    })
+}
+
+impl Capture {
+    /// Ends the recording and prepares it for replay. Call it even when the step failed; the
+    /// error then is the step's.
+    ///
+    /// cudarc records the errors of calls that cannot return one (a free in a `Drop`) and hands
+    /// the last back at its next call, before doing anything. One recorded during the capture (a
+    /// free the capture refused, which invalidates it) is taken first, so that ending the capture
+    /// runs and the error names the capture's failure rather than a later, unrelated op.
+    pub fn end(mut self) -> Result<StepGraph> {
+        self.ended = true;
+        let during = self.stream.context().check_err();
+        let ended = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        leave_capture(&self.stream);
+        let after = self.stream.context().check_err();
+        let graph = match (ended, during.and(after)) {
+            (Ok(Some(graph)), Ok(())) => graph,
+            (Ok(None), Ok(())) => {
+                return Err(Error::Msg("CUDA graph capture recorded no work".into()))
+            }
+            (Ok(_), Err(e)) => return Err(driver("capture (a call during it failed)", e)),
+            (Err(e), Ok(())) => return Err(driver("instantiation", e)),
+            (Err(e), Err(during)) => {
+                return Err(Error::Msg(format!(
+                    "CUDA graph instantiation: {e}; during the capture: {during}"
+                )))
+            }
+        };
+        graph.upload().map_err(|e| driver("upload", e))?;
+        Ok(StepGraph { graph })
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = self.stream.context().check_err();
+            leave_capture(&self.stream);
+            let _ = self.stream.context().check_err();
+        }
+    }
+}
+
+/// Ends a capture still in progress on `stream` and destroys what it recorded.
+fn leave_capture(stream: &CudaStream) {
+    let capturing = !matches!(
+        stream.capture_status(),
+        Ok(sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    );
+    if !capturing {
+        return;
+    }
+    // SAFETY: the stream is a live stream of its context (held by the Arc), and ending its
+    // capture is what the driver requires before the stream can be used again; the graph it
+    // returns (null when the capture was invalidated) is ours and destroyed once, here.
+    unsafe {
+        if let Ok(graph) = result::stream::end_capture(stream.cu_stream()) {
+            if !graph.is_null() {
+                let _ = result::graph::destroy(graph);
+            }
+        }
+    }
 }
 
 impl StepGraph {

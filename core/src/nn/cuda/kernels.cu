@@ -302,7 +302,8 @@ extern "C" __global__ void rb_softmax_ce_bwd(const float *x, const unsigned int 
 // `AdamTable` and `AdamCoefficients` mirror these structs field for field). Block b updates
 // elements [(b − first_block[t])·blockDim, …) of parameter t, where first_block[t] ≤ b <
 // first_block[t + 1]. The coefficients come by value, or from device memory where `k_slot` is
-// set (a captured step reads each replay's step coefficients there: nn/capture.rs).
+// set (a captured step reads each replay's step coefficients there: nn/capture.rs). Where `guard`
+// is set, nothing is updated unless the value there (the step's loss) is finite.
 
 #define ADAM_TENSORS 48
 
@@ -321,7 +322,8 @@ struct AdamCoefficients {
 };
 
 extern "C" __global__ void rb_adam_step(const AdamTable table, AdamCoefficients k,
-                                        const AdamCoefficients *k_slot) {
+                                        const AdamCoefficients *k_slot, const float *guard) {
+  if (guard && !isfinite(*guard)) return;
   unsigned int blk = blockIdx.x;
   int lo = 0, hi = table.count - 1;
   while (lo < hi) {

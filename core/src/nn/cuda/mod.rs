@@ -514,12 +514,14 @@ fn f32_address(t: &candle_core::Tensor, what: &str) -> Result<(u64, usize)> {
 /// One Adam step over `params`, updating each parameter and its moments in place: one launch per
 /// 48 parameters. The coefficients are `k`, or, where `k_slot` is set, the [`AdamCoefficients`]
 /// stored at that device address when the launch runs (a captured step's, written before each
-/// replay).
+/// replay). Where `guard` is set (the device address of an f32, a captured step's loss), the step
+/// changes nothing unless that value is finite when the launch runs.
 pub fn adam_step(
     dev: &CudaDevice,
     params: &mut [AdamParam<'_>],
     k: AdamCoefficients,
     k_slot: u64,
+    guard: u64,
 ) -> Result<()> {
     use candle_core::cuda_backend::cudarc::driver::DevicePtrMut;
     let stream = dev.cuda_stream();
@@ -568,14 +570,16 @@ pub fn adam_step(
         }
         let f = dev.get_or_load_custom_func("rb_adam_step", MODULE, PTX)?;
         let mut l = f.builder();
-        l.arg(&table).arg(&k).arg(&k_slot);
-        // SAFETY: rb_adam_step(AdamTable, AdamCoefficients, const AdamCoefficients* k_slot): the
+        l.arg(&table).arg(&k).arg(&k_slot).arg(&guard);
+        // SAFETY: rb_adam_step(AdamTable, AdamCoefficients, const AdamCoefficients* k_slot, const
+        // float* guard): the
         // table (by value) names, for each of its `count` parameters, the parameter and gradient
         // of n values (checked above) and moments of at least n; block b updates elements of the
         // parameter whose block range holds b, each below its n. The parameters are written
         // through addresses taken under a read lock: their storage stays where it is (variables
         // are updated in place), and all device work runs in order on this one stream. k_slot,
-        // where set, is the address of live coefficients (the capture's buffer).
+        // where set, is the address of live coefficients (the capture's buffer), guard of a live
+        // f32 (its loss buffer).
         unsafe { l.launch(config(grid(blocks, 1)?, BLOCK_THREADS)) }
             .map_err(|e| launch_error("rb_adam_step", e))?;
         drop(held);
