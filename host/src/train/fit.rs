@@ -242,8 +242,17 @@ impl TrainRun<'_> {
                             weights: &sessions[i].weights,
                         })
                         .collect();
+                    // On a CUDA device this thread's copies go to its own stream (candle uses
+                    // the per-thread default stream): they must be done before the training
+                    // thread, on another stream, reads the batch.
                     let batch = preparator
                         .collate_train(&refs, n_items, sampler, data_rng, &device)
+                        .and_then(|batch| {
+                            if device.is_cuda() {
+                                device.synchronize()?;
+                            }
+                            Ok(batch)
+                        })
                         .map(|batch| (chunk.len(), batch));
                     let failed = batch.is_err();
                     // A closed channel: the training side stopped (an error); so do we.
