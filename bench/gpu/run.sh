@@ -28,7 +28,8 @@
 #              -> $OUT/pytorch_step.json
 #   7 big      a large-catalog run, only when BIG_CATALOG_SPEC is set
 #   8 profile  ncu's per-kernel summary of a stretch of ML-100k SASRec training (kernel launches
-#              and device time by kernel name), if ncu is there and time is left -> $OUT/ncu.txt
+#              and device time by kernel name), if ncu is there and time is left -> $OUT/ncu.txt;
+#              PROFILE_ARGS adds arguments to that fit (e.g. --cuda-graph)
 #   then       $OUT/summary.md (every table, printed last on stdout), $OUT/run.log (timestamped),
 #              $OUT/compare-raw.tar.gz (raw JSON and /usr/bin/time output of every run)
 #
@@ -400,7 +401,7 @@ stage_profile() {
     --launch-count "${PROFILE_LAUNCHES:-1500}" --metrics gpu__time_duration.sum \
     --print-summary per-kernel "$wrap" fit bench/specs/ml100k_sasrec.json --data "$data/ml-100k.csv" \
     --device "$DEVICE" --epochs 3 --seed 42 --threads "$THREADS" --out "$WORK/profile-model" --force \
-    > "$OUT/ncu.txt" 2>&1
+    ${PROFILE_ARGS:-} > "$OUT/ncu.txt" 2>&1
 }
 
 # A stage runs in a child process (`bash run.sh --stage NAME`) so that `timeout` can end it and

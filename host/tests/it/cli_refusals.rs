@@ -390,3 +390,31 @@ fn a_failed_weights_write_names_the_file_once_and_keeps_the_old_model() {
     ]);
     assert!(ok, "the old model still loads: {stderr}");
 }
+
+#[test]
+fn a_cuda_graph_without_a_cuda_device_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("s.json");
+    std::fs::write(
+        &spec,
+        r#"{"cls": "SASRecModel", "n_factors": 8, "n_heads": 1, "epochs": 1}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("m");
+    for command in ["fit", "evaluate"] {
+        let (ok, stderr) = recblocks(&[
+            command,
+            spec.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--cuda-graph",
+            "--quiet",
+        ]);
+        assert!(!ok, "{command}");
+        assert!(
+            stderr.contains("--cuda-graph records CUDA graphs: it needs --device cuda"),
+            "{command}: {stderr}"
+        );
+        assert!(!out.exists(), "{command}: a model directory was written");
+    }
+}
