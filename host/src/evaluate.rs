@@ -104,6 +104,9 @@ pub struct EvalReport {
     pub n_test_interactions: usize,
     /// Train interactions.
     pub n_train_interactions: usize,
+    /// Optimizer steps that replayed a captured CUDA graph (`--cuda-graph`; 0 otherwise, or when
+    /// the capture failed).
+    pub captured_steps: u64,
     /// The resolved spec.
     pub spec: ModelSpec,
 }
@@ -184,6 +187,7 @@ pub fn evaluate(
         n_test_users: test_users.len(),
         n_test_interactions: split.test.len(),
         n_train_interactions: split.train.len(),
+        captured_steps: model.training.captured_steps,
         spec: model.net.spec.clone(),
     };
     Ok((report, model))

@@ -181,6 +181,7 @@ impl Model {
             data_rng: RngState::capture(&data_rng),
             early_stopping: None,
             stopped_early: false,
+            captured_steps: 0,
         };
         let mut model = Model {
             provenance: provenance(&spec, registry)?,

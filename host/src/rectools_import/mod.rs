@@ -92,6 +92,7 @@ pub fn from_parts(
             data_rng: rng,
             early_stopping: None,
             stopped_early: false,
+            captured_steps: 0,
         },
         net,
         preparator,

@@ -62,6 +62,8 @@ struct Buffers {
 /// The captured path's state over one training run.
 pub struct CapturedSteps {
     phase: Phase,
+    /// Replays since [`take_replays`](Self::take_replays) was last called.
+    replays: u64,
     buffers: Option<Buffers>,
     /// The stream of each dropout draw of a step, in order.
     streams: Vec<SharedRng>,
@@ -80,6 +82,7 @@ impl CapturedSteps {
     pub fn new() -> Self {
         CapturedSteps {
             phase: Phase::Warmup(0),
+            replays: 0,
             buffers: None,
             streams: Vec::new(),
             #[cfg(feature = "cuda")]
@@ -90,6 +93,11 @@ impl CapturedSteps {
     /// Whether steps are replayed now.
     pub fn replaying(&self) -> bool {
         self.phase == Phase::Replay
+    }
+
+    /// The steps replayed since the last call (counted into `TrainingState::captured_steps`).
+    pub fn take_replays(&mut self) -> u64 {
+        std::mem::take(&mut self.replays)
     }
 
     /// One optimisation step on `batch`, collated on the CPU; returns its loss.
@@ -261,6 +269,7 @@ impl CapturedSteps {
     ) -> Result<f32> {
         let keys = draw_keys(&self.streams);
         let coefficients = run.adam.advance();
+        self.replays += 1;
         #[cfg(feature = "cuda")]
         if let (Some(graph), Some(bufs)) = (&self.graph, &self.buffers) {
             let dev = run.model.device.clone();

@@ -117,6 +117,11 @@ pub struct TrainingState {
     pub early_stopping: Option<EarlyStoppingState>,
     /// Whether early stopping ended training.
     pub stopped_early: bool,
+    /// Optimizer steps taken as replays of a captured step (`FitOptions::cuda_graph`: on a CUDA
+    /// device each replayed the CUDA graph); 0 when none were (not asked for, or the capture
+    /// failed and training went on uncaptured).
+    #[serde(default)]
+    pub captured_steps: u64,
 }
 
 /// Everything one training run uses.
@@ -192,6 +197,9 @@ impl TrainRun<'_> {
             self.log.push(entry);
             self.state.epochs_done = epoch;
             self.state.adam_step = self.adam.step_count();
+            if let Some(c) = &mut captured {
+                self.state.captured_steps += c.take_replays();
+            }
             if let Some(v) = val {
                 self.early_stopping(epoch, v)?;
             }

@@ -103,5 +103,12 @@ fn captured_steps_train_as_ordinary_steps_do() {
             plain_model.training.adam_step, captured_model.training.adam_step,
             "{name}: Adam steps"
         );
+        // Each epoch: 20 full batches and a short one; the first two full batches warm up.
+        assert_eq!(plain_model.training.captured_steps, 0, "{name}");
+        assert_eq!(
+            captured_model.training.captured_steps,
+            18 + 20,
+            "{name}: replayed steps"
+        );
     }
 }
