@@ -222,6 +222,18 @@ pub(crate) fn take_key(rng: &SharedRng, need_value: bool) -> TapedKey {
 mod tests {
     use super::*;
 
+    /// One key value from each stream in turn, as dropouts computing their masks on the host take
+    /// them (0 for a slot, which these tapes never give).
+    fn key_values(streams: &[&SharedRng]) -> Vec<u64> {
+        streams
+            .iter()
+            .map(|r| match take_key(r, true) {
+                TapedKey::Value(k) => k,
+                TapedKey::Slot(_) => 0,
+            })
+            .collect()
+    }
+
     #[test]
     fn a_counting_tape_notes_the_streams_and_given_keys_replay_them() {
         let (a, b) = (SharedRng::new(1), SharedRng::new(2));
@@ -231,15 +243,7 @@ mod tests {
         // The same streams again from the same seeds, through a counting tape.
         let (a2, b2) = (SharedRng::new(1), SharedRng::new(2));
         let order2 = [&a2, &b2, &a2];
-        let (counted, tape) = KeyTape::counting().run(|| {
-            order2
-                .iter()
-                .map(|r| match take_key(r, true) {
-                    TapedKey::Value(k) => k,
-                    TapedKey::Slot(_) => 0,
-                })
-                .collect::<Vec<_>>()
-        });
+        let (counted, tape) = KeyTape::counting().run(|| key_values(&order2));
         assert_eq!(counted, plain);
         assert_eq!(tape.used(), 3);
         assert!(tape.finish().is_ok());
@@ -248,15 +252,7 @@ mod tests {
         let next_plain: Vec<u64> = order.iter().map(|r| next_key(r)).collect();
         assert_eq!(ahead, next_plain);
         // A given tape hands them out in order, and checks they were all taken.
-        let (got, given) = KeyTape::given(ahead.clone()).run(|| {
-            order2
-                .iter()
-                .map(|r| match take_key(r, true) {
-                    TapedKey::Value(k) => k,
-                    TapedKey::Slot(_) => 0,
-                })
-                .collect::<Vec<_>>()
-        });
+        let (got, given) = KeyTape::given(ahead.clone()).run(|| key_values(&order2));
         assert_eq!(got, ahead);
         assert!(given.finish().is_ok());
         let (_, short) = KeyTape::given(ahead).run(|| take_key(&a2, true));

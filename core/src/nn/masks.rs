@@ -41,17 +41,22 @@ pub fn causal_bias(l: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (1, 1, l, l), device)?)
 }
 
+/// The bias of `kind` for ids `x` built on their CUDA device; `None` elsewhere.
+#[cfg(feature = "cuda")]
+fn on_device(x: &Tensor, kind: crate::nn::cuda::BiasKind) -> Option<Result<Tensor>> {
+    let Device::Cuda(dev) = x.device() else {
+        return None;
+    };
+    let l = x.dims().last().copied().unwrap_or(0);
+    Some(crate::nn::cuda::attention_bias(dev, Some(x), l, kind).map_err(Into::into))
+}
+
 /// The key padding bias `[B, 1, 1, L]`: keys with id 0 (PAD) are not attended to.
 pub fn key_padding_bias(x: &Tensor) -> Result<Tensor> {
     let (b, l) = x.dims2()?;
     #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = x.device() {
-        return Ok(crate::nn::cuda::attention_bias(
-            dev,
-            Some(x),
-            l,
-            crate::nn::cuda::BiasKind::KeyPadding,
-        )?);
+    if let Some(bias) = on_device(x, crate::nn::cuda::BiasKind::KeyPadding) {
+        return bias;
     }
     let ids = x.flatten_all()?.to_vec1::<u32>()?;
     let v: Vec<f32> = ids
@@ -65,13 +70,8 @@ pub fn key_padding_bias(x: &Tensor) -> Result<Tensor> {
 pub fn merged_bias(x: &Tensor) -> Result<Tensor> {
     let (b, l) = x.dims2()?;
     #[cfg(feature = "cuda")]
-    if let Device::Cuda(dev) = x.device() {
-        return Ok(crate::nn::cuda::attention_bias(
-            dev,
-            Some(x),
-            l,
-            crate::nn::cuda::BiasKind::Merged,
-        )?);
+    if let Some(bias) = on_device(x, crate::nn::cuda::BiasKind::Merged) {
+        return bias;
     }
     let ids = x.flatten_all()?.to_vec1::<u32>()?;
     let mut v = vec![0f32; b * l * l];

@@ -528,6 +528,21 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// The GPU, or `None` (the test is skipped) where none opens and `RECBLOCKS_CUDA_TESTS` is
+    /// not `1` (where a missing GPU fails the test).
+    #[cfg(feature = "cuda")]
+    fn gpu(test: &str) -> Option<Device> {
+        let gpu = Device::new_cuda(0).ok();
+        if gpu.is_none() {
+            assert!(
+                std::env::var("RECBLOCKS_CUDA_TESTS").as_deref() != Ok("1"),
+                "RECBLOCKS_CUDA_TESTS=1 but no CUDA device opens"
+            );
+            eprintln!("{test}: skipped, no CUDA device");
+        }
+        gpu
+    }
+
     /// The parameters of the CUDA tests: 53 of assorted sizes (more than one launch's 48, block
     /// edges of 256 on both sides, a single value), values and gradient weights.
     #[cfg(feature = "cuda")]
@@ -587,12 +602,7 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn cuda_adam_step_equals_the_cpu_pass_bit_for_bit() -> candle_core::Result<()> {
-        let Ok(gpu) = Device::new_cuda(0) else {
-            assert!(
-                std::env::var("RECBLOCKS_CUDA_TESTS").as_deref() != Ok("1"),
-                "RECBLOCKS_CUDA_TESTS=1 but no CUDA device opens"
-            );
-            eprintln!("cuda_adam_step: skipped, no CUDA device");
+        let Some(gpu) = gpu("cuda_adam_step") else {
             return Ok(());
         };
         // The CPU pass, the device pass with coefficients by value, and the device pass reading
@@ -625,12 +635,7 @@ mod tests {
     #[cfg(feature = "cuda")]
     #[test]
     fn cuda_adam_changes_nothing_when_its_guard_is_not_finite() -> candle_core::Result<()> {
-        let Ok(gpu) = Device::new_cuda(0) else {
-            assert!(
-                std::env::var("RECBLOCKS_CUDA_TESTS").as_deref() != Ok("1"),
-                "RECBLOCKS_CUDA_TESTS=1 but no CUDA device opens"
-            );
-            eprintln!("cuda_adam_guard: skipped, no CUDA device");
+        let Some(gpu) = gpu("cuda_adam_guard") else {
             return Ok(());
         };
         let (vars, weights) = assorted(&gpu)?;
