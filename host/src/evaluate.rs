@@ -107,8 +107,45 @@ pub struct EvalReport {
     /// Optimizer steps that replayed a captured CUDA graph (`--cuda-graph`; 0 otherwise, or when
     /// the capture failed).
     pub captured_steps: u64,
+    /// On a CUDA device: the driver's high-water marks of device memory during `fit` (from the
+    /// process's start).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_memory_fit: Option<DeviceMemoryPeak>,
+    /// On a CUDA device: the same during the recommendations for the test users.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_memory_recommend: Option<DeviceMemoryPeak>,
     /// The resolved spec.
     pub spec: ModelSpec,
+}
+
+/// Peak device memory of a phase, in MiB (the CUDA driver's high-water marks: the default memory
+/// pool, where candle allocates, plus the memory of CUDA graphs).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct DeviceMemoryPeak {
+    /// Memory in use by allocations at its highest.
+    pub used_mib: f64,
+    /// Memory the pools held from the device at their highest.
+    pub reserved_mib: f64,
+}
+
+/// The device's memory peaks since the last reset, then (`reset`) a reset so that the next phase
+/// is measured on its own; `None` off CUDA devices.
+fn device_peak(device: &candle_core::Device, reset: bool) -> Result<Option<DeviceMemoryPeak>> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(dev) = device {
+        use recblocks_core::nn::cuda::memory;
+        let peak = memory::peak(dev)?;
+        if reset {
+            memory::reset_peak(dev)?;
+        }
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        return Ok(Some(DeviceMemoryPeak {
+            used_mib: mib(peak.used_high),
+            reserved_mib: mib(peak.reserved_high),
+        }));
+    }
+    let _ = (device, reset);
+    Ok(None)
 }
 
 /// Splits `data`, fits `spec` on the train part and evaluates it; returns the report and the
@@ -146,6 +183,7 @@ pub fn evaluate(
         &opts.fit,
     )?;
     let fit_seconds = started.elapsed().as_secs_f64();
+    let peak_fit = device_peak(&model.net.device, true)?;
 
     let test_users = distinct_users(&split.test);
     let started = Instant::now();
@@ -160,6 +198,7 @@ pub fn evaluate(
         },
     )?;
     let recommend_seconds = started.elapsed().as_secs_f64();
+    let peak_recommend = device_peak(&model.net.device, false)?;
 
     let ids = IdSpace::new(&split);
     let lists = group_lists(
@@ -188,6 +227,8 @@ pub fn evaluate(
         n_test_interactions: split.test.len(),
         n_train_interactions: split.train.len(),
         captured_steps: model.training.captured_steps,
+        device_memory_fit: peak_fit,
+        device_memory_recommend: peak_recommend,
         spec: model.net.spec.clone(),
     };
     Ok((report, model))

@@ -250,6 +250,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/nn/cuda/memory.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/cuda/memory.rs"
+        )),
+    ),
+    (
         "src/nn/cuda/mod.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cuda/mod.rs")),
     ),

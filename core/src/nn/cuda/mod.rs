@@ -30,6 +30,7 @@ use candle_core::{
 };
 
 pub mod graph;
+pub mod memory;
 #[cfg(test)]
 mod tests;
 

@@ -535,3 +535,37 @@ fn cuda_masks_read_from_a_key_slot_equal_masks_by_value() -> Result<()> {
     assert_eq!(by_slot?, by_value?);
     Ok(())
 }
+
+#[test]
+fn cuda_peak_memory_counts_an_allocation_and_resets() -> Result<()> {
+    let Some(dev) = gpu("cuda_peak_memory") else {
+        return Ok(());
+    };
+    let Device::Cuda(cuda) = &dev else {
+        return Err(candle_core::Error::Msg("not a CUDA device".into()));
+    };
+    use super::memory::{peak, reset_peak};
+    dev.synchronize()?;
+    reset_peak(cuda)?;
+    let base = peak(cuda)?.used_high;
+    let mib64 = 64u64 << 20;
+    let big = Tensor::zeros(16usize << 20, DType::F32, &dev)?;
+    dev.synchronize()?;
+    let high = peak(cuda)?;
+    assert!(
+        high.used_high >= base + mib64,
+        "64 MiB more in use: {} then {}",
+        base,
+        high.used_high
+    );
+    assert!(high.reserved_high >= high.used_high, "{high:?}");
+    drop(big);
+    dev.synchronize()?;
+    reset_peak(cuda)?;
+    let after = peak(cuda)?;
+    assert!(
+        after.used_high + mib64 <= high.used_high,
+        "a reset after the free: {after:?} against {high:?}"
+    );
+    Ok(())
+}
