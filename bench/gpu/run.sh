@@ -48,7 +48,9 @@
 #   BIG_CATALOG_SPEC  a spec for stage 7; BIG_CATALOG_DATA  its CSV, else generated with
 #              `recblocks generate --users BIG_USERS [100000] --items BIG_ITEMS [100000]
 #              --len BIG_LEN [50] --follow BIG_FOLLOW [0.8]`;
-#              BIG_EPOCHS [1]; BIG_RECTOOLS=1 runs RecTools on it too
+#              BIG_EPOCHS [1]; BIG_RECTOOLS=1 runs RecTools on it too, for BIG_RT_STEPS batches an
+#              epoch when set (its peak memory comes in the first few); the summary adds each
+#              run's peak device memory (bench/gpu/device_memory.py)
 # A state folder ($WORK/state) keeps what each stage established, so a second call on a machine
 # that is still warm can run only some stages (say STAGES=5).
 # Dry run on a CPU machine: DEVICE=cpu EPOCHS=1 PY=<python with torch, lightning, rectools>
@@ -381,12 +383,14 @@ stage_big() {
   if [ "${BIG_RECTOOLS:-0}" = 1 ] && rectools_ok; then
     note "RecTools on $ds"
     timer "$PY" bench/rectools/run_rectools.py "$BIG_CATALOG_SPEC" --data "$data/$ds.csv" --epochs "$epochs" \
-      --seed 42 --threads "$THREADS" --device "$DEVICE" --baseline-popular \
+      --seed 42 --threads "$THREADS" --device "$DEVICE" --baseline-popular --max-steps "${BIG_RT_STEPS:-0}" \
       > "$out/${ds}_${model}_rectools_s42.json" 2> "$out/${ds}_${model}_rectools_s42.time" || rc=1
   fi
   dmon_stop
   python3 bench/compare_table.py --out "$out" --datasets "$ds" --models "$model" --seeds 42 \
     --data-dir "$data" --header "large catalog, $epochs epochs, device $DEVICE" > "$out/summary.md"
+  { echo; echo "peak device memory (high-water marks; RecTools trains ${BIG_RT_STEPS:-all} batches an epoch):"; echo
+    python3 bench/gpu/device_memory.py "$out"; } >> "$out/summary.md" 2>&1
   return $rc
 }
 
@@ -493,6 +497,12 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
       case ${f%:*} in *-graph) echo "## recblocks --cuda-graph";; esac
       sed '1{/^# /d}' "$WORK/compare/${f%:*}/summary.md"
       echo
+      if [ "$DEVICE" != cpu ] && [ "${f%:*}" != big ]; then
+        echo "peak device memory (high-water marks, bench/gpu/device_memory.py):"
+        echo
+        python3 bench/gpu/device_memory.py "$WORK/compare/${f%:*}" 2>&1
+        echo
+      fi
     fi
   done
   if ran graph; then

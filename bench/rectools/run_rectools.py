@@ -103,6 +103,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-popular", action="store_true", help="also score popularity")
     p.add_argument("--dump-split", help="write the test pairs (user<TAB>item) to this file")
     p.add_argument(
+        "--max-steps",
+        type=int,
+        default=0,
+        help="train at most this many batches an epoch (Lightning's limit_train_batches; 0: all): "
+        "enough for the peak device memory of a large catalog without the whole epoch",
+    )
+    p.add_argument(
         "--save-model",
         metavar="DIR",
         help="write the fitted model's Lightning checkpoint (DIR/checkpoint.ckpt, for `recblocks "
@@ -176,7 +183,9 @@ def resolve_config(path: str, epochs: int | None, seed: int | None):
     return classes[short], config, int(seed)
 
 
-def make_trainer(epochs: int, accelerator: str = "cpu", deterministic: bool = False):
+def make_trainer(
+    epochs: int, accelerator: str = "cpu", deterministic: bool = False, max_steps: int = 0
+):
     """RecTools' default trainer (base.py `_init_trainer`) plus the epoch timer and an explicit
     accelerator."""
     from pytorch_lightning import Callback, Trainer
@@ -207,7 +216,21 @@ def make_trainer(epochs: int, accelerator: str = "cpu", deterministic: bool = Fa
         devices=1,
         accelerator=accelerator,
         callbacks=[EpochTimer()],
+        limit_train_batches=max_steps if max_steps > 0 else None,
     )
+
+
+def device_peak(torch) -> dict:
+    """torch's caching allocator's peaks since the last call, in MiB (allocated: in use by
+    tensors; reserved: held from the device), then a reset for the next phase."""
+    torch.cuda.synchronize()
+    mib = 1024.0 * 1024.0
+    peak = {
+        "used_mib": torch.cuda.max_memory_allocated() / mib,
+        "reserved_mib": torch.cuda.max_memory_reserved() / mib,
+    }
+    torch.cuda.reset_peak_memory_stats()
+    return peak
 
 
 def ranked_lists(reco: pd.DataFrame) -> dict[str, list[str]]:
@@ -287,6 +310,7 @@ def main(argv: list[str] | None = None) -> None:
         "epochs": int(config.get("epochs", 3)),
         "accelerator": args.device,
         "deterministic": bool(config.get("deterministic", False)),
+        "max_steps": args.max_steps,
     }
     config.setdefault("recommend_torch_device", args.device)
 
@@ -304,13 +328,19 @@ def main(argv: list[str] | None = None) -> None:
 
     EPOCH_SECONDS.clear()
     TRAIN_LOSS.clear()
+    on_gpu = args.device.startswith("cuda") and torch.cuda.is_available()
     started = time.perf_counter()
     model.fit(dataset)
     fit_seconds = time.perf_counter() - started
+    memory = {}
+    if on_gpu:
+        memory["device_memory_fit"] = device_peak(torch)
 
     started = time.perf_counter()
     reco = model.recommend(users=test_users, dataset=dataset, k=args.k, filter_viewed=True)
     recommend_seconds = time.perf_counter() - started
+    if on_gpu:
+        memory["device_memory_recommend"] = device_peak(torch)
 
     reco = reco.astype({USER: str, ITEM: str})
     if args.save_model:
@@ -335,6 +365,7 @@ def main(argv: list[str] | None = None) -> None:
         "n_train_interactions": len(train),
         "split_sha256": split_hash(test),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        **memory,
         "seed": seed,
         "threads": torch.get_num_threads(),
         "versions": {
