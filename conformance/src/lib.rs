@@ -14,7 +14,8 @@
 //! Checks of module kinds (transformer layers, positional encoding, item net blocks and
 //! constructors, similarity): builds with default kwargs; rejects an unknown kwarg with an error
 //! naming it; output shapes for several batch sizes and sequence lengths; eval forward
-//! deterministic; train forward deterministic when `dropout_rate` is 0, and stochastic when it is
+//! deterministic; the same outputs under static shapes (`nn::capture`, the rules of a training
+//! step captured as a CUDA graph); train forward deterministic when `dropout_rate` is 0, and stochastic when it is
 //! not (transformer layers only: the kind that applies dropout); train and eval forwards agree
 //! when `dropout_rate` is 0; outputs at real positions do not depend on inputs at padded positions
 //! (under a key-padding mask for transformer layers; position-wise kinds trivially); under a

@@ -8,7 +8,9 @@
 //!   parameter's small contribution through the 1.5× backward: derivatives of about 1e-3 off by
 //!   about 5e-4, which an absolute tolerance of 2e-3 let through;
 //! - `WigglingLayers` adds `1e-3 · sin(1e4 · w)` to the SASRec stack's output: no finite difference
-//!   at the check's steps can follow `w`'s derivative, so all its comparisons are inconclusive.
+//!   at the check's steps can follow `w`'s derivative, so all its comparisons are inconclusive;
+//! - `StaticShapesUnmaskedLayers` drops the timeline mask when `nn::capture::static_shapes()`
+//!   holds (a "fixed-shape path" that computes something else at padded positions).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use recblocks_conformance::{check_component, Outcome, Report};
@@ -178,6 +180,37 @@ fn build_wiggling(ctx: &BuildContext<'_>, _kwargs: &Value) -> Result<Box<dyn Tra
     }))
 }
 
+/// The SASRec stack, with every position treated as real under static shapes.
+struct StaticShapesUnmaskedLayers(Box<dyn TransformerLayers>);
+
+impl TransformerLayers for StaticShapesUnmaskedLayers {
+    fn forward_t(&self, seqs: &Tensor, masks: &AttentionMasks, train: bool) -> Result<Tensor> {
+        if !recblocks_core::nn::capture::static_shapes() {
+            return self.0.forward_t(seqs, masks, train);
+        }
+        let all_real = AttentionMasks {
+            timeline_mask: masks.timeline_mask.ones_like()?,
+            attn_bias: masks.attn_bias.clone(),
+        };
+        self.0.forward_t(seqs, &all_real, train)
+    }
+}
+
+fn build_static_unmasked(
+    ctx: &BuildContext<'_>,
+    _kwargs: &Value,
+) -> Result<Box<dyn TransformerLayers>> {
+    Ok(Box::new(StaticShapesUnmaskedLayers(sasrec(ctx)?)))
+}
+
+recblocks_core::register! {
+    TransformerLayersRegistration {
+        name: "StaticShapesUnmaskedLayers",
+        summary: "test fixture: SASRec layers whose static-shapes path drops the timeline mask",
+        build: build_static_unmasked,
+    }
+}
+
 recblocks_core::register! {
     TransformerLayersRegistration {
         name: "WrongSmallGradientLayers",
@@ -286,6 +319,20 @@ fn a_backward_off_by_a_factor_fails_the_gradient_check_naming_the_parameter() {
     ] {
         assert_eq!(outcome(&r, check), &Outcome::Pass, "{check}");
     }
+}
+
+#[test]
+fn a_static_shapes_path_that_computes_otherwise_fails_its_check() {
+    let r = report("StaticShapesUnmaskedLayers");
+    let message = failure(&r, "static shapes (a captured step) give the same outputs");
+    assert!(
+        message.contains("outputs under static shapes differ by up to"),
+        "{message}"
+    );
+    assert_eq!(
+        outcome(&r, "train and eval forwards agree without dropout"),
+        &Outcome::Pass
+    );
 }
 
 #[test]

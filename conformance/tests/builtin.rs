@@ -49,6 +49,7 @@ fn module_checks_actually_run_on_transformer_layers() {
         "rejects an unknown kwarg",
         "output shapes",
         "eval forward is deterministic",
+        "static shapes (a captured step) give the same outputs",
         "train forward is deterministic without dropout",
         "train forward is stochastic with dropout",
         "padding does not change outputs at real positions",

@@ -177,6 +177,10 @@ pub(crate) fn run(
         outcome(eval_deterministic(&module)),
     ));
     results.push(res(
+        "static shapes (a captured step) give the same outputs",
+        outcome(static_shapes_agree(&module)),
+    ));
+    results.push(res(
         "train forward is deterministic without dropout",
         outcome(train_without_dropout(registry, kind, name, &defaults)),
     ));
@@ -308,6 +312,40 @@ fn last_position(layers: &dyn TransformerLayers) -> Result<Outcome> {
             return Ok(Outcome::Fail(format!(
                 "batch {b}, length {l}: forward_last differs from the full pass's last position \
                  by up to {worst}"
+            )));
+        }
+    }
+    Ok(Outcome::Pass)
+}
+
+/// The eval forward under `nn::capture::static_shapes()` (the rules of a step recorded as a CUDA
+/// graph: fixed shapes, nothing read back) against the ordinary one: a module may take another
+/// path there, but not give other shapes or values.
+fn static_shapes_agree(m: &Built) -> Result<Outcome> {
+    for (b, l) in [(1, 1), (3, MAX_LEN)] {
+        let p = Probe::new(b, l, 1.0)?;
+        let plain = m.forward(&p, false)?;
+        let fixed = {
+            let _static = recblocks_core::nn::capture::StaticShapes::enter();
+            m.forward(&p, false)?
+        };
+        if fixed.dims() != plain.dims() {
+            return Ok(Outcome::Fail(format!(
+                "batch {b}, length {l}: shape {:?} under static shapes, {:?} without",
+                fixed.dims(),
+                plain.dims()
+            )));
+        }
+        let (a, w) = (values(&fixed)?, values(&plain)?);
+        let worst = a
+            .iter()
+            .zip(&w)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+            .fold(0f32, |m, d| if d.is_nan() { f32::NAN } else { m.max(d) });
+        if worst.is_nan() || worst > 1e-5 {
+            return Ok(Outcome::Fail(format!(
+                "batch {b}, length {l}: outputs under static shapes differ by up to {worst} \
+                 (relative to max(1, |value|))"
             )));
         }
     }
