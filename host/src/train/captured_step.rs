@@ -90,11 +90,6 @@ impl CapturedSteps {
         }
     }
 
-    /// Whether steps are replayed now.
-    pub fn replaying(&self) -> bool {
-        self.phase == Phase::Replay
-    }
-
     /// The steps replayed since the last call (counted into `TrainingState::captured_steps`).
     pub fn take_replays(&mut self) -> u64 {
         std::mem::take(&mut self.replays)
