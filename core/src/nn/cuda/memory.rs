@@ -41,95 +41,61 @@ fn pool(dev: &CudaDevice) -> Result<(sys::CUmemoryPool, sys::CUdevice)> {
     Ok((pool, cu_dev))
 }
 
+/// One 64-bit attribute through `call`, which hands the driver a pointer to it: read (the driver
+/// fills it) or reset (the driver takes the 0 there).
+fn attribute(what: &str, call: impl FnOnce(*mut std::ffi::c_void) -> sys::CUresult) -> Result<u64> {
+    let mut value = 0u64;
+    check(what, call((&mut value as *mut u64).cast()))?;
+    Ok(value)
+}
+
+/// The pool's and the graphs' used and reserved high-water marks: read, or (`reset`) set back to
+/// the memory in use now (the driver accepts only 0 for a reset). Returns the values read, or 0s.
+fn marks(dev: &CudaDevice, reset: bool) -> Result<DeviceMemory> {
+    use sys::{CUgraphMem_attribute as G, CUmemPool_attribute as P};
+    let (pool, cu_dev) = pool(dev)?;
+    let on_pool = |what: &str, attr: P| {
+        attribute(what, |v| {
+            // SAFETY: the attribute is a 64-bit unsigned value (cuuint64_t) and `v` points to a
+            // live u64; `pool` is the device's default pool, from the driver.
+            unsafe {
+                if reset {
+                    sys::cuMemPoolSetAttribute(pool, attr, v)
+                } else {
+                    sys::cuMemPoolGetAttribute(pool, attr, v)
+                }
+            }
+        })
+    };
+    let on_graphs = |what: &str, attr: G| {
+        attribute(what, |v| {
+            // SAFETY: as above; `cu_dev` is the bound context's device.
+            unsafe {
+                if reset {
+                    sys::cuDeviceSetGraphMemAttribute(cu_dev, attr, v)
+                } else {
+                    sys::cuDeviceGetGraphMemAttribute(cu_dev, attr, v)
+                }
+            }
+        })
+    };
+    let used = on_pool("pool used", P::CU_MEMPOOL_ATTR_USED_MEM_HIGH)?
+        + on_graphs("graph used", G::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH)?;
+    let reserved = on_pool("pool reserved", P::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH)?
+        + on_graphs("graph reserved", G::CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH)?;
+    Ok(DeviceMemory {
+        used_high: used,
+        reserved_high: reserved,
+    })
+}
+
 /// The high-water marks since the last [`reset_peak`].
 pub fn peak(dev: &CudaDevice) -> Result<DeviceMemory> {
-    let (pool, cu_dev) = pool(dev)?;
-    let (mut used, mut reserved, mut graph_used, mut graph_reserved) = (0u64, 0u64, 0u64, 0u64);
-    // SAFETY: each attribute below is documented as a 64-bit unsigned value (cuuint64_t), and each
-    // pointer is to a live u64; `pool` and `cu_dev` come from the driver above.
-    unsafe {
-        check(
-            "pool used",
-            sys::cuMemPoolGetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut used as *mut u64).cast(),
-            ),
-        )?;
-        check(
-            "pool reserved",
-            sys::cuMemPoolGetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
-                (&mut reserved as *mut u64).cast(),
-            ),
-        )?;
-        check(
-            "graph used",
-            sys::cuDeviceGetGraphMemAttribute(
-                cu_dev,
-                sys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH,
-                (&mut graph_used as *mut u64).cast(),
-            ),
-        )?;
-        check(
-            "graph reserved",
-            sys::cuDeviceGetGraphMemAttribute(
-                cu_dev,
-                sys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH,
-                (&mut graph_reserved as *mut u64).cast(),
-            ),
-        )?;
-    }
-    Ok(DeviceMemory {
-        used_high: used + graph_used,
-        reserved_high: reserved + graph_reserved,
-    })
+    marks(dev, false)
 }
 
 /// Resets the high-water marks to the memory in use now, so that [`peak`] reports the next
 /// phase's.
 pub fn reset_peak(dev: &CudaDevice) -> Result<()> {
-    let (pool, cu_dev) = pool(dev)?;
-    // SAFETY: the driver accepts only 0 for these attributes (a reset to the current value); each
-    // pointer is to a live u64.
-    unsafe {
-        let mut zero = 0u64;
-        check(
-            "reset pool used",
-            sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
-                (&mut zero as *mut u64).cast(),
-            ),
-        )?;
-        let mut zero = 0u64;
-        check(
-            "reset pool reserved",
-            sys::cuMemPoolSetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH,
-                (&mut zero as *mut u64).cast(),
-            ),
-        )?;
-        let mut zero = 0u64;
-        check(
-            "reset graph used",
-            sys::cuDeviceSetGraphMemAttribute(
-                cu_dev,
-                sys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_USED_MEM_HIGH,
-                (&mut zero as *mut u64).cast(),
-            ),
-        )?;
-        let mut zero = 0u64;
-        check(
-            "reset graph reserved",
-            sys::cuDeviceSetGraphMemAttribute(
-                cu_dev,
-                sys::CUgraphMem_attribute::CU_GRAPH_MEM_ATTR_RESERVED_MEM_HIGH,
-                (&mut zero as *mut u64).cast(),
-            ),
-        )?;
-    }
-    Ok(())
+    marks(dev, true).map(|_| ())
 }
