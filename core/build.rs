@@ -41,6 +41,8 @@ fn main() {
 fn compile_kernels() {
     let src = "src/nn/cuda/kernels.cu";
     println!("cargo:rerun-if-changed={src}");
+    // Included by kernels.cu.
+    println!("cargo:rerun-if-changed=src/nn/cuda/rows.cu");
     println!("cargo:rerun-if-env-changed=CUDA_HOME");
     let nvcc = env::var_os("CUDA_HOME")
         .map(|h| std::path::PathBuf::from(h).join("bin").join("nvcc"))

@@ -261,6 +261,14 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cuda/mod.rs")),
     ),
     (
+        "src/nn/cuda/rows.cu",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cuda/rows.cu")),
+    ),
+    (
+        "src/nn/cuda/rows.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cuda/rows.rs")),
+    ),
+    (
         "src/nn/cuda/tests.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cuda/tests.rs")),
     ),
@@ -350,6 +358,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
     (
         "src/nn/gather_dot.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/gather_dot.rs")),
+    ),
+    (
+        "src/nn/gather_rows.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/gather_rows.rs"
+        )),
     ),
     (
         "src/nn/init.rs",

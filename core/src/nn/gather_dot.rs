@@ -11,8 +11,11 @@
 //! of the table are summed in parallel without write conflicts and in a fixed order
 //! (deterministic whatever the thread count).
 //!
-//! On devices other than the CPU, or for other dtypes, the same function falls back to the
-//! composed candle ops.
+//! On a CUDA device the three ops are kernels (`nn::cuda::rows`): one thread per score forward,
+//! one per row value for `∂h`, and for `∂table` the candidates sorted by item on the device, then
+//! each item's terms summed by one block in a fixed order (candle's composed backward is an
+//! `index_add` that walks all `M·K` ids serially). On other devices, or for other dtypes, the
+//! same function falls back to the composed candle ops.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Error, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -33,9 +36,9 @@ pub fn gather_dot(h: &Tensor, table: &Tensor, ids: &Tensor) -> Result<Tensor> {
         )));
     }
     let ids = ids.to_dtype(DType::U32)?;
-    let cpu_f32 =
-        matches!(h.device(), Device::Cpu) && h.dtype() == DType::F32 && table.dtype() == DType::F32;
-    if !cpu_f32 {
+    let fused_device =
+        matches!(h.device(), Device::Cpu) || super::gather_rows::device_kernels(h.device());
+    if !fused_device || h.dtype() != DType::F32 || table.dtype() != DType::F32 {
         return composed(h, table, &ids);
     }
     h.contiguous()?
@@ -107,6 +110,20 @@ impl CustomOp3 for GatherDot {
         Ok((CpuStorage::F32(out), Shape::from((m, k))))
     }
 
+    /// On a device an id outside the table gives a NaN score (the CPU op returns an error).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::rows::gather_dot((s1, l1), (s2, l2), (s3, l3))
+    }
+
     fn bwd(
         &self,
         h: &Tensor,
@@ -160,6 +177,19 @@ impl CustomOp3 for GradRows {
                 });
         }
         Ok((CpuStorage::F32(out), Shape::from((m, d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::rows::gather_dot_grad_rows((s1, l1), (s2, l2), (s3, l3))
     }
 }
 
@@ -219,6 +249,21 @@ impl CustomOp3 for GradTable {
             });
         }
         Ok((CpuStorage::F32(out), Shape::from((n, d))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let k = l3.shape().dims2()?.1;
+        // ∂table[i] = Σ g[p]·h[p / K] over the flat candidates p naming item i.
+        crate::nn::cuda::rows::sum_rows_by_id((s2, l2), (s3, l3), Some((s1, l1)), k, self.n)
     }
 }
 

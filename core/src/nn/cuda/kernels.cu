@@ -527,3 +527,7 @@ extern "C" __global__ void rb_attention_bias(const unsigned int *ids, float *out
   if (mode == 2) masked = (masked || ids[(row / (unsigned long long)l) * l + j] == 0u) && j != q;
   out[i] = masked ? -INFINITY : 0.0f;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Rows by id: lookups, sums by id (their gradients) and the sampled losses' candidate scores.
+#include "rows.cu"

@@ -31,6 +31,7 @@ use candle_core::{
 
 pub mod graph;
 pub mod memory;
+pub(crate) mod rows;
 #[cfg(test)]
 mod tests;
 

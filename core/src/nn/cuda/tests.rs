@@ -569,3 +569,123 @@ fn cuda_peak_memory_counts_an_allocation_and_resets() -> Result<()> {
     );
     Ok(())
 }
+
+/// `m` ids below `n`: every third entry is id 0 (a long run, as a padding id makes), the others
+/// spread with repeats; id `n - 1` is never named.
+fn spread_ids(m: usize, n: usize, salt: u64) -> Vec<u32> {
+    values(m, salt)
+        .iter()
+        .enumerate()
+        .map(|(p, v)| {
+            if p % 3 == 0 {
+                0
+            } else {
+                ((v + 2.0) * 1000.0) as u32 % (n as u32 - 1)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn cuda_gather_rows_and_sums_by_id_match_the_cpu_ops() -> Result<()> {
+    use crate::nn::{gather_rows, scatter_add_rows};
+    let Some(dev) = gpu("cuda_gather_rows") else {
+        return Ok(());
+    };
+    // One tile; a SASRec batch over ML-100k (7 tiles, 3 merge passes); a width that is not a
+    // multiple of 32.
+    for (n, d, m) in [(50, 64, 700), (1683, 64, 6400), (300, 33, 5000)] {
+        let what = format!("n {n}, d {d}, m {m}");
+        let ids = spread_ids(m, n, 3);
+        let (ic, ig) = (
+            Tensor::from_vec(ids.clone(), m, &Device::Cpu)?,
+            Tensor::from_vec(ids, m, &dev)?,
+        );
+        let (tc, tg) = pair(&[n, d], 4, &dev)?;
+        let (yc, yg) = (gather_rows(&tc, &ic)?, gather_rows(&tg, &ig)?);
+        assert_close(&format!("{what}: lookup"), &yg, &yc, 0.0)?;
+        let gc = weighted_sum(&yc, 5)?.backward()?;
+        let grad = |g: &Tensor| -> Result<Tensor> {
+            let gg = weighted_sum(g, 5)?.backward()?;
+            gg.get(&tg)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg("no table gradient".into()))
+        };
+        let (g1, g2) = (grad(&yg)?, grad(&gather_rows(&tg, &ig)?)?);
+        let want = gc
+            .get(&tc)
+            .ok_or_else(|| candle_core::Error::Msg("no CPU table gradient".into()))?;
+        assert_close(&format!("{what}: lookup gradient"), &g1, want, 1e-5)?;
+        // The same bits on every run, and nothing for the row no entry names.
+        let (v1, v2) = (
+            g1.flatten_all()?.to_vec1::<f32>()?,
+            g2.flatten_all()?.to_vec1::<f32>()?,
+        );
+        assert!(v1 == v2, "{what}: two runs of the backward differ");
+        assert!(
+            v1[(n - 1) * d..].iter().all(|&x| x == 0.0),
+            "{what}: a row no id names has a gradient"
+        );
+
+        let (sc, sg) = pair(&[m, d], 6, &dev)?;
+        let (oc, og) = (
+            scatter_add_rows(&sc, &ic, n)?,
+            scatter_add_rows(&sg, &ig, n)?,
+        );
+        assert_close(&format!("{what}: sum by id"), &og, &oc, 1e-5)?;
+        let (bc, bg) = (
+            weighted_sum(&oc, 7)?.backward()?,
+            weighted_sum(&og, 7)?.backward()?,
+        );
+        match (bc.get(&sc), bg.get(&sg)) {
+            (Some(c), Some(g)) => assert_close(&format!("{what}: sum by id gradient"), g, c, 0.0)?,
+            _ => return Err(candle_core::Error::Msg(format!("{what}: no src gradient"))),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_gather_dot_matches_the_cpu_op() -> Result<()> {
+    use crate::nn::gather_dot;
+    let Some(dev) = gpu("cuda_gather_dot") else {
+        return Ok(());
+    };
+    // 300 positions with 65 candidates (positive + 64 negatives): 19,500 ids, 20 tiles.
+    let (m, k, n, d) = (300, 65, 1000, 64);
+    let ids = spread_ids(m * k, n, 8);
+    let (ic, ig) = (
+        Tensor::from_vec(ids.clone(), (m, k), &Device::Cpu)?,
+        Tensor::from_vec(ids, (m, k), &dev)?,
+    );
+    let (hc, hg) = pair(&[m, d], 9, &dev)?;
+    let (tc, tg) = pair(&[n, d], 10, &dev)?;
+    let (yc, yg) = (gather_dot(&hc, &tc, &ic)?, gather_dot(&hg, &tg, &ig)?);
+    assert_close("scores", &yg, &yc, 1e-5)?;
+    let (gc, gg) = (
+        weighted_sum(&yc, 11)?.backward()?,
+        weighted_sum(&yg, 11)?.backward()?,
+    );
+    for (what, c, g) in [("rows", &hc, &hg), ("table", &tc, &tg)] {
+        match (gc.get(c), gg.get(g)) {
+            (Some(c), Some(g)) => assert_close(&format!("{what} gradient"), g, c, 1e-4)?,
+            _ => return Err(candle_core::Error::Msg(format!("no {what} gradient"))),
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_lookups_give_nan_for_an_id_outside_the_table() -> Result<()> {
+    use crate::nn::{gather_dot, gather_rows};
+    let Some(dev) = gpu("cuda_lookups_nan") else {
+        return Ok(());
+    };
+    let table = Tensor::from_vec(values(12, 12), (4, 3), &dev)?;
+    let rows = gather_rows(&table, &Tensor::new(&[1u32, 4], &dev)?)?.to_vec2::<f32>()?;
+    assert!(rows[0].iter().all(|x| x.is_finite()) && rows[1].iter().all(|x| x.is_nan()));
+    let h = Tensor::from_vec(values(6, 13), (2, 3), &dev)?;
+    let scores = gather_dot(&h, &table, &Tensor::new(&[[0u32], [7]], &dev)?)?.to_vec2::<f32>()?;
+    assert!(scores[0][0].is_finite() && scores[1][0].is_nan());
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! Launchers of the kernels in `rows.cu`: rows looked up by id (`nn::gather_rows`), rows summed
+//! by id (`nn::scatter_add_rows`, the lookup's gradient) and the sampled losses' candidate scores
+//! with their gradients (`nn::gather_dot`).
+//!
+//! A sum by id sorts the entries by id on the device first (`sorted_keys`: a bitonic sort of
+//! tiles of 1,024 entries, then merge passes), so that each id's entries are summed by one block
+//! in a fixed order: no atomics, and the same bits on every run. The number of launches depends
+//! only on the number of entries, so a step with fixed shapes can be captured as a CUDA graph.
+
+use candle_core::{
+    cuda_backend::{
+        cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg},
+        CudaDevice, CudaStorage,
+    },
+    Error, Layout, Result, Shape,
+};
+
+use super::{config, f32_view, launch_error, output, u32_view, BLOCK_THREADS, MODULE, PTX};
+
+/// Entries per sorted tile: `RB_SORT_TILE` in `rows.cu` (the tile kernel's block size).
+const SORT_TILE: usize = 1024;
+/// Lanes per block of `rb_sum_rows_by_id`: `RB_SUM_LANES` in `rows.cu`.
+const SUM_LANES: u32 = 8;
+/// At most this many blocks for the grid-stride kernels.
+const MAX_STRIDE_BLOCKS: usize = 1 << 16;
+
+/// A `u32` kernel argument, or an error naming what does not fit.
+fn u32_arg(v: usize, what: &str) -> Result<u32> {
+    u32::try_from(v).map_err(|_| Error::Msg(format!("CUDA rows kernel: {what} {v} exceeds u32")))
+}
+
+/// Blocks of `BLOCK_THREADS` for a grid-stride loop over `n` elements.
+fn stride_blocks(n: usize) -> u32 {
+    n.div_ceil(BLOCK_THREADS as usize)
+        .clamp(1, MAX_STRIDE_BLOCKS) as u32
+}
+
+/// The keys `(id << 32) | entry` of the `n` entries of `ids`, sorted: the entries grouped by id,
+/// each id's in entry order.
+fn sorted_keys(dev: &CudaDevice, ids: &CudaView<'_, u32>, n: usize) -> Result<CudaSlice<u64>> {
+    // Keys hold the entry index in 32 bits, and the tile padding is u64::MAX.
+    if n >= u32::MAX as usize {
+        return Err(Error::Msg(format!(
+            "sum of rows by id: {n} entries; at most {} fit the sort keys",
+            u32::MAX - 1
+        )));
+    }
+    let n32 = n as u32;
+    // SAFETY: uninitialised; rb_sort_tiles writes every key below n, and each merge pass writes
+    // every key of its output (a permutation of its input) before the next reads it.
+    let mut a = unsafe { dev.alloc::<u64>(n.max(1)) }?;
+    let f = dev.get_or_load_custom_func("rb_sort_tiles", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(ids).arg(&mut a).arg(&n32);
+    let tiles = u32_arg(n.div_ceil(SORT_TILE).max(1), "tiles")?;
+    // SAFETY: rb_sort_tiles(const u32* ids, u64* keys, u32 n) with blocks of RB_SORT_TILE
+    // threads: block b reads and writes entries [1024·b, 1024·(b + 1)) below n; both buffers
+    // hold n values.
+    unsafe { b.launch(config(tiles, SORT_TILE as u32)) }
+        .map_err(|e| launch_error("rb_sort_tiles", e))?;
+    if n <= SORT_TILE {
+        return Ok(a);
+    }
+    // SAFETY: as above; written in full by the first merge pass.
+    let mut b_buf = unsafe { dev.alloc::<u64>(n) }?;
+    let merge = dev.get_or_load_custom_func("rb_merge_runs", MODULE, PTX)?;
+    let blocks = u32_arg(n.div_ceil(BLOCK_THREADS as usize), "merge blocks")?;
+    let mut run = SORT_TILE;
+    while run < n {
+        let run32 = run as u32;
+        let mut b = merge.builder();
+        b.arg(&a).arg(&mut b_buf).arg(&n32).arg(&run32);
+        // SAFETY: rb_merge_runs(const u64* in, u64* out, u32 n, u32 run): thread g < n reads
+        // in[g] and a run of in below n, and writes one slot of out below n (the merged runs are
+        // a permutation of [0, n)); both buffers hold n keys.
+        unsafe { b.launch(config(blocks, BLOCK_THREADS)) }
+            .map_err(|e| launch_error("rb_merge_runs", e))?;
+        std::mem::swap(&mut a, &mut b_buf);
+        run *= 2;
+    }
+    Ok(a)
+}
+
+/// Rows `[M, d]` of `table` `[N, d]` at `ids` `[M]` (u32): `table.index_select(ids, 0)`; an id at
+/// or above N gives a row of NaN.
+pub(crate) fn gather_rows(
+    (st, lt): (&CudaStorage, &Layout),
+    (si, li): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &st.device;
+    let (n_rows, d) = lt.shape().dims2()?;
+    let table = f32_view(st, lt, "gathered table")?;
+    let ids = u32_view(si, li, "gathered ids")?;
+    let m = ids.len();
+    let n = m * d;
+    let mut out = output(dev, n)?;
+    let (n64, d32, rows32) = (n as u64, u32_arg(d, "width")?, u32_arg(n_rows, "rows")?);
+    let f = dev.get_or_load_custom_func("rb_gather_rows", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(&table)
+        .arg(&ids)
+        .arg(&mut out)
+        .arg(&n64)
+        .arg(&d32)
+        .arg(&rows32);
+    // SAFETY: rb_gather_rows(const float* table, const u32* ids, float* out, u64 n, u32 d,
+    // u32 n_rows): out holds n = m·d values, ids m, table n_rows·d; rows are read only for ids
+    // below n_rows.
+    unsafe { b.launch(config(stride_blocks(n), BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_gather_rows", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((m, d)),
+    ))
+}
+
+/// `out[i] = Σ_{ids[p] = i} scale[p]·src[p / per_row]` for `n_rows` rows of `src`'s width, from
+/// `src` `[P / per_row, d]`, `ids` `[P]` and, where given, `scale` `[P]`. Ids at or above
+/// `n_rows` add nothing. Without a scale and with `per_row` 1 this is
+/// `zeros.index_add(ids, src, 0)`.
+pub(crate) fn sum_rows_by_id(
+    (ss, ls): (&CudaStorage, &Layout),
+    (si, li): (&CudaStorage, &Layout),
+    scale: Option<(&CudaStorage, &Layout)>,
+    per_row: usize,
+    n_rows: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &ss.device;
+    let (src_rows, d) = ls.shape().dims2()?;
+    let src = f32_view(ss, ls, "summed rows")?;
+    let ids = u32_view(si, li, "ids of the summed rows")?;
+    let p = ids.len();
+    if per_row == 0 || src_rows * per_row != p {
+        return Err(Error::Msg(format!(
+            "sum of rows by id: {p} ids for {src_rows} rows of {per_row} entries each"
+        )));
+    }
+    let scale = match scale {
+        Some((s, l)) => {
+            let v = f32_view(s, l, "scale of the summed rows")?;
+            if v.len() != p {
+                return Err(Error::Msg(format!(
+                    "sum of rows by id: {} scale values for {p} ids",
+                    v.len()
+                )));
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    let mut out = dev.alloc_zeros::<f32>((n_rows * d).max(1))?;
+    if p > 0 && d > 0 {
+        let keys = sorted_keys(dev, &ids, p)?;
+        let f = dev.get_or_load_custom_func("rb_sum_rows_by_id", MODULE, PTX)?;
+        let (p32, per32, d32, rows32) = (
+            p as u32,
+            u32_arg(per_row, "entries per row")?,
+            u32_arg(d, "width")?,
+            u32_arg(n_rows, "rows")?,
+        );
+        let null = 0u64;
+        let mut b = f.builder();
+        b.arg(&keys).arg(&p32).arg(&src);
+        match &scale {
+            Some(v) => b.arg(v),
+            None => b.arg(&null),
+        };
+        b.arg(&per32).arg(&d32).arg(&mut out).arg(&rows32);
+        let blocks = u32_arg(p, "sum blocks")?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (32, SUM_LANES, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: rb_sum_rows_by_id(const u64* keys, u32 n, const float* src, const float* scale
+        // (null: none), u32 per_row, u32 d, float* out, u32 n_rows) with blocks of 32 × 8
+        // threads: keys holds p sorted keys of entries below p; src holds p / per_row rows of d;
+        // scale, where given, p values; out n_rows rows of d, written only for ids below n_rows.
+        unsafe { b.launch(cfg) }.map_err(|e| launch_error("rb_sum_rows_by_id", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((n_rows, d)),
+    ))
+}
+
+/// Candidate scores `[M, K]`: `h[m] · table[ids[m, k]]` for `h` `[M, d]`, `table` `[N, d]` and
+/// `ids` `[M, K]`; NaN for an id at or above N.
+pub(crate) fn gather_dot(
+    (sh, lh): (&CudaStorage, &Layout),
+    (st, lt): (&CudaStorage, &Layout),
+    (si, li): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sh.device;
+    let (m, d) = lh.shape().dims2()?;
+    let (n_rows, _) = lt.shape().dims2()?;
+    let (_, k) = li.shape().dims2()?;
+    let h = f32_view(sh, lh, "gather-dot rows")?;
+    let table = f32_view(st, lt, "gather-dot table")?;
+    let ids = u32_view(si, li, "gather-dot ids")?;
+    let n = m * k;
+    let mut out = output(dev, n)?;
+    let (n64, k32, d32, rows32) = (
+        n as u64,
+        u32_arg(k, "candidates")?,
+        u32_arg(d, "width")?,
+        u32_arg(n_rows, "rows")?,
+    );
+    let f = dev.get_or_load_custom_func("rb_gather_dot", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(&h)
+        .arg(&table)
+        .arg(&ids)
+        .arg(&mut out)
+        .arg(&n64)
+        .arg(&k32)
+        .arg(&d32)
+        .arg(&rows32);
+    // SAFETY: rb_gather_dot(const float* h, const float* table, const u32* ids, float* out,
+    // u64 n, u32 k, u32 d, u32 n_rows): ids and out hold n = m·k values, h m·d, table n_rows·d;
+    // table rows are read only for ids below n_rows.
+    unsafe { b.launch(config(stride_blocks(n), BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_gather_dot", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((m, k)),
+    ))
+}
+
+/// The rows' gradient of [`gather_dot`]: `∂h[m] = Σ_k g[m, k]·table[ids[m, k]]`, `[M, d]`.
+pub(crate) fn gather_dot_grad_rows(
+    (sg, lg): (&CudaStorage, &Layout),
+    (st, lt): (&CudaStorage, &Layout),
+    (si, li): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sg.device;
+    let (m, k) = lg.shape().dims2()?;
+    let (n_rows, d) = lt.shape().dims2()?;
+    let g = f32_view(sg, lg, "gather-dot gradient")?;
+    let table = f32_view(st, lt, "gather-dot table")?;
+    let ids = u32_view(si, li, "gather-dot ids")?;
+    if ids.len() != m * k {
+        return Err(Error::Msg(format!(
+            "gather-dot backward: {} ids for a [{m}, {k}] gradient",
+            ids.len()
+        )));
+    }
+    let n = m * d;
+    let mut out = output(dev, n)?;
+    let (n64, k32, d32, rows32) = (
+        n as u64,
+        u32_arg(k, "candidates")?,
+        u32_arg(d, "width")?,
+        u32_arg(n_rows, "rows")?,
+    );
+    let f = dev.get_or_load_custom_func("rb_gather_dot_grad_rows", MODULE, PTX)?;
+    let mut b = f.builder();
+    b.arg(&g)
+        .arg(&table)
+        .arg(&ids)
+        .arg(&mut out)
+        .arg(&n64)
+        .arg(&k32)
+        .arg(&d32)
+        .arg(&rows32);
+    // SAFETY: rb_gather_dot_grad_rows(const float* g, const float* table, const u32* ids,
+    // float* out, u64 n, u32 k, u32 d, u32 n_rows): out holds n = m·d values, g and ids m·k,
+    // table n_rows·d; table rows are read only for ids below n_rows.
+    unsafe { b.launch(config(stride_blocks(n), BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_gather_dot_grad_rows", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((m, d)),
+    ))
+}

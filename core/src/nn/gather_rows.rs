@@ -1,0 +1,343 @@
+//! Rows of a table looked up by id, and rows summed by id: an embedding lookup
+//! (`torch.nn.functional.embedding`, candle's `index_select(ids, 0)`) and its gradient
+//! (`index_add`), each differentiable and each the other's backward.
+//!
+//! Every model looks up its input items this way (RecTools' `TransformerTorchBackbone`:
+//! `item_embs[sessions]`), and the softmax objectives pick their target positions this way. On
+//! the CPU both functions are candle's ops, unchanged. On a CUDA device candle's `index_add` runs
+//! one thread per column, each walking every id in turn: the backward of a SASRec batch's lookup
+//! (6,400 ids) takes ~3 ms on an H200, more than the rest of the step. There the functions are
+//! custom ops whose sums sort the ids on the device first and add each id's rows in a fixed
+//! order (`nn::cuda::rows`), in parallel and with the same bits on every run.
+//! `RECBLOCKS_CUDA_LOOKUPS=candle` (or `RECBLOCKS_BLOCKS=generic`) keeps candle's ops on a GPU
+//! too, and so does `nn::gather_dot`'s device form: a way to compare the two, or to go on where a
+//! device kernel fails.
+
+use std::sync::OnceLock;
+
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Error, Layout, Result, Shape, Tensor};
+
+use super::cpu_slice::{storage_f32, storage_u32};
+
+/// Rows `[M, d]` of `table` `[N, d]` at `ids` `[M]`: row `m` is `table[ids[m]]`. Differentiable
+/// with respect to `table` (the gradient sums each id's rows, as `index_add` does).
+pub fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let ids = check_shapes("gather rows", table, ids)?;
+    if device_kernels(table.device()) && table.dtype() == DType::F32 {
+        return gather_rows_op(table, &ids);
+    }
+    table.index_select(&ids, 0)
+}
+
+/// `out[i] = Σ_{ids[m] = i} src[m]`, `[n_rows, d]`, for `src` `[M, d]` and `ids` `[M]`: the
+/// gradient of a lookup, and a sum of rows into bags. Differentiable with respect to `src`.
+pub fn scatter_add_rows(src: &Tensor, ids: &Tensor, n_rows: usize) -> Result<Tensor> {
+    let ids = check_shapes("sum rows by id", src, ids)?;
+    if device_kernels(src.device()) && src.dtype() == DType::F32 {
+        return scatter_add_rows_op(src, &ids, n_rows);
+    }
+    let d = src.dim(1)?;
+    Tensor::zeros((n_rows, d), src.dtype(), src.device())?.index_add(&ids, src, 0)
+}
+
+/// Whether lookups on `device` take recblocks' CUDA kernels: on a CUDA device, unless
+/// `RECBLOCKS_CUDA_LOOKUPS=candle` (read once) or the fused blocks are off.
+pub(crate) fn device_kernels(device: &Device) -> bool {
+    static CANDLE: OnceLock<bool> = OnceLock::new();
+    let candle = *CANDLE
+        .get_or_init(|| std::env::var("RECBLOCKS_CUDA_LOOKUPS").is_ok_and(|v| v == "candle"));
+    device.is_cuda() && !candle && super::fused::enabled()
+}
+
+/// The ids as a contiguous u32 vector with one entry per row of `rows` where that is required.
+fn check_shapes(what: &str, rows: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    if rows.rank() != 2 || ids.rank() != 1 {
+        return Err(Error::Msg(format!(
+            "{what}: expected rows [N, d] and ids [M]; found {:?} and {:?}",
+            rows.dims(),
+            ids.dims()
+        )));
+    }
+    ids.to_dtype(DType::U32)?.contiguous()
+}
+
+/// [`gather_rows`] as the custom op on any device (the CPU form is the reference of the device
+/// form; tests run it to check the op's backward wiring).
+pub(crate) fn gather_rows_op(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let n_rows = table.dim(0)?;
+    table
+        .contiguous()?
+        .apply_op2(&ids.contiguous()?, GatherRows { n_rows })
+}
+
+/// [`scatter_add_rows`] as the custom op on any device.
+pub(crate) fn scatter_add_rows_op(src: &Tensor, ids: &Tensor, n_rows: usize) -> Result<Tensor> {
+    let (m, _) = src.dims2()?;
+    if ids.dims() != [m] {
+        return Err(Error::Msg(format!(
+            "sum rows by id: {m} rows and ids {:?}",
+            ids.dims()
+        )));
+    }
+    src.contiguous()?
+        .apply_op2(&ids.contiguous()?, ScatterAddRows { n_rows })
+}
+
+fn check_ids(what: &str, ids: &[u32], n: usize) -> Result<()> {
+    match ids.iter().position(|&i| i as usize >= n) {
+        Some(p) => Err(Error::Msg(format!(
+            "{what}: entry {p} is id {}, but the table has {n} rows",
+            ids[p]
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The lookup: (table `[N, d]`, ids `[M]`) to `[M, d]`.
+struct GatherRows {
+    n_rows: usize,
+}
+
+impl CustomOp2 for GatherRows {
+    fn name(&self) -> &'static str {
+        "gather-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, d) = l1.shape().dims2()?;
+        let table = storage_f32(s1, l1, "gather rows: table")?;
+        let ids = storage_u32(s2, l2, "gather rows: ids")?;
+        check_ids("gather rows", ids, n)?;
+        let mut out = Vec::with_capacity(ids.len() * d);
+        for &i in ids {
+            let i = i as usize;
+            out.extend_from_slice(&table[i * d..(i + 1) * d]);
+        }
+        Ok((CpuStorage::F32(out), Shape::from((ids.len(), d))))
+    }
+
+    /// On a device an id outside the table gives a row of NaN (the CPU op returns an error).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::rows::gather_rows((s1, l1), (s2, l2))
+    }
+
+    fn bwd(
+        &self,
+        _table: &Tensor,
+        ids: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad_table = scatter_add_rows_op(&grad.contiguous()?, ids, self.n_rows)?;
+        Ok((Some(grad_table), None))
+    }
+}
+
+/// The sum by id: (src `[M, d]`, ids `[M]`) to `[n_rows, d]`.
+struct ScatterAddRows {
+    n_rows: usize,
+}
+
+impl CustomOp2 for ScatterAddRows {
+    fn name(&self) -> &'static str {
+        "scatter-add-rows"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, d) = l1.shape().dims2()?;
+        let src = storage_f32(s1, l1, "sum rows by id: rows")?;
+        let ids = storage_u32(s2, l2, "sum rows by id: ids")?;
+        check_ids("sum rows by id", ids, self.n_rows)?;
+        let mut out = vec![0f32; self.n_rows * d];
+        // In entry order, as `index_add`.
+        for (m, &i) in ids.iter().enumerate() {
+            let i = i as usize;
+            for (o, &x) in out[i * d..(i + 1) * d]
+                .iter_mut()
+                .zip(&src[m * d..(m + 1) * d])
+            {
+                *o += x;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from((self.n_rows, d))))
+    }
+
+    /// On a device ids at or above `n_rows` add nothing (the CPU op returns an error).
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::rows::sum_rows_by_id((s1, l1), (s2, l2), None, 1, self.n_rows)
+    }
+
+    fn bwd(
+        &self,
+        _src: &Tensor,
+        ids: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(gather_rows_op(&grad.contiguous()?, ids)?), None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn table(n: usize, d: usize) -> Result<Var> {
+        let v: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        Var::from_tensor(&Tensor::from_vec(v, (n, d), &Device::Cpu)?)
+    }
+
+    #[test]
+    fn the_lookup_and_its_gradient_match_hand_computed_values() -> Result<()> {
+        let t = Var::from_tensor(&Tensor::new(
+            &[[1f32, 2.], [3., 4.], [5., 6.]],
+            &Device::Cpu,
+        )?)?;
+        let ids = Tensor::new(&[2u32, 0, 2, 2], &Device::Cpu)?;
+        let rows = gather_rows_op(t.as_tensor(), &ids)?;
+        assert_eq!(
+            rows.to_vec2::<f32>()?,
+            vec![vec![5., 6.], vec![1., 2.], vec![5., 6.], vec![5., 6.]]
+        );
+        // Weights 1, 10, 100, 1000 per row: row 2 gets 1 + 100 + 1000, row 0 10, row 1 nothing.
+        let w = Tensor::new(&[[1f32], [10.], [100.], [1000.]], &Device::Cpu)?;
+        let grads = rows.broadcast_mul(&w)?.sum_all()?.backward()?;
+        let g = grads
+            .get(t.as_tensor())
+            .map(|g| g.to_vec2::<f32>())
+            .transpose()?;
+        assert_eq!(
+            g,
+            Some(vec![vec![10., 10.], vec![0., 0.], vec![1101., 1101.]])
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_ops_and_their_gradients_equal_candles_index_select_and_index_add() -> Result<()> {
+        let (n, d, m) = (9, 5, 40);
+        let ids: Vec<u32> = (0..m).map(|p| (p * p % 7) as u32).collect(); // rows 7, 8 never
+        let ids = Tensor::from_vec(ids, m, &Device::Cpu)?;
+        let w = Tensor::from_vec(
+            (0..m * d)
+                .map(|i| (i % 13) as f32 - 6.0)
+                .collect::<Vec<_>>(),
+            (m, d),
+            &Device::Cpu,
+        )?;
+        let run = |custom: bool| -> Result<(Vec<f32>, Vec<f32>)> {
+            let t = table(n, d)?;
+            let rows = if custom {
+                gather_rows_op(t.as_tensor(), &ids)?
+            } else {
+                t.as_tensor().index_select(&ids, 0)?
+            };
+            let grads = rows.mul(&w)?.sum_all()?.backward()?;
+            let g = grads
+                .get(t.as_tensor())
+                .map(|g| g.flatten_all()?.to_vec1::<f32>())
+                .transpose()?
+                .unwrap_or_default();
+            Ok((rows.flatten_all()?.to_vec1()?, g))
+        };
+        let (rows, grad) = run(true)?;
+        let (want_rows, want_grad) = run(false)?;
+        assert_eq!(rows, want_rows);
+        assert_eq!(grad, want_grad);
+        assert_eq!(&grad[7 * d..], &[0.0; 10]);
+
+        // The sum by id, forward and backward, against `index_add`.
+        let run = |custom: bool| -> Result<(Vec<f32>, Vec<f32>)> {
+            let src = table(m, d)?;
+            let out = if custom {
+                scatter_add_rows_op(src.as_tensor(), &ids, n)?
+            } else {
+                Tensor::zeros((n, d), DType::F32, &Device::Cpu)?.index_add(
+                    &ids,
+                    src.as_tensor(),
+                    0,
+                )?
+            };
+            let weights = table(n, d)?;
+            let grads = out.mul(weights.as_tensor())?.sum_all()?.backward()?;
+            let g = grads
+                .get(src.as_tensor())
+                .map(|g| g.flatten_all()?.to_vec1::<f32>())
+                .transpose()?
+                .unwrap_or_default();
+            Ok((out.flatten_all()?.to_vec1()?, g))
+        };
+        let (sums, grad) = run(true)?;
+        let (want_sums, want_grad) = run(false)?;
+        assert_eq!(sums, want_sums);
+        assert_eq!(grad, want_grad);
+        Ok(())
+    }
+
+    #[test]
+    fn the_public_functions_keep_candles_ops_on_the_cpu() -> Result<()> {
+        let t = table(6, 3)?;
+        let ids = Tensor::new(&[5u32, 1, 1, 0], &Device::Cpu)?;
+        let got = gather_rows(t.as_tensor(), &ids)?;
+        assert_eq!(
+            got.to_vec2::<f32>()?,
+            t.as_tensor().index_select(&ids, 0)?.to_vec2::<f32>()?
+        );
+        let sums = scatter_add_rows(&got, &ids, 6)?;
+        let want = Tensor::zeros((6, 3), DType::F32, &Device::Cpu)?.index_add(&ids, &got, 0)?;
+        assert_eq!(sums.to_vec2::<f32>()?, want.to_vec2::<f32>()?);
+        Ok(())
+    }
+
+    #[test]
+    fn bad_shapes_and_ids_are_errors_that_say_what_was_found() -> Result<()> {
+        let t = table(4, 2)?;
+        let flat = Tensor::new(&[1u32, 2], &Device::Cpu)?;
+        let square = Tensor::new(&[[1u32, 2]], &Device::Cpu)?;
+        let err = gather_rows(t.as_tensor(), &square)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("ids [M]") && err.contains("[1, 2]"), "{err}");
+        let err = gather_rows_op(t.as_tensor(), &Tensor::new(&[1u32, 4], &Device::Cpu)?)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("entry 1 is id 4") && err.contains("4 rows"),
+            "{err}"
+        );
+        assert!(scatter_add_rows(t.as_tensor(), &Tensor::new(&[1u32], &Device::Cpu)?, 4).is_err());
+        assert!(scatter_add_rows_op(t.as_tensor(), &flat, 2).is_err());
+        Ok(())
+    }
+}
