@@ -16,7 +16,7 @@ pub trait ItemNetBlock: Send + Sync {
         let flat = items.flatten_all()?;
         let mut dims = items.dims().to_vec();
         dims.push(all.dim(1)?);
-        Ok(all.index_select(&flat, 0)?.reshape(dims)?)
+        Ok(crate::nn::gather_rows(&all, &flat)?.reshape(dims)?)
     }
     /// Width of the embeddings.
     fn out_dim(&self) -> usize;

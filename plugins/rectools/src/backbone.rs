@@ -12,7 +12,7 @@ use recblocks_core::{
         Similarity, TransformerLayers,
     },
     kwargs::{decode_kwargs, NoKwargs},
-    nn::{masks, Dropout},
+    nn::{gather_rows, masks, Dropout},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
@@ -130,7 +130,7 @@ impl TransformerTorchBackbone {
             ));
         }
         let timeline_mask = masks::timeline_mask(x)?;
-        let h = item_embs.index_select(&ids, 0)?.reshape((b, l, d))?;
+        let h = gather_rows(item_embs, &ids)?.reshape((b, l, d))?;
         let h = self.pos_encoding.forward_t(&h, train)?;
         let h = self.emb_dropout.forward_t(&h, train)?;
         let attn_bias = masks::attention_bias(x, self.use_causal_attn, self.use_key_padding_mask)?;

@@ -10,7 +10,7 @@ use recblocks_core::{
     candle::{DType, Tensor},
     components::item_net::{build_item_net_blocks, ItemNetBlock, ItemNetConstructor},
     kwargs::{decode_kwargs, NoKwargs},
-    nn::{init, Dropout},
+    nn::{gather_rows, init, scatter_add_rows, Dropout},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
@@ -140,17 +140,16 @@ impl CatFeaturesItemNet {
 
 impl ItemNetBlock for CatFeaturesItemNet {
     fn all_embeddings(&self, train: bool) -> Result<Tensor> {
-        let zeros = Tensor::zeros(
-            (self.n_items, self.n_factors),
-            DType::F32,
-            self.weight.device(),
-        )?;
         let bags = match (&self.value_ids, &self.owner_ids) {
             (Some(values), Some(owners)) => {
-                let rows = self.weight.index_select(values, 0)?;
-                zeros.index_add(owners, &rows, 0)?
+                let rows = gather_rows(&self.weight, values)?;
+                scatter_add_rows(&rows, owners, self.n_items)?
             }
-            _ => zeros,
+            _ => Tensor::zeros(
+                (self.n_items, self.n_factors),
+                DType::F32,
+                self.weight.device(),
+            )?,
         };
         self.dropout.forward_t(&bags, train)
     }

@@ -7,8 +7,12 @@
 use serde::{Deserialize, Serialize};
 
 use recblocks_core::{
-    candle::Tensor, components::PositionalEncoding, kwargs::decode_kwargs, nn::init,
-    serde_json::Value, BuildContext, ComponentKind, CoreError, Result,
+    candle::Tensor,
+    components::PositionalEncoding,
+    kwargs::decode_kwargs,
+    nn::{gather_rows, init},
+    serde_json::Value,
+    BuildContext, ComponentKind, CoreError, Result,
 };
 
 const NAME: &str = "LearnableInversePositionalEncoding";
@@ -91,7 +95,7 @@ impl PositionalEncoding for LearnableInversePositionalEncoding {
                 Some(rows) if l == self.session_max_len => rows.clone(),
                 _ => Tensor::new(reversed_rows(l).as_slice(), pos_emb.device())?,
             };
-            let pos = pos_emb.index_select(&rows, 0)?; // [L, d], row j = pos_emb[L-1-j]
+            let pos = gather_rows(pos_emb, &rows)?; // [L, d], row j = pos_emb[L-1-j]
             x = x.broadcast_add(&pos)?;
         }
         Ok(x)

@@ -10,7 +10,7 @@ use recblocks_core::{
     candle::{Tensor, D},
     components::{Distance, Similarity},
     kwargs::decode_kwargs,
-    nn::gather_dot,
+    nn::{gather_dot, gather_rows},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
@@ -155,8 +155,7 @@ impl Similarity for DistanceSimilarityModule {
         }
         if cl == 1 {
             // [B, L, d] x [B, d, K] -> [B, L, K]
-            let cand = items
-                .index_select(&candidates.flatten_all()?, 0)?
+            let cand = gather_rows(&items, &candidates.flatten_all()?)?
                 .reshape((b, k, d))?
                 .transpose(1, 2)?
                 .contiguous()?;

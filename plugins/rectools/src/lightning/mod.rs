@@ -15,7 +15,7 @@ use recblocks_core::{
     error::CoreError,
     kind::ComponentKind,
     kwargs::decode_kwargs,
-    nn::catalog_softmax_loss,
+    nn::{catalog_softmax_loss, gather_rows},
     schema::DatasetSchema,
     serde_json::Value,
     spec::ModelSpec,
@@ -300,7 +300,7 @@ impl TargetRows {
         // As one session of M positions ([1, M, ...]): candidates then take the per-position
         // path of the similarity (a gather), not M one-row matmuls.
         let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx, 0)?.unsqueeze(0)?) };
-        let h = pick(&sessions.reshape((b * l, d))?)?;
+        let h = gather_rows(&sessions.reshape((b * l, d))?, &idx)?.unsqueeze(0)?;
         let y_sel = pick(&y)?;
         let w_sel = pick(&batch.yw.flatten_all()?)?;
         Ok(Self {
