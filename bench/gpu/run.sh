@@ -14,7 +14,8 @@
 #              where `LD_BIND_NOW=1 recblocks --version` works), write $RB/recblocks-wrap, which
 #              sets LD_LIBRARY_PATH for recblocks only; ldd output -> machine.txt
 #   3 tests    the shipped CUDA test executables (`--test-threads 1 cuda`,
-#              RECBLOCKS_CUDA_TESTS=1), each in its package's directory -> $OUT/tests.log
+#              RECBLOCKS_CUDA_TESTS=1), each in its package's directory -> $OUT/tests.log; if
+#              a lookup kernel's test fails, later stages run with RECBLOCKS_CUDA_LOOKUPS=candle
 #   4 smoke    `recblocks fit` of ml100k_sasrec.json on the built-in dataset, 1 epoch, on the GPU
 #              (also warms the driver's JIT cache for candle's kernels)
 #   5 compare  bench/compare.sh on ML-100k, SASRec + BERT4Rec, EPOCHS epochs, seed 42, both
@@ -24,6 +25,9 @@
 #              SASRec + BERT4Rec, EPOCHS epochs, then synth20k SASRec --quick if time is left;
 #              the summary's step table (bench/gpu/step_times.py) sets its ms/step against the
 #              uncaptured runs and the PyTorch CUDA-graph step of stage 6
+#   5 seeds    recblocks alone on ML-100k SASRec, seeds SEEDS [1,2,3,4,5], EPOCHS epochs, on the GPU
+#              and on the CPU at once; the summary sets the metrics side by side with their seed
+#              spread (bench/gpu/seed_spread.py); skipped if short of time
 #   6 pytorch  bench/pytorch_step.py: a plain PyTorch SASRec step, eager / compile / CUDA graph
 #              -> $OUT/pytorch_step.json
 #   7 big      a large-catalog run, only when BIG_CATALOG_SPEC is set
@@ -72,12 +76,16 @@ RB=${RB:-/tmp/rb}
 WORK=${WORK:-/tmp/rb-work}
 RB_LIBS=${RB_LIBS:-}
 TEST_ARGS=${TEST_ARGS:---test-threads 1 cuda}
+SEEDS=${SEEDS:-1,2,3,4,5}
 PT_SHAPES=${PT_SHAPES:-1683:64:50:128;10001:64:50:128}
 PT_MODES=${PT_MODES:-eager,compile,graph}
 BIG_CATALOG_SPEC=${BIG_CATALOG_SPEC:-}
 OUT=${OUT:-$root/bench/out/gpu-run}
 mkdir -p "$OUT" "$WORK/state" && OUT=$(cd "$OUT" && pwd) || exit 1
 state=$WORK/state
+# Where the lookup kernels failed their tests (stage 3), the later stages train with candle's ops
+# for lookups instead, so that their timings still come back.
+if [ -e "$state/lookups.candle" ]; then export RECBLOCKS_CUDA_LOOKUPS=candle; fi
 data=${RECBLOCKS_DATA:-$WORK/data}
 wrap=$RB/recblocks-wrap
 # Stage 1's wheels come first on the path; base_py runs the python as it was (torch only).
@@ -288,6 +296,12 @@ stage_tests() {
        /^=== .*: exit/ { n++; if ($NF != 0) bad++ }
        END { printf "%d passed, %d failed (%d executables, %d exited non-zero)\n", p, f, n, bad }' \
     "$OUT/tests.log" | tee "$state/tests.counts"
+  if grep -qE '^test .*(gather|lookups).* \.\.\. FAILED' "$OUT/tests.log"; then
+    touch "$state/lookups.candle"
+    note "the lookup kernels failed their tests: later stages run with RECBLOCKS_CUDA_LOOKUPS=candle"
+  else
+    rm -f "$state/lookups.candle"
+  fi
   grep -qE '^test result: .* [1-9][0-9]* passed' "$OUT/tests.log" || { note "no test ran (TEST_ARGS: $TEST_ARGS)"; return 1; }
   [ "$fails" = 0 ]
 }
@@ -344,6 +358,24 @@ stage_graph() {
   else
     note "synth20k with --cuda-graph: no time left"
   fi
+  return $rc
+}
+
+stage_seeds() {
+  [ "$DEVICE" != cpu ] || { note "seeds compares the GPU with the CPU: skipped"; return 0; }
+  recblocks_ok || { note "no binary (stage 2)"; return 1; }
+  mkdir -p "$data"
+  [ -s "$data/ml-100k.csv" ] || [ ! -s "$PACK/ml-100k.csv" ] || cp "$PACK/ml-100k.csv" "$data/"
+  local dev pids=() rc=0 p
+  # Both devices at once: the CPU runs take THREADS cores each, the GPU runs the GPU.
+  for dev in cuda cpu; do
+    rm -rf "$WORK/compare/seeds-$dev"
+    RECBLOCKS_DATA=$data RECBLOCKS_BIN=$wrap bash bench/compare.sh --device "$dev" --datasets ml100k \
+      --models sasrec --seeds "$SEEDS" --epochs "$EPOCHS" --threads "$THREADS" --systems recblocks \
+      --out "$WORK/compare/seeds-$dev" > "$state/seeds-$dev.txt" 2>&1 &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || rc=1; done
   return $rc
 }
 
@@ -426,11 +458,12 @@ plan=(
   "5 compare 170 60 0"
   "5 synth 80 40 1"
   "5 graph 80 30 0"
+  "5 seeds 60 40 1"
   "6 pytorch 90 30 0"
   "7 big 150 60 0"
   "8 profile 60 30 1"
 )
-[ -n "$BIG_CATALOG_SPEC" ] || plan=("${plan[@]:0:9}" "${plan[@]:10}")
+[ -n "$BIG_CATALOG_SPEC" ] || plan=("${plan[@]:0:10}" "${plan[@]:11}")
 final_reserve=15
 selected() { [[ ",$STAGES," == *",$1,"* ]]; }
 t0=$SECONDS
@@ -517,6 +550,13 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
       fi
     done
   fi
+  if ran seeds && [ -d "$WORK/compare/seeds-cuda" ]; then
+    echo "## ML-100k SASRec metrics, GPU against CPU, seeds $SEEDS (bench/gpu/seed_spread.py)"
+    echo
+    python3 bench/gpu/seed_spread.py --dataset ml100k --model sasrec \
+      --run "cuda=$WORK/compare/seeds-cuda" --run "cpu=$WORK/compare/seeds-cpu" 2>&1
+    echo
+  fi
   if ran pytorch && [ -s "$state/pytorch.txt" ]; then
     echo "## PyTorch SASRec step (bench/pytorch_step.py)"
     echo
@@ -528,6 +568,10 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
   if ran tests && [ -e "$OUT/tests.log" ]; then
     echo "## CUDA tests: $(cat "$state/tests.counts" 2>/dev/null || echo 'no counts')"
     echo
+    if [ -e "$state/lookups.candle" ]; then
+      echo "**The lookup kernels failed their tests; the later stages ran with RECBLOCKS_CUDA_LOOKUPS=candle.**"
+      echo
+    fi
     grep -E '^test .* \.\.\. ' "$OUT/tests.log" | head -40 | sed 's/^/    /'
     awk '/ panicked at / { getline m; print "    " substr($0, 1, 160) " " substr(m, 1, 200) }' \
       "$OUT/tests.log" | head -10
