@@ -1,7 +1,7 @@
 // Rows looked up by id, and the sums by id that are their gradients: the device forms of
 // `nn::gather_rows` (an embedding lookup, `table.index_select(ids, 0)`), `nn::scatter_add_rows`
-// and `nn::gather_dot` (the sampled losses' candidate scores). Included by kernels.cu; plain
-// CUDA C++ with no warp intrinsics, so `core/tests/cuda_emulation` can also run it on the CPU.
+// and `nn::gather_dot` (the sampled losses' candidate scores). Included by kernels.cu;
+// `core/tests/cuda_kernels_on_cpu.rs` also runs these kernels on the CPU, under emulation.
 //
 // The gradient of a lookup sums, for each id, the output-gradient rows of the entries that named
 // it. candle's CUDA `index_add` gives that sum one thread per column, each walking every entry in

@@ -1,0 +1,307 @@
+// Runs kernels of `src/nn/cuda/kernels.cu` on the CPU (through emulate.h) and checks them against
+// plain loops: the sort of entries by id, the sums by id, the row lookup and the candidate scores
+// (`rows.cu`); Adam over a table of parameters, with its guard and its coefficients from memory;
+// the attention biases; and the dropout kernels' keys read from memory against keys by value.
+// Each check prints `ok <name>` or `FAIL <name>: ...`; the exit status is the number of failures.
+// Built and run by `tests/cuda_kernels_on_cpu.rs`.
+#include <algorithm>
+#include <cstdio>
+#include <random>
+
+#include "emulate.h"
+#include "../../src/nn/cuda/kernels.cu"
+
+static int failures = 0;
+
+static void report(bool ok, const char *name, const char *detail) {
+  if (ok) {
+    std::printf("ok %s\n", name);
+  } else {
+    std::printf("FAIL %s: %s\n", name, detail);
+    ++failures;
+  }
+}
+
+// The launcher's sort (nn/cuda/rows.rs): tiles, then merge passes until one run remains.
+static std::vector<unsigned long long> sort_keys(const std::vector<unsigned int> &ids) {
+  unsigned int n = (unsigned int)ids.size();
+  std::vector<unsigned long long> a(n), b(n);
+  rb_launch(dim3((n + RB_SORT_TILE - 1) / RB_SORT_TILE), dim3(RB_SORT_TILE),
+            [&] { rb_sort_tiles(ids.data(), a.data(), n); });
+  for (unsigned long long run = RB_SORT_TILE; run < n; run *= 2) {
+    rb_launch(dim3((n + 255) / 256), dim3(256),
+              [&] { rb_merge_runs(a.data(), b.data(), n, (unsigned int)run); });
+    std::swap(a, b);
+  }
+  return a;
+}
+
+static std::vector<unsigned int> random_ids(size_t n, unsigned int range, unsigned int seed) {
+  std::mt19937 rng(seed);
+  std::vector<unsigned int> ids(n);
+  for (auto &i : ids) i = rng() % range;
+  return ids;
+}
+
+static std::vector<float> random_values(size_t n, unsigned int seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> v(n);
+  for (auto &x : v) x = u(rng);
+  return v;
+}
+
+static bool close(const std::vector<float> &a, const std::vector<float> &b, float tol,
+                  char *detail) {
+  if (a.size() != b.size()) {
+    std::snprintf(detail, 200, "sizes %zu and %zu", a.size(), b.size());
+    return false;
+  }
+  for (size_t i = 0; i < a.size(); ++i) {
+    bool both_nan = std::isnan(a[i]) && std::isnan(b[i]);
+    if (!both_nan && !(std::fabs(a[i] - b[i]) <= tol * (1.0f + std::fabs(b[i])))) {
+      std::snprintf(detail, 200, "element %zu: %g against %g", i, a[i], b[i]);
+      return false;
+    }
+  }
+  return true;
+}
+
+static void check_sort(size_t n, unsigned int range, unsigned int seed) {
+  char name[100], detail[200] = "";
+  std::snprintf(name, sizeof name, "sort n=%zu ids<%u", n, range);
+  auto ids = random_ids(n, range, seed);
+  auto got = sort_keys(ids);
+  std::vector<unsigned long long> want(n);
+  for (size_t p = 0; p < n; ++p) want[p] = ((unsigned long long)ids[p] << 32) | p;
+  std::sort(want.begin(), want.end());
+  size_t bad = 0;
+  while (bad < n && got[bad] == want[bad]) ++bad;
+  std::snprintf(detail, sizeof detail, "slot %zu differs", bad);
+  report(bad == n, name, detail);
+}
+
+// out[id] += scale[p] * src[p / per_row], by id, against a plain loop in entry order.
+static void check_sums(size_t n, unsigned int n_rows, unsigned int range, unsigned int per_row,
+                       unsigned int d, bool scaled, unsigned int seed) {
+  char name[120], detail[200] = "";
+  std::snprintf(name, sizeof name, "sum by id n=%zu rows=%u ids<%u per_row=%u d=%u%s", n, n_rows,
+                range, per_row, d, scaled ? " scaled" : "");
+  auto ids = random_ids(n, range, seed);
+  // A long run of one id (a padding id, say) that every lane shares.
+  for (size_t p = 0; p < n; p += 3) ids[p] = 1;
+  auto src = random_values(n / per_row * d, seed + 1);
+  auto scale = random_values(n, seed + 2);
+  std::vector<float> want(size_t(n_rows) * d, 0.0f);
+  for (size_t p = 0; p < n; ++p) {
+    if (ids[p] >= n_rows) continue;
+    for (unsigned int c = 0; c < d; ++c)
+      want[size_t(ids[p]) * d + c] += (scaled ? scale[p] : 1.0f) * src[p / per_row * d + c];
+  }
+  auto keys = sort_keys(ids);
+  std::vector<float> got(size_t(n_rows) * d, 0.0f);
+  rb_launch(dim3((unsigned int)n), dim3(32, RB_SUM_LANES), [&] {
+    rb_sum_rows_by_id(keys.data(), (unsigned int)n, src.data(), scaled ? scale.data() : nullptr,
+                      per_row, d, got.data(), n_rows);
+  });
+  report(close(got, want, 1e-5f, detail), name, detail);
+}
+
+static void check_gather(size_t m, unsigned int n_rows, unsigned int d) {
+  char name[100], detail[200] = "";
+  std::snprintf(name, sizeof name, "gather rows m=%zu rows=%u d=%u", m, n_rows, d);
+  auto ids = random_ids(m, n_rows + 2, 7);  // some ids past the table: NaN rows
+  auto table = random_values(size_t(n_rows) * d, 8);
+  std::vector<float> want(m * d), got(m * d);
+  for (size_t r = 0; r < m; ++r)
+    for (unsigned int c = 0; c < d; ++c)
+      want[r * d + c] = ids[r] < n_rows ? table[size_t(ids[r]) * d + c] : NAN;
+  unsigned long long n = m * d;
+  rb_launch(dim3(3), dim3(64),
+            [&] { rb_gather_rows(table.data(), ids.data(), got.data(), n, d, n_rows); });
+  report(close(got, want, 0.0f, detail), name, detail);
+}
+
+static void check_gather_dot(size_t m, unsigned int k, unsigned int n_rows, unsigned int d) {
+  char name[100], detail[200] = "";
+  std::snprintf(name, sizeof name, "gather dot m=%zu k=%u rows=%u d=%u", m, k, n_rows, d);
+  auto ids = random_ids(m * k, n_rows + 1, 9);
+  auto h = random_values(m * d, 10);
+  auto table = random_values(size_t(n_rows) * d, 11);
+  auto g = random_values(m * k, 12);
+  std::vector<float> want(m * k), got(m * k), want_h(m * d, 0.0f), got_h(m * d);
+  for (size_t e = 0; e < m * k; ++e) {
+    if (ids[e] >= n_rows) {
+      want[e] = NAN;
+      continue;
+    }
+    float acc = 0.0f;
+    for (unsigned int c = 0; c < d; ++c) acc += h[e / k * d + c] * table[size_t(ids[e]) * d + c];
+    want[e] = acc;
+    for (unsigned int c = 0; c < d; ++c)
+      want_h[e / k * d + c] += g[e] * table[size_t(ids[e]) * d + c];
+  }
+  rb_launch(dim3(4), dim3(64), [&] {
+    rb_gather_dot(h.data(), table.data(), ids.data(), got.data(), m * k, k, d, n_rows);
+  });
+  report(close(got, want, 1e-5f, detail), name, detail);
+  std::snprintf(name, sizeof name, "gather dot rows' gradient m=%zu k=%u d=%u", m, k, d);
+  rb_launch(dim3(4), dim3(64), [&] {
+    rb_gather_dot_grad_rows(g.data(), table.data(), ids.data(), got_h.data(), m * d, k, d,
+                            n_rows);
+  });
+  report(close(got_h, want_h, 1e-5f, detail), name, detail);
+}
+
+// Adam over parameters of the given sizes in one launch, laid out as nn/cuda/mod.rs `adam_step`
+// lays out its table (blocks of 256 threads, ceil(n / 256) blocks per parameter), against the
+// host pass's operations in order; then a guard that is not finite changes nothing, and
+// coefficients read from memory equal coefficients by value.
+static void check_adam() {
+  char detail[200] = "";
+  const std::vector<unsigned int> sizes = {1, 255, 256, 257, 0, 1000, 3};
+  std::vector<std::vector<float>> p, g, m, v;
+  for (size_t t = 0; t < sizes.size(); ++t) {
+    p.push_back(random_values(sizes[t], 100 + t));
+    g.push_back(random_values(sizes[t], 200 + t));
+    m.push_back(random_values(sizes[t], 300 + t));
+    v.push_back(random_values(sizes[t], 400 + t));
+    for (auto &x : v.back()) x = std::fabs(x);
+  }
+  AdamCoefficients k = {0.9f, 0.1f, 0.999f, 0.001f, 1.0f / 0.271f, 1.0f / 0.002997f, 1e-8f, 1e-3f};
+  auto want_p = p, want_m = m, want_v = v;
+  for (size_t t = 0; t < sizes.size(); ++t)
+    for (unsigned int i = 0; i < sizes[t]; ++i) {
+      float gi = g[t][i];
+      float mi = m[t][i] * k.beta1 + gi * k.one_minus_beta1;
+      float vi = v[t][i] * k.beta2 + (gi * gi) * k.one_minus_beta2;
+      want_m[t][i] = mi;
+      want_v[t][i] = vi;
+      float denom = std::sqrt(vi * k.inv_bias2) + k.eps;
+      want_p[t][i] = p[t][i] - ((mi * k.inv_bias1) / denom) * k.lr;
+    }
+  auto run = [&](std::vector<std::vector<float>> &pp, std::vector<std::vector<float>> &mm,
+                 std::vector<std::vector<float>> &vv, AdamCoefficients by_value,
+                 const AdamCoefficients *slot, const float *guard) {
+    AdamTable table = {};
+    unsigned int blocks = 0;
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      table.p[t] = pp[t].data();
+      table.g[t] = g[t].data();
+      table.m[t] = mm[t].data();
+      table.v[t] = vv[t].data();
+      table.n[t] = sizes[t];
+      table.first_block[t] = blocks;
+      blocks += (sizes[t] + 255) / 256;
+      table.count = (int)t + 1;
+    }
+    table.first_block[sizes.size()] = blocks;
+    rb_launch(dim3(blocks), dim3(256), [&] { rb_adam_step(table, by_value, slot, guard); });
+  };
+  auto same = [&](const std::vector<std::vector<float>> &a,
+                  const std::vector<std::vector<float>> &b) {
+    for (size_t t = 0; t < a.size(); ++t)
+      if (a[t] != b[t]) {
+        std::snprintf(detail, sizeof detail, "parameter %zu (%u values) differs", t, sizes[t]);
+        return false;
+      }
+    return true;
+  };
+  auto p1 = p, m1 = m, v1 = v;
+  float loss = 2.5f;
+  run(p1, m1, v1, k, nullptr, &loss);
+  report(same(p1, want_p) && same(m1, want_m) && same(v1, want_v),
+         "adam over 7 parameters, bit for bit", detail);
+  auto p2 = p, m2 = m, v2 = v;
+  float bad = NAN;
+  run(p2, m2, v2, k, nullptr, &bad);
+  report(same(p2, p) && same(m2, m) && same(v2, v), "adam changes nothing under a NaN guard",
+         detail);
+  auto p3 = p, m3 = m, v3 = v;
+  AdamCoefficients zero = {};
+  run(p3, m3, v3, zero, &k, nullptr);
+  report(same(p3, want_p) && same(m3, want_m), "adam reads its coefficients from memory", detail);
+}
+
+// The causal, key-padding and merged biases of ids [b, l] against their definitions.
+static void check_attention_bias() {
+  char detail[200] = "";
+  const int b = 3, l = 6;
+  std::vector<unsigned int> ids = {0, 0, 4, 5, 6, 7, 1, 2, 3, 4, 5, 6, 0, 9, 0, 8, 7, 0};
+  for (int mode = 0; mode < 3; ++mode) {
+    size_t n = mode == 0 ? size_t(l) * l : mode == 1 ? size_t(b) * l : size_t(b) * l * l;
+    std::vector<float> got(n, 1.0f), want(n);
+    for (size_t i = 0; i < n; ++i) {
+      size_t j = i % l, q = (i / l) % l, s = mode == 1 ? i / l : i / (size_t(l) * l);
+      bool masked;
+      if (mode == 0)
+        masked = j > q;
+      else if (mode == 1)
+        masked = ids[s * l + j] == 0;
+      else
+        masked = j != q && (j > q || ids[s * l + j] == 0);
+      want[i] = masked ? -INFINITY : 0.0f;
+    }
+    rb_launch(dim3(2), dim3(64),
+              [&] { rb_attention_bias(ids.data(), got.data(), n, l, mode); });
+    bool ok = got == want;
+    if (!ok) std::snprintf(detail, sizeof detail, "mode %d differs", mode);
+    char name[60];
+    std::snprintf(name, sizeof name, "attention bias mode %d", mode);
+    report(ok, name, detail);
+  }
+}
+
+// The dropout kernels with their key read from memory (a captured step) draw the masks they draw
+// with the key by value.
+static void check_key_slots() {
+  char detail[200] = "";
+  const unsigned long long n = 1000, key = 0x1234567890abcdefull;
+  auto x = random_values(n, 30);
+  for (auto &e : x) e = std::fabs(e) + 0.5f;  // no zeros: a dropped element shows as 0
+  std::vector<float> by_value(n), by_slot(n);
+  const unsigned int threshold = 52429;  // keep ~80%
+  unsigned int blocks = (unsigned int)((n + 127) / 128 * 16 + 255) / 256;
+  rb_launch(dim3(blocks), dim3(256), [&] {
+    rb_dropout(x.data(), by_value.data(), n, (unsigned int)key, (unsigned int)(key >> 32), nullptr,
+               threshold, 1.25f);
+  });
+  rb_launch(dim3(blocks), dim3(256), [&] {
+    rb_dropout(x.data(), by_slot.data(), n, 0, 0, &key, threshold, 1.25f);
+  });
+  size_t kept = 0;
+  for (size_t i = 0; i < n; ++i) kept += by_value[i] != 0.0f;
+  bool ok = by_value == by_slot && kept > 700 && kept < 900;
+  std::snprintf(detail, sizeof detail, "%zu of %llu kept; slot and value %s", kept, n,
+                by_value == by_slot ? "agree" : "differ");
+  report(ok, "dropout key from memory equals key by value", detail);
+  std::vector<float> act_value(n), act_slot(n);
+  rb_launch(dim3((unsigned int)(n + 255) / 256), dim3(256), [&] {
+    rb_act_dropout_fwd(x.data(), act_value.data(), n, 0, 1, (unsigned int)key,
+                       (unsigned int)(key >> 32), nullptr, threshold, 1.25f);
+  });
+  rb_launch(dim3((unsigned int)(n + 255) / 256), dim3(256), [&] {
+    rb_act_dropout_fwd(x.data(), act_slot.data(), n, 0, 1, 0, 0, &key, threshold, 1.25f);
+  });
+  report(act_value == act_slot, "activation dropout key from memory equals key by value",
+         "the two differ");
+}
+
+int main() {
+  check_sort(1, 5, 1);
+  check_sort(1000, 7, 2);
+  check_sort(1024, 1u << 31, 3);
+  check_sort(1025, 40, 4);
+  check_sort(5000, 300, 5);
+  check_sort(3000, 3, 6);
+  check_sums(700, 50, 50, 1, 70, false, 20);
+  check_sums(1500, 40, 45, 1, 16, false, 21);
+  check_sums(1300, 30, 30, 4, 33, true, 22);
+  check_gather(37, 9, 5);
+  check_gather_dot(13, 6, 11, 37);
+  check_adam();
+  check_attention_bias();
+  check_key_slots();
+  std::printf("%d failed\n", failures);
+  return failures;
+}
