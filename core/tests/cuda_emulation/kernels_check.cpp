@@ -287,6 +287,58 @@ static void check_key_slots() {
          "the two differ");
 }
 
+// The attention weights (one warp per row, warp shuffles for the row's max and sum): y against a
+// plain softmax of s·scale + bias, and the forward and backward passes with the dropout key read
+// from memory equal to the key by value.
+static void check_attention_probs() {
+  char detail[200] = "";
+  const int b = 2, h = 2, q = 3, n = 40, rows = b * h * q;
+  const float scale = 0.35f, dscale = 1.25f;
+  const unsigned int threshold = 52429;
+  const unsigned long long key = 0x0fedcba987654321ull;
+  auto s = random_values(size_t(rows) * n, 40);
+  std::vector<float> bias(size_t(b) * q * n, 0.0f);  // [B, 1, Q, n]: causal-like, some -inf
+  for (int bb = 0; bb < b; ++bb)
+    for (int qq = 0; qq < q; ++qq)
+      for (int j = 0; j < n; ++j)
+        if (j > n - q + qq) bias[(size_t(bb) * q + qq) * n + j] = -INFINITY;
+  std::vector<float> want(size_t(rows) * n);
+  for (int r = 0; r < rows; ++r) {
+    const float *br = &bias[(size_t(r / (q * h)) * q + r % q) * n];
+    float mx = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < n; ++j) mx = std::max(mx, s[size_t(r) * n + j] * scale + br[j]);
+    for (int j = 0; j < n; ++j) sum += std::exp(s[size_t(r) * n + j] * scale + br[j] - mx);
+    for (int j = 0; j < n; ++j)
+      want[size_t(r) * n + j] = std::exp(s[size_t(r) * n + j] * scale + br[j] - mx) / sum;
+  }
+  std::vector<float> p1(want.size()), y1(want.size()), p2(want.size()), y2(want.size());
+  unsigned int blocks = (rows + 3) / 4;
+  rb_launch(dim3(blocks), dim3(128), [&] {
+    rb_attention_probs_fwd(s.data(), bias.data(), p1.data(), y1.data(), rows, n, h, q, b, q,
+                           scale, 1, (unsigned int)key, (unsigned int)(key >> 32), nullptr,
+                           threshold, dscale);
+  });
+  rb_launch(dim3(blocks), dim3(128), [&] {
+    rb_attention_probs_fwd(s.data(), bias.data(), p2.data(), y2.data(), rows, n, h, q, b, q,
+                           scale, 1, 0, 0, &key, threshold, dscale);
+  });
+  report(close(y1, want, 1e-6f, detail), "attention softmax against a plain softmax", detail);
+  report(p1 == p2 && y1 == y2, "attention weights: key from memory equals key by value",
+         "the two differ");
+  auto dp = random_values(want.size(), 41);
+  std::vector<float> ds1(want.size()), ds2(want.size());
+  rb_launch(dim3(blocks), dim3(128), [&] {
+    rb_attention_probs_bwd(y1.data(), dp.data(), ds1.data(), rows, n, scale, 1,
+                           (unsigned int)key, (unsigned int)(key >> 32), nullptr, threshold,
+                           dscale);
+  });
+  rb_launch(dim3(blocks), dim3(128), [&] {
+    rb_attention_probs_bwd(y1.data(), dp.data(), ds2.data(), rows, n, scale, 1, 0, 0, &key,
+                           threshold, dscale);
+  });
+  report(ds1 == ds2, "attention backward: key from memory equals key by value", "the two differ");
+}
+
 int main() {
   check_sort(1, 5, 1);
   check_sort(1000, 7, 2);
@@ -302,6 +354,7 @@ int main() {
   check_adam();
   check_attention_bias();
   check_key_slots();
+  check_attention_probs();
   std::printf("%d failed\n", failures);
   return failures;
 }
