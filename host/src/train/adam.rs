@@ -285,7 +285,31 @@ impl Adam {
     /// Applies one update from `grads`.
     pub fn step(&mut self, grads: &GradStore) -> candle_core::Result<()> {
         let (k, bias1, bias2) = self.advance_coefficients();
-        self.apply(grads, k, bias1, bias2, None)
+        self.apply(grads, k, bias1, bias2, None, None)
+    }
+
+    /// Whether every parameter has its moments on a CUDA device (f32), so that
+    /// [`step_guarded`](Self::step_guarded) applies. False without the `cuda` feature.
+    pub fn all_on_cuda(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            !self.slots.is_empty()
+                && self
+                    .slots
+                    .iter()
+                    .all(|s| matches!(s.moments, Moments::Cuda(_)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        false
+    }
+
+    /// Applies one update from `grads` (CUDA only, see [`all_on_cuda`](Self::all_on_cuda)),
+    /// except that nothing changes unless the value of `guard` (a one-value f32 tensor on the
+    /// device: the step's loss) is finite when the update runs. The host reads nothing, so it can
+    /// go on queueing work; the step is counted either way, as a replayed step counts its own.
+    pub fn step_guarded(&mut self, grads: &GradStore, guard: &Tensor) -> candle_core::Result<()> {
+        let (k, bias1, bias2) = self.advance_coefficients();
+        self.apply(grads, k, bias1, bias2, None, Some(guard))
     }
 
     /// Counts one more step and returns its coefficients as the eight f32 that
@@ -299,7 +323,7 @@ impl Adam {
     /// (the CPU form of a replayed step).
     pub fn step_counted(&mut self, grads: &GradStore) -> candle_core::Result<()> {
         let (k, bias1, bias2) = self.coefficients(self.step.max(1));
-        self.apply(grads, k, bias1, bias2, None)
+        self.apply(grads, k, bias1, bias2, None, None)
     }
 
     /// The update of a captured step (CUDA only): applies `grads` with the coefficients found at
@@ -314,7 +338,7 @@ impl Adam {
         guard: Option<&Tensor>,
     ) -> candle_core::Result<()> {
         let (k, bias1, bias2) = self.coefficients(self.step.max(1));
-        self.apply(grads, k, bias1, bias2, Some((coefficients, guard)))
+        self.apply(grads, k, bias1, bias2, Some(coefficients), guard)
     }
 
     fn coefficients(&self, step: u64) -> (StepCoefficients, f64, f64) {
@@ -331,16 +355,19 @@ impl Adam {
     }
 
     /// One update with coefficients `k` (and the biases they came from, for the composed path);
-    /// `device_k`: the device parameters read their coefficients there instead, and skip the
-    /// update unless the guard's value is finite.
+    /// `device_k`: the device parameters read their coefficients there instead; `guard`: they
+    /// skip the update unless the guard's value is finite. Either needs every parameter on the
+    /// CUDA device.
     fn apply(
         &mut self,
         grads: &GradStore,
         k: StepCoefficients,
         bias1: f64,
         bias2: f64,
-        device_k: Option<(&Tensor, Option<&Tensor>)>,
+        device_k: Option<&Tensor>,
+        guard: Option<&Tensor>,
     ) -> candle_core::Result<()> {
+        let device_only = device_k.is_some() || guard.is_some();
         let c = self.config;
         #[cfg(feature = "cuda")]
         let mut on_device: Vec<recblocks_core::nn::cuda::AdamParam<'_>> = Vec::new();
@@ -353,15 +380,15 @@ impl Adam {
             let Slot { var, moments, .. } = slot;
             let f32_grad = g.dtype() == DType::F32;
             let in_place = match moments {
-                Moments::Host { .. } => device_k.is_none() && f32_grad && g.is_contiguous(),
+                Moments::Host { .. } => !device_only && f32_grad && g.is_contiguous(),
                 #[cfg(feature = "cuda")]
                 Moments::Cuda(_) => f32_grad,
                 Moments::Device { .. } => false,
             };
             if !in_place {
-                if device_k.is_some() {
+                if device_only {
                     return Err(candle_core::Error::Msg(
-                        "adam: a captured step's update needs every parameter on the CUDA \
+                        "adam: a captured or guarded update needs every parameter on the CUDA \
                          device in f32"
                             .into(),
                     ));
@@ -395,10 +422,7 @@ impl Adam {
                 Some(t) => recblocks_core::nn::cuda::graph::address(t),
                 None => Ok(0),
             };
-            let (k_slot, guard) = match device_k {
-                Some((k, guard)) => (address(Some(k))?, address(guard)?),
-                None => (0, 0),
-            };
+            let (k_slot, guard) = (address(device_k)?, address(guard)?);
             recblocks_core::nn::cuda::adam_step(&dev, &mut on_device, k.device(), k_slot, guard)?;
         }
         Ok(())
@@ -656,6 +680,40 @@ mod tests {
         let grads = weighted_loss(&vars, &weights, 1.0)?;
         opt.step_reading_coefficients(&grads, &k, Some(&guard))?;
         assert!(host_state(&vars, &opt)? != before, "a finite guard updates");
+        Ok(())
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_guarded_steps_equal_plain_steps_and_skip_a_non_finite_loss() -> candle_core::Result<()>
+    {
+        let Some(gpu) = gpu("cuda_adam_guarded") else {
+            return Ok(());
+        };
+        let (vars_a, weights) = assorted(&gpu)?;
+        let (vars_b, _) = assorted(&gpu)?;
+        let mut plain = Adam::new(vars_a.clone(), AdamConfig::rectools(0.01))?;
+        let mut guarded = Adam::new(vars_b.clone(), AdamConfig::rectools(0.01))?;
+        assert!(
+            guarded.all_on_cuda(),
+            "every parameter's moments on the GPU"
+        );
+        let finite = Tensor::from_vec(vec![1.5f32], 1, &gpu)?;
+        for _ in 0..3 {
+            plain.step(&weighted_loss(&vars_a, &weights, 1.0)?)?;
+            guarded.step_guarded(&weighted_loss(&vars_b, &weights, 1.0)?, &finite)?;
+        }
+        assert!(
+            host_state(&vars_a, &plain)? == host_state(&vars_b, &guarded)?,
+            "guarded steps under a finite loss differ from plain steps"
+        );
+        let before = host_state(&vars_b, &guarded)?;
+        let nan = Tensor::from_vec(vec![f32::NAN], 1, &gpu)?;
+        guarded.step_guarded(&weighted_loss(&vars_b, &weights, 1.0)?, &nan)?;
+        assert!(
+            host_state(&vars_b, &guarded)? == before,
+            "a NaN loss changed the state"
+        );
         Ok(())
     }
 

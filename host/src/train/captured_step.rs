@@ -363,7 +363,8 @@ fn upload(buffers: &Batch, batch: &Batch) -> Result<()> {
 }
 
 /// `batch` on `device`.
-fn to_device(batch: &Batch, device: &Device) -> Result<Batch> {
+/// `batch` copied to `device`.
+pub(crate) fn to_device(batch: &Batch, device: &Device) -> Result<Batch> {
     Ok(Batch {
         x: batch.x.to_device(device)?,
         y: batch.y.to_device(device)?,
@@ -376,9 +377,9 @@ fn to_device(batch: &Batch, device: &Device) -> Result<Batch> {
     })
 }
 
-/// The check the backbone makes on an uncaptured step (a captured one cannot read ids on the
-/// device): every input id has a row in the item embeddings.
-fn check_ids(batch: &Batch, n_items: usize) -> Result<()> {
+/// The check the backbone makes on a CPU step (a captured one, or one on a GPU, does not read ids
+/// on the device): every input id of `batch` (on the CPU) has a row in the item embeddings.
+pub(crate) fn check_ids(batch: &Batch, n_items: usize) -> Result<()> {
     let ids = batch.x.flatten_all()?.to_vec1::<u32>()?;
     match ids.iter().find(|&&id| id as usize >= n_items) {
         Some(bad) => Err(HostError::TrainingData(format!(

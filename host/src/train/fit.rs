@@ -9,7 +9,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Instant};
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use rand::Rng;
 use recblocks_core::{
     components::{
@@ -250,18 +250,27 @@ impl TrainRun<'_> {
                             weights: &sessions[i].weights,
                         })
                         .collect();
-                    // On a CUDA device this thread's copies go to its own stream (candle uses
-                    // the per-thread default stream): they must be done before the training
-                    // thread, on another stream, reads the batch.
-                    let batch = preparator
-                        .collate_train(&refs, n_items, sampler, data_rng, &device)
-                        .and_then(|batch| {
-                            if device.is_cuda() {
+                    // On a CUDA device the batch is collated on the CPU, its ids checked there
+                    // (the backbone cannot read them on the device without stopping the host),
+                    // then copied up. This thread's copies go to its own stream (candle uses the
+                    // per-thread default stream): they must be done before the training thread,
+                    // on another stream, reads the batch.
+                    let batch = if device.is_cuda() {
+                        preparator
+                            .collate_train(&refs, n_items, sampler, data_rng, &Device::Cpu)
+                            .map_err(HostError::from)
+                            .and_then(|batch| {
+                                super::captured_step::check_ids(&batch, n_items)?;
+                                let batch = super::captured_step::to_device(&batch, &device)?;
                                 device.synchronize()?;
-                            }
-                            Ok(batch)
-                        })
-                        .map(|batch| (chunk.len(), batch));
+                                Ok(batch)
+                            })
+                    } else {
+                        preparator
+                            .collate_train(&refs, n_items, sampler, data_rng, &device)
+                            .map_err(HostError::from)
+                    }
+                    .map(|batch| (chunk.len(), batch));
                     let failed = batch.is_err();
                     // A closed channel: the training side stopped (an error); so do we.
                     if tx.send(batch).is_err() || failed {
@@ -302,6 +311,18 @@ impl TrainRun<'_> {
         let loss = self
             .objective
             .train_loss(self.model.backbone.as_ref(), batch)?;
+        if self.model.device.is_cuda() && self.adam.all_on_cuda() {
+            // On a GPU the loss is read after the whole step is queued: reading it first would
+            // leave the GPU idle while the host queues the backward pass. The update reads the
+            // loss on the device and changes nothing unless it is finite, so a non-finite loss
+            // still stops the run with the parameters as they were.
+            let loss = loss.to_dtype(candle_core::DType::F32)?.reshape(1)?;
+            let grads = loss.backward()?;
+            self.adam.step_guarded(&grads, &loss)?;
+            let value = loss.to_vec1::<f32>()?.first().copied().unwrap_or(f32::NAN);
+            self.check_loss(value, info, b)?;
+            return Ok(value);
+        }
         let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         self.check_loss(value, info, b)?;
         let grads = loss.backward()?;

@@ -113,9 +113,10 @@ impl TransformerTorchBackbone {
         }
         let (b, l) = x.dims2()?;
         let ids = x.flatten_all()?;
-        // In a step that may be captured the ids cannot be read here; the trainer checks each
-        // batch on the host before copying it to the device.
-        let bad = if recblocks_core::nn::capture::static_shapes() {
+        // In a step that may be captured, and on a GPU, the ids are not read here (a read stops
+        // the host until the GPU has caught up); the trainer checks each batch on the host before
+        // copying it to the device, and a lookup of an id outside the table gives NaN there.
+        let bad = if recblocks_core::nn::capture::static_shapes() || !ids.device().is_cpu() {
             None
         } else {
             ids.to_vec1::<u32>()?
