@@ -191,38 +191,12 @@ pub(crate) fn gather_dot(
     (st, lt): (&CudaStorage, &Layout),
     (si, li): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    let dev = &sh.device;
     let (m, d) = lh.shape().dims2()?;
-    let (n_rows, _) = lt.shape().dims2()?;
     let (_, k) = li.shape().dims2()?;
     let h = f32_view(sh, lh, "gather-dot rows")?;
-    let table = f32_view(st, lt, "gather-dot table")?;
-    let ids = u32_view(si, li, "gather-dot ids")?;
-    let n = m * k;
-    let mut out = output(dev, n)?;
-    let (n64, k32, d32, rows32) = (
-        n as u64,
-        u32_arg(k, "candidates")?,
-        u32_arg(d, "width")?,
-        u32_arg(n_rows, "rows")?,
-    );
-    let f = dev.get_or_load_custom_func("rb_gather_dot", MODULE, PTX)?;
-    let mut b = f.builder();
-    b.arg(&h)
-        .arg(&table)
-        .arg(&ids)
-        .arg(&mut out)
-        .arg(&n64)
-        .arg(&k32)
-        .arg(&d32)
-        .arg(&rows32);
-    // SAFETY: rb_gather_dot(const float* h, const float* table, const u32* ids, float* out,
-    // u64 n, u32 k, u32 d, u32 n_rows): ids and out hold n = m·k values, h m·d, table n_rows·d;
-    // table rows are read only for ids below n_rows.
-    unsafe { b.launch(config(stride_blocks(n), BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_gather_dot", e))?;
+    let out = candidate_kernel("rb_gather_dot", &h, (st, lt), (si, li), (m, k, d), m * k)?;
     Ok((
-        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        CudaStorage::wrap_cuda_slice(out, sh.device.clone()),
         Shape::from((m, k)),
     ))
 }
@@ -233,19 +207,51 @@ pub(crate) fn gather_dot_grad_rows(
     (st, lt): (&CudaStorage, &Layout),
     (si, li): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    let dev = &sg.device;
     let (m, k) = lg.shape().dims2()?;
-    let (n_rows, d) = lt.shape().dims2()?;
+    let (_, d) = lt.shape().dims2()?;
     let g = f32_view(sg, lg, "gather-dot gradient")?;
+    let out = candidate_kernel(
+        "rb_gather_dot_grad_rows",
+        &g,
+        (st, lt),
+        (si, li),
+        (m, k, d),
+        m * d,
+    )?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, sg.device.clone()),
+        Shape::from((m, d)),
+    ))
+}
+
+/// Launches `kernel`, `rb_gather_dot` (`first` = h `[M, d]`, `n` = M·K outputs) or
+/// `rb_gather_dot_grad_rows` (`first` = g `[M, K]`, `n` = M·d outputs): both take
+/// `(const float* first, const float* table, const u32* ids, float* out, u64 n, u32 k, u32 d,
+/// u32 n_rows)`, with `ids` `[M, K]` and `table` `[N, d]`.
+fn candidate_kernel(
+    kernel: &str,
+    first: &CudaView<'_, f32>,
+    (st, lt): (&CudaStorage, &Layout),
+    (si, li): (&CudaStorage, &Layout),
+    (m, k, d): (usize, usize, usize),
+    n: usize,
+) -> Result<CudaSlice<f32>> {
+    let dev = &st.device;
+    let (n_rows, width) = lt.shape().dims2()?;
     let table = f32_view(st, lt, "gather-dot table")?;
     let ids = u32_view(si, li, "gather-dot ids")?;
-    if ids.len() != m * k {
+    let first_len = if kernel == "rb_gather_dot" {
+        m * d
+    } else {
+        m * k
+    };
+    if width != d || ids.len() != m * k || first.len() != first_len {
         return Err(Error::Msg(format!(
-            "gather-dot backward: {} ids for a [{m}, {k}] gradient",
-            ids.len()
+            "{kernel}: {} ids, {} values and a table {width} wide for M {m}, K {k}, d {d}",
+            ids.len(),
+            first.len()
         )));
     }
-    let n = m * d;
     let mut out = output(dev, n)?;
     let (n64, k32, d32, rows32) = (
         n as u64,
@@ -253,9 +259,9 @@ pub(crate) fn gather_dot_grad_rows(
         u32_arg(d, "width")?,
         u32_arg(n_rows, "rows")?,
     );
-    let f = dev.get_or_load_custom_func("rb_gather_dot_grad_rows", MODULE, PTX)?;
+    let f = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
     let mut b = f.builder();
-    b.arg(&g)
+    b.arg(first)
         .arg(&table)
         .arg(&ids)
         .arg(&mut out)
@@ -263,13 +269,11 @@ pub(crate) fn gather_dot_grad_rows(
         .arg(&k32)
         .arg(&d32)
         .arg(&rows32);
-    // SAFETY: rb_gather_dot_grad_rows(const float* g, const float* table, const u32* ids,
-    // float* out, u64 n, u32 k, u32 d, u32 n_rows): out holds n = m·d values, g and ids m·k,
-    // table n_rows·d; table rows are read only for ids below n_rows.
+    // SAFETY: both kernels take (const float*, const float*, const u32*, float*, u64, u32, u32,
+    // u32) as pushed; checked above: ids hold m·k values, the table n_rows rows of d, `first` what
+    // the kernel reads (h m·d, or g m·k); out holds the n values the kernel writes (m·k scores,
+    // or m·d row gradients); table rows are read only for ids below n_rows.
     unsafe { b.launch(config(stride_blocks(n), BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_gather_dot_grad_rows", e))?;
-    Ok((
-        CudaStorage::wrap_cuda_slice(out, dev.clone()),
-        Shape::from((m, d)),
-    ))
+        .map_err(|e| launch_error(kernel, e))?;
+    Ok(out)
 }
