@@ -13,8 +13,8 @@
 //!
 //! On a CUDA device the three ops are kernels (`nn::cuda::rows`): one thread per score forward,
 //! one per row value for `∂h`, and for `∂table` the candidates sorted by item on the device, then
-//! each item's terms summed by one block in a fixed order (candle's composed backward is an
-//! `index_add` that walks all `M·K` ids serially). On other devices, or for other dtypes, the
+//! each item's terms summed by one warp or block in a fixed order (candle's composed backward is
+//! an `index_add` that walks all `M·K` ids serially). On other devices, or for other dtypes, the
 //! same function falls back to the composed candle ops.
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Error, Layout, Result, Shape, Tensor};

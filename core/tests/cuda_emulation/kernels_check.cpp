@@ -36,6 +36,22 @@ static std::vector<unsigned long long> sort_keys(const std::vector<unsigned int>
   return a;
 }
 
+// The launcher's sums by id (nn/cuda/rows.rs): sort, then the short-run and long-run kernels.
+static std::vector<float> sums_by_id(const std::vector<unsigned int> &ids,
+                                     const std::vector<float> &src, const float *scale,
+                                     unsigned int per_row, unsigned int d, unsigned int n_rows) {
+  auto keys = sort_keys(ids);
+  unsigned int n = (unsigned int)ids.size();
+  std::vector<float> out(size_t(n_rows) * d, 0.0f);
+  rb_launch(dim3((n + RB_SUM_LANES - 1) / RB_SUM_LANES), dim3(32, RB_SUM_LANES), [&] {
+    rb_sum_short_runs(keys.data(), n, src.data(), scale, per_row, d, out.data(), n_rows);
+  });
+  rb_launch(dim3((n + RB_SHORT_RUN - 1) / RB_SHORT_RUN), dim3(32, RB_SUM_LANES), [&] {
+    rb_sum_long_runs(keys.data(), n, src.data(), scale, per_row, d, out.data(), n_rows);
+  });
+  return out;
+}
+
 static std::vector<unsigned int> random_ids(size_t n, unsigned int range, unsigned int seed) {
   std::mt19937 rng(seed);
   std::vector<unsigned int> ids(n);
@@ -98,13 +114,25 @@ static void check_sums(size_t n, unsigned int n_rows, unsigned int range, unsign
     for (unsigned int c = 0; c < d; ++c)
       want[size_t(ids[p]) * d + c] += (scaled ? scale[p] : 1.0f) * src[p / per_row * d + c];
   }
-  auto keys = sort_keys(ids);
-  std::vector<float> got(size_t(n_rows) * d, 0.0f);
-  rb_launch(dim3((unsigned int)n), dim3(32, RB_SUM_LANES), [&] {
-    rb_sum_rows_by_id(keys.data(), (unsigned int)n, src.data(), scaled ? scale.data() : nullptr,
-                      per_row, d, got.data(), n_rows);
-  });
+  auto got = sums_by_id(ids, src, scaled ? scale.data() : nullptr, per_row, d, n_rows);
   report(close(got, want, 1e-5f, detail), name, detail);
+}
+
+// Runs of every length around the short/long boundary, each id's entries spread over the input.
+static void check_run_lengths() {
+  char detail[200] = "";
+  const std::vector<unsigned int> lengths = {1, 2, 31, 32, 33, 63, 64, 65, 97, 200};
+  std::vector<unsigned int> ids;
+  for (unsigned int i = 0; i < lengths.size(); ++i) ids.insert(ids.end(), lengths[i], i);
+  std::mt19937 rng(77);
+  std::shuffle(ids.begin(), ids.end(), rng);
+  const unsigned int d = 40, n_rows = (unsigned int)lengths.size() + 1;
+  auto src = random_values(ids.size() * d, 78);
+  std::vector<float> want(size_t(n_rows) * d, 0.0f);
+  for (size_t p = 0; p < ids.size(); ++p)
+    for (unsigned int c = 0; c < d; ++c) want[size_t(ids[p]) * d + c] += src[p * d + c];
+  auto got = sums_by_id(ids, src, nullptr, 1, d, n_rows);
+  report(close(got, want, 1e-5f, detail), "sum by id, runs of 1 to 200 entries", detail);
 }
 
 static void check_gather(size_t m, unsigned int n_rows, unsigned int d) {
@@ -349,6 +377,7 @@ int main() {
   check_sums(700, 50, 50, 1, 70, false, 20);
   check_sums(1500, 40, 45, 1, 16, false, 21);
   check_sums(1300, 30, 30, 4, 33, true, 22);
+  check_run_lengths();
   check_gather(37, 9, 5);
   check_gather_dot(13, 6, 11, 37);
   check_adam();

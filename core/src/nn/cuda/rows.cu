@@ -8,12 +8,17 @@
 // turn: 6,400 ids cost ~3 ms on an H200, more than the rest of a SASRec step. Here the entries are
 // first sorted by id, on the device and in a fixed order (a stable sort: a merge sort of the keys
 // (id << 32 | entry), which are distinct), and then each id's run of entries is summed by one
-// block in a fixed order. Nothing depends on timing: no atomics, the same bits on every run.
+// warp (short runs) or one block (long ones) in a fixed order. Nothing depends on timing: no
+// atomics, the same bits on every run.
 
 // Entries sorted per block by `rb_sort_tiles` (one per thread; a power of two).
 #define RB_SORT_TILE 1024
-// Lanes of `rb_sum_rows_by_id`: lane y sums entries y, y + 8, ... of a run, 32 columns at a time.
+// Warps per block of the sums by id, and lanes of `rb_sum_long_runs`: lane y sums entries
+// y, y + 8, ... of a long run, 32 columns at a time.
 #define RB_SUM_LANES 8
+// Runs of at most this many entries are summed by one warp (`rb_sum_short_runs`), longer ones by
+// a block (`rb_sum_long_runs`).
+#define RB_SHORT_RUN 32
 
 // The sort key of entry p: its id in the high word, p in the low word.
 __device__ __forceinline__ unsigned long long rb_row_key(unsigned int id, unsigned long long p) {
@@ -72,44 +77,88 @@ extern "C" __global__ void rb_merge_runs(const unsigned long long *in, unsigned 
   out[first + (g - own) + a] = key;
 }
 
+// First slot in keys[lo, hi) whose key is at least `bound` (keys sorted).
+__device__ __forceinline__ unsigned int rb_lower_bound(const unsigned long long *keys,
+                                                       unsigned int lo, unsigned int hi,
+                                                       unsigned long long bound) {
+  while (lo < hi) {
+    unsigned int mid = lo + (hi - lo) / 2;
+    if (keys[mid] < bound)
+      lo = mid + 1;
+    else
+      hi = mid;
+  }
+  return lo;
+}
+
+// The value entry p adds to column c: scale[p]·src[p / per_row, c] (scale 1 where null).
+__device__ __forceinline__ float rb_entry_value(const unsigned long long *keys, unsigned int q,
+                                                const float *src, const float *scale,
+                                                unsigned int per_row, unsigned int d,
+                                                unsigned int c) {
+  unsigned int p = (unsigned int)(keys[q] & 0xffffffffull);
+  float v = src[(unsigned long long)(p / per_row) * d + c];
+  return scale ? scale[p] * v : v;
+}
+
 // Sums by id over `keys` (n entries sorted by `rb_sort_tiles` + `rb_merge_runs`):
 // out[id] = Σ over the entries p naming id of scale[p]·src[p / per_row] (scale 1 where null),
-// rows of `d` floats. One block (32 × RB_SUM_LANES threads) per sorted slot; the block whose slot
-// starts an id's run sums it: lane y takes entries y, y + RB_SUM_LANES, ... in order, then lane 0
-// adds the lanes' sums in order. Rows that no entry names are left as they are (the caller zeroes
-// `out`); ids at or above n_rows are skipped.
-extern "C" __global__ void rb_sum_rows_by_id(const unsigned long long *keys, unsigned int n,
+// rows of `d` floats. Rows that no entry names are left as they are (the caller zeroes `out`);
+// ids at or above n_rows are skipped. Two kernels share the runs of entries by their length:
+//
+// rb_sum_short_runs: one warp per sorted slot (blocks of 32 × RB_SUM_LANES threads, so
+// RB_SUM_LANES slots a block); the warp whose slot starts a run of at most RB_SHORT_RUN entries
+// sums it, a lane per column, entries in order (the order of the CPU's loops).
+extern "C" __global__ void rb_sum_short_runs(const unsigned long long *keys, unsigned int n,
                                              const float *src, const float *scale,
                                              unsigned int per_row, unsigned int d, float *out,
                                              unsigned int n_rows) {
-  __shared__ float part[RB_SUM_LANES][32];
-  unsigned int s = blockIdx.x;
-  if (s >= n) return;
+  unsigned long long s64 = (unsigned long long)blockIdx.x * RB_SUM_LANES + threadIdx.y;
+  if (s64 >= n) return;
+  unsigned int s = (unsigned int)s64;
   unsigned int id = (unsigned int)(keys[s] >> 32);
-  // The whole block leaves together (every thread reads the same keys).
   if (s > 0 && (unsigned int)(keys[s - 1] >> 32) == id) return;
   if (id >= n_rows) return;
-  // The run's end: the first slot with a larger id (ids are below n_rows < 2^32 - 1).
-  unsigned long long bound = (unsigned long long)(id + 1) << 32;
-  unsigned int a = s + 1, b = n;
-  while (a < b) {
-    unsigned int mid = a + (b - a) / 2;
-    if (keys[mid] < bound)
-      a = mid + 1;
-    else
-      b = mid;
+  // The run's end: the first slot with a larger id (ids are below n_rows < 2^32 - 1). Short runs
+  // end within RB_SHORT_RUN slots, so the search looks no further.
+  unsigned int limit = n - s > RB_SHORT_RUN ? s + RB_SHORT_RUN + 1 : n;
+  unsigned int end = rb_lower_bound(keys, s + 1, limit, (unsigned long long)(id + 1) << 32);
+  if (end - s > RB_SHORT_RUN) return;
+  for (unsigned int c = threadIdx.x; c < d; c += 32) {
+    float acc = 0.0f;
+    for (unsigned int q = s; q < end; ++q)
+      acc += rb_entry_value(keys, q, src, scale, per_row, d, c);
+    out[(unsigned long long)id * d + c] = acc;
   }
-  unsigned int end = a;
+}
+
+// rb_sum_long_runs: runs of more than RB_SHORT_RUN entries, one block (32 × RB_SUM_LANES
+// threads) each. Such a run covers a slot that is a multiple of RB_SHORT_RUN; block j looks at
+// slot j·RB_SHORT_RUN and sums the run there if that slot is the run's first such multiple: lane y
+// takes entries y, y + RB_SUM_LANES, ... in order, then lane 0 adds the lanes' sums in order.
+extern "C" __global__ void rb_sum_long_runs(const unsigned long long *keys, unsigned int n,
+                                            const float *src, const float *scale,
+                                            unsigned int per_row, unsigned int d, float *out,
+                                            unsigned int n_rows) {
+  __shared__ float part[RB_SUM_LANES][32];
+  unsigned long long s64 = (unsigned long long)blockIdx.x * RB_SHORT_RUN;
+  if (s64 >= n) return;
+  unsigned int s = (unsigned int)s64;
+  // The whole block leaves together (every thread reads the same keys).
+  unsigned int id = (unsigned int)(keys[s] >> 32);
+  if (id >= n_rows) return;
+  unsigned int head = rb_lower_bound(keys, 0, s, (unsigned long long)id << 32);
+  unsigned int end = rb_lower_bound(keys, s + 1, n, (unsigned long long)(id + 1) << 32);
+  if (end - head <= RB_SHORT_RUN) return;
+  unsigned int first = (head + RB_SHORT_RUN - 1) / RB_SHORT_RUN * RB_SHORT_RUN;
+  if (first != s) return;
   unsigned int x = threadIdx.x, y = threadIdx.y;
   for (unsigned int c0 = 0; c0 < d; c0 += 32) {
     unsigned int c = c0 + x;
     float acc = 0.0f;
     if (c < d) {
-      for (unsigned int q = s + y; q < end; q += RB_SUM_LANES) {
-        unsigned int p = (unsigned int)(keys[q] & 0xffffffffull);
-        float v = src[(unsigned long long)(p / per_row) * d + c];
-        acc += scale ? scale[p] * v : v;
-      }
+      for (unsigned int q = head + y; q < end; q += RB_SUM_LANES)
+        acc += rb_entry_value(keys, q, src, scale, per_row, d, c);
     }
     part[y][x] = acc;
     __syncthreads();
@@ -136,8 +185,8 @@ extern "C" __global__ void rb_gather_rows(const float *table, const unsigned int
   }
 }
 
-// out[m, k] = h[m] · table[ids[m, k]] over d columns, in column order (the CPU op's order); NaN for
-// an id at or above n_rows. One thread per (m, k); n = M·K.
+// out[m, k] = h[m] · table[ids[m, k]] over d columns, in column order (the CPU op's order);
+// NaN for an id at or above n_rows. One thread per (m, k); n = M·K.
 extern "C" __global__ void rb_gather_dot(const float *h, const float *table,
                                          const unsigned int *ids, float *out,
                                          unsigned long long n, unsigned int k, unsigned int d,

@@ -3,8 +3,9 @@
 //! with their gradients (`nn::gather_dot`).
 //!
 //! A sum by id sorts the entries by id on the device first (`sorted_keys`: a bitonic sort of
-//! tiles of 1,024 entries, then merge passes), so that each id's entries are summed by one block
-//! in a fixed order: no atomics, and the same bits on every run. The number of launches depends
+//! tiles of 1,024 entries, then merge passes), so that each id's entries are summed by one warp
+//! (runs of up to 32 entries) or one block (longer runs) in a fixed order: no atomics, and the
+//! same bits on every run. The number of launches depends
 //! only on the number of entries, so a step with fixed shapes can be captured as a CUDA graph.
 
 use candle_core::{
@@ -19,8 +20,10 @@ use super::{config, f32_view, launch_error, output, u32_view, BLOCK_THREADS, MOD
 
 /// Entries per sorted tile: `RB_SORT_TILE` in `rows.cu` (the tile kernel's block size).
 const SORT_TILE: usize = 1024;
-/// Lanes per block of `rb_sum_rows_by_id`: `RB_SUM_LANES` in `rows.cu`.
+/// Warps per block of the sums by id: `RB_SUM_LANES` in `rows.cu`.
 const SUM_LANES: u32 = 8;
+/// The longest run of one id that one warp sums: `RB_SHORT_RUN` in `rows.cu`.
+const SHORT_RUN: usize = 32;
 /// At most this many blocks for the grid-stride kernels.
 const MAX_STRIDE_BLOCKS: usize = 1 << 16;
 
@@ -151,7 +154,6 @@ pub(crate) fn sum_rows_by_id(
     let mut out = dev.alloc_zeros::<f32>((n_rows * d).max(1))?;
     if p > 0 && d > 0 {
         let keys = sorted_keys(dev, &ids, p)?;
-        let f = dev.get_or_load_custom_func("rb_sum_rows_by_id", MODULE, PTX)?;
         let (p32, per32, d32, rows32) = (
             p as u32,
             u32_arg(per_row, "entries per row")?,
@@ -159,24 +161,32 @@ pub(crate) fn sum_rows_by_id(
             u32_arg(n_rows, "rows")?,
         );
         let null = 0u64;
-        let mut b = f.builder();
-        b.arg(&keys).arg(&p32).arg(&src);
-        match &scale {
-            Some(v) => b.arg(v),
-            None => b.arg(&null),
-        };
-        b.arg(&per32).arg(&d32).arg(&mut out).arg(&rows32);
-        let blocks = u32_arg(p, "sum blocks")?;
-        let cfg = LaunchConfig {
-            grid_dim: (blocks, 1, 1),
-            block_dim: (32, SUM_LANES, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: rb_sum_rows_by_id(const u64* keys, u32 n, const float* src, const float* scale
-        // (null: none), u32 per_row, u32 d, float* out, u32 n_rows) with blocks of 32 × 8
-        // threads: keys holds p sorted keys of entries below p; src holds p / per_row rows of d;
-        // scale, where given, p values; out n_rows rows of d, written only for ids below n_rows.
-        unsafe { b.launch(cfg) }.map_err(|e| launch_error("rb_sum_rows_by_id", e))?;
+        // Short runs, a warp per slot (SUM_LANES slots a block); long runs, a block per
+        // SHORT_RUN slots.
+        for (kernel, slots_per_block) in [
+            ("rb_sum_short_runs", SUM_LANES as usize),
+            ("rb_sum_long_runs", SHORT_RUN),
+        ] {
+            let f = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
+            let mut b = f.builder();
+            b.arg(&keys).arg(&p32).arg(&src);
+            match &scale {
+                Some(v) => b.arg(v),
+                None => b.arg(&null),
+            };
+            b.arg(&per32).arg(&d32).arg(&mut out).arg(&rows32);
+            let cfg = LaunchConfig {
+                grid_dim: (u32_arg(p.div_ceil(slots_per_block), "sum blocks")?, 1, 1),
+                block_dim: (32, SUM_LANES, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: rb_sum_short_runs and rb_sum_long_runs take (const u64* keys, u32 n,
+            // const float* src, const float* scale (null: none), u32 per_row, u32 d, float* out,
+            // u32 n_rows), with blocks of 32 × 8 threads: keys holds p sorted keys of entries
+            // below p; src holds p / per_row rows of d; scale, where given, p values; out n_rows
+            // rows of d, written only for ids below n_rows; slots at or above p are not read.
+            unsafe { b.launch(cfg) }.map_err(|e| launch_error(kernel, e))?;
+        }
     }
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
