@@ -113,10 +113,11 @@ impl CapturedSteps {
             }
             (Some(bufs), true, _) => fits(&bufs.batch, batch).then(|| bufs.batch.clone()),
         };
+        // Batches come collated on the CPU; on a GPU no step reads its ids there.
+        check_ids(batch, run.model.schema.n_items)?;
         let Some(fixed) = fixed else {
             return run.train_step(&to_device(batch, &device)?, info, b);
         };
-        check_ids(batch, run.model.schema.n_items)?;
         upload(&fixed, batch)?;
         match self.phase {
             Phase::Warmup(done) => self.warm_up(run, &fixed, info, b, done),
