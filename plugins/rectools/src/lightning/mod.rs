@@ -267,7 +267,7 @@ struct TargetRows {
     w: Tensor,
     item_embs: Tensor,
     /// The kept flat positions (`b · L + l`), `[M]`; `None`: every position, in order (a step
-    /// with static shapes, [`recblocks_core::nn::capture`], or on a GPU).
+    /// with static shapes, [`recblocks_core::nn::capture`]).
     idx: Option<Tensor>,
 }
 
@@ -277,11 +277,9 @@ impl TargetRows {
         let sessions = backbone.encode_sessions(&batch.x, &item_embs, train)?;
         let (b, l, d) = sessions.dims3()?;
         let y = batch.y.to_dtype(DType::U32)?.flatten_all()?;
-        if recblocks_core::nn::capture::static_shapes() || !y.device().is_cpu() {
+        if recblocks_core::nn::capture::static_shapes() {
             // A step that may be captured keeps its shapes: every position, M = B·L (padding
-            // has weight 0 and adds nothing to any loss, as when it is dropped). So does a step
-            // on a GPU: selecting the positions needs the targets on the host, and reading them
-            // stops the host from queueing work until the GPU has caught up.
+            // has weight 0 and adds nothing to any loss, as when it is dropped).
             return Ok(Self {
                 h: sessions.reshape((1, b * l, d))?,
                 y: y.unsqueeze(0)?,
