@@ -5,8 +5,8 @@
 //! A sum by id sorts the entries by id on the device first (`sorted_keys`: a bitonic sort of
 //! tiles of 1,024 entries, then merge passes), so that each id's entries are summed by one warp
 //! (runs of up to 32 entries) or one block (longer runs) in a fixed order: no atomics, and the
-//! same bits on every run. The number of launches depends
-//! only on the number of entries, so a step with fixed shapes can be captured as a CUDA graph.
+//! same bits on every run. The number of launches depends only on the number of entries, so a
+//! step with fixed shapes can be captured as a CUDA graph.
 
 use candle_core::{
     cuda_backend::{
