@@ -25,6 +25,9 @@
 #              SASRec + BERT4Rec, EPOCHS epochs, then synth20k SASRec --quick if time is left;
 #              the summary's step table (bench/gpu/step_times.py) sets its ms/step against the
 #              uncaptured runs and the PyTorch CUDA-graph step of stage 6
+#   5 lookups  recblocks alone on ML-100k SASRec + BERT4Rec with RECBLOCKS_CUDA_LOOKUPS=candle
+#              (candle's index_select/index_add), set against stage compare's runs
+#              (bench/gpu/ab_table.py); skipped if short of time
 #   5 seeds    recblocks alone on ML-100k SASRec, seeds SEEDS [1,2,3,4,5], EPOCHS epochs, on the GPU
 #              and on the CPU at once; the summary sets the metrics side by side with their seed
 #              spread (bench/gpu/seed_spread.py); skipped if short of time
@@ -361,6 +364,14 @@ stage_graph() {
   return $rc
 }
 
+stage_lookups() {
+  [ "$DEVICE" != cpu ] || { note "lookups compares two GPU paths: skipped"; return 0; }
+  recblocks_ok || { note "no binary (stage 2)"; return 1; }
+  [ ! -e "$state/lookups.candle" ] || { note "the lookup kernels are off (stage 3): nothing to compare"; return 0; }
+  (export RECBLOCKS_CUDA_LOOKUPS=candle
+   compare ml100k sasrec,bert4rec ml100k-candle-lookups --epochs "$EPOCHS" --systems recblocks)
+}
+
 stage_seeds() {
   [ "$DEVICE" != cpu ] || { note "seeds compares the GPU with the CPU: skipped"; return 0; }
   recblocks_ok || { note "no binary (stage 2)"; return 1; }
@@ -458,12 +469,17 @@ plan=(
   "5 compare 170 60 0"
   "5 synth 80 40 1"
   "5 graph 80 30 0"
+  "5 lookups 50 30 1"
   "5 seeds 60 40 1"
   "6 pytorch 90 30 0"
   "7 big 150 60 0"
   "8 profile 60 30 1"
 )
-[ -n "$BIG_CATALOG_SPEC" ] || plan=("${plan[@]:0:10}" "${plan[@]:11}")
+if [ -z "$BIG_CATALOG_SPEC" ]; then
+  kept=()
+  for p in "${plan[@]}"; do [[ "$p" == *" big "* ]] || kept+=("$p"); done
+  plan=("${kept[@]}")
+fi
 final_reserve=15
 selected() { [[ ",$STAGES," == *",$1,"* ]]; }
 t0=$SECONDS
@@ -549,6 +565,14 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
         echo
       fi
     done
+  fi
+  if ran lookups && [ -d "$WORK/compare/ml100k-candle-lookups" ]; then
+    echo "## lookups: candle's index_select/index_add against nn::gather_rows (bench/gpu/ab_table.py)"
+    echo
+    python3 bench/gpu/ab_table.py --dataset ml100k --models sasrec,bert4rec \
+      --a "candle (RECBLOCKS_CUDA_LOOKUPS=candle)=$WORK/compare/ml100k-candle-lookups" \
+      --b "nn::gather_rows (stage compare)=$WORK/compare/ml100k" 2>&1
+    echo
   fi
   if ran seeds && [ -d "$WORK/compare/seeds-cuda" ]; then
     echo "## ML-100k SASRec metrics, GPU against CPU, seeds $SEEDS (bench/gpu/seed_spread.py)"
