@@ -49,7 +49,7 @@ pub(crate) fn device_kernels(device: &Device) -> bool {
     device.is_cuda() && !candle && super::fused::enabled()
 }
 
-/// The ids as a contiguous u32 vector with one entry per row of `rows` where that is required.
+/// Checks that `rows` is `[N, d]` and `ids` is `[M]`; returns the ids as contiguous u32.
 fn check_shapes(what: &str, rows: &Tensor, ids: &Tensor) -> Result<Tensor> {
     if rows.rank() != 2 || ids.rank() != 1 {
         return Err(Error::Msg(format!(
