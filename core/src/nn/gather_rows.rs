@@ -216,6 +216,17 @@ mod tests {
         Var::from_tensor(&Tensor::from_vec(v, (n, d), &Device::Cpu)?)
     }
 
+    /// `out`'s values, and the gradient of `Σ out·w` with respect to `wrt` (empty if none).
+    fn value_and_gradient(out: &Tensor, w: &Tensor, wrt: &Var) -> Result<(Vec<f32>, Vec<f32>)> {
+        let grads = out.mul(w)?.sum_all()?.backward()?;
+        let g = grads
+            .get(wrt.as_tensor())
+            .map(|g| g.flatten_all()?.to_vec1::<f32>())
+            .transpose()?
+            .unwrap_or_default();
+        Ok((out.flatten_all()?.to_vec1()?, g))
+    }
+
     #[test]
     fn the_lookup_and_its_gradient_match_hand_computed_values() -> Result<()> {
         let t = Var::from_tensor(&Tensor::new(
@@ -261,13 +272,7 @@ mod tests {
             } else {
                 t.as_tensor().index_select(&ids, 0)?
             };
-            let grads = rows.mul(&w)?.sum_all()?.backward()?;
-            let g = grads
-                .get(t.as_tensor())
-                .map(|g| g.flatten_all()?.to_vec1::<f32>())
-                .transpose()?
-                .unwrap_or_default();
-            Ok((rows.flatten_all()?.to_vec1()?, g))
+            value_and_gradient(&rows, &w, &t)
         };
         let (rows, grad) = run(true)?;
         let (want_rows, want_grad) = run(false)?;
@@ -287,14 +292,7 @@ mod tests {
                     0,
                 )?
             };
-            let weights = table(n, d)?;
-            let grads = out.mul(weights.as_tensor())?.sum_all()?.backward()?;
-            let g = grads
-                .get(src.as_tensor())
-                .map(|g| g.flatten_all()?.to_vec1::<f32>())
-                .transpose()?
-                .unwrap_or_default();
-            Ok((out.flatten_all()?.to_vec1()?, g))
+            value_and_gradient(&out, table(n, d)?.as_tensor(), &src)
         };
         let (sums, grad) = run(true)?;
         let (want_sums, want_grad) = run(false)?;
