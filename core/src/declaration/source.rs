@@ -394,6 +394,17 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/mod.rs")),
     ),
     (
+        "src/nn/param_grads.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/param_grads.rs"
+        )),
+    ),
+    (
+        "src/nn/param_node.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/param_node.rs")),
+    ),
+    (
         "src/nn/philox.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/philox.rs")),
     ),

@@ -68,12 +68,64 @@ impl LayerNorm {
         };
         let (w, b) = (self.weight.contiguous()?, self.bias.contiguous()?);
         if x.device().is_cuda() {
+            if let Some(collector) = crate::nn::param_grads::writer(x, &[&self.weight, &self.bias])
+            {
+                return self.forward_writing(x, collector);
+            }
             // The device op takes any rank (rows are everything before the last dimension), so no
             // reshape nodes, whose backward passes are launches of their own on a GPU.
             return Ok(x.contiguous()?.apply_op3(&w, &b, op)?);
         }
         let y = x.reshape((rows, d))?.contiguous()?.apply_op3(&w, &b, op)?;
         Ok(y.reshape(dims)?)
+    }
+
+    /// [`forward`](Self::forward) as a node over `x` alone that writes the weight's and bias's
+    /// gradients to `collector` (`nn::param_grads`): what a CUDA device runs under a trainer's
+    /// scope, where it saves zeroing and adding two gradient buffers per norm for one copy of the
+    /// output. On the CPU the tests run it against the plain op.
+    pub(crate) fn forward_writing(
+        &self,
+        x: &Tensor,
+        collector: Arc<crate::nn::param_grads::Collector>,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let d = dims.last().copied().unwrap_or(0);
+        let rows = x.elem_count() / d.max(1);
+        let x_in = if x.device().is_cuda() {
+            x.detach().contiguous()?
+        } else {
+            x.detach().reshape((rows, d))?.contiguous()?
+        };
+        let w = self.weight.detach().contiguous()?;
+        let b = self.bias.detach().contiguous()?;
+        let op = FusedLayerNorm {
+            eps: self.eps as f32,
+            stats: Arc::new(Mutex::new(Vec::new())),
+        };
+        let y = x_in.apply_op3_no_bwd(&w, &b, &op)?.reshape(dims)?;
+        let x_shape = x.shape().clone();
+        let backward: crate::nn::param_node::ParamBackward = Box::new(move |grad: &Tensor| {
+            let g = grad.reshape(x_in.shape())?.contiguous()?;
+            let missing = || Error::Msg("layer norm: a gradient is missing".into());
+            let (dx, dw, db) = op.bwd(&x_in, &w, &b, &g, &g)?;
+            let (dx, dw, db) = (
+                dx.ok_or_else(missing)?,
+                dw.ok_or_else(missing)?,
+                db.ok_or_else(missing)?,
+            );
+            Ok((Some(dx.reshape(x_shape)?), vec![dw, db]))
+        });
+        let params = vec![self.weight.clone(), self.bias.clone()];
+        let out = crate::nn::precomputed::Precomputed::new("layer norm", y);
+        Ok(crate::nn::param_node::attach(
+            "layer-norm",
+            x,
+            out,
+            params,
+            collector,
+            backward,
+        )?)
     }
 
     /// The same normalisation composed from candle ops (the reference, and the non-CPU path).
@@ -344,6 +396,49 @@ mod tests {
                 assert!((x - y).abs() < 2e-5, "{which}: {x} vs {y}");
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn the_norm_writing_to_a_scope_equals_the_plain_op_bit_for_bit() -> Result<()> {
+        // The CUDA path under a trainer's scope, run on the CPU: the same output and gradients as
+        // the op taking its parameters as inputs, and the parameters are not graph nodes.
+        let dev = Device::Cpu;
+        let (r, d) = (6, 5);
+        let vals: Vec<f32> = (0..r * d).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let w = candle_core::Var::new(&[1f32, 0.5, -1., 2., 0.1], &dev)?;
+        let b = candle_core::Var::new(&[0f32, 0.1, 0.2, -0.3, 0.4], &dev)?;
+        let up = Tensor::new(
+            (0..r * d).map(|i| (i as f32).cos()).collect::<Vec<_>>(),
+            &dev,
+        )?
+        .reshape((2, 3, d))?;
+        let ln = LayerNorm::from_tensors(w.as_tensor().clone(), b.as_tensor().clone(), 1e-5);
+        let mut runs = Vec::new();
+        for scoped in [false, true] {
+            let x = candle_core::Var::from_vec(vals.clone(), (2, 3, d), &dev)?;
+            let scope = scoped.then(crate::nn::ParamGradScope::enter);
+            let y = match crate::nn::param_grads::writer(x.as_tensor(), &[&ln.weight, &ln.bias]) {
+                Some(c) => ln.forward_writing(x.as_tensor(), c)?,
+                None => ln.forward(x.as_tensor())?,
+            };
+            let loss = y.mul(&up)?.sum_all()?;
+            let nodes: Vec<_> = loss.sorted_nodes().iter().map(|t| t.id()).collect();
+            assert_eq!(nodes.contains(&w.id()), !scoped, "scoped {scoped}");
+            let grads = match scope {
+                Some(scope) => scope.backward(&loss)?,
+                None => loss.backward()?,
+            };
+            let mut out = vec![y.flatten_all()?.to_vec1::<f32>()?];
+            for v in [x.as_tensor(), w.as_tensor(), b.as_tensor()] {
+                let g = grads
+                    .get(v)
+                    .ok_or_else(|| crate::CoreError::Other("no grad".into()))?;
+                out.push(g.flatten_all()?.to_vec1::<f32>()?);
+            }
+            runs.push(out);
+        }
+        assert_eq!(runs[0], runs[1]);
         Ok(())
     }
 }

@@ -28,6 +28,17 @@ pub(crate) fn linear_node(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<
     if !(x.track_op() || weight.track_op() || bias.track_op()) {
         return Ok(y);
     }
+    if let Some(collector) = super::param_grads::writer(x, &[weight, bias]) {
+        // Under a trainer's scope: a node over x alone, writing dW and db to the scope.
+        let x_shape = x.shape().clone();
+        let backward: super::param_node::ParamBackward = Box::new(move |grad: &Tensor| {
+            let (dx, dw, db) = gradients(grad, &x2d, &w)?;
+            Ok((Some(dx.reshape(x_shape)?), vec![dw, db]))
+        });
+        let params = vec![weight.clone(), bias.clone()];
+        let out = Precomputed::new("linear", y);
+        return super::param_node::attach("linear", x, out, params, collector, backward);
+    }
     let node = LinearNode {
         out: Precomputed::new("linear", y),
         x2d,
@@ -83,14 +94,18 @@ impl CustomOp3 for LinearNode {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (out_dim, _) = self.w.dims2()?;
-        let rows = self.x2d.dims2()?.0;
-        let g = grad.detach().reshape((rows, out_dim))?.contiguous()?;
-        let dx = g.matmul(&self.w)?.reshape(x.shape())?;
-        let dw = g.t()?.matmul(&self.x2d)?;
-        let db = g.sum(0)?;
-        Ok((Some(dx), Some(dw), Some(db)))
+        let (dx, dw, db) = gradients(grad, &self.x2d, &self.w)?;
+        Ok((Some(dx.reshape(x.shape())?), Some(dw), Some(db)))
     }
+}
+
+/// `(dx [R, in], dW, db)` of the layer from the output's gradient `grad` (`R` rows of `out`),
+/// the input rows `x2d` and the weight `w`.
+fn gradients(grad: &Tensor, x2d: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    let (out_dim, _) = w.dims2()?;
+    let rows = x2d.dims2()?.0;
+    let g = grad.detach().reshape((rows, out_dim))?.contiguous()?;
+    Ok((g.matmul(w)?, g.t()?.matmul(x2d)?, g.sum(0)?))
 }
 
 #[cfg(test)]
@@ -100,6 +115,17 @@ mod tests {
 
     #[test]
     fn the_node_equals_the_composed_layer_values_and_gradients() -> Result<()> {
+        the_node_equals_the_composed_layer(false)
+    }
+
+    #[test]
+    fn the_node_writing_to_a_scope_equals_the_composed_layer_values_and_gradients() -> Result<()> {
+        the_node_equals_the_composed_layer(true)
+    }
+
+    /// The node against the composed layer; `scoped`: the node built under a parameter-gradient
+    /// scope (a node over x alone, dW and db written to the scope).
+    fn the_node_equals_the_composed_layer(scoped: bool) -> Result<()> {
         let dev = Device::Cpu;
         let (b, l, i, o) = (3, 5, 7, 4);
         let v = |n: usize, salt: usize| -> Vec<f32> {
@@ -118,6 +144,7 @@ mod tests {
         let (x2, w2, b2) = make()?;
         let composed = crate::nn::Linear::new(w1.as_tensor().clone(), Some(b1.as_tensor().clone()));
         let want = composed.forward(x1.as_tensor())?;
+        let scope = scoped.then(crate::nn::ParamGradScope::enter);
         let got = linear_node(x2.as_tensor(), w2.as_tensor(), b2.as_tensor())?;
         assert_eq!(got.dims(), want.dims());
         let close = |a: &Tensor, c: &Tensor, what: &str| -> Result<()> {
@@ -136,7 +163,21 @@ mod tests {
         close(&got, &want, "output")?;
         let r = Tensor::from_vec(v(b * l * o, 4), (b, l, o), &dev)?;
         let g1 = (want * &r)?.sum_all()?.backward()?;
-        let g2 = (got * &r)?.sum_all()?.backward()?;
+        let loss = (got * &r)?.sum_all()?;
+        let g2 = match scope {
+            Some(scope) => {
+                // Only x is an input of the node: the parameters are not in the graph.
+                let in_graph = loss
+                    .sorted_nodes()
+                    .iter()
+                    .map(|t| t.id())
+                    .collect::<Vec<_>>();
+                assert!(in_graph.contains(&x2.id()));
+                assert!(!in_graph.contains(&w2.id()) && !in_graph.contains(&b2.id()));
+                scope.backward(&loss)?
+            }
+            None => loss.backward()?,
+        };
         for (what, a, c) in [("x", &x1, &x2), ("w", &w1, &w2), ("b", &b1, &b2)] {
             let (Some(p), Some(q)) = (g1.get(a.as_tensor()), g2.get(c.as_tensor())) else {
                 return Err(candle_core::Error::Msg(format!("no {what} gradient")));

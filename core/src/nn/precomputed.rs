@@ -1,9 +1,10 @@
 //! The output of an autograd node computed before the node exists.
 //!
 //! The nodes that run their forward pass on detached tensors (`attention_core`, `linear_node`,
-//! the chunked catalog loss) compute their output first, then enter candle's graph as a custom op
-//! whose forward only hands that output over: as a copy of its storage on a CUDA device (one
-//! device-to-device copy), as its values on the CPU.
+//! the chunked catalog loss, `param_node`) compute their output first, then enter candle's graph
+//! as a custom op whose forward only hands that output over: as a copy of its storage on a CUDA
+//! device (one device-to-device copy), as its values on the CPU (moved when the node was given
+//! values, as a fused CPU block's output is).
 
 use std::sync::Mutex;
 
@@ -12,7 +13,13 @@ use candle_core::{CpuStorage, Error, Result, Shape, Tensor};
 /// A node's output, handed to candle once by the op's forward.
 pub(crate) struct Precomputed {
     what: &'static str,
-    out: Mutex<Option<Tensor>>,
+    out: Mutex<Option<Output>>,
+}
+
+/// What a node computed: a tensor, or row-major f32 values of a shape (CPU only).
+enum Output {
+    Tensor(Tensor),
+    Values(Vec<f32>, Shape),
 }
 
 impl Precomputed {
@@ -20,11 +27,19 @@ impl Precomputed {
     pub(crate) fn new(what: &'static str, out: Tensor) -> Self {
         Precomputed {
             what,
-            out: Mutex::new(Some(out)),
+            out: Mutex::new(Some(Output::Tensor(out))),
         }
     }
 
-    fn take(&self) -> Result<Tensor> {
+    /// `values` of `shape`, computed on the CPU for the node `what`.
+    pub(crate) fn from_values(what: &'static str, values: Vec<f32>, shape: Shape) -> Self {
+        Precomputed {
+            what,
+            out: Mutex::new(Some(Output::Values(values, shape))),
+        }
+    }
+
+    fn take(&self) -> Result<Output> {
         self.out
             .lock()
             .map_err(|_| Error::Msg(format!("{}: poisoned state", self.what)))?
@@ -34,15 +49,33 @@ impl Precomputed {
 
     /// The output as CPU storage (its values).
     pub(crate) fn cpu(&self) -> Result<(CpuStorage, Shape)> {
-        let out = self.take()?;
-        let shape = out.shape().clone();
-        Ok((CpuStorage::F32(out.flatten_all()?.to_vec1::<f32>()?), shape))
+        match self.take()? {
+            Output::Tensor(out) => {
+                let shape = out.shape().clone();
+                Ok((CpuStorage::F32(out.flatten_all()?.to_vec1::<f32>()?), shape))
+            }
+            Output::Values(values, shape) if values.len() == shape.elem_count() => {
+                Ok((CpuStorage::F32(values), shape))
+            }
+            Output::Values(values, shape) => Err(Error::Msg(format!(
+                "{}: {} output values for shape {:?}",
+                self.what,
+                values.len(),
+                shape.dims()
+            ))),
+        }
     }
 
     /// The output as CUDA storage (a copy).
     #[cfg(feature = "cuda")]
     pub(crate) fn cuda(&self) -> Result<(candle_core::CudaStorage, Shape)> {
-        cuda_copy(&self.take()?, self.what)
+        match self.take()? {
+            Output::Tensor(out) => cuda_copy(&out, self.what),
+            Output::Values(..) => Err(Error::Msg(format!(
+                "{}: the output was computed on the CPU",
+                self.what
+            ))),
+        }
     }
 }
 

@@ -226,6 +226,7 @@ impl CapturedSteps {
                 HostError::Other(format!("in the step's {what}: {e}"))
             };
             let (body, tape) = KeyTape::slots(base, n_keys).run(|| -> Result<()> {
+                let scope = recblocks_core::nn::ParamGradScope::enter();
                 let loss = run
                     .objective
                     .train_loss(run.model.backbone.as_ref(), fixed)
@@ -234,7 +235,9 @@ impl CapturedSteps {
                 loss_buf
                     .slice_set(&value, 0, 0)
                     .map_err(|e| part("loss copy", &e))?;
-                let grads = loss.backward().map_err(|e| part("backward pass", &e))?;
+                let grads = scope
+                    .backward(&loss)
+                    .map_err(|e| part("backward pass", &e))?;
                 // The update reads the loss first and leaves everything as it was when the loss
                 // is not finite, as an uncaptured step stops before its update; the replay then
                 // reports the loss.
@@ -297,12 +300,13 @@ impl CapturedSteps {
         let (out, tape) = {
             let _static = StaticShapes::enter();
             KeyTape::given(keys).run(|| -> Result<f32> {
+                let scope = recblocks_core::nn::ParamGradScope::enter();
                 let loss = run
                     .objective
                     .train_loss(run.model.backbone.as_ref(), fixed)?;
                 let value = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
                 run.check_loss(value, info, b)?;
-                let grads = loss.backward()?;
+                let grads = scope.backward(&loss)?;
                 run.adam.step_counted(&grads)?;
                 Ok(value)
             })

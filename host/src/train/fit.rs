@@ -308,6 +308,8 @@ impl TrainRun<'_> {
         info: &EpochInfo,
         b: usize,
     ) -> Result<f32> {
+        // Nodes that hold parameters write their gradients to the scope (nn::param_grads).
+        let scope = recblocks_core::nn::ParamGradScope::enter();
         let loss = self
             .objective
             .train_loss(self.model.backbone.as_ref(), batch)?;
@@ -317,7 +319,7 @@ impl TrainRun<'_> {
             // loss on the device and changes nothing unless it is finite, so a non-finite loss
             // still stops the run with the parameters as they were.
             let loss = loss.to_dtype(candle_core::DType::F32)?.reshape(1)?;
-            let grads = loss.backward()?;
+            let grads = scope.backward(&loss)?;
             self.adam.step_guarded(&grads, &loss)?;
             let value = loss.to_vec1::<f32>()?.first().copied().unwrap_or(f32::NAN);
             self.check_loss(value, info, b)?;
@@ -325,7 +327,7 @@ impl TrainRun<'_> {
         }
         let value = loss.to_dtype(candle_core::DType::F32)?.to_scalar::<f32>()?;
         self.check_loss(value, info, b)?;
-        let grads = loss.backward()?;
+        let grads = scope.backward(&loss)?;
         self.adam.step(&grads)?;
         Ok(value)
     }

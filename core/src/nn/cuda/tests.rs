@@ -111,7 +111,10 @@ fn cuda_layer_norm_matches_the_cpu_op() -> Result<()> {
     let Some(dev) = gpu("cuda_layer_norm") else {
         return Ok(());
     };
-    for shape in [&[300, 64][..], &[257, 100], &[3, 1024], &[4, 25, 64]] {
+    // `scoped`: the GPU norm built under a trainer's parameter-gradient scope, a node over its
+    // input alone that writes the weight's and bias's gradients to the scope.
+    let shapes = [&[300, 64][..], &[257, 100], &[3, 1024], &[4, 25, 64]];
+    for (shape, scoped) in shapes.iter().flat_map(|s| [(*s, false), (*s, true)]) {
         let d = shape[shape.len() - 1];
         let rows = shape.iter().product::<usize>() / d;
         let (xc, xg) = pair(shape, 3, &dev)?;
@@ -122,12 +125,19 @@ fn cuda_layer_norm_matches_the_cpu_op() -> Result<()> {
         let yc = lc
             .forward(xc.as_tensor())
             .map_err(candle_core::Error::wrap)?;
+        let scope = scoped.then(crate::nn::ParamGradScope::enter);
         let yg = lg
             .forward(xg.as_tensor())
             .map_err(candle_core::Error::wrap)?;
         assert_close("layer norm output", &yg, &yc, 1e-5)?;
         let gc = weighted_sum(&yc, 6)?.backward()?;
-        let gg = weighted_sum(&yg, 6)?.backward()?;
+        let lossg = weighted_sum(&yg, 6)?;
+        let in_graph = lossg.sorted_nodes().iter().any(|t| t.id() == wg.id());
+        assert_eq!(in_graph, !scoped, "layer norm: the weight is a graph node");
+        let gg = match scope {
+            Some(scope) => scope.backward(&lossg)?,
+            None => lossg.backward()?,
+        };
         for (what, c, g) in [
             ("input", &xc, &xg),
             ("weight", &wc, &wg),
@@ -365,6 +375,51 @@ fn cuda_activation_dropout_matches_the_cpu_op() -> Result<()> {
             assert_close(
                 &format!("{act:?} dropout gradient (train {train})"),
                 g,
+                a,
+                1e-4,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_linear_node_matches_the_cpu_layer_with_and_without_a_scope() -> Result<()> {
+    use candle_nn::Module;
+    let Some(dev) = gpu("cuda_linear_node") else {
+        return Ok(());
+    };
+    for scoped in [false, true] {
+        let (xc, xg) = pair(&[4, 50, 64], 31, &dev)?;
+        let (wc, wg) = pair(&[48, 64], 32, &dev)?;
+        let (bc, bg) = pair(&[48], 33, &dev)?;
+        let lc = crate::nn::Linear::new(wc.as_tensor().clone(), Some(bc.as_tensor().clone()));
+        let lg = crate::nn::Linear::new(wg.as_tensor().clone(), Some(bg.as_tensor().clone()));
+        let yc = lc.forward(xc.as_tensor())?;
+        let scope = scoped.then(crate::nn::ParamGradScope::enter);
+        let yg = lg.forward(xg.as_tensor())?;
+        assert_close("linear output", &yg, &yc, 1e-5)?;
+        let gc = weighted_sum(&yc, 34)?.backward()?;
+        let lossg = weighted_sum(&yg, 34)?;
+        let in_graph = lossg.sorted_nodes().iter().any(|t| t.id() == wg.id());
+        assert_eq!(in_graph, !scoped, "linear: the weight is a graph node");
+        let gg = match scope {
+            Some(scope) => scope.backward(&lossg)?,
+            None => lossg.backward()?,
+        };
+        for (what, c, g) in [
+            ("input", &xc, &xg),
+            ("weight", &wc, &wg),
+            ("bias", &bc, &bg),
+        ] {
+            let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
+                return Err(candle_core::Error::Msg(format!(
+                    "linear: no {what} gradient"
+                )));
+            };
+            assert_close(
+                &format!("linear {what} gradient (scoped {scoped})"),
+                b,
                 a,
                 1e-4,
             )?;

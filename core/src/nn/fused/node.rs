@@ -3,7 +3,10 @@
 //! The block computes its output before the node exists; [`attach`] hands that output to candle
 //! as the result of a custom op over `(x, parameters concatenated)`, and the op's backward runs
 //! the block's own backward closure. The parameters are concatenated (a copy of a few hundred KB
-//! at most) only so that candle routes one gradient back into each of them through `cat`.
+//! at most) only so that candle routes one gradient back into each of them through `cat`; under
+//! a trainer's [`ParamGradScope`](crate::nn::param_grads::ParamGradScope) they are not: the
+//! block is a node over `x` alone and writes each parameter's gradient to the scope
+//! (`nn::param_node`).
 
 use std::sync::Mutex;
 
@@ -29,6 +32,10 @@ pub(crate) fn attach(
     let Some(backward) = backward else {
         return Tensor::from_vec(out, x.shape(), x.device());
     };
+    let refs: Vec<&Tensor> = params.iter().collect();
+    if let Some(collector) = crate::nn::param_grads::writer(x, &refs) {
+        return attach_writing(name, x, params, out, backward, collector);
+    }
     let flat = params
         .iter()
         .map(|p| p.flatten_all())
@@ -111,4 +118,37 @@ impl CustomOp2 for BlockNode {
         let dp = Tensor::from_vec(flat, packed.shape(), packed.device())?;
         Ok((Some(dx), Some(dp)))
     }
+}
+
+/// [`attach`] under a parameter-gradient scope: a node over `x` alone whose backward writes the
+/// parameters' gradients to `collector`.
+fn attach_writing(
+    name: &'static str,
+    x: &Tensor,
+    params: &[Tensor],
+    out: Vec<f32>,
+    backward: Backward,
+    collector: std::sync::Arc<crate::nn::param_grads::Collector>,
+) -> candle_core::Result<Tensor> {
+    let shapes: Vec<Shape> = params.iter().map(|p| p.shape().clone()).collect();
+    let x_shape = x.shape().clone();
+    let node_backward: crate::nn::param_node::ParamBackward = Box::new(move |grad: &Tensor| {
+        let (dx, dparams) = with_f32(grad, |g| backward(g))??;
+        if dparams.len() != shapes.len() {
+            return Err(Error::Msg(format!(
+                "{name}: {} parameter gradients for {} parameters",
+                dparams.len(),
+                shapes.len()
+            )));
+        }
+        let dev = grad.device();
+        let dparams = dparams
+            .into_iter()
+            .zip(&shapes)
+            .map(|(g, s)| Tensor::from_vec(g, s, dev))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok((Some(Tensor::from_vec(dx, &x_shape, dev)?), dparams))
+    });
+    let out = crate::nn::precomputed::Precomputed::from_values(name, out, x.shape().clone());
+    crate::nn::param_node::attach(name, x, out, params.to_vec(), collector, node_backward)
 }

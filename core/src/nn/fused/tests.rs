@@ -77,6 +77,16 @@ pub(crate) fn run(
     rng.reseed(seed);
     let y = forward(x.as_tensor(), bias, true)?;
     let grads = y.mul(&up)?.sum_all()?.backward()?;
+    run_grads(y, &grads, x, varmap)
+}
+
+/// The output, the input gradient and every parameter's gradient of a run.
+fn run_grads(
+    y: Tensor,
+    grads: &candle_core::backprop::GradStore,
+    x: Var,
+    varmap: &VarMap,
+) -> Result<Run> {
     let get = |t: &Tensor| -> Result<Vec<f32>> {
         Ok(grads
             .get(t)
@@ -333,5 +343,83 @@ fn a_second_training_step_allocates_no_large_buffer() -> Result<()> {
         "two steady-state steps allocated {fresh} large buffers fresh, {escaped} of which \
          replace tensors handed to candle"
     );
+    Ok(())
+}
+
+/// Under a trainer's parameter-gradient scope a fused block is a node over its input alone and
+/// writes its parameters' gradients to the scope (`nn::param_grads`): the same gradients as
+/// candle's routing through the concatenated parameters, bit for bit, for each block, and for a
+/// block applied twice (ALBERT's sharing: the two writes are summed in candle's order).
+#[test]
+fn blocks_writing_parameter_gradients_to_a_scope_equal_candles_routing_bit_for_bit() -> Result<()> {
+    use crate::nn::{
+        blocks::{LiGRActivation, LiGRLayer, PreLNTransformerLayer, SASRecTransformerLayer},
+        ParamGradScope,
+    };
+    let d = 8;
+    let (b, l) = (3, 6);
+    let bias = mask_cases()?
+        .into_iter()
+        .find(|(name, _)| *name == "causal + padding")
+        .and_then(|(_, m)| m.attn_bias)
+        .ok_or_else(|| crate::CoreError::Other("no mask case".into()))?;
+    let tm = masks::timeline_mask(&ids()?)?;
+    let (varmap, vb) = store(17);
+    let rng = SharedRng::new(0);
+    let sasrec = SASRecTransformerLayer::new(d, 2, 0.3, &vb.pp("s"), rng.clone())?;
+    let preln = PreLNTransformerLayer::new(d, 2, 0.3, 4, &vb.pp("p"), rng.clone())?;
+    let ligr = LiGRLayer::new(
+        d,
+        2,
+        0.3,
+        2,
+        LiGRActivation::Swiglu,
+        true,
+        &vb.pp("l"),
+        rng.clone(),
+    )?;
+    let stack = |x: &Tensor| -> Result<Tensor> {
+        let y = crate::nn::fused::sasrec::forward_t(&sasrec, x, Some(&tm), Some(&bias), true)?;
+        let y = crate::nn::fused::preln::forward_t(&preln, &y, Some(&bias), true)?;
+        let y = crate::nn::fused::ligr::forward_t(&ligr, &y, Some(&bias), true)?;
+        // The SASRec block again: its parameters get two gradients.
+        crate::nn::fused::sasrec::forward_t(&sasrec, &y, Some(&tm), Some(&bias), true)
+    };
+    let xs: Vec<f32> = (0..b * l * d).map(|i| (i as f32 * 0.61).cos()).collect();
+    let up: Vec<f32> = (0..b * l * d).map(|i| (i as f32 * 0.77).sin()).collect();
+    let up = Tensor::from_vec(up, (b, l, d), &Device::Cpu)?;
+    let params: Vec<candle_core::TensorId> = varmap.all_vars().iter().map(|v| v.id()).collect();
+    let mut runs = Vec::new();
+    for scoped in [false, true] {
+        let x = Var::from_vec(xs.clone(), (b, l, d), &Device::Cpu)?;
+        rng.reseed(5);
+        let scope = scoped.then(ParamGradScope::enter);
+        let y = stack(x.as_tensor())?;
+        let loss = y.mul(&up)?.sum_all()?;
+        let in_graph = loss
+            .sorted_nodes()
+            .iter()
+            .filter(|t| params.contains(&t.id()))
+            .count();
+        // Candle's routing reaches every parameter through the graph; the scope's, none.
+        assert_eq!(
+            in_graph,
+            if scoped { 0 } else { params.len() },
+            "scoped {scoped}"
+        );
+        let grads = match scope {
+            Some(scope) => scope.backward(&loss)?,
+            None => loss.backward()?,
+        };
+        runs.push(run_grads(y, &grads, x, &varmap)?);
+    }
+    let (plain, scoped) = (&runs[0], &runs[1]);
+    assert_eq!(plain.y, scoped.y);
+    assert_eq!(plain.dx, scoped.dx);
+    assert_eq!(plain.dparams.len(), params.len());
+    for (name, g) in &plain.dparams {
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&scoped.dparams[name]), bits(g), "gradient of {name}");
+    }
     Ok(())
 }
