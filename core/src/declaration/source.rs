@@ -181,6 +181,34 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/nn/block_node/mod.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/block_node/mod.rs"
+        )),
+    ),
+    (
+        "src/nn/block_node/preln.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/block_node/preln.rs"
+        )),
+    ),
+    (
+        "src/nn/block_node/sasrec.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/block_node/sasrec.rs"
+        )),
+    ),
+    (
+        "src/nn/block_node/tests.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/block_node/tests.rs"
+        )),
+    ),
+    (
         "src/nn/blocks/ligr.rs",
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),

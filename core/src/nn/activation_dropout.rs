@@ -26,19 +26,56 @@ pub(crate) fn activation_dropout(
     dropout: &Dropout,
     train: bool,
 ) -> Result<Option<Tensor>> {
+    let Some(op) = op_for(h, act, dropout, train) else {
+        return Ok(None);
+    };
+    Ok(Some(h.contiguous()?.apply_op1(op)?))
+}
+
+/// The op for `h` (drawing its mask when `train`), or `None` for SiLU and other dtypes.
+fn op_for(h: &Tensor, act: Activation, dropout: &Dropout, train: bool) -> Option<ActDropout> {
     let code = match act {
         Activation::Relu => 0,
         Activation::Gelu => 1,
-        Activation::Silu => return Ok(None),
+        Activation::Silu => return None,
     };
     if h.dtype() != candle_core::DType::F32 {
-        return Ok(None);
+        return None;
     }
-    let op = ActDropout {
+    Some(ActDropout {
         act: code,
         drop: if train { dropout.draw() } else { None },
+    })
+}
+
+/// `dropout(act(h))` outside the graph (`h` detached), and what its backward pass needs; `None`
+/// where [`activation_dropout`] would be (a GPU block node runs it among its other ops).
+pub(crate) fn act_dropout_forward(
+    h: &Tensor,
+    act: Activation,
+    dropout: &Dropout,
+    train: bool,
+) -> Result<Option<(Tensor, ActDropoutGradOf)>> {
+    let Some(op) = op_for(h, act, dropout, train) else {
+        return Ok(None);
     };
-    Ok(Some(h.contiguous()?.apply_op1(op)?))
+    let h = h.contiguous()?;
+    let y = h.apply_op1_no_bwd(&op)?;
+    Ok(Some((y, ActDropoutGradOf { op, h })))
+}
+
+/// The input of an [`act_dropout_forward`] and its op, for the backward pass.
+pub(crate) struct ActDropoutGradOf {
+    op: ActDropout,
+    h: Tensor,
+}
+
+impl ActDropoutGradOf {
+    /// `dh = g·mask·act'(h)`.
+    pub(crate) fn backward(&self, g: &Tensor) -> Result<Tensor> {
+        self.h
+            .apply_op2_no_bwd(&g.contiguous()?, &ActDropoutGrad(self.op))
+    }
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -49,6 +49,32 @@ pub(crate) fn attention_core(
     scale: f64,
     dropout: Option<&Dropout>,
 ) -> Result<Option<Tensor>> {
+    let drop = dropout.and_then(Dropout::draw);
+    let Some((out, saved)) = core_forward(q, k, v, heads, bias, scale, drop)? else {
+        return Ok(None);
+    };
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(Some(out));
+    }
+    let node = CoreNode {
+        out: Precomputed::new("attention core", out),
+        saved: Mutex::new(Some(saved)),
+    };
+    Ok(Some(q.apply_op3(k, v, node)?))
+}
+
+/// The attention core's forward pass outside the graph (`q`, `k`, `v` are detached here), with
+/// the weights' dropout mask `drop`, and what its backward pass reads; `None` where the attention
+/// weights op does not apply.
+pub(crate) fn core_forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    bias: Option<&Tensor>,
+    scale: f64,
+    drop: Option<super::dropout::MaskDraw>,
+) -> Result<Option<(Tensor, SavedCore)>> {
     let (_, _, d) = q.dims3()?;
     if heads == 0 || d % heads != 0 {
         return Ok(None);
@@ -59,30 +85,25 @@ pub(crate) fn attention_core(
         split(&v.detach(), heads)?,
     );
     let scores = qh.matmul(&kh.t()?)?;
-    let drop = dropout.and_then(Dropout::draw);
     let Some((weights, bias_t)) = weights_op(&scores, bias, scale, drop)? else {
         return Ok(None);
     };
     let p = scores.apply_op2_no_bwd(&bias_t, &weights)?;
     let out = merge(&p.matmul(&vh)?)?;
-    if !(q.track_op() || k.track_op() || v.track_op()) {
-        return Ok(Some(out));
-    }
-    let node = CoreNode {
-        out: Precomputed::new("attention core", out),
-        saved: Mutex::new(Some(SavedCore {
+    Ok(Some((
+        out,
+        SavedCore {
             qh,
             kh,
             vh,
             p,
             weights,
-        })),
-    };
-    Ok(Some(q.apply_op3(k, v, node)?))
+        },
+    )))
 }
 
 /// What the backward pass reads.
-struct SavedCore {
+pub(crate) struct SavedCore {
     qh: Tensor,
     kh: Tensor,
     vh: Tensor,
@@ -146,14 +167,22 @@ impl CustomOp3 for CoreNode {
             .map_err(poisoned)?
             .take()
             .ok_or_else(|| Error::Msg("attention core: backward ran twice".into()))?;
-        let heads = s.qh.dims4()?.1;
+        let (d_q, d_k, d_v) = s.backward(grad)?;
+        Ok((Some(d_q), Some(d_k), Some(d_v)))
+    }
+}
+
+impl SavedCore {
+    /// `(dq, dk, dv)` `[B, L, d]` from the gradient of the merged output `[B, Lq, d]`.
+    pub(crate) fn backward(&self, grad: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let heads = self.qh.dims4()?.1;
         let d_out = split(&grad.detach(), heads)?;
-        let d_v = s.p.t()?.matmul(&d_out)?;
-        let d_p = d_out.matmul(&s.vh.t()?)?;
-        let d_scores = d_p.apply_op1_no_bwd(&s.weights.grad_op()?)?;
-        let d_q = d_scores.matmul(&s.kh)?;
-        let d_k = d_scores.t()?.matmul(&s.qh)?;
-        Ok((Some(merge(&d_q)?), Some(merge(&d_k)?), Some(merge(&d_v)?)))
+        let d_v = self.p.t()?.matmul(&d_out)?;
+        let d_p = d_out.matmul(&self.vh.t()?)?;
+        let d_scores = d_p.apply_op1_no_bwd(&self.weights.grad_op()?)?;
+        let d_q = d_scores.matmul(&self.kh)?;
+        let d_k = d_scores.t()?.matmul(&self.qh)?;
+        Ok((merge(&d_q)?, merge(&d_k)?, merge(&d_v)?))
     }
 }
 

@@ -151,6 +151,12 @@ impl MaskDraw {
     }
 }
 
+/// `x · mask`, outside the graph: the forward pass of a drawn dropout mask and, applied to the
+/// output's gradient, its backward pass (a GPU block node runs it among its other ops).
+pub(crate) fn apply_mask(x: &Tensor, draw: MaskDraw) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op1_no_bwd(&MaskOp(draw))
+}
+
 /// `x · mask(key)` as one op (the device path: the mask is drawn where it is applied); its
 /// backward pass applies the same mask, drawn again from the key, to the output gradient.
 #[derive(Debug, Clone, Copy)]

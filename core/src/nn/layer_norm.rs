@@ -97,23 +97,11 @@ impl LayerNorm {
         } else {
             x.detach().reshape((rows, d))?.contiguous()?
         };
-        let w = self.weight.detach().contiguous()?;
-        let b = self.bias.detach().contiguous()?;
-        let op = FusedLayerNorm {
-            eps: self.eps as f32,
-            stats: Arc::new(Mutex::new(Vec::new())),
-        };
-        let y = x_in.apply_op3_no_bwd(&w, &b, &op)?.reshape(dims)?;
+        let (y, grad) = self.forward_parts(&x_in)?;
+        let y = y.reshape(dims)?;
         let x_shape = x.shape().clone();
-        let backward: crate::nn::param_node::ParamBackward = Box::new(move |grad: &Tensor| {
-            let g = grad.reshape(x_in.shape())?.contiguous()?;
-            let missing = || Error::Msg("layer norm: a gradient is missing".into());
-            let (dx, dw, db) = op.bwd(&x_in, &w, &b, &g, &g)?;
-            let (dx, dw, db) = (
-                dx.ok_or_else(missing)?,
-                dw.ok_or_else(missing)?,
-                db.ok_or_else(missing)?,
-            );
+        let backward: crate::nn::param_node::ParamBackward = Box::new(move |g: &Tensor| {
+            let (dx, dw, db) = grad.backward(g)?;
             Ok((Some(dx.reshape(x_shape)?), vec![dw, db]))
         });
         let params = vec![self.weight.clone(), self.bias.clone()];
@@ -128,6 +116,28 @@ impl LayerNorm {
         )?)
     }
 
+    /// The norm of `x_in` (detached, contiguous; rows `[R, d]` on the CPU, any rank on a CUDA
+    /// device) outside the graph, and what its backward pass needs (nodes that run several ops
+    /// inside them: this one, a GPU block node).
+    pub(crate) fn forward_parts(&self, x_in: &Tensor) -> candle_core::Result<(Tensor, NormGrad)> {
+        let w = self.weight.detach().contiguous()?;
+        let b = self.bias.detach().contiguous()?;
+        let op = FusedLayerNorm {
+            eps: self.eps as f32,
+            stats: Arc::new(Mutex::new(Vec::new())),
+        };
+        let y = x_in.apply_op3_no_bwd(&w, &b, &op)?;
+        Ok((
+            y,
+            NormGrad {
+                op,
+                x: x_in.clone(),
+                w,
+                b,
+            },
+        ))
+    }
+
     /// The same normalisation composed from candle ops (the reference, and the non-CPU path).
     pub fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         let mean = x.mean_keepdim(D::Minus1)?;
@@ -137,6 +147,28 @@ impl LayerNorm {
         Ok(normed
             .broadcast_mul(&self.weight)?
             .broadcast_add(&self.bias)?)
+    }
+}
+
+/// What a layer norm run by [`LayerNorm::forward_parts`] keeps for its backward pass.
+pub(crate) struct NormGrad {
+    op: FusedLayerNorm,
+    x: Tensor,
+    w: Tensor,
+    b: Tensor,
+}
+
+impl NormGrad {
+    /// `(dx, dweight, dbias)` from the output's gradient `g` (the input's shape or its rows).
+    pub(crate) fn backward(&self, g: &Tensor) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let g = g.reshape(self.x.shape())?.contiguous()?;
+        let missing = || Error::Msg("layer norm: a gradient is missing".into());
+        let (dx, dw, db) = self.op.bwd(&self.x, &self.w, &self.b, &g, &g)?;
+        Ok((
+            dx.ok_or_else(missing)?,
+            dw.ok_or_else(missing)?,
+            db.ok_or_else(missing)?,
+        ))
     }
 }
 

@@ -101,7 +101,11 @@ impl CustomOp3 for LinearNode {
 
 /// `(dx [R, in], dW, db)` of the layer from the output's gradient `grad` (`R` rows of `out`),
 /// the input rows `x2d` and the weight `w`.
-fn gradients(grad: &Tensor, x2d: &Tensor, w: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+pub(crate) fn gradients(
+    grad: &Tensor,
+    x2d: &Tensor,
+    w: &Tensor,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (out_dim, _) = w.dims2()?;
     let rows = x2d.dims2()?.0;
     let g = grad.detach().reshape((rows, out_dim))?.contiguous()?;

@@ -12,6 +12,7 @@ pub(crate) mod activation_dropout;
 pub mod attention;
 pub(crate) mod attention_core;
 pub(crate) mod attention_weights;
+pub(crate) mod block_node;
 pub mod blocks;
 pub mod capture;
 pub mod catalog_softmax;

@@ -65,13 +65,22 @@ impl PreLNTransformerLayer {
     }
 
     /// Applies the block to `x` `[B, L, d]` under the additive attention bias: the fused block
-    /// ([`crate::nn::fused`]) on the CPU, else [`forward_generic_t`](Self::forward_generic_t).
+    /// ([`crate::nn::fused`]) on the CPU, one node ([`crate::nn::block_node`]) on a GPU under a
+    /// trainer's parameter-gradient scope, else [`forward_generic_t`](Self::forward_generic_t).
     pub fn forward_t(&self, x: &Tensor, attn_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
         if crate::nn::fused::usable(x)
             && crate::nn::fused::supports_bias(attn_bias)
             && crate::nn::fused::preln::fused_act(self.feed_forward.activation).is_some()
         {
             return crate::nn::fused::preln::forward_t(self, x, attn_bias, train);
+        }
+        if crate::nn::fused::preln::fused_act(self.feed_forward.activation).is_some() {
+            let params = || crate::nn::block_node::preln::params(self);
+            if let Some(c) = crate::nn::block_node::writer_for(x, params, attn_bias) {
+                return Ok(crate::nn::block_node::preln::forward_t(
+                    self, x, attn_bias, train, c,
+                )?);
+            }
         }
         self.forward_generic_t(x, attn_bias, train)
     }

@@ -10,6 +10,7 @@ use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::LAYER_NORM_EPS;
+use crate::nn::block_node::sasrec as block_node;
 use crate::{
     context::SharedRng,
     nn::{Activation, Dropout, LayerNorm, MultiHeadAttention, PointWiseFeedForward},
@@ -65,12 +66,25 @@ impl SASRecTransformerLayer {
     }
 
     /// Applies the block to `x` `[B, L, d]` under the additive attention bias: the fused block
-    /// ([`crate::nn::fused`]) on the CPU, else [`forward_generic_t`](Self::forward_generic_t).
+    /// ([`crate::nn::fused`]) on the CPU, one node ([`crate::nn::block_node`]) on a GPU under a
+    /// trainer's parameter-gradient scope, else [`forward_generic_t`](Self::forward_generic_t).
     pub fn forward_t(&self, x: &Tensor, attn_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
         if crate::nn::fused::usable(x) && crate::nn::fused::supports_bias(attn_bias) {
             return crate::nn::fused::sasrec::forward_t(self, x, None, attn_bias, train);
         }
+        if let Some(c) = self.block_node_writer(x, attn_bias) {
+            return Ok(block_node::forward_t(self, x, None, attn_bias, train, c)?);
+        }
         self.forward_generic_t(x, attn_bias, train)
+    }
+
+    /// Where the block runs as one node on a GPU ([`crate::nn::block_node`]), its collector.
+    fn block_node_writer(
+        &self,
+        x: &Tensor,
+        attn_bias: Option<&Tensor>,
+    ) -> Option<std::sync::Arc<crate::nn::param_grads::Collector>> {
+        crate::nn::block_node::writer_for(x, || block_node::params(self), attn_bias)
     }
 
     /// `forward_t(x ⊙ timeline_mask, ...)` (`timeline_mask` `[B, L, 1]`), as the SASRec stack
@@ -90,6 +104,16 @@ impl SASRecTransformerLayer {
                 attn_bias,
                 train,
             );
+        }
+        if let Some(c) = self.block_node_writer(x, attn_bias) {
+            return Ok(block_node::forward_t(
+                self,
+                x,
+                Some(timeline_mask),
+                attn_bias,
+                train,
+                c,
+            )?);
         }
         self.forward_generic_t(&x.broadcast_mul(timeline_mask)?, attn_bias, train)
     }

@@ -744,3 +744,113 @@ fn cuda_lookups_give_nan_for_an_id_outside_the_table() -> Result<()> {
     assert!(scores[0][0].is_finite() && scores[1][0].is_nan());
     Ok(())
 }
+
+/// A block's parameters on the GPU: every variable of `cpu` copied into a new map there.
+fn gpu_varmap(cpu: &candle_nn::VarMap, dev: &Device) -> Result<candle_nn::VarMap> {
+    let out = candle_nn::VarMap::new();
+    {
+        let src = cpu.data().lock().unwrap_or_else(|e| e.into_inner());
+        let mut dst = out.data().lock().unwrap_or_else(|e| e.into_inner());
+        for (name, var) in src.iter() {
+            dst.insert(
+                name.clone(),
+                Var::from_tensor(&var.as_tensor().to_device(dev)?)?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A block's training pass over `(x, timeline mask, attention bias)`.
+type BlockPass = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> crate::Result<Tensor>>;
+
+#[test]
+fn cuda_block_nodes_match_the_cpu_blocks() -> Result<()> {
+    // The SASRec and pre-LN blocks as one node each (a trainer's scope open, as `fit` opens it),
+    // against the fused CPU blocks: the same dropout masks, outputs to 1e-5, gradients to 1e-4.
+    use crate::nn::{PreLNTransformerLayer, SASRecTransformerLayer};
+    let Some(dev) = gpu("cuda_block_nodes") else {
+        return Ok(());
+    };
+    let (b, l, d) = (16, 50, 64);
+    let ids: Vec<u32> = (0..b * l)
+        .map(|i| {
+            if i % l < (i / l) % l {
+                0
+            } else {
+                1 + i as u32 % 97
+            }
+        })
+        .collect();
+    let ids = Tensor::from_vec(ids, (b, l), &Device::Cpu)?;
+    let bias_c = crate::nn::masks::attention_bias(&ids, true, true)
+        .map_err(candle_core::Error::wrap)?
+        .ok_or_else(|| candle_core::Error::Msg("no bias".into()))?;
+    let tm_c = crate::nn::masks::timeline_mask(&ids).map_err(candle_core::Error::wrap)?;
+    let (bias_g, tm_g) = (bias_c.to_device(&dev)?, tm_c.to_device(&dev)?);
+    for kind in ["SASRec", "pre-LN"] {
+        let (vm_c, vb_c) = crate::nn::blocks::test_util::store(23);
+        let build = |vb: &candle_nn::VarBuilder, rng: SharedRng| -> Result<BlockPass> {
+            Ok(if kind == "SASRec" {
+                let blk = SASRecTransformerLayer::new(d, 2, 0.2, vb, rng)
+                    .map_err(candle_core::Error::wrap)?;
+                Box::new(move |x: &Tensor, tm: &Tensor, bias: &Tensor| {
+                    blk.forward_masked_t(x, tm, Some(bias), true)
+                })
+            } else {
+                let blk = PreLNTransformerLayer::new(d, 2, 0.2, 4, vb, rng)
+                    .map_err(candle_core::Error::wrap)?;
+                Box::new(move |x: &Tensor, _tm: &Tensor, bias: &Tensor| {
+                    blk.forward_t(x, Some(bias), true)
+                })
+            })
+        };
+        let block_c = build(&vb_c, SharedRng::new(9))?;
+        let vm_g = gpu_varmap(&vm_c, &dev)?;
+        let block_g = build(
+            &candle_nn::VarBuilder::from_varmap(&vm_g, DType::F32, &dev),
+            SharedRng::new(9),
+        )?;
+        let (xc, xg) = pair(&[b, l, d], 51, &dev)?;
+        let yc = block_c(xc.as_tensor(), &tm_c, &bias_c).map_err(candle_core::Error::wrap)?;
+        let scope = crate::nn::ParamGradScope::enter();
+        let yg = block_g(xg.as_tensor(), &tm_g, &bias_g).map_err(candle_core::Error::wrap)?;
+        assert_close(&format!("{kind} block output"), &yg, &yc, 1e-5)?;
+        let gc = weighted_sum(&yc, 52)?.backward()?;
+        let loss_g = weighted_sum(&yg, 52)?;
+        let nodes = loss_g.sorted_nodes().len();
+        // The input, the node and the loss's own ops: no parameter and no inner op in the graph.
+        assert!(nodes <= 4, "{kind}: {nodes} graph nodes");
+        let gg = scope.backward(&loss_g)?;
+        let want = |t: &Tensor| {
+            gc.get(t)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("{kind}: no CPU gradient")))
+        };
+        let got = |t: &Tensor| {
+            gg.get(t)
+                .cloned()
+                .ok_or_else(|| candle_core::Error::Msg(format!("{kind}: no GPU gradient")))
+        };
+        assert_close(
+            &format!("{kind} input gradient"),
+            &got(xg.as_tensor())?,
+            &want(xc.as_tensor())?,
+            1e-4,
+        )?;
+        let data_c = vm_c.data().lock().unwrap_or_else(|e| e.into_inner());
+        let data_g = vm_g.data().lock().unwrap_or_else(|e| e.into_inner());
+        for (name, vc) in data_c.iter() {
+            let vg = data_g
+                .get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no {name}")))?;
+            assert_close(
+                &format!("{kind} gradient of {name}"),
+                &got(vg.as_tensor())?,
+                &want(vc.as_tensor())?,
+                1e-4,
+            )?;
+        }
+    }
+    Ok(())
+}
