@@ -3,7 +3,8 @@
 (A) and a variant (B), each a bench/compare.sh output folder, with s/epoch (the median of the
 epochs after the first, as bench/compare_table.py takes it), the last epoch's training loss and
 Recall@10 / NDCG@10, and the ratio B / A of s/epoch. bench/gpu/run.sh uses it for the lookups
-stage (candle's index_select/index_add against nn::gather_rows on the GPU).
+stage (candle's index_select/index_add against nn::gather_rows on the GPU) and the nodes stage
+(candle's gradient routing against block nodes and parameter gradients written to a scope).
 
 Usage: ab_table.py --dataset ml100k --models sasrec,bert4rec --a LABEL=DIR --b LABEL=DIR [--seed 42]
 """

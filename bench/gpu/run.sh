@@ -28,6 +28,9 @@
 #   5 lookups  recblocks alone on ML-100k SASRec + BERT4Rec with RECBLOCKS_CUDA_LOOKUPS=candle
 #              (candle's index_select/index_add), set against stage compare's runs
 #              (bench/gpu/ab_table.py); skipped if short of time
+#   5 nodes    recblocks alone on ML-100k SASRec + BERT4Rec with RECBLOCKS_PARAM_GRADS=graph (no
+#              block nodes; every parameter gradient routed through candle's graph), set against
+#              stage compare's runs (bench/gpu/ab_table.py); skipped if short of time
 #   5 seeds    recblocks alone on ML-100k SASRec, seeds SEEDS [1,2,3,4,5], EPOCHS epochs, on the GPU
 #              and on the CPU at once; the summary sets the metrics side by side with their seed
 #              spread (bench/gpu/seed_spread.py); skipped if short of time
@@ -372,6 +375,13 @@ stage_lookups() {
    compare ml100k sasrec,bert4rec ml100k-candle-lookups --epochs "$EPOCHS" --systems recblocks)
 }
 
+stage_nodes() {
+  [ "$DEVICE" != cpu ] || { note "nodes compares two GPU paths: skipped"; return 0; }
+  recblocks_ok || { note "no binary (stage 2)"; return 1; }
+  (export RECBLOCKS_PARAM_GRADS=graph
+   compare ml100k sasrec,bert4rec ml100k-graph-routing --epochs "$EPOCHS" --systems recblocks)
+}
+
 stage_seeds() {
   [ "$DEVICE" != cpu ] || { note "seeds compares the GPU with the CPU: skipped"; return 0; }
   recblocks_ok || { note "no binary (stage 2)"; return 1; }
@@ -471,6 +481,7 @@ plan=(
   "5 graph 80 30 0"
   "5 lookups 50 30 1"
   "5 seeds 60 40 1"
+  "5 nodes 50 30 1"
   "6 pytorch 90 30 0"
   "7 big 150 60 0"
   "8 profile 60 30 1"
@@ -572,6 +583,14 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
     python3 bench/gpu/ab_table.py --dataset ml100k --models sasrec,bert4rec \
       --a "candle (RECBLOCKS_CUDA_LOOKUPS=candle)=$WORK/compare/ml100k-candle-lookups" \
       --b "nn::gather_rows (stage compare)=$WORK/compare/ml100k" 2>&1
+    echo
+  fi
+  if ran nodes && [ -d "$WORK/compare/ml100k-graph-routing" ]; then
+    echo "## block nodes: candle's routing of every gradient against block nodes and parameter gradients written to the step's scope (bench/gpu/ab_table.py)"
+    echo
+    python3 bench/gpu/ab_table.py --dataset ml100k --models sasrec,bert4rec \
+      --a "candle's routing (RECBLOCKS_PARAM_GRADS=graph)=$WORK/compare/ml100k-graph-routing" \
+      --b "block nodes (stage compare)=$WORK/compare/ml100k" 2>&1
     echo
   fi
   if ran seeds && [ -d "$WORK/compare/seeds-cuda" ]; then
