@@ -2,7 +2,9 @@
 //! and seed trained with `RECBLOCKS_BLOCKS=fused` and `=generic` (each in its own process, so the
 //! switch touches no other test), dropout on, 20 Adam steps. Each model's training loss agrees to
 //! 1e-5 and every weight to 1e-4 (relative to max(1, |w|)) — SASRec, BERT4Rec, LiGR, and ALBERT's
-//! shared layers (2 hidden groups × 2 inner groups) of both layer types.
+//! shared layers (2 hidden groups × 2 inner groups) of both layer types. The same for
+//! `RECBLOCKS_BLOCKS=nodes`, the GPU's block nodes run on the CPU under `fit`'s
+//! parameter-gradient scope (all but LiGR, which has no block node).
 //!
 //! One exception, named: the key projection's bias. Its gradient is zero in exact arithmetic (a
 //! softmax does not change when every score of a row shifts by the same amount), so each path
@@ -153,38 +155,60 @@ fn fused_and_generic_blocks_train_to_the_same_weights() {
         ),
     ];
     for (name, spec) in &cases {
-        let (loss_f, fused) = fit(dir.path(), name, spec, &log, "fused");
         let (loss_g, generic) = fit(dir.path(), name, spec, &log, "generic");
-        assert!(
-            (loss_f - loss_g).abs() <= 1e-5 * loss_g.abs().max(1.0),
-            "{name}: loss fused {loss_f} vs generic {loss_g}"
-        );
-        assert_eq!(
-            fused.keys().collect::<Vec<_>>(),
-            generic.keys().collect::<Vec<_>>()
-        );
-        let mut compared = 0;
-        for (key, g) in &generic {
-            let f = &fused[key];
-            // The key bias's gradient is zero in exact arithmetic; see the module doc.
-            let tol = if key.ends_with("k_proj.bias") {
-                20.0 * 0.001
-            } else {
-                1e-4
-            };
-            for (i, (a, b)) in f.iter().zip(g).enumerate() {
-                assert!(
-                    (a - b).abs() <= tol * b.abs().max(1.0),
-                    "{name}: {key}[{i}] fused {a} vs generic {b}"
-                );
-            }
-            compared += 1;
+        // `nodes`: the GPU's block nodes run on the CPU in place of the fused blocks (LiGR has
+        // none: it is composed there, as generic).
+        let paths: &[&str] = if *name == "ligr" {
+            &["fused"]
+        } else {
+            &["fused", "nodes"]
+        };
+        for path in paths {
+            check_against_generic(dir.path(), name, spec, &log, path, loss_g, &generic);
         }
-        assert!(compared > 10, "{name}: only {compared} tensors");
-        // The two runs really took different paths: their rounding differs somewhere.
-        assert!(
-            generic.iter().any(|(key, g)| fused[key] != *g),
-            "{name}: fused and generic weights are bit-identical; was RECBLOCKS_BLOCKS applied?"
-        );
     }
+}
+
+/// Fits `spec` with `path` and checks it against the generic run's loss and weights.
+fn check_against_generic(
+    dir: &Path,
+    name: &str,
+    spec: &str,
+    log: &Path,
+    path: &str,
+    loss_g: f64,
+    generic: &BTreeMap<String, Vec<f32>>,
+) {
+    let (loss_f, got) = fit(dir, name, spec, log, path);
+    assert!(
+        (loss_f - loss_g).abs() <= 1e-5 * loss_g.abs().max(1.0),
+        "{name}: loss {path} {loss_f} vs generic {loss_g}"
+    );
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        generic.keys().collect::<Vec<_>>()
+    );
+    let mut compared = 0;
+    for (key, g) in generic {
+        let f = &got[key];
+        // The key bias's gradient is zero in exact arithmetic; see the module doc.
+        let tol = if key.ends_with("k_proj.bias") {
+            20.0 * 0.001
+        } else {
+            1e-4
+        };
+        for (i, (a, b)) in f.iter().zip(g).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * b.abs().max(1.0),
+                "{name}: {key}[{i}] {path} {a} vs generic {b}"
+            );
+        }
+        compared += 1;
+    }
+    assert!(compared > 10, "{name}: only {compared} tensors");
+    // The two runs really took different paths: their rounding differs somewhere.
+    assert!(
+        generic.iter().any(|(key, g)| got[key] != *g),
+        "{name}: {path} and generic weights are bit-identical; was RECBLOCKS_BLOCKS applied?"
+    );
 }

@@ -13,7 +13,9 @@
 //!
 //! The models use block nodes on CUDA devices only, and only under a scope: anywhere else the
 //! blocks are the fused CPU blocks ([`crate::nn::fused`]) or composed. The tests run the block
-//! nodes on the CPU, where every op they use has its CPU form, against the composed blocks.
+//! nodes on the CPU, where every op they use has its CPU form, against the composed blocks; and
+//! `RECBLOCKS_BLOCKS=nodes` has the models run them on the CPU in place of the fused blocks, so a
+//! whole training run can check them without a GPU (`host/tests/it/fused_paths.rs`).
 
 pub(crate) mod preln;
 pub(crate) mod sasrec;
@@ -34,7 +36,7 @@ pub(crate) fn writer(
     params: &[&Tensor],
     bias: Option<&Tensor>,
 ) -> Option<Arc<Collector>> {
-    if !x.device().is_cuda() || !super::fused::enabled() || !usable(x, bias) {
+    if !on_this_device(x) || !super::fused::enabled() || !usable(x, bias) {
         return None;
     }
     super::param_grads::writer(x, params)
@@ -46,12 +48,18 @@ pub(crate) fn writer_for(
     params: impl FnOnce() -> Vec<Tensor>,
     bias: Option<&Tensor>,
 ) -> Option<Arc<Collector>> {
-    if !x.device().is_cuda() {
+    if !on_this_device(x) {
         return None;
     }
     let params = params();
     let refs: Vec<&Tensor> = params.iter().collect();
     writer(x, &refs, bias)
+}
+
+/// Whether `x`'s device runs block nodes: a CUDA device, or the CPU under
+/// `RECBLOCKS_BLOCKS=nodes` (the GPU's path tested through a whole training run).
+fn on_this_device(x: &Tensor) -> bool {
+    x.device().is_cuda() || super::fused::nodes_on_cpu()
 }
 
 /// Whether a block node takes `x` and `bias`: `x` f32 `[B, L, d]`, `bias` absent or

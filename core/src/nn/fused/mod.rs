@@ -14,6 +14,8 @@
 //! them, so both paths see the same masks. The generic path stays the reference: tests compare
 //! the two, and `RECBLOCKS_BLOCKS=generic` (or [`set_enabled`]) switches the fused blocks off.
 //! Fused blocks run on the CPU for f32; anything else takes the generic path.
+//! `RECBLOCKS_BLOCKS=nodes` runs a GPU's block nodes ([`crate::nn::block_node`]) on the CPU
+//! instead of the fused blocks: a way to test them through a whole training run without a GPU.
 
 pub(crate) mod attention;
 pub(crate) mod kernels;
@@ -32,27 +34,37 @@ use std::sync::{
 
 use candle_core::{DType, Device, Tensor};
 
-/// 0: not read yet; 1: fused; 2: generic.
+/// 0: not read yet; 1: fused; 2: generic; 3: fused, with block nodes on the CPU too.
 static MODE: AtomicU8 = AtomicU8::new(0);
 
-/// Whether blocks take the fused path (the default). Read once from `RECBLOCKS_BLOCKS`
-/// (`generic` switches the fused blocks off) unless [`set_enabled`] was called.
-pub fn enabled() -> bool {
+/// The mode, read once from `RECBLOCKS_BLOCKS` unless [`set_enabled`] was called.
+fn mode() -> u8 {
     match MODE.load(Ordering::Relaxed) {
-        1 => true,
-        2 => false,
-        _ => {
-            let fused = std::env::var("RECBLOCKS_BLOCKS").map_or(true, |v| v != "generic");
+        0 => {
+            let mode = match std::env::var("RECBLOCKS_BLOCKS").as_deref() {
+                Ok("generic") => 2,
+                Ok("nodes") => 3,
+                _ => 1,
+            };
             // Another thread may have decided first; keep its decision.
-            let _ = MODE.compare_exchange(
-                0,
-                if fused { 1 } else { 2 },
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
-            MODE.load(Ordering::Relaxed) == 1
+            let _ = MODE.compare_exchange(0, mode, Ordering::Relaxed, Ordering::Relaxed);
+            MODE.load(Ordering::Relaxed)
         }
+        m => m,
     }
+}
+
+/// Whether blocks take the fused path (the default): the fused CPU blocks, and on a GPU the
+/// device ops and block nodes. Read once from `RECBLOCKS_BLOCKS` (`generic` switches the fused
+/// blocks off) unless [`set_enabled`] was called.
+pub fn enabled() -> bool {
+    mode() != 2
+}
+
+/// Whether the GPU's block nodes stand in for the fused CPU blocks on the CPU
+/// (`RECBLOCKS_BLOCKS=nodes`).
+pub(crate) fn nodes_on_cpu() -> bool {
+    mode() == 3
 }
 
 /// Turns the fused blocks on or off for the whole process (tests, benchmarks, debugging).
@@ -60,9 +72,10 @@ pub fn set_enabled(on: bool) {
     MODE.store(if on { 1 } else { 2 }, Ordering::Relaxed);
 }
 
-/// Whether `x` can take a fused block: the switch is on and `x` is an f32 CPU tensor.
+/// Whether `x` can take a fused block: the switch is on (and not set to `nodes`) and `x` is an
+/// f32 CPU tensor.
 pub(crate) fn usable(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && enabled()
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && mode() == 1
 }
 
 /// An attention bias `[B or 1, 1, queries, L]` as rows `[B, queries, L]` (per session) or
