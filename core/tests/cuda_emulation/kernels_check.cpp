@@ -1,7 +1,8 @@
 // Runs kernels of `src/nn/cuda/kernels.cu` on the CPU (through emulate.h) and checks them against
 // plain loops: the sort of entries by id, the sums by id, the row lookup and the candidate scores
 // (`rows.cu`); Adam over a table of parameters, with its guard and its coefficients from memory;
-// the attention biases; and the dropout kernels' keys read from memory against keys by value.
+// the attention biases; the dropout kernels' keys read from memory against keys by value; the
+// layer norm forward and backward; and the cross-entropy and catalog-loss row kernels.
 // Each check prints `ok <name>` or `FAIL <name>: ...`; the exit status is the number of failures.
 // Built and run by `tests/cuda_kernels_on_cpu.rs`.
 #include <algorithm>
@@ -367,6 +368,113 @@ static void check_attention_probs() {
   report(ds1 == ds2, "attention backward: key from memory equals key by value", "the two differ");
 }
 
+// The layer norm's launcher (nn/cuda/mod.rs `layer_norm`, `layer_norm_backward`): a warp per row
+// forward and for the input gradient, then the parameter gradients as column sums over chunks of
+// 256 rows (blocks of 32 columns × 8 row lanes) added in order; against loops in double.
+static void check_layer_norm(int rows, int d) {
+  char detail[200] = "";
+  const float eps = 1e-5f;
+  const int chunk = 256, chunks = std::max(1, (rows + chunk - 1) / chunk);
+  auto x = random_values(size_t(rows) * d, 50);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = x[i] * 3.0f + float(i % 5);
+  auto w = random_values(d, 51), b = random_values(d, 52), dy = random_values(x.size(), 53);
+  std::vector<float> y(x.size()), dx(x.size()), stats(2 * size_t(rows));
+  std::vector<float> partials(size_t(chunks) * 2 * d), dwb(2 * size_t(d));
+  unsigned int blocks = (rows + 3) / 4;
+  rb_launch(dim3(blocks), dim3(128),
+            [&] { rb_layer_norm_fwd(x.data(), w.data(), b.data(), y.data(), rows, d, eps); });
+  rb_launch(dim3(blocks), dim3(128), [&] {
+    rb_layer_norm_bwd_dx(x.data(), w.data(), dy.data(), dx.data(), stats.data(), rows, d, eps);
+  });
+  rb_launch(dim3((d + 31) / 32, chunks), dim3(32, 8), [&] {
+    rb_layer_norm_bwd_params(x.data(), dy.data(), stats.data(), partials.data(), rows, d, chunk);
+  });
+  rb_launch(dim3((2 * d + 255) / 256), dim3(256),
+            [&] { rb_sum_partials(partials.data(), dwb.data(), chunks, 2 * d); });
+  std::vector<float> want_y(x.size()), want_dx(x.size());
+  std::vector<double> dw(d, 0.0), db(d, 0.0);
+  for (int r = 0; r < rows; ++r) {
+    const float *xr = &x[size_t(r) * d];
+    const float *gr = &dy[size_t(r) * d];
+    double mean = 0.0, var = 0.0, a = 0.0, c = 0.0;
+    for (int j = 0; j < d; ++j) mean += xr[j];
+    mean /= d;
+    for (int j = 0; j < d; ++j) var += (xr[j] - mean) * (xr[j] - mean);
+    double rstd = 1.0 / std::sqrt(var / d + eps);
+    for (int j = 0; j < d; ++j) {
+      double xh = (xr[j] - mean) * rstd;
+      want_y[size_t(r) * d + j] = float(xh * w[j] + b[j]);
+      a += double(gr[j]) * w[j];
+      c += double(gr[j]) * w[j] * xh;
+      dw[j] += double(gr[j]) * xh;
+      db[j] += gr[j];
+    }
+    for (int j = 0; j < d; ++j) {
+      double xh = (xr[j] - mean) * rstd;
+      want_dx[size_t(r) * d + j] = float((double(gr[j]) * w[j] - a / d - xh * c / d) * rstd);
+    }
+  }
+  std::vector<float> got_dw(dwb.begin(), dwb.begin() + d), got_db(dwb.begin() + d, dwb.end());
+  std::vector<float> want_dw(dw.begin(), dw.end()), want_db(db.begin(), db.end());
+  char name[120];
+  std::snprintf(name, sizeof name, "layer norm [%d, %d]: output", rows, d);
+  report(close(y, want_y, 1e-5f, detail), name, detail);
+  std::snprintf(name, sizeof name, "layer norm [%d, %d]: input gradient", rows, d);
+  report(close(dx, want_dx, 1e-4f, detail), name, detail);
+  std::snprintf(name, sizeof name, "layer norm [%d, %d]: weight and bias gradients", rows, d);
+  bool params_ok = close(got_dw, want_dw, 1e-4f, detail) && close(got_db, want_db, 1e-4f, detail);
+  report(params_ok, name, detail);
+}
+
+// The softmax cross-entropy kernels and the catalog loss's row pass (a block of 256 per row)
+// against loops in double: per-row losses and the logits' gradient g·(softmax − onehot), zeros
+// and loss 0 where the target is 0, NaN where it is past the catalog.
+static void check_cross_entropy(int rows, int c) {
+  char detail[200] = "";
+  auto x = random_values(size_t(rows) * c, 60);
+  for (auto &v : x) v *= 4.0f;
+  auto g = random_values(rows, 61);
+  std::vector<unsigned int> t(rows);
+  for (int r = 0; r < rows; ++r)
+    t[r] = r % 7 == 3 ? 0u : (r % 11 == 5 ? unsigned(c) + 2u : 1u + unsigned(r * 37) % unsigned(c - 1));
+  std::vector<float> ce(rows), dx(x.size()), dz(x.size()), losses(rows);
+  rb_launch(dim3(rows), dim3(256), [&] { rb_softmax_ce_fwd(x.data(), t.data(), ce.data(), rows, c); });
+  rb_launch(dim3(rows), dim3(256),
+            [&] { rb_softmax_ce_bwd(x.data(), t.data(), g.data(), dx.data(), rows, c); });
+  rb_launch(dim3(rows), dim3(256), [&] {
+    rb_catalog_rows(x.data(), t.data(), g.data(), dz.data(), losses.data(), rows, c);
+  });
+  std::vector<float> want_ce(rows), want_dx(x.size()), want_losses(rows);
+  for (int r = 0; r < rows; ++r) {
+    const float *xr = &x[size_t(r) * c];
+    if (t[r] == 0u || t[r] >= unsigned(c)) {
+      float fill = t[r] == 0u ? 0.0f : NAN;
+      want_ce[r] = fill;
+      want_losses[r] = fill;
+      for (int j = 0; j < c; ++j) want_dx[size_t(r) * c + j] = fill;
+      continue;
+    }
+    double mx = -INFINITY, s = 0.0;
+    for (int j = 0; j < c; ++j) mx = std::max(mx, double(xr[j]));
+    for (int j = 0; j < c; ++j) s += std::exp(xr[j] - mx);
+    double lse = mx + std::log(s);
+    want_ce[r] = float(lse - xr[t[r]]);
+    want_losses[r] = float((lse - xr[t[r]]) * g[r]);
+    for (int j = 0; j < c; ++j)
+      want_dx[size_t(r) * c + j] =
+          float(g[r] * (std::exp(xr[j] - lse) - (unsigned(j) == t[r] ? 1.0 : 0.0)));
+  }
+  char name[120];
+  std::snprintf(name, sizeof name, "cross-entropy [%d, %d]: losses", rows, c);
+  report(close(ce, want_ce, 1e-5f, detail), name, detail);
+  std::snprintf(name, sizeof name, "cross-entropy [%d, %d]: logits gradient", rows, c);
+  report(close(dx, want_dx, 1e-5f, detail), name, detail);
+  std::snprintf(name, sizeof name, "catalog rows [%d, %d]: weighted losses", rows, c);
+  report(close(losses, want_losses, 1e-5f, detail), name, detail);
+  std::snprintf(name, sizeof name, "catalog rows [%d, %d]: logits gradient", rows, c);
+  report(close(dz, want_dx, 1e-5f, detail), name, detail);
+}
+
 int main() {
   check_sort(1, 5, 1);
   check_sort(1000, 7, 2);
@@ -384,6 +492,10 @@ int main() {
   check_attention_bias();
   check_key_slots();
   check_attention_probs();
+  check_layer_norm(37, 64);
+  check_layer_norm(600, 100);
+  check_cross_entropy(23, 300);
+  check_cross_entropy(9, 1683);
   std::printf("%d failed\n", failures);
   return failures;
 }
