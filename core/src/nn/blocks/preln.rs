@@ -65,7 +65,7 @@ impl PreLNTransformerLayer {
     }
 
     /// Applies the block to `x` `[B, L, d]` under the additive attention bias: the fused block
-    /// ([`crate::nn::fused`]) on the CPU, one node ([`crate::nn::block_node`]) on a GPU under a
+    /// ([`crate::nn::fused`]) on the CPU, one node (`nn::block_node`) on a GPU under a
     /// trainer's parameter-gradient scope, else [`forward_generic_t`](Self::forward_generic_t).
     pub fn forward_t(&self, x: &Tensor, attn_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
         if crate::nn::fused::usable(x)

@@ -66,7 +66,7 @@ impl SASRecTransformerLayer {
     }
 
     /// Applies the block to `x` `[B, L, d]` under the additive attention bias: the fused block
-    /// ([`crate::nn::fused`]) on the CPU, one node ([`crate::nn::block_node`]) on a GPU under a
+    /// ([`crate::nn::fused`]) on the CPU, one node (`nn::block_node`) on a GPU under a
     /// trainer's parameter-gradient scope, else [`forward_generic_t`](Self::forward_generic_t).
     pub fn forward_t(&self, x: &Tensor, attn_bias: Option<&Tensor>, train: bool) -> Result<Tensor> {
         if crate::nn::fused::usable(x) && crate::nn::fused::supports_bias(attn_bias) {
@@ -78,7 +78,7 @@ impl SASRecTransformerLayer {
         self.forward_generic_t(x, attn_bias, train)
     }
 
-    /// Where the block runs as one node on a GPU ([`crate::nn::block_node`]), its collector.
+    /// Where the block runs as one node on a GPU (`nn::block_node`), its collector.
     fn block_node_writer(
         &self,
         x: &Tensor,

@@ -14,7 +14,7 @@
 //! them, so both paths see the same masks. The generic path stays the reference: tests compare
 //! the two, and `RECBLOCKS_BLOCKS=generic` (or [`set_enabled`]) switches the fused blocks off.
 //! Fused blocks run on the CPU for f32; anything else takes the generic path.
-//! `RECBLOCKS_BLOCKS=nodes` runs a GPU's block nodes ([`crate::nn::block_node`]) on the CPU
+//! `RECBLOCKS_BLOCKS=nodes` runs a GPU's block nodes (`nn::block_node`) on the CPU
 //! instead of the fused blocks: a way to test them through a whole training run without a GPU.
 
 pub(crate) mod attention;
