@@ -26,7 +26,13 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor};
 
-use super::{linear::add_bias, linear_node::gradients, param_grads::Collector, Linear};
+use super::{
+    attention_core::{core_forward, SavedCore},
+    linear::add_bias,
+    linear_node::gradients,
+    param_grads::Collector,
+    Linear, MultiHeadAttention, PointWiseFeedForward,
+};
 
 /// The collector a block node over `x` with `params` writes to: on a CUDA device, for an f32
 /// input `[B, L, d]` and an attention bias the attention op takes, with the fused blocks on and
@@ -118,6 +124,92 @@ fn masked(x: &Tensor, draw: Option<super::dropout::MaskDraw>) -> Result<Tensor> 
     match draw {
         Some(d) => super::dropout::apply_mask(x, d),
         None => Ok(x.clone()),
+    }
+}
+
+/// The parameters of a block of two norms around an attention sub-layer and a point-wise
+/// feed-forward, in the node's order: `norm_1`, the q, k, v and output projections, `norm_2`,
+/// `ff_linear_1`, `ff_linear_2` (SASRec's and the pre-LN block's 16).
+fn block_params(
+    norm_1: &super::LayerNorm,
+    mha: &MultiHeadAttention,
+    norm_2: &super::LayerNorm,
+    ff: &PointWiseFeedForward,
+) -> Vec<Tensor> {
+    let mut p = Vec::with_capacity(16);
+    push_norm(&mut p, norm_1);
+    for lin in [&mha.q_proj, &mha.k_proj, &mha.v_proj, &mha.out_proj] {
+        push_linear(&mut p, lin);
+    }
+    push_norm(&mut p, norm_2);
+    push_linear(&mut p, &ff.ff_linear_1);
+    push_linear(&mut p, &ff.ff_linear_2);
+    p
+}
+
+/// The attention sub-layer of a block node as its backward pass needs it: `MHA(q_in, kv_in,
+/// kv_in)` for rows `[B·L, d]`.
+struct Attention {
+    /// The merged heads, the output projection's input `[B·L, d]`.
+    o2: Tensor,
+    core: SavedCore,
+    dims: (usize, usize, usize),
+}
+
+impl Attention {
+    /// `MHA(q_in, kv_in, kv_in)` (rows of `dims` `(B, L, d)`) outside the graph, drawing the
+    /// weights' dropout mask in training as the composed attention does; returns the output
+    /// projection's output.
+    fn forward(
+        mha: &MultiHeadAttention,
+        q_in: &Tensor,
+        kv_in: &Tensor,
+        dims: (usize, usize, usize),
+        bias: Option<&Tensor>,
+        train: bool,
+        block: &str,
+    ) -> Result<(Tensor, Self)> {
+        let (b, l, d) = dims;
+        let as3 = |t: &Tensor| t.reshape((b, l, d));
+        let qp = linear(&mha.q_proj, q_in)?;
+        let kp = linear(&mha.k_proj, kv_in)?;
+        let vp = linear(&mha.v_proj, kv_in)?;
+        let scale = 1.0 / (mha.head_dim as f64).sqrt();
+        let drop = if train { mha.dropout.draw() } else { None };
+        let (o, core) = core_forward(
+            &as3(&qp)?,
+            &as3(&kp)?,
+            &as3(&vp)?,
+            mha.n_heads,
+            bias,
+            scale,
+            drop,
+        )?
+        .ok_or_else(|| refused(block, "attention"))?;
+        let o2 = o.reshape((b * l, d))?;
+        Ok((linear(&mha.out_proj, &o2)?, Attention { o2, core, dims }))
+    }
+
+    /// The gradients of `q_in` and of `kv_in` from the output's gradient `d_a`; pushes the q, k,
+    /// v and output projections' gradients onto `grads`, in [`block_params`]' order.
+    fn backward(
+        &self,
+        mha: &MultiHeadAttention,
+        d_a: &Tensor,
+        q_in: &Tensor,
+        kv_in: &Tensor,
+        grads: &mut Vec<Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, l, d) = self.dims;
+        let mut g_out = Vec::with_capacity(2);
+        let d_o = linear_backward(&mha.out_proj, d_a, &self.o2, &mut g_out)?;
+        let (d_qp, d_kp, d_vp) = self.core.backward(&d_o.reshape((b, l, d))?)?;
+        let flat = |t: Tensor| t.reshape((b * l, d));
+        let d_q = linear_backward(&mha.q_proj, &flat(d_qp)?, q_in, grads)?;
+        let d_k = linear_backward(&mha.k_proj, &flat(d_kp)?, kv_in, grads)?;
+        let d_v = linear_backward(&mha.v_proj, &flat(d_vp)?, kv_in, grads)?;
+        grads.extend(g_out);
+        Ok((d_q, (d_k + d_v)?))
     }
 }
 

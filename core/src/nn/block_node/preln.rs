@@ -4,25 +4,20 @@
 
 use candle_core::{Result, Tensor};
 
-use super::{linear, linear_backward, masked, push_linear, push_norm, refused};
+use super::{block_params, linear, linear_backward, masked, refused, Attention};
 use crate::nn::{
-    activation_dropout::act_dropout_forward, attention_core::core_forward, param_grads::Collector,
-    param_node, precomputed::Precomputed, PreLNTransformerLayer,
+    activation_dropout::act_dropout_forward, param_grads::Collector, param_node,
+    precomputed::Precomputed, PreLNTransformerLayer,
 };
 
 /// The block's parameters in the node's order.
 pub(crate) fn params(block: &PreLNTransformerLayer) -> Vec<Tensor> {
-    let mha = &block.multi_head_attn;
-    let ff = &block.feed_forward;
-    let mut p = Vec::with_capacity(16);
-    push_norm(&mut p, &block.layer_norm_1);
-    for lin in [&mha.q_proj, &mha.k_proj, &mha.v_proj, &mha.out_proj] {
-        push_linear(&mut p, lin);
-    }
-    push_norm(&mut p, &block.layer_norm_2);
-    push_linear(&mut p, &ff.ff_linear_1);
-    push_linear(&mut p, &ff.ff_linear_2);
-    p
+    block_params(
+        &block.layer_norm_1,
+        &block.multi_head_attn,
+        &block.layer_norm_2,
+        &block.feed_forward,
+    )
 }
 
 /// `block(x)` under `bias` as one node whose parameter gradients go to `collector`. The caller
@@ -40,24 +35,7 @@ pub(crate) fn forward_t(
     let x2 = x.detach().reshape((rows, d))?.contiguous()?;
     let (h, ln_1) = block.layer_norm_1.forward_parts(&x2)?;
     let mha = &block.multi_head_attn;
-    let as3 = |t: &Tensor| t.reshape((b, l, d));
-    let qp = linear(&mha.q_proj, &h)?;
-    let kp = linear(&mha.k_proj, &h)?;
-    let vp = linear(&mha.v_proj, &h)?;
-    let scale = 1.0 / (mha.head_dim as f64).sqrt();
-    let drop_attn = if train { mha.dropout.draw() } else { None };
-    let (o, core) = core_forward(
-        &as3(&qp)?,
-        &as3(&kp)?,
-        &as3(&vp)?,
-        mha.n_heads,
-        bias,
-        scale,
-        drop_attn,
-    )?
-    .ok_or_else(|| refused(NAME, "attention"))?;
-    let o2 = o.reshape((rows, d))?;
-    let a = linear(&mha.out_proj, &o2)?;
+    let (a, attn) = Attention::forward(mha, &h, &h, (b, l, d), bias, train, NAME)?;
     let drop_1 = if train { block.dropout_1.draw() } else { None };
     let x1 = (&x2 + masked(&a, drop_1)?)?;
     let (h2, ln_2) = block.layer_norm_2.forward_parts(&x1)?;
@@ -74,7 +52,6 @@ pub(crate) fn forward_t(
     let params = params(block);
     let block = block.clone();
     let backward: param_node::ParamBackward = Box::new(move |grad: &Tensor| {
-        let mha = &block.multi_head_attn;
         let ff = &block.feed_forward;
         let g = grad.reshape((rows, d))?.contiguous()?;
         let d_x3 = masked(&g, drop_3)?;
@@ -83,20 +60,13 @@ pub(crate) fn forward_t(
         let d_h2 = linear_backward(&ff.ff_linear_1, &act.backward(&d_hh)?, &h2, &mut g_ff1)?;
         let (d_x1n, dw_2, db_2) = ln_2.backward(&d_h2)?;
         let d_x1 = (&d_x3 + d_x1n)?;
-        let mut g_out = Vec::new();
-        let d_o = linear_backward(&mha.out_proj, &masked(&d_x1, drop_1)?, &o2, &mut g_out)?;
-        let (d_qp, d_kp, d_vp) = core.backward(&d_o.reshape((b, l, d))?)?;
-        let flat = |t: Tensor| t.reshape((rows, d));
-        let (mut g_q, mut g_k, mut g_v) = (Vec::new(), Vec::new(), Vec::new());
-        let d_hq = linear_backward(&mha.q_proj, &flat(d_qp)?, &h, &mut g_q)?;
-        let d_hk = linear_backward(&mha.k_proj, &flat(d_kp)?, &h, &mut g_k)?;
-        let d_hv = linear_backward(&mha.v_proj, &flat(d_vp)?, &h, &mut g_v)?;
-        let (d_xn, dw_1, db_1) = ln_1.backward(&((d_hq + d_hk)? + d_hv)?)?;
+        let mut g_attn = Vec::with_capacity(8);
+        let d_a = masked(&d_x1, drop_1)?;
+        let (d_hq, d_hkv) = attn.backward(&block.multi_head_attn, &d_a, &h, &h, &mut g_attn)?;
+        let (d_xn, dw_1, db_1) = ln_1.backward(&(d_hq + d_hkv)?)?;
         let dx = (d_x1 + d_xn)?.reshape((b, l, d))?;
         let mut grads = vec![dw_1, db_1];
-        for part in [g_q, g_k, g_v, g_out] {
-            grads.extend(part);
-        }
+        grads.extend(g_attn);
         grads.extend([dw_2, db_2]);
         grads.extend(g_ff1);
         grads.extend(g_ff2);

@@ -3,16 +3,15 @@
 //! padding, causal and bidirectional masks, dropout on and off (both draw the same masks from the
 //! same stream), and a block used twice (ALBERT's sharing).
 
-use std::collections::BTreeMap;
-
 use candle_core::{Device, Tensor, Var};
 use candle_nn::VarMap;
 
 use crate::{
     context::SharedRng,
     nn::{
-        blocks::test_util::store, masks, ParamGradScope, PreLNTransformerLayer,
-        SASRecTransformerLayer,
+        blocks::test_util::store,
+        fused::tests::{assert_close, ids, mask_cases, run_grads, Run},
+        masks, ParamGradScope, PreLNTransformerLayer, SASRecTransformerLayer,
     },
     Result,
 };
@@ -21,37 +20,12 @@ const D: usize = 8;
 const B: usize = 3;
 const L: usize = 6;
 
-/// Sessions with left padding (one fully real, one mostly padding).
-fn ids() -> Result<Tensor> {
-    Ok(Tensor::new(
-        &[
-            [0u32, 0, 3, 4, 5, 6],
-            [1, 2, 3, 4, 5, 6],
-            [0, 0, 0, 0, 2, 7],
-        ],
-        &Device::Cpu,
-    )?)
-}
-
-/// `(name, bias)`: none, causal, key padding, causal + padding.
+/// `(name, bias)` of each mask case: none, causal, key padding, causal + padding.
 fn biases() -> Result<Vec<(&'static str, Option<Tensor>)>> {
-    let ids = ids()?;
-    let mut out = vec![("none", None)];
-    for (name, causal, padding) in [
-        ("causal", true, false),
-        ("key padding", false, true),
-        ("causal + padding", true, true),
-    ] {
-        out.push((name, masks::attention_bias(&ids, causal, padding)?));
-    }
-    Ok(out)
-}
-
-/// Output, input gradient and gradients by parameter name of `Σ y ⊙ up`.
-struct Run {
-    y: Vec<f32>,
-    dx: Vec<f32>,
-    dparams: BTreeMap<String, Vec<f32>>,
+    Ok(mask_cases()?
+        .into_iter()
+        .map(|(name, m)| (name, m.attn_bias))
+        .collect())
 }
 
 /// Runs `forward` on a fixed input with the stream reseeded; `scoped`: under a
@@ -87,33 +61,7 @@ fn run(
         Some(scope) => scope.backward(&loss)?,
         None => loss.backward()?,
     };
-    let get = |t: &Tensor| -> Result<Vec<f32>> {
-        Ok(grads
-            .get(t)
-            .ok_or_else(|| crate::CoreError::Other("no gradient".into()))?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
-    };
-    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
-    let mut dparams = BTreeMap::new();
-    for (name, var) in data.iter() {
-        dparams.insert(name.clone(), get(var.as_tensor())?);
-    }
-    Ok(Run {
-        y: y.flatten_all()?.to_vec1::<f32>()?,
-        dx: get(x.as_tensor())?,
-        dparams,
-    })
-}
-
-fn assert_close(what: &str, a: &[f32], b: &[f32], tol: f32) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths differ");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!(
-            (x - y).abs() <= tol * y.abs().max(1.0),
-            "{what}[{i}]: node {x} vs composed {y}"
-        );
-    }
+    run_grads(y, &grads, x, varmap)
 }
 
 fn compare(what: &str, node: &Run, composed: &Run) {

@@ -75,6 +75,26 @@ fn weighted_sum(y: &Tensor, salt: u64) -> Result<Tensor> {
     (y * r)?.sum_all()
 }
 
+/// The backward pass of `loss`: the scope's where one was opened (then `weight`, a parameter of
+/// `what`, must not be a graph node: its gradient was written to the scope), else candle's.
+fn backward_in(
+    scope: Option<crate::nn::ParamGradScope>,
+    loss: &Tensor,
+    weight: &Var,
+    what: &str,
+) -> Result<candle_core::backprop::GradStore> {
+    let in_graph = loss.sorted_nodes().iter().any(|t| t.id() == weight.id());
+    assert_eq!(
+        in_graph,
+        scope.is_none(),
+        "{what}: the weight is a graph node"
+    );
+    match scope {
+        Some(scope) => scope.backward(loss),
+        None => loss.backward(),
+    }
+}
+
 #[test]
 fn cuda_dropout_draws_the_cpu_mask_forward_and_backward() -> Result<()> {
     let Some(dev) = gpu("cuda_dropout") else {
@@ -131,13 +151,7 @@ fn cuda_layer_norm_matches_the_cpu_op() -> Result<()> {
             .map_err(candle_core::Error::wrap)?;
         assert_close("layer norm output", &yg, &yc, 1e-5)?;
         let gc = weighted_sum(&yc, 6)?.backward()?;
-        let lossg = weighted_sum(&yg, 6)?;
-        let in_graph = lossg.sorted_nodes().iter().any(|t| t.id() == wg.id());
-        assert_eq!(in_graph, !scoped, "layer norm: the weight is a graph node");
-        let gg = match scope {
-            Some(scope) => scope.backward(&lossg)?,
-            None => lossg.backward()?,
-        };
+        let gg = backward_in(scope, &weighted_sum(&yg, 6)?, &wg, "layer norm")?;
         for (what, c, g) in [
             ("input", &xc, &xg),
             ("weight", &wc, &wg),
@@ -400,13 +414,7 @@ fn cuda_linear_node_matches_the_cpu_layer_with_and_without_a_scope() -> Result<(
         let yg = lg.forward(xg.as_tensor())?;
         assert_close("linear output", &yg, &yc, 1e-5)?;
         let gc = weighted_sum(&yc, 34)?.backward()?;
-        let lossg = weighted_sum(&yg, 34)?;
-        let in_graph = lossg.sorted_nodes().iter().any(|t| t.id() == wg.id());
-        assert_eq!(in_graph, !scoped, "linear: the weight is a graph node");
-        let gg = match scope {
-            Some(scope) => scope.backward(&lossg)?,
-            None => lossg.backward()?,
-        };
+        let gg = backward_in(scope, &weighted_sum(&yg, 34)?, &wg, "linear")?;
         for (what, c, g) in [
             ("input", &xc, &xg),
             ("weight", &wc, &wg),

@@ -145,7 +145,7 @@ pub(crate) fn supports_bias(bias: Option<&Tensor>) -> bool {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 /// Where non-finite values first appeared in a fused block since the last
 /// [`take_non_finite_origin`]: the block's name and the first step it happened in.

@@ -81,7 +81,7 @@ pub(crate) fn run(
 }
 
 /// The output, the input gradient and every parameter's gradient of a run.
-fn run_grads(
+pub(crate) fn run_grads(
     y: Tensor,
     grads: &candle_core::backprop::GradStore,
     x: Var,
