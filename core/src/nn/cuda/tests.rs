@@ -75,6 +75,25 @@ fn weighted_sum(y: &Tensor, salt: u64) -> Result<Tensor> {
     (y * r)?.sum_all()
 }
 
+/// Each `(name, cpu variable, gpu variable)`'s gradient in `gg` against its CPU gradient in `gc`,
+/// to 1e-4 relative.
+fn assert_grads_close(
+    what: &str,
+    gc: &candle_core::backprop::GradStore,
+    gg: &candle_core::backprop::GradStore,
+    vars: &[(&str, &Var, &Var)],
+) -> Result<()> {
+    for (name, c, g) in vars {
+        let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
+            return Err(candle_core::Error::Msg(format!(
+                "{what}: no {name} gradient"
+            )));
+        };
+        assert_close(&format!("{what}: {name} gradient"), b, a, 1e-4)?;
+    }
+    Ok(())
+}
+
 /// The backward pass of `loss`: the scope's where one was opened (then `weight`, a parameter of
 /// `what`, must not be a graph node: its gradient was written to the scope), else candle's.
 fn backward_in(
@@ -152,23 +171,13 @@ fn cuda_layer_norm_matches_the_cpu_op() -> Result<()> {
         assert_close("layer norm output", &yg, &yc, 1e-5)?;
         let gc = weighted_sum(&yc, 6)?.backward()?;
         let gg = backward_in(scope, &weighted_sum(&yg, 6)?, &wg, "layer norm")?;
-        for (what, c, g) in [
+        let vars = [
             ("input", &xc, &xg),
             ("weight", &wc, &wg),
             ("bias", &bc, &bg),
-        ] {
-            let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
-                return Err(candle_core::Error::Msg(format!(
-                    "layer norm [{rows}, {d}]: no {what} gradient"
-                )));
-            };
-            assert_close(
-                &format!("layer norm [{rows}, {d}] {what} gradient"),
-                b,
-                a,
-                1e-4,
-            )?;
-        }
+        ];
+        let what = format!("layer norm [{rows}, {d}] (scoped {scoped})");
+        assert_grads_close(&what, &gc, &gg, &vars)?;
     }
     Ok(())
 }
@@ -415,23 +424,12 @@ fn cuda_linear_node_matches_the_cpu_layer_with_and_without_a_scope() -> Result<(
         assert_close("linear output", &yg, &yc, 1e-5)?;
         let gc = weighted_sum(&yc, 34)?.backward()?;
         let gg = backward_in(scope, &weighted_sum(&yg, 34)?, &wg, "linear")?;
-        for (what, c, g) in [
+        let vars = [
             ("input", &xc, &xg),
             ("weight", &wc, &wg),
             ("bias", &bc, &bg),
-        ] {
-            let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
-                return Err(candle_core::Error::Msg(format!(
-                    "linear: no {what} gradient"
-                )));
-            };
-            assert_close(
-                &format!("linear {what} gradient (scoped {scoped})"),
-                b,
-                a,
-                1e-4,
-            )?;
-        }
+        ];
+        assert_grads_close(&format!("linear (scoped {scoped})"), &gc, &gg, &vars)?;
     }
     Ok(())
 }
