@@ -25,7 +25,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--models", required=True)
-    ap.add_argument("--a", required=True, metavar="LABEL=DIR", help="the baseline")
+    ap.add_argument("--a", required=True, metavar="LABEL=DIR", help="the baseline (split at the last =)")
     ap.add_argument("--b", required=True, metavar="LABEL=DIR", help="the variant")
     ap.add_argument("--seed", default="42")
     args = ap.parse_args()
@@ -33,7 +33,7 @@ def main() -> int:
     for side in (args.a, args.b):
         if "=" not in side:
             ap.error(f"expected LABEL=DIR, found {side!r}")
-        sides.append(side.split("=", 1))
+        sides.append(side.rsplit("=", 1))
     print("| model | run | epochs | s/epoch | final train loss | Recall@10 | NDCG@10 |")
     print("|---|---|---|---|---|---|---|")
     found = 0

@@ -577,22 +577,23 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
       fi
     done
   fi
-  if ran lookups && [ -d "$WORK/compare/ml100k-candle-lookups" ]; then
-    echo "## lookups: candle's index_select/index_add against nn::gather_rows (bench/gpu/ab_table.py)"
-    echo
-    python3 bench/gpu/ab_table.py --dataset ml100k --models sasrec,bert4rec \
-      --a "candle (RECBLOCKS_CUDA_LOOKUPS=candle)=$WORK/compare/ml100k-candle-lookups" \
-      --b "nn::gather_rows (stage compare)=$WORK/compare/ml100k" 2>&1
-    echo
-  fi
-  if ran nodes && [ -d "$WORK/compare/ml100k-graph-routing" ]; then
-    echo "## block nodes: candle's routing of every gradient against block nodes and parameter gradients written to the step's scope (bench/gpu/ab_table.py)"
-    echo
-    python3 bench/gpu/ab_table.py --dataset ml100k --models sasrec,bert4rec \
-      --a "candle's routing (RECBLOCKS_PARAM_GRADS=graph)=$WORK/compare/ml100k-graph-routing" \
-      --b "block nodes (stage compare)=$WORK/compare/ml100k" 2>&1
-    echo
-  fi
+  # An A/B stage's table: stage, its runs' folder, heading, baseline label, variant label (the
+  # variant is stage compare's ML-100k runs).
+  ab_section() {
+    if ran "$1" && [ -d "$WORK/compare/$2" ]; then
+      echo "## $3 (bench/gpu/ab_table.py)"
+      echo
+      python3 bench/gpu/ab_table.py --dataset ml100k --models sasrec,bert4rec \
+        --a "$4=$WORK/compare/$2" --b "$5 (stage compare)=$WORK/compare/ml100k" 2>&1
+      echo
+    fi
+  }
+  ab_section lookups ml100k-candle-lookups \
+    "lookups: candle's index_select/index_add against nn::gather_rows" \
+    "candle (RECBLOCKS_CUDA_LOOKUPS=candle)" "nn::gather_rows"
+  ab_section nodes ml100k-graph-routing \
+    "block nodes: candle's routing of every gradient against block nodes and parameter gradients written to the step's scope" \
+    "candle's routing (RECBLOCKS_PARAM_GRADS=graph)" "block nodes"
   if ran seeds && [ -d "$WORK/compare/seeds-cuda" ]; then
     echo "## ML-100k SASRec metrics, GPU against CPU, seeds $SEEDS (bench/gpu/seed_spread.py)"
     echo
