@@ -106,7 +106,7 @@ impl MultiHeadAttention {
             self.k_proj.forward(key)?,
             self.v_proj.forward(value)?,
         );
-        if qp.device().is_cuda() && crate::nn::fused::enabled() {
+        if crate::nn::fused::gpu_composition(qp.device()) {
             // On a GPU the attention core is one node (crate::nn::attention_core): about twenty
             // kernel launches instead of forty.
             if let Some(out) = crate::nn::attention_core::attention_core(

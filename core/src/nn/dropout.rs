@@ -105,7 +105,8 @@ impl Dropout {
         if !train || !self.is_active() {
             return Ok(x.clone());
         }
-        if x.device().is_cuda() && x.dtype() == candle_core::DType::F32 {
+        let device_op = x.device().is_cuda() || crate::nn::fused::gpu_composition(x.device());
+        if device_op && x.dtype() == candle_core::DType::F32 {
             let Some(draw) = self.draw() else {
                 return Ok(x.clone());
             };

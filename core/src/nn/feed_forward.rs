@@ -64,7 +64,7 @@ impl PointWiseFeedForward {
     /// Applies the block.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let pre = self.ff_linear_1.forward(x)?;
-        if pre.device().is_cuda() && crate::nn::fused::enabled() {
+        if crate::nn::fused::gpu_composition(pre.device()) {
             // On a GPU the activation and dropout are one op (two launches instead of a dozen).
             if let Some(h) = crate::nn::activation_dropout::activation_dropout(
                 &pre,

@@ -41,12 +41,13 @@ pub fn scatter_add_rows(src: &Tensor, ids: &Tensor, n_rows: usize) -> Result<Ten
 }
 
 /// Whether lookups on `device` take recblocks' CUDA kernels: on a CUDA device, unless
-/// `RECBLOCKS_CUDA_LOOKUPS=candle` (read once) or the fused blocks are off.
+/// `RECBLOCKS_CUDA_LOOKUPS=candle` (read once) or the fused blocks are off; their CPU forms under
+/// `RECBLOCKS_BLOCKS=nodes`.
 pub(crate) fn device_kernels(device: &Device) -> bool {
     static CANDLE: OnceLock<bool> = OnceLock::new();
     let candle = *CANDLE
         .get_or_init(|| std::env::var("RECBLOCKS_CUDA_LOOKUPS").is_ok_and(|v| v == "candle"));
-    device.is_cuda() && !candle && super::fused::enabled()
+    !candle && super::fused::gpu_composition(device)
 }
 
 /// Checks that `rows` is `[N, d]` and `ids` is `[M]`; returns the ids as contiguous u32.

@@ -67,11 +67,13 @@ impl LayerNorm {
             stats: Arc::new(Mutex::new(Vec::new())),
         };
         let (w, b) = (self.weight.contiguous()?, self.bias.contiguous()?);
-        if x.device().is_cuda() {
+        if crate::nn::fused::gpu_composition(x.device()) {
             if let Some(collector) = crate::nn::param_grads::writer(x, &[&self.weight, &self.bias])
             {
                 return self.forward_writing(x, collector);
             }
+        }
+        if x.device().is_cuda() {
             // The device op takes any rank (rows are everything before the last dimension), so no
             // reshape nodes, whose backward passes are launches of their own on a GPU.
             return Ok(x.contiguous()?.apply_op3(&w, &b, op)?);

@@ -43,8 +43,9 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        if let (Some(b), true) = (&self.bias, x.device().is_cuda()) {
-            if x.dtype() == candle_core::DType::F32 && crate::nn::fused::enabled() {
+        if let Some(b) = &self.bias {
+            if x.dtype() == candle_core::DType::F32 && crate::nn::fused::gpu_composition(x.device())
+            {
                 // On a GPU the layer is one node (two to three times fewer kernel launches).
                 return crate::nn::linear_node::linear_node(x, &self.weight, b);
             }

@@ -14,8 +14,9 @@
 //! them, so both paths see the same masks. The generic path stays the reference: tests compare
 //! the two, and `RECBLOCKS_BLOCKS=generic` (or [`set_enabled`]) switches the fused blocks off.
 //! Fused blocks run on the CPU for f32; anything else takes the generic path.
-//! `RECBLOCKS_BLOCKS=nodes` runs a GPU's block nodes (`nn::block_node`) on the CPU
-//! instead of the fused blocks: a way to test them through a whole training run without a GPU.
+//! `RECBLOCKS_BLOCKS=nodes` composes the model on the CPU as on a GPU (the device nodes and the
+//! block nodes of `nn::block_node`, each in its CPU form) instead of the fused blocks: a way to
+//! test that path through a whole training run without a GPU.
 
 pub(crate) mod attention;
 pub(crate) mod kernels;
@@ -65,6 +66,13 @@ pub fn enabled() -> bool {
 /// (`RECBLOCKS_BLOCKS=nodes`).
 pub(crate) fn nodes_on_cpu() -> bool {
     mode() == 3
+}
+
+/// Whether ops on `device` take the forms a GPU runs (the device nodes: linear, attention core,
+/// activation-dropout, dropout mask, lookups): on a CUDA device with the fused paths on, and on
+/// the CPU under `RECBLOCKS_BLOCKS=nodes`, where each has its CPU form.
+pub(crate) fn gpu_composition(device: &Device) -> bool {
+    (device.is_cuda() && enabled()) || (device.is_cpu() && nodes_on_cpu())
 }
 
 /// Turns the fused blocks on or off for the whole process (tests, benchmarks, debugging).
