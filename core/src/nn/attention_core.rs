@@ -49,6 +49,16 @@ pub(crate) fn attention_core(
     scale: f64,
     dropout: Option<&Dropout>,
 ) -> Result<Option<Tensor>> {
+    // Decide before drawing: where the op does not apply, the composed path draws the mask.
+    let (b, lq, d) = q.dims3()?;
+    let lk = k.dim(1)?;
+    let applies = heads > 0
+        && d % heads == 0
+        && q.dtype() == candle_core::DType::F32
+        && super::attention_weights::takes_bias(b, lq, lk, bias);
+    if !applies {
+        return Ok(None);
+    }
     let drop = dropout.and_then(Dropout::draw);
     let Some((out, saved)) = core_forward(q, k, v, heads, bias, scale, drop)? else {
         return Ok(None);
@@ -227,6 +237,27 @@ mod tests {
                 "{what} {i}: {x} vs {y}"
             );
         }
+        Ok(())
+    }
+
+    #[test]
+    fn a_bias_the_node_refuses_leaves_the_dropout_stream_untouched() -> Result<()> {
+        // A bias that differs between heads is the composed path's: the node must return None
+        // before drawing a mask, or the composed path's own draw would take the next key.
+        let dev = Device::Cpu;
+        let (b, l, d, heads) = (2, 3, 4, 2);
+        let x = Var::from_vec(
+            (0..b * l * d).map(|i| i as f32 * 0.1).collect(),
+            (b, l, d),
+            &dev,
+        )?;
+        let per_head = Tensor::zeros((b, heads, l, l), candle_core::DType::F32, &dev)?;
+        let drop = Dropout::new(0.25, SharedRng::new(3));
+        let t = x.as_tensor();
+        let got = attention_core(t, t, t, heads, Some(&per_head), 0.5, Some(&drop))?;
+        assert!(got.is_none());
+        let fresh = Dropout::new(0.25, SharedRng::new(3));
+        assert_eq!(drop.draw_mask(16), fresh.draw_mask(16), "a key was drawn");
         Ok(())
     }
 

@@ -48,17 +48,15 @@ pub(crate) fn weights_op(
     let Ok((b, h, q, k)) = scores.dims4() else {
         return Ok(None);
     };
-    if scores.dtype() != candle_core::DType::F32 {
+    if scores.dtype() != candle_core::DType::F32 || !takes_bias(b, q, k, bias) {
         return Ok(None);
     }
     let (bias_t, bias_b, bias_q) = match bias {
         None => (Tensor::zeros(1, scores.dtype(), scores.device())?, 0, 0),
-        Some(t) => match t.dims() {
-            &[bb, 1, bq, bk] if (bb == 1 || bb == b) && (bq == 1 || bq == q) && bk == k => {
-                (t.to_dtype(scores.dtype())?.contiguous()?, bb, bq)
-            }
-            _ => return Ok(None),
-        },
+        Some(t) => {
+            let (bb, bq) = (t.dims()[0], t.dims()[2]);
+            (t.to_dtype(scores.dtype())?.contiguous()?, bb, bq)
+        }
     };
     let op = AttentionWeights {
         scale: scale as f32,
@@ -70,6 +68,15 @@ pub(crate) fn weights_op(
         saved: Mutex::new(None),
     };
     Ok(Some((op, bias_t.detach())))
+}
+
+/// Whether the op takes `bias` for scores `[b, H, q, k]`: none, or `[1 or b, 1, 1 or q, k]` (one
+/// bias for every head). Callers that draw a dropout mask for the op ask first, so that a bias
+/// it refuses leaves the stream to the composed path's own draw.
+pub(crate) fn takes_bias(b: usize, q: usize, k: usize, bias: Option<&Tensor>) -> bool {
+    bias.is_none_or(|t| {
+        matches!(t.dims(), &[bb, 1, bq, bk] if (bb == 1 || bb == b) && (bq == 1 || bq == q) && bk == k)
+    })
 }
 
 /// The softmax output kept for the backward pass.

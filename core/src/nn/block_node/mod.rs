@@ -74,10 +74,7 @@ pub(crate) fn usable(x: &Tensor, bias: Option<&Tensor>) -> bool {
     let Ok((b, l, _)) = x.dims3() else {
         return false;
     };
-    let bias_ok = bias.is_none_or(|t| {
-        matches!(t.dims(), &[bb, 1, bq, bk] if (bb == 1 || bb == b) && (bq == 1 || bq == l) && bk == l)
-    });
-    x.dtype() == DType::F32 && bias_ok
+    x.dtype() == DType::F32 && super::attention_weights::takes_bias(b, l, l, bias)
 }
 
 /// `x2d·Wᵀ + b` outside the graph.
