@@ -16,19 +16,12 @@
 //!
 //! `RECBLOCKS_BLOCKS=nodes cargo run --release -p recblocks --example graph_census -- SPEC [CSV]`
 
-use anyhow::{bail, Context};
-use candle_core::{Device, Tensor};
-use recblocks::{
-    assembly,
-    data::{generate_synthetic, read_interactions, ColumnNames, ReadOptions, SyntheticConfig},
-    train::prepare::prepare,
-};
-use recblocks_core::{
-    components::{Objective, SessionRef},
-    nn::ParamGradScope,
-    DatasetSchema, ModelSpec, SharedRng,
-};
-use recblocks_rectools::lightning::TransformerLightningModule;
+use anyhow::bail;
+use candle_core::Tensor;
+use recblocks_core::{components::Objective, nn::ParamGradScope};
+
+#[path = "setup.rs"]
+mod setup;
 
 /// Graph nodes, the parameters among them, and the elements of the gradient buffers candle's
 /// backward pass zero-fills.
@@ -62,52 +55,18 @@ fn main() -> anyhow::Result<()> {
     let Some(spec_path) = args.first() else {
         bail!("usage: graph_census SPEC [CSV]");
     };
-    let registry = recblocks::builtin_registry()?;
-    let text =
-        std::fs::read_to_string(spec_path).with_context(|| format!("reading {spec_path}"))?;
-    let spec =
-        recblocks_core::SpecInput::from_json_str(&text).and_then(|s| s.resolve(&registry))?;
-    let interactions = match args.get(1) {
-        Some(p) => {
-            read_interactions(p.as_ref(), &ColumnNames::default(), &ReadOptions::default())?.0
-        }
-        None => generate_synthetic(&SyntheticConfig::default())?,
-    };
-    let preparator = assembly::build_data_preparator(&spec, &registry)?;
-    let data_rng = SharedRng::new(1);
-    let data = prepare(&interactions, &spec, preparator.as_ref(), None, &data_rng)?;
-    let schema = DatasetSchema {
-        n_items: data.item_ids.len(),
-        item_extra_tokens: data.item_ids[..data.n_extra_tokens].to_vec(),
-        cat_features: None,
-    };
-    let objective = TransformerLightningModule::from_spec(
-        &spec,
-        &schema,
-        &ModelSpec::kwargs_value(&spec.lightning_module_kwargs),
-    )?;
-    let sampler = assembly::build_negative_sampler(&spec, &registry)?;
-    let net = assembly::assemble(&spec, &schema, &registry, &Device::Cpu)?;
-    let refs: Vec<SessionRef<'_>> = data
-        .sessions
-        .iter()
-        .take(spec.batch_size)
-        .map(|s| SessionRef {
-            items: &s.items,
-            weights: &s.weights,
-        })
-        .collect();
-    let batch = preparator.collate_train(
-        &refs,
-        schema.n_items,
-        objective.requires_negatives().then_some(sampler.as_ref()),
-        &data_rng,
-        &Device::Cpu,
-    )?;
+    let setup = setup::setup(spec_path, args.get(1).map(String::as_str))?;
+    let setup::Setup {
+        schema,
+        objective,
+        net,
+        ..
+    } = &setup;
+    let batch = setup.batch(0)?;
     let mode = std::env::var("RECBLOCKS_BLOCKS").unwrap_or_else(|_| "fused".into());
     println!(
         "{spec_path}: batch of {} sessions, {} items, {} params, RECBLOCKS_BLOCKS={mode}",
-        refs.len(),
+        batch.x.dim(0)?,
         schema.n_items,
         net.n_params()
     );

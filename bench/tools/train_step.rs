@@ -11,21 +11,14 @@
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::Device;
 use recblocks::{
-    assembly,
-    data::{generate_synthetic, read_interactions, ColumnNames, ReadOptions, SyntheticConfig},
     model::trainable_vars,
-    train::{
-        adam::{Adam, AdamConfig},
-        prepare::prepare,
-    },
+    train::adam::{Adam, AdamConfig},
 };
-use recblocks_core::{
-    components::{Objective, SessionRef},
-    DatasetSchema, ModelSpec, SharedRng,
-};
-use recblocks_rectools::lightning::TransformerLightningModule;
+use recblocks_core::components::Objective;
+
+#[path = "setup.rs"]
+mod setup;
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -43,33 +36,16 @@ fn main() -> anyhow::Result<()> {
         Some(s) => s.parse().context("STEPS must be a number")?,
         None => 6,
     };
-    let registry = recblocks::builtin_registry()?;
-    let text =
-        std::fs::read_to_string(spec_path).with_context(|| format!("reading {spec_path}"))?;
-    let spec =
-        recblocks_core::SpecInput::from_json_str(&text).and_then(|s| s.resolve(&registry))?;
-    let interactions = match args.get(1) {
-        Some(p) => {
-            read_interactions(p.as_ref(), &ColumnNames::default(), &ReadOptions::default())?.0
-        }
-        None => generate_synthetic(&SyntheticConfig::default())?,
-    };
-    let preparator = assembly::build_data_preparator(&spec, &registry)?;
-    let data_rng = SharedRng::new(1);
-    let data = prepare(&interactions, &spec, preparator.as_ref(), None, &data_rng)?;
-    let schema = DatasetSchema {
-        n_items: data.item_ids.len(),
-        item_extra_tokens: data.item_ids[..data.n_extra_tokens].to_vec(),
-        cat_features: None,
-    };
-    let objective = TransformerLightningModule::from_spec(
-        &spec,
-        &schema,
-        &ModelSpec::kwargs_value(&spec.lightning_module_kwargs),
-    )?;
-    let sampler = assembly::build_negative_sampler(&spec, &registry)?;
-    let net = assembly::assemble(&spec, &schema, &registry, &Device::Cpu)?;
-    let mut adam = Adam::new(trainable_vars(&net), AdamConfig::rectools(spec.lr))?;
+    let setup = setup::setup(spec_path, args.get(1).map(String::as_str))?;
+    let setup::Setup {
+        spec,
+        schema,
+        objective,
+        net,
+        data,
+        ..
+    } = &setup;
+    let mut adam = Adam::new(trainable_vars(net), AdamConfig::rectools(spec.lr))?;
     println!(
         "{} sessions, {} items (with extra tokens), batch {}, {} params, {} rayon threads",
         data.sessions.len(),
@@ -81,25 +57,7 @@ fn main() -> anyhow::Result<()> {
 
     let mut times: [[Vec<f64>; 3]; 2] = Default::default();
     for step in 0..2 * steps + 2 {
-        let start = (step / 2 * spec.batch_size) % data.sessions.len().max(1);
-        let refs: Vec<SessionRef<'_>> = data
-            .sessions
-            .iter()
-            .cycle()
-            .skip(start)
-            .take(spec.batch_size)
-            .map(|s| SessionRef {
-                items: &s.items,
-                weights: &s.weights,
-            })
-            .collect();
-        let batch = preparator.collate_train(
-            &refs,
-            schema.n_items,
-            objective.requires_negatives().then_some(sampler.as_ref()),
-            &data_rng,
-            &Device::Cpu,
-        )?;
+        let batch = setup.batch(step / 2 * spec.batch_size)?;
         let fused = step % 2 == 1;
         let t0 = Instant::now();
         let loss = if fused {
