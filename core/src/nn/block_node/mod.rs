@@ -144,6 +144,29 @@ fn block_params(
     p
 }
 
+/// A block node's parameter gradients, put in [`block_params`]' order by [`in_order`](Self::in_order).
+struct BlockGrads {
+    /// The first norm's weight and bias gradients.
+    norm_1: (Tensor, Tensor),
+    /// The q, k, v and output projections' ([`Attention::backward`]'s order).
+    attention: Vec<Tensor>,
+    norm_2: (Tensor, Tensor),
+    ff_linear_1: Vec<Tensor>,
+    ff_linear_2: Vec<Tensor>,
+}
+
+impl BlockGrads {
+    fn in_order(self) -> Vec<Tensor> {
+        let mut g = Vec::with_capacity(16);
+        g.extend([self.norm_1.0, self.norm_1.1]);
+        g.extend(self.attention);
+        g.extend([self.norm_2.0, self.norm_2.1]);
+        g.extend(self.ff_linear_1);
+        g.extend(self.ff_linear_2);
+        g
+    }
+}
+
 /// The attention sub-layer of a block node as its backward pass needs it: `MHA(q_in, kv_in,
 /// kv_in)` for rows `[B·L, d]`.
 struct Attention {

@@ -4,7 +4,7 @@
 
 use candle_core::{Result, Tensor};
 
-use super::{block_params, linear, linear_backward, masked, refused, Attention};
+use super::{block_params, linear, linear_backward, masked, refused, Attention, BlockGrads};
 use crate::nn::{
     activation_dropout::act_dropout_forward, param_grads::Collector, param_node,
     precomputed::Precomputed, PreLNTransformerLayer,
@@ -65,12 +65,14 @@ pub(crate) fn forward_t(
         let (d_hq, d_hkv) = attn.backward(&block.multi_head_attn, &d_a, &h, &h, &mut g_attn)?;
         let (d_xn, dw_1, db_1) = ln_1.backward(&(d_hq + d_hkv)?)?;
         let dx = (d_x1 + d_xn)?.reshape((b, l, d))?;
-        let mut grads = vec![dw_1, db_1];
-        grads.extend(g_attn);
-        grads.extend([dw_2, db_2]);
-        grads.extend(g_ff1);
-        grads.extend(g_ff2);
-        Ok((Some(dx), grads))
+        let grads = BlockGrads {
+            norm_1: (dw_1, db_1),
+            attention: g_attn,
+            norm_2: (dw_2, db_2),
+            ff_linear_1: g_ff1,
+            ff_linear_2: g_ff2,
+        };
+        Ok((Some(dx), grads.in_order()))
     });
     param_node::attach(
         "pre-ln-block",

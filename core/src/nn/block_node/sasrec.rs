@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::{block_params, linear, linear_backward, masked, refused, Attention};
+use super::{block_params, linear, linear_backward, masked, refused, Attention, BlockGrads};
 use crate::nn::{
     activation_dropout::act_dropout_forward, param_grads::Collector, param_node,
     precomputed::Precomputed, SASRecTransformerLayer,
@@ -73,12 +73,14 @@ pub(crate) fn forward_t(
             Some(m) => d_xm.broadcast_mul(m)?,
             None => d_xm,
         };
-        let mut grads = vec![dw_q, db_q];
-        grads.extend(g_attn);
-        grads.extend([dw_ff, db_ff]);
-        grads.extend(g_ff1);
-        grads.extend(g_ff2);
-        Ok((Some(dx), grads))
+        let grads = BlockGrads {
+            norm_1: (dw_q, db_q),
+            attention: g_attn,
+            norm_2: (dw_ff, db_ff),
+            ff_linear_1: g_ff1,
+            ff_linear_2: g_ff2,
+        };
+        Ok((Some(dx), grads.in_order()))
     });
     param_node::attach(
         "sasrec-block",
