@@ -343,6 +343,20 @@ mod tests {
     }
 
     #[test]
+    fn no_candidates_give_no_scores_and_a_zero_table_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let h = Var::from_tensor(&Tensor::ones((2, 3), DType::F32, &dev)?)?;
+        let table = Var::from_tensor(&Tensor::ones((4, 3), DType::F32, &dev)?)?;
+        let none = Tensor::zeros((2, 0), DType::U32, &dev)?;
+        let y = gather_dot(h.as_tensor(), table.as_tensor(), &none)?;
+        assert_eq!(y.dims(), [2, 0]);
+        let grads = (y.sum_all()? + table.as_tensor().sum_all()?)?.backward()?;
+        let gt = grads.get(table.as_tensor()).map(values).transpose()?;
+        assert_eq!(gt, Some(vec![1.0; 12]));
+        Ok(())
+    }
+
+    #[test]
     fn bad_shapes_and_ids_are_errors() -> Result<()> {
         let dev = Device::Cpu;
         let h = Tensor::zeros((2, 3), DType::F32, &dev)?;

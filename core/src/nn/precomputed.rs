@@ -79,10 +79,21 @@ impl Precomputed {
     }
 }
 
-/// A copy of `t`'s CUDA storage, with its shape; an error naming `what` if `t` is elsewhere.
+/// A copy of `t`'s CUDA storage that holds `t`'s values from its first element in row-major
+/// order, with its shape; an error naming `what` if `t` is elsewhere.
+///
+/// `CudaStorage::try_clone` copies the whole buffer from element 0 whatever the layout, so a view
+/// (a `narrow` past the start, a transpose) is first made into a fresh row-major tensor: the
+/// output then holds the view's own elements, as the CPU path's values do.
 #[cfg(feature = "cuda")]
 pub(crate) fn cuda_copy(t: &Tensor, what: &str) -> Result<(candle_core::CudaStorage, Shape)> {
     use candle_core::backend::BackendStorage;
+    let laid_out = t.layout().is_contiguous() && t.layout().start_offset() == 0;
+    let t = if laid_out {
+        t.clone()
+    } else {
+        t.force_contiguous()?
+    };
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         candle_core::Storage::Cuda(c) => Ok((c.try_clone(layout)?, t.shape().clone())),

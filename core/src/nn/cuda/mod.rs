@@ -74,9 +74,13 @@ fn output(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
     unsafe { dev.alloc::<f32>(n.max(1)) }
 }
 
+/// Blocks of `per_block` elements over `n` (at most 2³¹ − 1, the first grid dimension's limit).
 fn grid(n: usize, per_block: usize) -> Result<u32> {
-    u32::try_from(n.div_ceil(per_block.max(1)).max(1))
-        .map_err(|_| Error::Msg(format!("CUDA launch over {n} elements: too many blocks")))
+    let blocks = n.div_ceil(per_block.max(1)).max(1);
+    u32::try_from(blocks)
+        .ok()
+        .filter(|&b| b <= i32::MAX as u32)
+        .ok_or_else(|| Error::Msg(format!("CUDA launch over {n} elements: {blocks} blocks")))
 }
 
 fn config(blocks: u32, threads: u32) -> LaunchConfig {
@@ -172,8 +176,11 @@ pub(crate) fn layer_norm(
     ))
 }
 
-/// Rows per chunk of the layer norm's parameter-gradient column sums.
+/// Rows per chunk of the layer norm's parameter-gradient column sums (more past
+/// `LN_CHUNK · MAX_GRID_Y` rows, where the chunks would not fit the grid's second dimension).
 const LN_CHUNK: usize = 256;
+/// The largest second grid dimension of a launch.
+const MAX_GRID_Y: usize = 65_535;
 
 /// The layer norm's gradients for output gradient `dy`: `[rows·d + 2d]`, the input gradient
 /// (row-major) followed by the weight's and the bias's gradients.
@@ -197,13 +204,10 @@ pub(crate) fn layer_norm_backward(
     }
     let mut out = output(dev, rows * d + 2 * d)?;
     let mut stats = output(dev, 2 * rows)?;
-    let chunks = rows.div_ceil(LN_CHUNK).max(1);
+    let chunk = LN_CHUNK.max(rows.div_ceil(MAX_GRID_Y));
+    let chunks = rows.div_ceil(chunk).max(1);
     let mut partials = output(dev, chunks * 2 * d)?;
-    let (r, di, ch) = (
-        int(rows, "rows")?,
-        int(d, "width")?,
-        int(LN_CHUNK, "chunk")?,
-    );
+    let (r, di, ch) = (int(rows, "rows")?, int(d, "width")?, int(chunk, "chunk")?);
     {
         let mut dx = out.slice_mut(0..rows * d);
         let f = dev.get_or_load_custom_func("rb_layer_norm_bwd_dx", MODULE, PTX)?;
@@ -232,7 +236,7 @@ pub(crate) fn layer_norm_backward(
             .arg(&di)
             .arg(&ch);
         let cfg = LaunchConfig {
-            grid_dim: (grid(d, 32)?, grid(rows, LN_CHUNK)?, 1),
+            grid_dim: (grid(d, 32)?, grid(rows, chunk)?, 1),
             block_dim: (32, 8, 1),
             shared_mem_bytes: 0,
         };

@@ -133,7 +133,13 @@ pub(crate) fn sum_rows_by_id(
     let src = f32_view(ss, ls, "summed rows")?;
     let ids = u32_view(si, li, "ids of the summed rows")?;
     let p = ids.len();
-    if per_row == 0 || src_rows * per_row != p {
+    // No entries (K = 0 candidates a row, say) sum to zeros, as on the CPU.
+    let fits = if per_row == 0 {
+        p == 0
+    } else {
+        src_rows * per_row == p
+    };
+    if !fits {
         return Err(Error::Msg(format!(
             "sum of rows by id: {p} ids for {src_rows} rows of {per_row} entries each"
         )));

@@ -631,6 +631,62 @@ fn cuda_peak_memory_counts_an_allocation_and_resets() -> Result<()> {
     Ok(())
 }
 
+/// A node that hands over a [`Precomputed`](crate::nn::precomputed::Precomputed) output.
+struct HandOver(crate::nn::precomputed::Precomputed);
+
+impl candle_core::CustomOp1 for HandOver {
+    fn name(&self) -> &'static str {
+        "hand-over"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        self.0.cpu()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        self.0.cuda()
+    }
+}
+
+#[test]
+fn cuda_precomputed_outputs_hand_over_a_views_own_values() -> Result<()> {
+    let Some(dev) = gpu("cuda_precomputed_outputs") else {
+        return Ok(());
+    };
+    let (cpu, gpu_t) = pair(&[6, 4], 91, &dev)?;
+    type View = fn(&Tensor) -> Result<Tensor>;
+    let views: [(&str, View); 4] = [
+        ("whole", |t| Ok(t.clone())),
+        ("rows past the start", |t| t.narrow(0, 2, 3)),
+        ("columns", |t| t.narrow(1, 1, 2)),
+        ("transposed", |t| t.t()),
+    ];
+    for (what, view) in views {
+        let want = view(cpu.as_tensor())?;
+        let out = view(gpu_t.as_tensor())?;
+        let got = gpu_t.as_tensor().apply_op1_no_bwd(&HandOver(
+            crate::nn::precomputed::Precomputed::new("test", out),
+        ))?;
+        assert_eq!(got.dims(), want.dims(), "{what}");
+        assert_eq!(
+            got.to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            want.flatten_all()?.to_vec1::<f32>()?,
+            "{what}"
+        );
+    }
+    Ok(())
+}
+
 /// `m` ids below `n`: every third entry is id 0 (a long run, as a padding id makes), the others
 /// spread with repeats; id `n - 1` is never named.
 fn spread_ids(m: usize, n: usize, salt: u64) -> Vec<u32> {
@@ -733,6 +789,23 @@ fn cuda_gather_dot_matches_the_cpu_op() -> Result<()> {
             _ => return Err(candle_core::Error::Msg(format!("no {what} gradient"))),
         }
     }
+    // No candidates: no scores, and a table gradient of zeros, as on the CPU.
+    let none = Tensor::zeros((m, 0), DType::U32, &dev)?;
+    let y0 = gather_dot(&hg, &tg, &none)?;
+    assert_eq!(y0.dims(), [m, 0]);
+    let g0 = (y0.sum_all()? + tg.as_tensor().sum_all()?)?.backward()?;
+    let Some(table) = g0.get(&tg) else {
+        return Err(candle_core::Error::Msg(
+            "no table gradient without candidates".into(),
+        ));
+    };
+    assert_eq!(
+        table
+            .to_device(&Device::Cpu)?
+            .flatten_all()?
+            .to_vec1::<f32>()?,
+        vec![1f32; n * d]
+    );
     Ok(())
 }
 
