@@ -933,3 +933,81 @@ fn cuda_block_nodes_match_the_cpu_blocks() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn cuda_block_nodes_read_their_keys_from_slots() -> Result<()> {
+    // A captured step's block nodes take their dropout keys from device memory (a slot tape);
+    // forward and backward must be those of the same keys passed by value, bit for bit.
+    use crate::nn::{capture::KeyTape, PreLNTransformerLayer, SASRecTransformerLayer};
+    let Some(dev) = gpu("cuda_block_node_key_slots") else {
+        return Ok(());
+    };
+    let (b, l, d) = (4, 12, 16);
+    let ids: Vec<u32> = (0..b * l)
+        .map(|i| if i % l < i / l { 0 } else { 1 + i as u32 % 7 })
+        .collect();
+    let ids = Tensor::from_vec(ids, (b, l), &Device::Cpu)?;
+    let bias = crate::nn::masks::attention_bias(&ids, true, true)
+        .map_err(candle_core::Error::wrap)?
+        .ok_or_else(|| candle_core::Error::Msg("no bias".into()))?
+        .to_device(&dev)?;
+    let tm = crate::nn::masks::timeline_mask(&ids)
+        .map_err(candle_core::Error::wrap)?
+        .to_device(&dev)?;
+    let vm = candle_nn::VarMap::new();
+    let vb = candle_nn::VarBuilder::from_varmap(&vm, DType::F32, &dev);
+    let sasrec = SASRecTransformerLayer::new(d, 2, 0.3, &vb.pp("sasrec"), SharedRng::new(3))
+        .map_err(candle_core::Error::wrap)?;
+    let preln = PreLNTransformerLayer::new(d, 2, 0.3, 4, &vb.pp("preln"), SharedRng::new(4))
+        .map_err(candle_core::Error::wrap)?;
+    let x = Var::from_vec(values(b * l * d, 61), (b, l, d), &dev)?;
+    let vars = vm.all_vars();
+    let run = || -> Result<Vec<Vec<f32>>> {
+        let scope = crate::nn::ParamGradScope::enter();
+        let y1 = sasrec
+            .forward_masked_t(x.as_tensor(), &tm, Some(&bias), true)
+            .map_err(candle_core::Error::wrap)?;
+        let y2 = preln
+            .forward_t(&y1, Some(&bias), true)
+            .map_err(candle_core::Error::wrap)?;
+        let loss = weighted_sum(&y2, 62)?;
+        // The two block nodes, the input and the loss's own ops: the blocks ran as nodes.
+        let nodes = loss.sorted_nodes().len();
+        assert!(nodes <= 6, "{nodes} graph nodes");
+        let g = scope.backward(&loss)?;
+        let mut out = vec![y2
+            .flatten_all()?
+            .to_device(&Device::Cpu)?
+            .to_vec1::<f32>()?];
+        for t in std::iter::once(x.as_tensor()).chain(vars.iter().map(|v| v.as_tensor())) {
+            let gt = g
+                .get(t)
+                .ok_or_else(|| candle_core::Error::Msg("a gradient is missing".into()))?;
+            out.push(
+                gt.flatten_all()?
+                    .to_device(&Device::Cpu)?
+                    .to_vec1::<f32>()?,
+            );
+        }
+        Ok(out)
+    };
+    let (first, counted) = KeyTape::counting().run(run);
+    first?;
+    let n = counted.used();
+    assert!(n >= 5, "the two blocks drew {n} dropout keys");
+    let keys: Vec<u64> = (1..=n as u64)
+        .map(|i| i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+        .collect();
+    let pairs: Vec<u32> = keys
+        .iter()
+        .flat_map(|k| [*k as u32, (*k >> 32) as u32])
+        .collect();
+    let slots = Tensor::from_vec(pairs, 2 * n, &dev)?;
+    let base = super::graph::address(&slots)?;
+    let (by_slot, tape) = KeyTape::slots(base, n).run(run);
+    tape.finish().map_err(candle_core::Error::Msg)?;
+    let (by_value, given) = KeyTape::given(keys).run(run);
+    given.finish().map_err(candle_core::Error::Msg)?;
+    assert_eq!(by_slot?, by_value?);
+    Ok(())
+}
