@@ -1,7 +1,8 @@
 // Runs kernels of `src/nn/cuda/kernels.cu` on the CPU (through emulate.h) and checks them against
 // plain loops: the sort of entries by id, the sums by id, the row lookup and the candidate scores
 // (`rows.cu`); Adam over a table of parameters, with its guard and its coefficients from memory;
-// the attention biases; the dropout kernels' keys read from memory against keys by value; the
+// the attention biases; the dropout kernels' keys read from memory against keys by value, and the
+// dropout with a residual sum against the dropout plus the residual; the
 // layer norm forward and backward; and the cross-entropy and catalog-loss row kernels.
 // Each check prints `ok <name>` or `FAIL <name>: ...`; the exit status is the number of failures.
 // Built and run by `tests/cuda_kernels_on_cpu.rs`.
@@ -313,6 +314,26 @@ static void check_key_slots() {
     rb_act_dropout_fwd(x.data(), act_slot.data(), n, 0, 1, 0, 0, &key, threshold, 1.25f);
   });
   report(act_value == act_slot, "activation dropout key from memory equals key by value",
+         "the two differ");
+  // The dropout with its residual sum: rb_dropout's mask, then + r, rounded as the two ops are;
+  // the key from memory as by value.
+  auto r = random_values(n, 31);
+  std::vector<float> add_value(n), add_slot(n), want(n);
+  for (size_t i = 0; i < n; ++i) want[i] = by_value[i] + r[i];
+  rb_launch(dim3(blocks), dim3(256), [&] {
+    rb_dropout_add(x.data(), r.data(), add_value.data(), n, (unsigned int)key,
+                   (unsigned int)(key >> 32), nullptr, threshold, 1.25f);
+  });
+  rb_launch(dim3(blocks), dim3(256), [&] {
+    rb_dropout_add(x.data(), r.data(), add_slot.data(), n, 0, 0, &key, threshold, 1.25f);
+  });
+  size_t first_bad = n;
+  for (size_t i = 0; i < n && first_bad == n; ++i)
+    if (add_value[i] != want[i]) first_bad = i;
+  std::snprintf(detail, sizeof detail, "element %zu differs from the dropout plus r", first_bad);
+  report(first_bad == n, "dropout with a residual sum equals the dropout plus the residual",
+         detail);
+  report(add_value == add_slot, "dropout with a residual sum: key from memory equals key by value",
          "the two differ");
 }
 

@@ -124,6 +124,16 @@ fn masked(x: &Tensor, draw: Option<super::dropout::MaskDraw>) -> Result<Tensor> 
     }
 }
 
+/// `x · mask + r` where a dropout mask was drawn (one op: on a GPU the residual-dropout kernel),
+/// `x + r` otherwise: a block's dropout and residual connection. The backward pass needs no op of
+/// its own: the residual's gradient is the output's, `x`'s is [`masked`] of it.
+fn masked_add(x: &Tensor, draw: Option<super::dropout::MaskDraw>, r: &Tensor) -> Result<Tensor> {
+    match draw {
+        Some(d) => super::dropout::apply_mask_add(x, d, r),
+        None => x + r,
+    }
+}
+
 /// The parameters of a block of two norms around an attention sub-layer and a point-wise
 /// feed-forward, in the node's order: `norm_1`, the q, k, v and output projections, `norm_2`,
 /// `ff_linear_1`, `ff_linear_2` (SASRec's and the pre-LN block's 16).

@@ -4,7 +4,9 @@
 
 use candle_core::{Result, Tensor};
 
-use super::{block_params, linear, linear_backward, masked, refused, Attention, BlockGrads};
+use super::{
+    block_params, linear, linear_backward, masked, masked_add, refused, Attention, BlockGrads,
+};
 use crate::nn::{
     activation_dropout::act_dropout_forward, param_grads::Collector, param_node,
     precomputed::Precomputed, PreLNTransformerLayer,
@@ -37,7 +39,7 @@ pub(crate) fn forward_t(
     let mha = &block.multi_head_attn;
     let (a, attn) = Attention::forward(mha, &h, &h, (b, l, d), bias, train, NAME)?;
     let drop_1 = if train { block.dropout_1.draw() } else { None };
-    let x1 = (&x2 + masked(&a, drop_1)?)?;
+    let x1 = masked_add(&a, drop_1, &x2)?;
     let (h2, ln_2) = block.layer_norm_2.forward_parts(&x1)?;
     let ff = &block.feed_forward;
     let pre = linear(&ff.ff_linear_1, &h2)?;
@@ -45,7 +47,7 @@ pub(crate) fn forward_t(
         .ok_or_else(|| refused(NAME, "activation"))?;
     let f = linear(&ff.ff_linear_2, &hh)?;
     let drop_2 = if train { block.dropout_2.draw() } else { None };
-    let x3 = (&x1 + masked(&f, drop_2)?)?;
+    let x3 = masked_add(&f, drop_2, &x1)?;
     let drop_3 = if train { block.dropout_3.draw() } else { None };
     let out = masked(&x3, drop_3)?.reshape((b, l, d))?;
 

@@ -4,7 +4,9 @@
 
 use candle_core::{DType, Result, Tensor};
 
-use super::{block_params, linear, linear_backward, masked, refused, Attention, BlockGrads};
+use super::{
+    block_params, linear, linear_backward, masked, masked_add, refused, Attention, BlockGrads,
+};
 use crate::nn::{
     activation_dropout::act_dropout_forward, param_grads::Collector, param_node,
     precomputed::Precomputed, SASRecTransformerLayer,
@@ -53,7 +55,7 @@ pub(crate) fn forward_t(
         .ok_or_else(|| refused(NAME, "activation"))?;
     let y = linear(&ff.ff_linear_2, &h)?;
     let drop_out = if train { block.dropout.draw() } else { None };
-    let out = (masked(&y, drop_out)? + &f)?.reshape((b, l, d))?;
+    let out = masked_add(&y, drop_out, &f)?.reshape((b, l, d))?;
 
     let params = params(block);
     let block = block.clone();

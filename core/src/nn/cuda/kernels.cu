@@ -74,27 +74,44 @@ __device__ __forceinline__ uint2 mask_key(unsigned int key_lo, unsigned int key_
   return make_uint2(key_lo, key_hi);
 }
 
-// out[i] = x[i] * (draw_i < threshold ? scale : 0); one thread per Philox block (8 elements,
-// 16 floats apart: the threads of a warp write 16 consecutive floats of two groups per draw).
-extern "C" __global__ void rb_dropout(const float *x, float *out, unsigned long long n,
-                                      unsigned int key_lo, unsigned int key_hi,
-                                      const unsigned long long *key_slot, unsigned int threshold,
-                                      float scale) {
+// out[i] = x[i] * (draw_i < threshold ? scale : 0), plus r[i] where r is set (rounded as the two
+// ops are, a product then a sum, never fused); one thread per Philox block (8 elements, 16 floats
+// apart: the threads of a warp write 16 consecutive floats of two groups per draw).
+__device__ __forceinline__ void dropout_block(const float *x, const float *r, float *out,
+                                              unsigned long long n, uint2 key,
+                                              unsigned int threshold, float scale) {
   unsigned long long b = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
   unsigned long long base = (b >> 4) * 128 + (b & 15);
   if (base >= n) return;
-  uint4 r = philox4x32_10(make_uint4((unsigned int)b, (unsigned int)(b >> 32), 0u, 0u),
-                          mask_key(key_lo, key_hi, key_slot));
-  unsigned int words[4] = {r.x, r.y, r.z, r.w};
+  uint4 w4 = philox4x32_10(make_uint4((unsigned int)b, (unsigned int)(b >> 32), 0u, 0u), key);
+  unsigned int words[4] = {w4.x, w4.y, w4.z, w4.w};
 #pragma unroll
   for (int d = 0; d < 8; ++d) {
     unsigned long long i = base + 16 * d;
     if (i < n) {
       unsigned int w = words[d >> 1];
       unsigned int draw = (d & 1) ? (w >> 16) : (w & 0xffffu);
-      out[i] = x[i] * (draw < threshold ? scale : 0.0f);
+      float m = draw < threshold ? scale : 0.0f;
+      out[i] = r ? __fadd_rn(__fmul_rn(x[i], m), r[i]) : x[i] * m;
     }
   }
+}
+
+// A dropout: out = x · mask.
+extern "C" __global__ void rb_dropout(const float *x, float *out, unsigned long long n,
+                                      unsigned int key_lo, unsigned int key_hi,
+                                      const unsigned long long *key_slot, unsigned int threshold,
+                                      float scale) {
+  dropout_block(x, nullptr, out, n, mask_key(key_lo, key_hi, key_slot), threshold, scale);
+}
+
+// A dropout and a residual sum in one pass: out = x · mask + r (the same mask as rb_dropout's
+// under the same key).
+extern "C" __global__ void rb_dropout_add(const float *x, const float *r, float *out,
+                                          unsigned long long n, unsigned int key_lo,
+                                          unsigned int key_hi, const unsigned long long *key_slot,
+                                          unsigned int threshold, float scale) {
+  dropout_block(x, r, out, n, mask_key(key_lo, key_hi, key_slot), threshold, scale);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -109,15 +109,55 @@ pub(crate) fn dropout(
     l: &Layout,
     draw: crate::nn::dropout::MaskDraw,
 ) -> Result<(CudaStorage, Shape)> {
+    masked(s, l, None, draw)
+}
+
+/// `x · mask + r` in one pass ([`dropout`]'s mask, then a residual sum, rounded as the two ops
+/// are): a block's dropout and residual connection.
+pub(crate) fn dropout_add(
+    (s, l): (&CudaStorage, &Layout),
+    (sr, lr): (&CudaStorage, &Layout),
+    draw: crate::nn::dropout::MaskDraw,
+) -> Result<(CudaStorage, Shape)> {
+    masked(s, l, Some((sr, lr)), draw)
+}
+
+/// [`dropout`] (`rb_dropout`), or with a residual [`dropout_add`] (`rb_dropout_add`).
+fn masked(
+    s: &CudaStorage,
+    l: &Layout,
+    residual: Option<(&CudaStorage, &Layout)>,
+    draw: crate::nn::dropout::MaskDraw,
+) -> Result<(CudaStorage, Shape)> {
     let dev = &s.device;
     let x = f32_view(s, l, "dropout input")?;
     let n = l.shape().elem_count();
+    let r = residual
+        .map(|(sr, lr)| f32_view(sr, lr, "dropout residual"))
+        .transpose()?;
+    if let Some(r) = &r {
+        if r.len() != n {
+            return Err(Error::Msg(format!(
+                "dropout with a residual: {n} values and a residual of {}",
+                r.len()
+            )));
+        }
+    }
+    let kernel = if r.is_some() {
+        "rb_dropout_add"
+    } else {
+        "rb_dropout"
+    };
     let mut out = output(dev, n)?;
-    let f = dev.get_or_load_custom_func("rb_dropout", MODULE, PTX)?;
+    let f = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
     let n64 = n as u64;
     let m = MaskArgs::new(Some(draw));
     let mut b = f.builder();
-    b.arg(&x).arg(&mut out).arg(&n64);
+    b.arg(&x);
+    if let Some(r) = &r {
+        b.arg(r);
+    }
+    b.arg(&mut out).arg(&n64);
     b.arg(&m.key_lo)
         .arg(&m.key_hi)
         .arg(&m.key_slot)
@@ -125,11 +165,13 @@ pub(crate) fn dropout(
         .arg(&m.scale);
     // One thread per Philox block: 16 blocks per group of 128 elements.
     let blocks = n.div_ceil(128) * 16;
-    // SAFETY: rb_dropout(const float*, float*, u64, u32, u32, const u64* key_slot, u32, float)
-    // matches the arguments (the slot, where set, is a live key of the capture's key buffer); the
-    // kernel touches indices below n, and both buffers hold n elements.
+    // SAFETY: rb_dropout(const float* x, float* out, u64 n, u32, u32, const u64* key_slot, u32,
+    // float) and rb_dropout_add(const float* x, const float* r, float* out, u64 n, u32, u32,
+    // const u64* key_slot, u32, float) match the arguments, r pushed only for the second (the
+    // slot, where set, is a live key of the capture's key buffer); the kernel touches indices
+    // below n, and x, r and out hold n elements.
     unsafe { b.launch(config(grid(blocks, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_dropout", e))?;
+        .map_err(|e| launch_error(kernel, e))?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         l.shape().clone(),

@@ -141,6 +141,22 @@ fn cuda_dropout_draws_the_cpu_mask_forward_and_backward() -> Result<()> {
             return Err(candle_core::Error::Msg("dropout: no input gradient".into()));
         };
         assert_close("dropout input gradient", gg, gc, 0.0)?;
+        // The same mask with a residual sum in one kernel (a block node's dropout and residual).
+        let (rc, rg) = pair(&shape, 3, &dev)?;
+        let draw = || {
+            Dropout::new(p, SharedRng::new(98))
+                .draw()
+                .ok_or_else(|| candle_core::Error::Msg("no mask drawn".into()))
+        };
+        let zc = crate::nn::dropout::apply_mask_add(xc.as_tensor(), draw()?, rc.as_tensor())?;
+        let zg = crate::nn::dropout::apply_mask_add(xg.as_tensor(), draw()?, rg.as_tensor())?;
+        assert_eq!(
+            zc.flatten_all()?.to_vec1::<f32>()?,
+            zg.to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+            "p = {p}: the GPU's dropout with a residual differs from the CPU's"
+        );
     }
     Ok(())
 }
@@ -555,18 +571,18 @@ fn cuda_masks_read_from_a_key_slot_equal_masks_by_value() -> Result<()> {
     let Some(dev) = gpu("cuda_key_slots") else {
         return Ok(());
     };
-    let keys = [0x0123_4567_89AB_CDEFu64, 0xFEDC_BA98_7654_3210, 42];
+    let keys = [0x0123_4567_89AB_CDEFu64, 0xFEDC_BA98_7654_3210, 42, 7];
     let pairs: Vec<u32> = keys
         .iter()
         .flat_map(|k| [*k as u32, (*k >> 32) as u32])
         .collect();
-    let slots = Tensor::from_vec(pairs, 6, &dev)?;
+    let slots = Tensor::from_vec(pairs, 8, &dev)?;
     let base = super::graph::address(&slots)?;
     let x = Var::from_vec(values(3 * 1031, 31), (3, 1031), &dev)?;
     let scores = Tensor::from_vec(values(2 * 2 * 9 * 9, 32), (2, 2, 9, 9), &dev)?;
     let d = Dropout::new(0.3, SharedRng::new(5));
-    // Plain dropout, activation + dropout and attention weights, each drawing one mask, forward
-    // and backward.
+    // Plain dropout, activation + dropout, attention weights and dropout with a residual sum, each
+    // drawing one mask, forward and backward.
     let run = || -> Result<Vec<Vec<f32>>> {
         let y1 = d
             .forward_t(x.as_tensor(), true)
@@ -580,11 +596,15 @@ fn cuda_masks_read_from_a_key_slot_equal_masks_by_value() -> Result<()> {
         .ok_or_else(|| candle_core::Error::Msg("activation dropout not applied".into()))?;
         let y3 = crate::nn::attention_weights::attention_weights(&scores, None, 0.5, &d, true)?
             .ok_or_else(|| candle_core::Error::Msg("attention weights not applied".into()))?;
+        let y4 = match d.draw() {
+            Some(draw) => crate::nn::dropout::apply_mask_add(x.as_tensor(), draw, &y1)?,
+            None => return Err(candle_core::Error::Msg("no mask drawn".into())),
+        };
         let g = (weighted_sum(&y1, 33)? + weighted_sum(&y2, 34)?)?.backward()?;
         let gx = g
             .get(x.as_tensor())
             .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
-        [y1, y2, y3, gx.clone()]
+        [y1, y2, y3, y4, gx.clone()]
             .iter()
             .map(|t| t.flatten_all()?.to_device(&Device::Cpu)?.to_vec1::<f32>())
             .collect()
