@@ -134,7 +134,12 @@ pub(crate) fn chunked_on_device(
             &w.narrow(0, start, r)?,
             &DeviceRows,
         )?;
-        losses.push(packed.narrow(0, r * n, r)?);
+        // The rows' losses, copied out of the chunk's buffer where more chunks follow, so that
+        // the buffer (the chunk's `[r, N]` logits' gradient) is freed with the chunk. Kept as a
+        // view, it lived until the losses were summed, so a step held every chunk's buffer at
+        // once: `[M, N]` floats, the logits the chunks are there to avoid.
+        let l = packed.narrow(0, r * n, r)?;
+        losses.push(if r < m { l.force_contiguous()? } else { l });
         if want_grad {
             let dz = packed.narrow(0, 0, r * n)?.reshape((r, n))?;
             grad_s.push(dz.matmul(&e)?);

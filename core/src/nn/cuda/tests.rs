@@ -651,6 +651,51 @@ fn cuda_peak_memory_counts_an_allocation_and_resets() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn cuda_catalog_loss_frees_each_chunks_buffer() -> Result<()> {
+    // The chunked loss must hold about one chunk's logits at a time, not every chunk's: 20 chunks
+    // of 100 rows × 50,000 items (20 MB each, 400 MB in all).
+    let Some(dev) = gpu("cuda_catalog_loss_memory") else {
+        return Ok(());
+    };
+    let Device::Cuda(cuda) = &dev else {
+        return Err(candle_core::Error::Msg("not a CUDA device".into()));
+    };
+    use super::memory::{peak, reset_peak};
+    let (m, n, d, rows) = (2_000, 50_000, 16, 100);
+    let s = Var::from_vec(values(m * d, 71), (m, d), &dev)?;
+    let e = Var::from_vec(values(n * d, 72), (n, d), &dev)?;
+    let targets: Vec<u32> = (0..m).map(|i| 1 + (i * 7919 % (n - 1)) as u32).collect();
+    let t = Tensor::from_vec(targets, m, &dev)?;
+    let w = Tensor::ones(m, DType::F32, &dev)?;
+    dev.synchronize()?;
+    reset_peak(cuda)?;
+    let base = peak(cuda)?.used_high;
+    let loss = crate::nn::catalog_softmax::chunked_on_device(
+        s.as_tensor(),
+        e.as_tensor(),
+        &t,
+        &w,
+        1.0,
+        rows,
+    )?;
+    let grads = loss.backward()?;
+    dev.synchronize()?;
+    let high = peak(cuda)?.used_high;
+    assert!(
+        grads.get(e.as_tensor()).is_some() && loss.to_scalar::<f32>()?.is_finite(),
+        "no item gradient or a non-finite loss"
+    );
+    let chunk = (rows * n * 4) as u64;
+    assert!(
+        high.saturating_sub(base) < 6 * chunk,
+        "the loss's peak was {} MiB over its inputs; one chunk's logits are {} MiB",
+        high.saturating_sub(base) >> 20,
+        chunk >> 20
+    );
+    Ok(())
+}
+
 /// A node that hands over a [`Precomputed`](crate::nn::precomputed::Precomputed) output.
 struct HandOver(crate::nn::precomputed::Precomputed);
 
