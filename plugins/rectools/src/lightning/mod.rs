@@ -273,11 +273,11 @@ struct TargetRows {
 
 impl TargetRows {
     fn encode(backbone: &dyn Backbone, batch: &Batch, train: bool) -> Result<Self> {
-        let item_embs = backbone.item_embeddings(train)?;
-        let sessions = backbone.encode_sessions(&batch.x, &item_embs, train)?;
-        let (b, l, d) = sessions.dims3()?;
         let y = batch.y.to_dtype(DType::U32)?.flatten_all()?;
         if recblocks_core::nn::capture::static_shapes() {
+            let item_embs = backbone.item_embeddings(train)?;
+            let sessions = backbone.encode_sessions(&batch.x, &item_embs, train)?;
+            let (b, l, d) = sessions.dims3()?;
             // A step that may be captured keeps its shapes: every position, M = B·L (padding
             // has weight 0 and adds nothing to any loss, as when it is dropped).
             return Ok(Self {
@@ -288,6 +288,10 @@ impl TargetRows {
                 idx: None,
             });
         }
+        // The positions with a target, read before the sessions are encoded: on a GPU the read
+        // waits for everything queued before it, and here that is only the batch's upload, not
+        // the backbone's forward pass (the host would then queue the loss and the backward pass
+        // while the GPU sat idle).
         let keep: Vec<u32> = y
             .to_vec1::<u32>()?
             .iter()
@@ -296,7 +300,10 @@ impl TargetRows {
             .map(|(i, _)| i as u32)
             .collect();
         let m = keep.len();
-        let idx = Tensor::from_vec(keep, m, sessions.device())?;
+        let idx = Tensor::from_vec(keep, m, y.device())?;
+        let item_embs = backbone.item_embeddings(train)?;
+        let sessions = backbone.encode_sessions(&batch.x, &item_embs, train)?;
+        let (b, l, d) = sessions.dims3()?;
         // As one session of M positions ([1, M, ...]): candidates then take the per-position
         // path of the similarity (a gather), not M one-row matmuls.
         let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx, 0)?.unsqueeze(0)?) };
