@@ -134,6 +134,8 @@ pub(crate) fn chunked_on_device(
             &w.narrow(0, start, r)?,
             &DeviceRows,
         )?;
+        // The logits are read: free them before the products below allocate.
+        drop(z);
         // The rows' losses, copied out of the chunk's buffer where more chunks follow, so that
         // the buffer (the chunk's `[r, N]` logits' gradient) is freed with the chunk. Kept as a
         // view, it lived until the losses were summed, so a step held every chunk's buffer at
@@ -144,6 +146,9 @@ pub(crate) fn chunked_on_device(
             let dz = packed.narrow(0, 0, r * n)?.reshape((r, n))?;
             grad_s.push(dz.matmul(&e)?);
             let ge = dz.t()?.matmul(&s_c)?;
+            // The chunk's buffer is read (unless a view of its losses holds it, one chunk only):
+            // free it before the sum below allocates.
+            drop((dz, packed));
             grad_e = Some(match grad_e {
                 Some(acc) => (acc + ge)?,
                 None => ge,
