@@ -422,6 +422,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/mod.rs")),
     ),
     (
+        "src/nn/padding_row.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/padding_row.rs"
+        )),
+    ),
+    (
         "src/nn/param_grads.rs",
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),

@@ -32,6 +32,7 @@ pub mod layer_norm;
 pub mod linear;
 pub(crate) mod linear_node;
 pub mod masks;
+pub mod padding_row;
 pub mod param_grads;
 pub(crate) mod param_node;
 pub mod philox;

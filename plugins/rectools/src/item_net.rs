@@ -10,7 +10,7 @@ use recblocks_core::{
     candle::{DType, Tensor},
     components::item_net::{build_item_net_blocks, ItemNetBlock, ItemNetConstructor},
     kwargs::{decode_kwargs, NoKwargs},
-    nn::{gather_rows, init, scatter_add_rows, Dropout},
+    nn::{gather_rows, init, padding_row::frozen_first_row, scatter_add_rows, Dropout},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
@@ -20,8 +20,8 @@ const CAT_NAME: &str = "CatFeaturesItemNet";
 const SUM_NAME: &str = "SumOfEmbeddingsConstructor";
 
 /// RecTools' `IdEmbeddingsItemNet`: parameter `ids_emb.weight` `[n_items, d]` (xavier-normal,
-/// PAD row included). Row 0 (PAD) is detached before use, as torch's `padding_idx=0`: it keeps
-/// its value and gets no gradient. No dropout (RecTools ≥ 0.16).
+/// PAD row included). Row 0 (PAD) gets no gradient, as with torch's `padding_idx=0`
+/// ([`frozen_first_row`]): it keeps its value. No dropout (RecTools ≥ 0.16).
 pub struct IdEmbeddingsItemNet {
     weight: Tensor,
     n_factors: usize,
@@ -51,12 +51,7 @@ impl IdEmbeddingsItemNet {
 
 impl ItemNetBlock for IdEmbeddingsItemNet {
     fn all_embeddings(&self, _train: bool) -> Result<Tensor> {
-        let n = self.weight.dim(0)?;
-        let pad = self.weight.narrow(0, 0, 1)?.detach();
-        if n == 1 {
-            return Ok(pad);
-        }
-        Ok(Tensor::cat(&[&pad, &self.weight.narrow(0, 1, n - 1)?], 0)?)
+        Ok(frozen_first_row(&self.weight)?)
     }
 
     fn out_dim(&self) -> usize {

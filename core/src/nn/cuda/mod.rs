@@ -178,6 +178,32 @@ fn masked(
     ))
 }
 
+/// A copy of the contiguous f32 tensor `x` (rows along its first dimension), with its first row
+/// zeroed where `zero_first_row` (`nn::padding_row`): one device-to-device copy, and a memset.
+pub(crate) fn copy_rows(
+    s: &CudaStorage,
+    l: &Layout,
+    zero_first_row: bool,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &s.device;
+    let x = f32_view(s, l, "table rows")?;
+    let n = x.len();
+    let rows = l.dims().first().copied().unwrap_or(1).max(1);
+    // Written in full by the copy that follows (output's contract; nothing is read when n = 0).
+    let mut out = output(dev, n)?;
+    dev.memcpy_dtod(&x, &mut out)?;
+    if zero_first_row && n > 0 {
+        let mut head = out.slice_mut(0..n / rows);
+        dev.cuda_stream()
+            .memset_zeros(&mut head)
+            .map_err(|e| Error::Msg(format!("CUDA memset of a table's first row: {e}")))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        l.shape().clone(),
+    ))
+}
+
 /// Layer norm over the last dimension of `x` with `weight` and `bias` `[d]`.
 pub(crate) fn layer_norm(
     (sx, lx): (&CudaStorage, &Layout),

@@ -696,6 +696,34 @@ fn cuda_catalog_loss_frees_each_chunks_buffer() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn cuda_frozen_first_row_matches_the_cpu_op() -> Result<()> {
+    // The item table with its padding row frozen: the same values, and the gradient with row 0
+    // zeroed, on both devices (exactly: a copy and a memset).
+    let Some(dev) = gpu("cuda_frozen_first_row") else {
+        return Ok(());
+    };
+    let (tc, tg) = pair(&[37, 24], 81, &dev)?;
+    let yc = crate::nn::padding_row::frozen_first_row(tc.as_tensor())?;
+    let yg = crate::nn::padding_row::frozen_first_row(tg.as_tensor())?;
+    assert_close("frozen first row: values", &yg, &yc, 0.0)?;
+    let gc = weighted_sum(&yc, 82)?.backward()?;
+    let gg = weighted_sum(&yg, 82)?.backward()?;
+    let (Some(gc), Some(gg)) = (gc.get(tc.as_tensor()), gg.get(tg.as_tensor())) else {
+        return Err(candle_core::Error::Msg(
+            "frozen first row: no gradient".into(),
+        ));
+    };
+    assert_close("frozen first row: gradient", gg, gc, 0.0)?;
+    let first = gg
+        .narrow(0, 0, 1)?
+        .to_device(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    assert_eq!(first, vec![0f32; 24]);
+    Ok(())
+}
+
 /// A node that hands over a [`Precomputed`](crate::nn::precomputed::Precomputed) output.
 struct HandOver(crate::nn::precomputed::Precomputed);
 
