@@ -271,21 +271,19 @@ impl CapturedSteps {
         self.replays += 1;
         #[cfg(feature = "cuda")]
         if let (Some(graph), Some(bufs)) = (&self.graph, &self.buffers) {
-            let dev = run.model.device.clone();
+            use super::write_in_place::{write, HostValues};
             if !keys.is_empty() {
                 let pairs: Vec<u32> = keys
                     .iter()
                     .flat_map(|k| [*k as u32, (*k >> 32) as u32])
                     .collect();
-                let n = pairs.len();
-                bufs.keys
-                    .slice_set(&Tensor::from_vec(pairs, n, &dev)?, 0, 0)?;
+                // The first keys of the buffer (it has room for more).
+                write(
+                    &bufs.keys.narrow(0, 0, pairs.len())?,
+                    HostValues::U32(&pairs),
+                )?;
             }
-            bufs.coefficients.slice_set(
-                &Tensor::from_vec(coefficients.to_vec(), 8, &dev)?,
-                0,
-                0,
-            )?;
+            write(&bufs.coefficients, HostValues::F32(&coefficients[..]))?;
             graph.replay()?;
             let value = bufs
                 .loss
@@ -356,7 +354,7 @@ fn fits(buffers: &Batch, batch: &Batch) -> bool {
 /// Copies `batch` into the buffers (same shapes, see [`fits`]).
 fn upload(buffers: &Batch, batch: &Batch) -> Result<()> {
     let copy = |dst: &Tensor, src: &Tensor| -> Result<()> {
-        Ok(dst.slice_set(&src.to_device(dst.device())?, 0, 0)?)
+        Ok(super::write_in_place::write_tensor(dst, src)?)
     };
     copy(&buffers.x, &batch.x)?;
     copy(&buffers.y, &batch.y)?;

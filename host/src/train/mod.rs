@@ -8,6 +8,7 @@ pub mod observer;
 pub mod prepare;
 pub mod rng_state;
 pub mod validation;
+mod write_in_place;
 
 pub use adam::{Adam, AdamConfig};
 pub use fit::{EpochLog, FitOptions, TrainingState};
