@@ -10,15 +10,91 @@
 //! On a CUDA device each bias is built by one kernel from the ids where they lie (no copy to the
 //! host and back, so a captured step can build it); the values are the same.
 
-use candle_core::{Device, Tensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 
-use crate::Result;
+use crate::{nn::cpu_slice::storage_f32, Result};
 
 /// `[B, L, 1]` f32 timeline mask: 1 at real items (id ≠ 0), 0 at padding.
 pub fn timeline_mask(x: &Tensor) -> Result<Tensor> {
     Ok(x.ne(0u32)?
         .to_dtype(candle_core::DType::F32)?
         .unsqueeze(2)?)
+}
+
+/// `x · timeline_mask` for `x` `[B, L, d]` and the mask `[B, L, 1]` ([`timeline_mask`]): RecTools'
+/// `seqs *= timeline_mask`, as one graph node whose backward pass masks the gradient the same way
+/// and gives the mask none. (candle's backward pass of `x.broadcast_mul(mask)` also computes the
+/// broadcast mask's gradient `grad · x`, into a zero-filled buffer and an add, and keeps it until
+/// the step ends: three launches and two activation-sized buffers on a GPU, for a gradient nobody
+/// reads.) The values and `x`'s gradient are those of `broadcast_mul`, to the bit. Other dtypes or
+/// shapes take `broadcast_mul`.
+pub fn apply_timeline_mask(x: &Tensor, timeline_mask: &Tensor) -> Result<Tensor> {
+    let d = x.dims().last().copied().unwrap_or(0);
+    let rows_match = d > 0
+        && timeline_mask.dims().last() == Some(&1)
+        && timeline_mask.rank() == x.rank()
+        && timeline_mask.elem_count() * d == x.elem_count();
+    let f32s = x.dtype() == DType::F32 && timeline_mask.dtype() == DType::F32;
+    if !(rows_match && f32s) {
+        return Ok(x.broadcast_mul(timeline_mask)?);
+    }
+    Ok(x.contiguous()?
+        .apply_op2(&timeline_mask.contiguous()?, TimelineMask)?)
+}
+
+/// [`apply_timeline_mask`]'s node over `(x, mask)`.
+struct TimelineMask;
+
+impl CustomOp2 for TimelineMask {
+    fn name(&self) -> &'static str {
+        "timeline-mask"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = storage_f32(s1, l1, "timeline mask: input")?;
+        let m = storage_f32(s2, l2, "timeline mask: mask")?;
+        let d = l1.dims().last().copied().unwrap_or(1).max(1);
+        if m.len() * d != x.len() {
+            return Err(candle_core::Error::Msg(format!(
+                "timeline mask: {} values of width {d} and a mask of {}",
+                x.len(),
+                m.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(x.len());
+        for (row, &mr) in x.chunks(d).zip(m) {
+            out.extend(row.iter().map(|&v| v * mr));
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        crate::nn::cuda::row_scale((s1, l1), (s2, l2))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        mask: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = grad.contiguous()?.apply_op2_no_bwd(mask, self)?;
+        Ok((Some(g), None))
+    }
 }
 
 /// The causal bias `[1, 1, L, L]`: query i may attend to keys j ≤ i.
@@ -105,6 +181,49 @@ mod tests {
     use super::*;
 
     const NI: f32 = f32::NEG_INFINITY;
+
+    #[test]
+    fn the_timeline_mask_node_equals_broadcast_mul_and_gives_the_mask_no_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        let ids = Tensor::new(&[[0u32, 5, 6, 2], [0, 0, 7, 1]], &dev)?;
+        let tm = timeline_mask(&ids)?;
+        let vals: Vec<f32> = (0..2 * 4 * 3).map(|i| (i as f32 * 0.9).sin()).collect();
+        let up = Tensor::from_vec(
+            (0..24).map(|i| i as f32 - 11.5).collect::<Vec<_>>(),
+            (2, 4, 3),
+            &dev,
+        )?;
+        let run = |fused: bool| -> Result<(Vec<f32>, Vec<f32>, bool)> {
+            let x = candle_core::Var::from_vec(vals.clone(), (2, 4, 3), &dev)?;
+            let m = candle_core::Var::from_tensor(&tm)?;
+            let y = if fused {
+                apply_timeline_mask(x.as_tensor(), m.as_tensor())?
+            } else {
+                x.as_tensor().broadcast_mul(m.as_tensor())?
+            };
+            let grads = (&y * &up)?.sum_all()?.backward()?;
+            let gx = grads
+                .get(x.as_tensor())
+                .map(|g| g.flatten_all()?.to_vec1::<f32>())
+                .transpose()?
+                .unwrap_or_default();
+            Ok((
+                y.flatten_all()?.to_vec1::<f32>()?,
+                gx,
+                grads.get(m.as_tensor()).is_some(),
+            ))
+        };
+        let (y, gx, mask_grad) = run(true)?;
+        let (want_y, want_gx, _) = run(false)?;
+        assert_eq!(y, want_y);
+        assert_eq!(gx, want_gx);
+        assert!(!mask_grad, "the mask is data: no gradient");
+        // Padded rows (the first of each session, the second of the second) are zeroed.
+        assert_eq!(&y[..3], &[0.0; 3]);
+        assert_eq!(&y[12..18], &[0.0; 6]);
+        assert_eq!(&gx[12..18], &[0.0; 6]);
+        Ok(())
+    }
 
     #[test]
     fn causal_masks_future_keys() -> Result<()> {

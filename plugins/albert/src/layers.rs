@@ -35,7 +35,10 @@ use recblocks_core::{
     candle::Tensor,
     components::{last_position, AttentionMasks, TransformerLayers},
     kwargs::decode_kwargs,
-    nn::{blocks::LAST_LAYER_NORM_EPS, LayerNorm, PreLNTransformerLayer, SASRecTransformerLayer},
+    nn::{
+        blocks::LAST_LAYER_NORM_EPS, masks::apply_timeline_mask, LayerNorm, PreLNTransformerLayer,
+        SASRecTransformerLayer,
+    },
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
@@ -283,7 +286,7 @@ impl AlbertLayers {
             };
         }
         if let Some(norm) = &self.last_layernorm {
-            x = norm.forward(&x.broadcast_mul(tm)?)?;
+            x = norm.forward(&apply_timeline_mask(&x, tm)?)?;
         }
         Ok(x)
     }

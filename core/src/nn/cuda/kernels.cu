@@ -524,6 +524,16 @@ extern "C" __global__ void rb_bias_add(const float *x, const float *b, float *ou
 }
 
 // ---------------------------------------------------------------------------------------------
+// Rows scaled by a factor each (nn/masks.rs, a timeline mask): out[r, c] = x[r, c] * m[r].
+
+extern "C" __global__ void rb_row_scale(const float *x, const float *m, float *out,
+                                        unsigned long long n, int cols) {
+  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  out[i] = x[i] * m[i / (unsigned long long)cols];
+}
+
+// ---------------------------------------------------------------------------------------------
 // Attention biases (nn/masks.rs) built on the device from input ids [b, l] (u32): 0 where a query
 // may attend to a key, −inf where not. mode 0: causal, [1, 1, l, l] (ids unused); 1: key
 // padding, [b, 1, 1, l]; 2: RecTools' merged mask, [b, 1, l, l] (causal or padding, the diagonal

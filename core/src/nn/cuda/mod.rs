@@ -931,6 +931,37 @@ pub(crate) fn bias_add(
     ))
 }
 
+/// `x` `[rows, cols]` with row r scaled by `m[r]`: a timeline mask applied (`nn::masks`).
+pub(crate) fn row_scale(
+    (sx, lx): (&CudaStorage, &Layout),
+    (sm, lm): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sx.device;
+    let (rows, cols) = rows_and_width(lx);
+    let x = f32_view(sx, lx, "masked rows")?;
+    let m = f32_view(sm, lm, "row mask")?;
+    if m.len() != rows || cols == 0 {
+        return Err(Error::Msg(format!(
+            "row mask: {rows} rows of {cols} and a mask of {} values",
+            m.len()
+        )));
+    }
+    let n = rows * cols;
+    let mut out = output(dev, n)?;
+    let f = dev.get_or_load_custom_func("rb_row_scale", MODULE, PTX)?;
+    let (n64, c) = (n as u64, int(cols, "columns")?);
+    let mut l = f.builder();
+    l.arg(&x).arg(&m).arg(&mut out).arg(&n64).arg(&c);
+    // SAFETY: rb_row_scale(const float* x, const float* m, float* out, u64 n, int cols): x and
+    // out hold n = rows·cols values, m rows (checked, cols > 0); a thread per element.
+    unsafe { l.launch(config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_row_scale", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        lx.shape().clone(),
+    ))
+}
+
 /// Which attention bias [`attention_bias`] builds (the `mode` of `rb_attention_bias`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BiasKind {

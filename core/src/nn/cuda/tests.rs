@@ -724,6 +724,37 @@ fn cuda_frozen_first_row_matches_the_cpu_op() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn cuda_timeline_mask_matches_the_cpu_op() -> Result<()> {
+    // `seqs *= timeline_mask` as one node: the same values and input gradient on both devices
+    // (exactly: a product by 0 or 1), and no gradient for the mask.
+    let Some(dev) = gpu("cuda_timeline_mask") else {
+        return Ok(());
+    };
+    let (b, l, d) = (5, 9, 33);
+    let ids: Vec<u32> = (0..b * l)
+        .map(|i| if i % l < i / l { 0 } else { 3 })
+        .collect();
+    let ids = Tensor::from_vec(ids, (b, l), &Device::Cpu)?;
+    let tm_c = crate::nn::masks::timeline_mask(&ids).map_err(candle_core::Error::wrap)?;
+    let tm_g = tm_c.to_device(&dev)?;
+    let (xc, xg) = pair(&[b, l, d], 91, &dev)?;
+    let yc = crate::nn::masks::apply_timeline_mask(xc.as_tensor(), &tm_c)
+        .map_err(candle_core::Error::wrap)?;
+    let yg = crate::nn::masks::apply_timeline_mask(xg.as_tensor(), &tm_g)
+        .map_err(candle_core::Error::wrap)?;
+    assert_close("timeline mask: values", &yg, &yc, 0.0)?;
+    let gc = weighted_sum(&yc, 92)?.backward()?;
+    let gg = weighted_sum(&yg, 92)?.backward()?;
+    let (Some(gc), Some(gg)) = (gc.get(xc.as_tensor()), gg.get(xg.as_tensor())) else {
+        return Err(candle_core::Error::Msg(
+            "timeline mask: no input gradient".into(),
+        ));
+    };
+    assert_close("timeline mask: input gradient", gg, gc, 0.0)?;
+    Ok(())
+}
+
 /// A node that hands over a [`Precomputed`](crate::nn::precomputed::Precomputed) output.
 struct HandOver(crate::nn::precomputed::Precomputed);
 

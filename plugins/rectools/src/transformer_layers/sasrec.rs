@@ -9,7 +9,7 @@ use recblocks_core::{
     candle::Tensor,
     components::{last_position, AttentionMasks, TransformerLayers},
     kwargs::{decode_kwargs, NoKwargs},
-    nn::LayerNorm,
+    nn::{masks::apply_timeline_mask, LayerNorm},
     serde_json::Value,
     BuildContext, ComponentKind, Result,
 };
@@ -65,7 +65,7 @@ impl TransformerLayers for SASRecTransformerLayers {
         for block in &self.transformer_blocks {
             x = block.forward_masked_t(&x, tm, bias, train)?;
         }
-        x = x.broadcast_mul(tm)?;
+        x = apply_timeline_mask(&x, tm)?;
         self.last_layernorm.forward(&x)
     }
 
