@@ -318,10 +318,13 @@ impl TrainRun<'_> {
             // leave the GPU idle while the host queues the backward pass. The update reads the
             // loss on the device and changes nothing unless it is finite, so a non-finite loss
             // still stops the run with the parameters as they were.
-            let loss = loss.to_dtype(candle_core::DType::F32)?.reshape(1)?;
+            // The backward pass starts from the scalar loss itself (a reshape of it would be one
+            // more node, a zero-filled buffer and an add); the update and the read take the
+            // reshaped copy.
+            let read = loss.to_dtype(candle_core::DType::F32)?.reshape(1)?;
             let grads = scope.backward(&loss)?;
-            self.adam.step_guarded(&grads, &loss)?;
-            let value = loss.to_vec1::<f32>()?.first().copied().unwrap_or(f32::NAN);
+            self.adam.step_guarded(&grads, &read)?;
+            let value = read.to_vec1::<f32>()?.first().copied().unwrap_or(f32::NAN);
             self.check_loss(value, info, b)?;
             return Ok(value);
         }
