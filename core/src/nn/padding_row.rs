@@ -21,7 +21,9 @@ pub fn frozen_first_row(table: &Tensor) -> Result<Tensor> {
     if table.dtype() != DType::F32 || rows == 0 {
         return composed(table);
     }
-    table.contiguous()?.apply_op1(FrozenFirstRow)
+    table
+        .contiguous()?
+        .apply_op1(CopyRows { zero_first: false })
 }
 
 /// The same from candle's ops (other dtypes; the reference of the tests).
@@ -34,11 +36,11 @@ pub fn composed(table: &Tensor) -> Result<Tensor> {
     Tensor::cat(&[&pad, &table.narrow(0, 1, rows - 1)?], 0)
 }
 
-/// The node: a copy forward; backward, the gradient with its first row zeroed.
-struct FrozenFirstRow;
-
-/// The backward pass's op: a copy with the first row zeroed.
-struct ZeroFirstRow;
+/// A copy of a table, with its first row zeroed where `zero_first`. Without zeroing it is the node
+/// of [`frozen_first_row`], and its backward pass is the zeroing copy of the gradient.
+struct CopyRows {
+    zero_first: bool,
+}
 
 /// A copy of `s`'s values, with the first of its rows (rows along the first dimension of `l`)
 /// zeroed where `zero_first`.
@@ -53,13 +55,17 @@ fn copy_cpu(s: &CpuStorage, l: &Layout, zero_first: bool) -> Result<(CpuStorage,
     Ok((CpuStorage::F32(out), l.shape().clone()))
 }
 
-impl CustomOp1 for FrozenFirstRow {
+impl CustomOp1 for CopyRows {
     fn name(&self) -> &'static str {
-        "frozen-first-row"
+        if self.zero_first {
+            "zero-first-row"
+        } else {
+            "frozen-first-row"
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        copy_cpu(s, l, false)
+        copy_cpu(s, l, self.zero_first)
     }
 
     #[cfg(feature = "cuda")]
@@ -68,30 +74,12 @@ impl CustomOp1 for FrozenFirstRow {
         s: &candle_core::CudaStorage,
         l: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::copy_rows(s, l, false)
+        super::cuda::copy_rows(s, l, self.zero_first)
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&ZeroFirstRow)?))
-    }
-}
-
-impl CustomOp1 for ZeroFirstRow {
-    fn name(&self) -> &'static str {
-        "zero-first-row"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        copy_cpu(s, l, true)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        s: &candle_core::CudaStorage,
-        l: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::copy_rows(s, l, true)
+        let zeroed = CopyRows { zero_first: true };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&zeroed)?))
     }
 }
 
