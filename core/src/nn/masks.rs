@@ -29,11 +29,10 @@ pub fn timeline_mask(x: &Tensor) -> Result<Tensor> {
 /// reads.) The values and `x`'s gradient are those of `broadcast_mul`, to the bit. Other dtypes or
 /// shapes take `broadcast_mul`.
 pub fn apply_timeline_mask(x: &Tensor, timeline_mask: &Tensor) -> Result<Tensor> {
-    let d = x.dims().last().copied().unwrap_or(0);
-    let rows_match = d > 0
-        && timeline_mask.dims().last() == Some(&1)
-        && timeline_mask.rank() == x.rank()
-        && timeline_mask.elem_count() * d == x.elem_count();
+    // One mask value per row of x: the same leading dims, and 1 where x has d.
+    let (xd, md) = (x.dims(), timeline_mask.dims());
+    let rows_match = matches!((xd.split_last(), md.split_last()),
+        (Some((&d, x_rows)), Some((&1, m_rows))) if d > 0 && x_rows == m_rows);
     let f32s = x.dtype() == DType::F32 && timeline_mask.dtype() == DType::F32;
     if !(rows_match && f32s) {
         return Ok(x.broadcast_mul(timeline_mask)?);
@@ -222,6 +221,11 @@ mod tests {
         assert_eq!(&y[..3], &[0.0; 3]);
         assert_eq!(&y[12..18], &[0.0; 6]);
         assert_eq!(&gx[12..18], &[0.0; 6]);
+        // A mask whose rows are laid out otherwise is not paired row by row: broadcast_mul
+        // refuses it, and so does the op.
+        let x = Tensor::zeros((2, 3, 4), candle_core::DType::F32, &dev)?;
+        let transposed = Tensor::ones((3, 2, 1), candle_core::DType::F32, &dev)?;
+        assert!(apply_timeline_mask(&x, &transposed).is_err());
         Ok(())
     }
 
