@@ -12,11 +12,7 @@ pub trait ItemNetBlock: Send + Sync {
     fn all_embeddings(&self, train: bool) -> Result<Tensor>;
     /// Embeddings of the given internal ids, `[.., out_dim]`.
     fn forward_t(&self, items: &Tensor, train: bool) -> Result<Tensor> {
-        let all = self.all_embeddings(train)?;
-        let flat = items.flatten_all()?;
-        let mut dims = items.dims().to_vec();
-        dims.push(all.dim(1)?);
-        Ok(crate::nn::gather_rows(&all, &flat)?.reshape(dims)?)
+        Ok(crate::nn::gather_rows(&self.all_embeddings(train)?, items)?)
     }
     /// Width of the embeddings.
     fn out_dim(&self) -> usize;

@@ -45,6 +45,11 @@ const CHUNK_ELEMENTS: usize = 1 << 22;
 ///
 /// `targets` `[M]` (integer ids below N), `weights` `[M]`. Differentiable with respect to
 /// `sessions` and `items`. On the CPU in f32 the `[M, N]` logits are never materialised whole.
+///
+/// `sessions` may also come in any shape `[..., d]` (`[B, L, d]`: M = B·L rows in order), with
+/// `targets` and `weights` `[M]` or of the sessions' leading shape (`[B, L]`); the gradient then
+/// has the sessions' shape. On a GPU this saves the reshape nodes that flattening them would add
+/// to the graph (each a zero-filled gradient buffer and an add in candle's backward pass).
 pub fn catalog_softmax_loss(
     sessions: &Tensor,
     items: &Tensor,
@@ -52,18 +57,29 @@ pub fn catalog_softmax_loss(
     weights: &Tensor,
     temperature: f64,
 ) -> Result<Tensor> {
-    let (m, d) = sessions.dims2()?;
+    let (lead, d) = match sessions.dims() {
+        [lead @ .., d] if !lead.is_empty() => (lead, *d),
+        other => {
+            return Err(Error::Msg(format!(
+                "catalog softmax loss: expected sessions [M, d] (or [..., d]); found {other:?}"
+            )))
+        }
+    };
+    let m: usize = lead.iter().product();
     let (n, d_items) = items.dims2()?;
     if d != d_items {
         return Err(Error::Msg(format!(
-            "catalog softmax loss: sessions are [{m}, {d}] and items [{n}, {d_items}]; expected \
-             the same width"
+            "catalog softmax loss: sessions are {:?} and items [{n}, {d_items}]; expected the \
+             same width",
+            sessions.dims()
         )));
     }
-    if targets.dims() != [m] || weights.dims() != [m] {
+    let fits = |t: &Tensor| t.dims() == [m] || t.dims() == lead;
+    if !fits(targets) || !fits(weights) {
         return Err(Error::Msg(format!(
-            "catalog softmax loss: {m} sessions, so targets and weights must be [{m}]; found {:?} \
-             and {:?}",
+            "catalog softmax loss: sessions {:?}, so targets and weights must be [{m}] or {lead:?}; \
+             found {:?} and {:?}",
+            sessions.dims(),
             targets.dims(),
             weights.dims()
         )));
@@ -73,24 +89,30 @@ pub fn catalog_softmax_loss(
             "catalog softmax loss: temperature {temperature}; expected a finite value above 0"
         )));
     }
-    let targets = targets.to_dtype(DType::U32)?;
-    let on_gpu = sessions.device().is_cuda()
-        && sessions.dtype() == DType::F32
-        && items.dtype() == DType::F32
-        && fused::enabled();
-    if on_gpu {
+    let targets = targets.flatten_all()?.to_dtype(DType::U32)?;
+    let weights = weights.flatten_all()?;
+    let fused_f32 =
+        sessions.dtype() == DType::F32 && items.dtype() == DType::F32 && fused::enabled();
+    if fused_f32 && sessions.device().is_cuda() {
         let rows = (DEVICE_CHUNK_ELEMENTS / n.max(1)).clamp(8, m.max(8));
-        return chunked_on_device(sessions, items, &targets, weights, temperature, rows);
+        return chunked_on_device(sessions, items, &targets, &weights, temperature, rows);
     }
-    let in_chunks = matches!(sessions.device(), Device::Cpu)
-        && sessions.dtype() == DType::F32
-        && items.dtype() == DType::F32
-        && fused::enabled();
-    if !in_chunks {
-        return materialised(sessions, items, &targets, weights, temperature);
+    if fused_f32 && matches!(sessions.device(), Device::Cpu) {
+        let rows = (CHUNK_ELEMENTS / n.max(1)).clamp(8, m.max(8));
+        return chunked(sessions, items, &targets, &weights, temperature, rows);
     }
-    let rows = (CHUNK_ELEMENTS / n.max(1)).clamp(8, m.max(8));
-    chunked(sessions, items, &targets, weights, temperature, rows)
+    let flat = match sessions.rank() {
+        2 => sessions.clone(),
+        _ => sessions.reshape((m, d))?,
+    };
+    materialised(&flat, items, &targets, &weights, temperature)
+}
+
+/// `sessions` `[..., d]` detached and read as rows `[M, d]` (no graph node).
+fn detached_rows(sessions: &Tensor) -> Result<Tensor> {
+    let d = sessions.dims().last().copied().unwrap_or(0);
+    let m = sessions.elem_count() / d.max(1);
+    sessions.detach().contiguous()?.reshape((m, d))
 }
 
 /// How many logits one chunk holds at most on a GPU (64 M floats, 256 MB).
@@ -108,10 +130,10 @@ pub(crate) fn chunked_on_device(
     temperature: f64,
     rows: usize,
 ) -> Result<Tensor> {
-    let (m, _) = sessions.dims2()?;
+    let s = detached_rows(sessions)?;
+    let (m, _) = s.dims2()?;
     let (n, _) = items.dims2()?;
     let want_grad = sessions.track_op() || items.track_op();
-    let s = sessions.detach().contiguous()?;
     let e = items.detach().contiguous()?;
     let e_t = e.t()?;
     let w = weights.detach().to_dtype(DType::F32)?.contiguous()?;
@@ -169,7 +191,9 @@ pub(crate) fn chunked_on_device(
         loss: f32::NAN,
         device_loss: Some(loss),
         grads: (
-            Tensor::cat(&grad_s, 0)?.broadcast_mul(&k)?,
+            Tensor::cat(&grad_s, 0)?
+                .broadcast_mul(&k)?
+                .reshape(sessions.shape())?,
             ge.broadcast_mul(&k)?,
         ),
     };
@@ -222,7 +246,8 @@ fn chunked(
     temperature: f64,
     rows: usize,
 ) -> Result<Tensor> {
-    let (m, d) = sessions.dims2()?;
+    let s_t = detached_rows(sessions)?;
+    let (m, d) = s_t.dims2()?;
     let (n, _) = items.dims2()?;
     let t = targets.to_vec1::<u32>()?;
     if let Some(row) = t.iter().position(|&id| id as usize >= n) {
@@ -233,7 +258,6 @@ fn chunked(
     }
     let w = weights.to_dtype(DType::F32)?.to_vec1::<f32>()?;
     let want_grad = sessions.track_op() || items.track_op();
-    let s_t = sessions.detach().contiguous()?;
     let e_t = items.detach().contiguous()?;
     let s_view = F32View::new(&s_t, "catalog softmax sessions")?;
     let e_view = F32View::new(&e_t, "catalog softmax items")?;
@@ -279,7 +303,7 @@ fn chunked(
     scale_in_place(&mut grad_s, k);
     let grad_e = transpose_scaled(&grad_e_t, d, n, k);
     drop(grad_e_t);
-    let grad_s = Tensor::from_vec(grad_s.into_vec(), (m, d), sessions.device())?;
+    let grad_s = Tensor::from_vec(grad_s.into_vec(), sessions.shape(), sessions.device())?;
     let grad_e = Tensor::from_vec(grad_e, (n, d), items.device())?;
     drop((s_view, e_view));
     let node = LossNode {

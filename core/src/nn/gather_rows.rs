@@ -19,14 +19,31 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Error, Layout, Result, S
 
 use super::cpu_slice::{storage_f32, storage_u32};
 
-/// Rows `[M, d]` of `table` `[N, d]` at `ids` `[M]`: row `m` is `table[ids[m]]`. Differentiable
-/// with respect to `table` (the gradient sums each id's rows, as `index_add` does).
+/// Rows of `table` `[N, d]` at `ids` of any shape `[...]`: `[..., d]`, the row `table[ids[i]]` at
+/// each position `i` of `ids` (`[M]` ids give `[M, d]`, `[B, L]` ids give `[B, L, d]`).
+/// A `table` of higher rank `[..., d]` is read as its rows in order (`[B, L, d]` holds the `B·L`
+/// rows `b·L + l`), as its `reshape((N, d))` would be. Differentiable with respect to `table`
+/// (the gradient sums each id's rows, as `index_add` does, and has the table's shape).
+///
+/// On a GPU taking the ids and the table in their own shapes saves the two reshape nodes around
+/// the lookup, each a zero-filled gradient buffer and an add in candle's backward pass.
 pub fn gather_rows(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let ids = check_shapes("gather rows", table, ids)?;
+    let (n, d) = table_rows("gather rows", table)?;
+    let ids_u32 = ids.to_dtype(DType::U32)?.contiguous()?;
     if device_kernels(table.device()) && table.dtype() == DType::F32 {
-        return gather_rows_op(table, &ids);
+        return gather_rows_op(table, &ids_u32);
     }
-    table.index_select(&ids, 0)
+    // candle's ops, reshaped only where the shapes ask for it.
+    let flat_table = match table.rank() {
+        2 => table.clone(),
+        _ => table.reshape((n, d))?,
+    };
+    match ids.rank() {
+        1 => flat_table.index_select(&ids_u32, 0),
+        _ => flat_table
+            .index_select(&ids_u32.flatten_all()?, 0)?
+            .reshape(rows_shape(ids.dims(), d)),
+    }
 }
 
 /// `out[i] = Σ_{ids[m] = i} src[m]`, `[n_rows, d]`, for `src` `[M, d]` and `ids` `[M]`: the
@@ -62,13 +79,35 @@ fn check_shapes(what: &str, rows: &Tensor, ids: &Tensor) -> Result<Tensor> {
     ids.to_dtype(DType::U32)?.contiguous()
 }
 
+/// A lookup table's rows and width: `[..., d]` read as `[N, d]` (rank 2 at least).
+fn table_rows(what: &str, table: &Tensor) -> Result<(usize, usize)> {
+    match table.dims() {
+        [.., 0] | [] | [_] => Err(Error::Msg(format!(
+            "{what}: expected a table [N, d] (or [..., d]) with d > 0; found {:?}",
+            table.dims()
+        ))),
+        [.., d] => Ok((table.elem_count() / d, *d)),
+    }
+}
+
+/// The shape of the rows looked up at ids of shape `ids`: `[..ids, d]`.
+fn rows_shape(ids: &[usize], d: usize) -> Shape {
+    let mut dims = ids.to_vec();
+    dims.push(d);
+    Shape::from(dims)
+}
+
 /// [`gather_rows`] as the custom op on any device (the CPU form is the reference of the device
 /// form; tests run it to check the op's backward wiring).
 pub(crate) fn gather_rows_op(table: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let n_rows = table.dim(0)?;
-    table
-        .contiguous()?
-        .apply_op2(&ids.contiguous()?, GatherRows { n_rows })
+    let (n_rows, _) = table_rows("gather rows", table)?;
+    table.contiguous()?.apply_op2(
+        &ids.contiguous()?,
+        GatherRows {
+            n_rows,
+            table: table.shape().clone(),
+        },
+    )
 }
 
 /// [`scatter_add_rows`] as the custom op on any device.
@@ -94,9 +133,11 @@ fn check_ids(what: &str, ids: &[u32], n: usize) -> Result<()> {
     }
 }
 
-/// The lookup: (table `[N, d]`, ids `[M]`) to `[M, d]`.
+/// The lookup: (table `[N, d]` or `[..., d]`, ids `[...]`) to `[..., d]`.
 struct GatherRows {
     n_rows: usize,
+    /// The table's shape, which its gradient takes.
+    table: Shape,
 }
 
 impl CustomOp2 for GatherRows {
@@ -111,16 +152,16 @@ impl CustomOp2 for GatherRows {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (n, d) = l1.shape().dims2()?;
+        let d = l1.dims().last().copied().unwrap_or(0);
         let table = storage_f32(s1, l1, "gather rows: table")?;
         let ids = storage_u32(s2, l2, "gather rows: ids")?;
-        check_ids("gather rows", ids, n)?;
+        check_ids("gather rows", ids, self.n_rows)?;
         let mut out = Vec::with_capacity(ids.len() * d);
         for &i in ids {
             let i = i as usize;
             out.extend_from_slice(&table[i * d..(i + 1) * d]);
         }
-        Ok((CpuStorage::F32(out), Shape::from((ids.len(), d))))
+        Ok((CpuStorage::F32(out), rows_shape(l2.dims(), d)))
     }
 
     /// On a device an id outside the table gives a row of NaN (the CPU op returns an error).
@@ -142,7 +183,17 @@ impl CustomOp2 for GatherRows {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad_table = scatter_add_rows_op(&grad.contiguous()?, ids, self.n_rows)?;
+        let (m, d) = (ids.elem_count(), grad.dims().last().copied().unwrap_or(0));
+        // As rows `[M, d]` against ids `[M]`, then in the table's own shape.
+        let (grad, ids) = match ids.rank() {
+            1 => (grad.contiguous()?, ids.clone()),
+            _ => (grad.contiguous()?.reshape((m, d))?, ids.flatten_all()?),
+        };
+        let grad_table = scatter_add_rows_op(&grad, &ids, self.n_rows)?;
+        let grad_table = match self.table.rank() {
+            2 => grad_table,
+            _ => grad_table.reshape(&self.table)?,
+        };
         Ok((Some(grad_table), None))
     }
 }
@@ -317,16 +368,75 @@ mod tests {
         Ok(())
     }
 
+    /// Ids `[B, L]` give rows `[B, L, d]`, and a table `[B, L, d]` is its `B·L` rows: the
+    /// values and the table's gradient of `reshape`, `index_select`, `reshape`, with no reshape
+    /// node in the graph of the device op (nor in candle's where the shapes are already flat).
+    #[test]
+    fn ids_and_tables_of_any_rank_equal_the_reshaped_lookup() -> Result<()> {
+        let (b, l, d) = (2, 3, 4);
+        let ids = Tensor::new(&[[5u32, 0, 5], [2, 1, 4]], &Device::Cpu)?;
+        let w = Tensor::from_vec(
+            (0..b * l * d)
+                .map(|i| (i % 7) as f32 - 3.0)
+                .collect::<Vec<_>>(),
+            (b, l, d),
+            &Device::Cpu,
+        )?;
+        let nodes = |out: &Tensor| out.sorted_nodes().len();
+        // A [6, 4] table, and the same rows as a [2, 3, 4] table.
+        for table_dims in [vec![b * l, d], vec![b, l, d]] {
+            let t = Var::from_tensor(
+                &table(b * l, d)?
+                    .as_tensor()
+                    .reshape(table_dims.as_slice())?,
+            )?;
+            let flat = t.as_tensor().reshape((b * l, d))?;
+            let want = flat
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, l, d))?;
+            let (want_rows, want_grad) = value_and_gradient(&want, &w, &t)?;
+            for custom in [false, true] {
+                let got = if custom {
+                    gather_rows_op(t.as_tensor(), &ids)?
+                } else {
+                    gather_rows(t.as_tensor(), &ids)?
+                };
+                assert_eq!(got.dims(), [b, l, d]);
+                let (rows, grad) = value_and_gradient(&got, &w, &t)?;
+                assert_eq!(rows, want_rows, "{table_dims:?}, custom {custom}");
+                assert_eq!(grad, want_grad, "{table_dims:?}, custom {custom}");
+                if custom {
+                    // The op and the table: no reshape in between or after.
+                    assert_eq!(nodes(&got), 2, "{table_dims:?}");
+                }
+            }
+        }
+        // Flat ids into a flat table: candle's lookup alone, as before.
+        let t = table(b * l, d)?;
+        let got = gather_rows(t.as_tensor(), &ids.flatten_all()?)?;
+        assert_eq!(got.dims(), [b * l, d]);
+        assert_eq!(nodes(&got), 2);
+        Ok(())
+    }
+
     #[test]
     fn bad_shapes_and_ids_are_errors_that_say_what_was_found() -> Result<()> {
         let t = table(4, 2)?;
         let flat = Tensor::new(&[1u32, 2], &Device::Cpu)?;
         let square = Tensor::new(&[[1u32, 2]], &Device::Cpu)?;
-        let err = gather_rows(t.as_tensor(), &square)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        assert!(err.contains("ids [M]") && err.contains("[1, 2]"), "{err}");
+        for bad in [
+            Tensor::new(&[1f32, 2.], &Device::Cpu)?,
+            t.zeros_like()?.narrow(1, 0, 0)?,
+        ] {
+            for op in [gather_rows, gather_rows_op] {
+                let err = op(&bad, &flat)
+                    .err()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                assert!(err.contains("expected a table [N, d]"), "{err}");
+            }
+        }
+        assert!(scatter_add_rows(t.as_tensor(), &square, 4).is_err());
         let err = gather_rows_op(t.as_tensor(), &Tensor::new(&[1u32, 4], &Device::Cpu)?)
             .err()
             .map(|e| e.to_string())

@@ -111,7 +111,7 @@ impl TransformerTorchBackbone {
                 ),
             ));
         }
-        let (b, l) = x.dims2()?;
+        x.dims2()?; // sessions [B, L]
         let ids = x.flatten_all()?;
         // In a step that may be captured, and on a GPU, the ids are not read here (a read stops
         // the host until the GPU has caught up); the trainer checks each batch on the host before
@@ -131,7 +131,7 @@ impl TransformerTorchBackbone {
             ));
         }
         let timeline_mask = masks::timeline_mask(x)?;
-        let h = gather_rows(item_embs, &ids)?.reshape((b, l, d))?;
+        let h = gather_rows(item_embs, x)?; // [B, L, d]
         let h = self.pos_encoding.forward_t(&h, train)?;
         let h = self.emb_dropout.forward_t(&h, train)?;
         let attn_bias = masks::attention_bias(x, self.use_causal_attn, self.use_key_padding_mask)?;

@@ -1,6 +1,6 @@
 //! The chunked catalog loss against hand-computed values and against materialised logits.
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Result, Tensor, Var};
 
 use super::{catalog_softmax_loss, chunked, materialised};
 
@@ -133,5 +133,74 @@ fn bad_inputs_are_refused_with_what_was_found() -> Result<()> {
     let narrow = Tensor::ones((4, 2), candle_core::DType::F32, &dev)?;
     let m = msg(catalog_softmax_loss(&s, &narrow, &t, &w, 1.0));
     assert!(m.contains("[2, 3]") && m.contains("[4, 2]"), "{m}");
+    Ok(())
+}
+
+/// Sessions `[B, L, d]` with targets and weights `[B, L]` (or `[B·L]`): the loss and gradients of
+/// the flattened call, bit for bit, the sessions' gradient in their own shape, and no reshape node
+/// (the loss reads the sessions and the items directly); on the reference path (f64) the same
+/// values as the flattened call.
+#[test]
+fn sessions_of_any_rank_give_the_flattened_loss_without_a_reshape_node() -> Result<()> {
+    let dev = Device::Cpu;
+    let (b, l, n, d) = (3, 4, 9, 5);
+    let t = Tensor::new(&[[3u32, 0, 8, 1], [0, 0, 2, 5], [7, 7, 1, 0]], &dev)?;
+    let w = Tensor::new(
+        &[[1f32, 1., 2., 0.5], [1., 1., 1., 3.], [0.25, 1., 1., 1.]],
+        &dev,
+    )?;
+    let run = |dtype: DType,
+               shaped: bool,
+               flat_targets: bool|
+     -> Result<(f64, Vec<f64>, Vec<f64>, usize)> {
+        let var = |v: Vec<f32>, dims: &[usize]| {
+            Var::from_tensor(&Tensor::from_vec(v, dims, &dev)?.to_dtype(dtype)?)
+        };
+        let s = var(values(b * l * d, 1, 4.0), &[b, l, d])?;
+        let e = var(values(n * d, 5, 3.0), &[n, d])?;
+        let sessions = match shaped {
+            true => s.as_tensor().clone(),
+            false => s.as_tensor().reshape((b * l, d))?,
+        };
+        let (t, w) = match flat_targets {
+            true => (t.flatten_all()?, w.flatten_all()?),
+            false => (t.clone(), w.clone()),
+        };
+        let loss = catalog_softmax_loss(&sessions, e.as_tensor(), &t, &w, 0.7)?;
+        let nodes = loss.sorted_nodes().len();
+        let grads = (&loss * 2.5)?.backward()?;
+        let g = |v: &Var, dims: &[usize]| -> Result<Vec<f64>> {
+            let g = grads
+                .get(v.as_tensor())
+                .ok_or_else(|| candle_core::Error::Msg("no gradient".into()))?;
+            assert_eq!(g.dims(), dims);
+            g.flatten_all()?.to_dtype(DType::F64)?.to_vec1()
+        };
+        let value = loss.to_dtype(DType::F64)?.to_scalar()?;
+        Ok((value, g(&s, &[b, l, d])?, g(&e, &[n, d])?, nodes))
+    };
+    // f32: the chunked loss (when the fused paths are on, as in every test); f64: the reference.
+    for dtype in [DType::F32, DType::F64] {
+        let (loss, gs, ge, _) = run(dtype, false, true)?;
+        assert!(loss.is_finite() && gs.iter().any(|&g| g != 0.0));
+        for flat_targets in [false, true] {
+            let (l2, gs2, ge2, nodes) = run(dtype, true, flat_targets)?;
+            assert_eq!((l2, &gs2, &ge2), (loss, &gs, &ge), "{dtype:?}");
+            if dtype == DType::F32 && crate::nn::fused::enabled() {
+                // The loss, the sessions and the items.
+                assert_eq!(nodes, 3);
+            }
+        }
+    }
+    let s = Tensor::ones((2, 2, 3), DType::F32, &dev)?;
+    let e = Tensor::ones((4, 3), DType::F32, &dev)?;
+    let m = catalog_softmax_loss(&s, &e, &Tensor::new(&[1u32, 2], &dev)?, &w, 1.0)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        m.contains("[4] or [2, 2]") && m.contains("found [2]"),
+        "{m}"
+    );
     Ok(())
 }

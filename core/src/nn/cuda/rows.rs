@@ -84,14 +84,15 @@ fn sorted_keys(dev: &CudaDevice, ids: &CudaView<'_, u32>, n: usize) -> Result<Cu
     Ok(a)
 }
 
-/// Rows `[M, d]` of `table` `[N, d]` at `ids` `[M]` (u32): `table.index_select(ids, 0)`; an id at
-/// or above N gives a row of NaN.
+/// Rows `[..ids, d]` of `table` `[N, d]` (or `[..., d]`, read as its rows in order) at `ids` of
+/// any shape (u32): `table.index_select(ids, 0)`; an id at or above N gives a row of NaN.
 pub(crate) fn gather_rows(
     (st, lt): (&CudaStorage, &Layout),
     (si, li): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
     let dev = &st.device;
-    let (n_rows, d) = lt.shape().dims2()?;
+    let d = lt.dims().last().copied().unwrap_or(0);
+    let n_rows = lt.shape().elem_count() / d.max(1);
     let table = f32_view(st, lt, "gathered table")?;
     let ids = u32_view(si, li, "gathered ids")?;
     let m = ids.len();
@@ -111,9 +112,11 @@ pub(crate) fn gather_rows(
     // below n_rows.
     unsafe { b.launch(config(stride_blocks(n), BLOCK_THREADS)) }
         .map_err(|e| launch_error("rb_gather_rows", e))?;
+    let mut dims = li.dims().to_vec();
+    dims.push(d);
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
-        Shape::from((m, d)),
+        Shape::from(dims),
     ))
 }
 

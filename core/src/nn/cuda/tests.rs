@@ -272,12 +272,20 @@ fn cuda_cross_entropy_and_catalog_loss_match_the_cpu_ops() -> Result<()> {
         assert_close(&format!("cross-entropy {what} gradient"), b, a, 1e-4)?;
     }
     // RecTools' catalog softmax loss (chunked on the CPU, materialised on the GPU).
-    // One chunk (the default size) and seven chunks of 50 rows.
+    // One chunk (the default size), seven chunks of 50 rows, and the sessions as `[1, M, d]` with
+    // targets and weights `[1, M]` (the softmax objective's shapes; no reshape node).
     let lc = catalog_softmax_loss(sc.as_tensor(), ec.as_tensor(), &tc, &wc, 0.7)?;
     let gc = lc.backward()?;
-    for rows in [None, Some(50)] {
+    for rows in [None, Some(50), Some(0)] {
         let lg = match rows {
             None => catalog_softmax_loss(sg.as_tensor(), eg.as_tensor(), &tg, &wg, 0.7)?,
+            Some(0) => catalog_softmax_loss(
+                &sg.as_tensor().unsqueeze(0)?,
+                eg.as_tensor(),
+                &tg.unsqueeze(0)?,
+                &wg.unsqueeze(0)?,
+                0.7,
+            )?,
             Some(r) => crate::nn::catalog_softmax::chunked_on_device(
                 sg.as_tensor(),
                 eg.as_tensor(),
@@ -883,6 +891,23 @@ fn cuda_gather_rows_and_sums_by_id_match_the_cpu_ops() -> Result<()> {
             _ => return Err(candle_core::Error::Msg(format!("{what}: no src gradient"))),
         }
     }
+    // Ids `[B, L]` into a table `[2, N/2, d]`, read as its N rows: rows `[B, L, d]`, and the
+    // table's gradient in its own shape.
+    let (n, d, b, l) = (40, 8, 6, 5);
+    let ids = spread_ids(b * l, n, 4);
+    let (ic, ig) = (
+        Tensor::from_vec(ids.clone(), (b, l), &Device::Cpu)?,
+        Tensor::from_vec(ids, (b, l), &dev)?,
+    );
+    let (tc, tg) = pair(&[2, n / 2, d], 8, &dev)?;
+    let (yc, yg) = (gather_rows(&tc, &ic)?, gather_rows(&tg, &ig)?);
+    assert_eq!(yg.dims(), [b, l, d]);
+    assert_close("shaped lookup", &yg, &yc, 0.0)?;
+    let (gc, gg) = (
+        weighted_sum(&yc, 9)?.backward()?,
+        weighted_sum(&yg, 9)?.backward()?,
+    );
+    assert_grads_close("shaped lookup", &gc, &gg, &[("table", &tc, &tg)])?;
     Ok(())
 }
 

@@ -205,7 +205,8 @@ impl TransformerLightningModule {
 
     /// The logits of the positions that have a target (`y != 0`), divided by `logits_t`
     /// (RecTools `get_batch_logits`), with their targets and weights: `[1, M, C]`, `[1, M]`,
-    /// `[1, M]` (see [`TargetRows`]).
+    /// `[1, M]`; with static shapes every position, `[B, L, C]`, `[B, L]`, `[B, L]` (see
+    /// [`TargetRows`]).
     fn target_logits(
         &self,
         backbone: &dyn Backbone,
@@ -243,15 +244,9 @@ impl TransformerLightningModule {
         else {
             return Ok(None);
         };
-        let d = s.dim(D::Minus1)?;
-        let m = s.elem_count() / d.max(1);
-        let loss = catalog_softmax_loss(
-            &s.reshape((m, d))?,
-            &e,
-            &rows.y.flatten_all()?,
-            &rows.w.flatten_all()?,
-            self.logits_t,
-        )?;
+        // The sessions as they come ([1, M, d], or [B, L, d] with static shapes): a reshape
+        // would be one more graph node, a zero-filled gradient buffer and an add on a GPU.
+        let loss = catalog_softmax_loss(&s, &e, &rows.y, &rows.w, self.logits_t)?;
         Ok(Some(loss))
     }
 }
@@ -260,7 +255,7 @@ impl TransformerLightningModule {
 /// targets `y` and weights `w` `[1, M]`, and the item embeddings they are scored against.
 /// Positions without a target add nothing to any of the four losses (neither to the sum nor to
 /// the denominator), so dropping them before the catalog product gives the same loss while never
-/// scoring padding.
+/// scoring padding. With static shapes, every position: `h` `[B, L, d]`, `y` and `w` `[B, L]`.
 struct TargetRows {
     h: Tensor,
     y: Tensor,
@@ -273,21 +268,20 @@ struct TargetRows {
 
 impl TargetRows {
     fn encode(backbone: &dyn Backbone, batch: &Batch, train: bool) -> Result<Self> {
-        let y = batch.y.to_dtype(DType::U32)?.flatten_all()?;
         if recblocks_core::nn::capture::static_shapes() {
             let item_embs = backbone.item_embeddings(train)?;
             let sessions = backbone.encode_sessions(&batch.x, &item_embs, train)?;
-            let (b, l, d) = sessions.dims3()?;
-            // A step that may be captured keeps its shapes: every position, M = B·L (padding
-            // has weight 0 and adds nothing to any loss, as when it is dropped).
+            // A step that may be captured keeps its shapes: every position, in the batch's own
+            // shape (padding has weight 0 and adds nothing to any loss, as when it is dropped).
             return Ok(Self {
-                h: sessions.reshape((1, b * l, d))?,
-                y: y.unsqueeze(0)?,
-                w: batch.yw.flatten_all()?.unsqueeze(0)?,
+                h: sessions,
+                y: batch.y.to_dtype(DType::U32)?,
+                w: batch.yw.clone(),
                 item_embs,
                 idx: None,
             });
         }
+        let y = batch.y.to_dtype(DType::U32)?.flatten_all()?;
         // The positions with a target, read before the sessions are encoded: on a GPU the read
         // waits for everything queued before it, and here that is only the batch's upload, not
         // the backbone's forward pass (the host would then queue the loss and the backward pass
@@ -303,11 +297,11 @@ impl TargetRows {
         let idx = Tensor::from_vec(keep, m, y.device())?;
         let item_embs = backbone.item_embeddings(train)?;
         let sessions = backbone.encode_sessions(&batch.x, &item_embs, train)?;
-        let (b, l, d) = sessions.dims3()?;
         // As one session of M positions ([1, M, ...]): candidates then take the per-position
-        // path of the similarity (a gather), not M one-row matmuls.
+        // path of the similarity (a gather), not M one-row matmuls. The lookup reads the
+        // [B, L, d] sessions as their B·L rows and gives [1, M, d] (no reshape nodes).
         let pick = |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx, 0)?.unsqueeze(0)?) };
-        let h = gather_rows(&sessions.reshape((b * l, d))?, &idx)?.unsqueeze(0)?;
+        let h = gather_rows(&sessions, &idx.unsqueeze(0)?)?;
         let y_sel = pick(&y)?;
         let w_sel = pick(&batch.yw.flatten_all()?)?;
         Ok(Self {
@@ -342,12 +336,13 @@ impl TargetRows {
         let k = negatives.dim(D::Minus1)?;
         let negatives = negatives.broadcast_as((b, l, k))?;
         let candidates = Tensor::cat(&[&pos, &negatives], D::Minus1)?;
-        let candidates = candidates.reshape((b * l, k + 1))?;
         let candidates = match &self.idx {
-            Some(idx) => candidates.index_select(idx, 0)?,
+            Some(idx) => candidates
+                .reshape((b * l, k + 1))?
+                .index_select(idx, 0)?
+                .unsqueeze(0)?,
             None => candidates,
-        }
-        .unsqueeze(0)?;
+        };
         backbone
             .similarity()
             .candidate_logits(&self.h, &self.item_embs, &candidates)
