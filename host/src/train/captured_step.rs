@@ -1,18 +1,21 @@
 //! Training steps recorded once and replayed (`FitOptions::cuda_graph`, `fit --cuda-graph`), as
 //! `torch.cuda.graph` does for a PyTorch step: on a CUDA device the whole step (forward, backward,
-//! Adam) is captured as one CUDA graph, and every batch of the full batch size replays it. Between
+//! Adam) is captured as one CUDA graph, and every batch of that shape replays it. Between
 //! replays the host only copies the batch, the step's dropout keys and Adam's coefficients into
 //! buffers that stay where they are, then reads the loss back. The rules a captured step follows
 //! are those of [`recblocks_core::nn::capture`].
 //!
-//! Phases: [`WARMUP_STEPS`] ordinary steps under static shapes (they fill candle's cache of the
-//! constant uploads its ops make, load every kernel, and note which stream each dropout draws
-//! from), one capture, then replays. A batch of another size (an epoch's last, shorter one) takes
-//! an ordinary step. Every step trains on its batch exactly once, and a replay draws the keys an
+//! Each batch shape goes through the phases on its own, up to [`SHAPES`] shapes: the full
+//! batches, and an epoch's last, shorter batch (the same size every epoch, so its own capture
+//! replays from the third epoch on; left uncaptured it would be the one launch-bound step of
+//! every epoch). Phases: [`WARMUP_STEPS`] ordinary steps under static shapes (they fill candle's
+//! cache of the constant uploads its ops make, load every kernel, and note which stream each
+//! dropout draws from), one capture, then replays. A batch of yet another shape takes an
+//! ordinary step. Every step trains on its batch exactly once, and a replay draws the keys an
 //! ordinary step would draw, in the same order, so training follows the same course as without
 //! capture (to float rounding: a step with static shapes scores the padded positions too, with
-//! weight 0). If the capture fails, training goes on with ordinary steps and the observer is told
-//! why.
+//! weight 0). If a capture fails, that shape's batches go on with ordinary steps and the
+//! observer is told why.
 //!
 //! On the CPU nothing is captured: the same phases run, and each "replay" runs the step directly
 //! with its keys drawn ahead as a replay's are. That is how the bookkeeping is tested without a
@@ -29,19 +32,24 @@ use crate::{error::HostError, train::observer::EpochInfo, Result};
 
 use super::fit::TrainRun;
 
-/// Ordinary steps before the capture.
+/// Ordinary steps before the capture, per batch shape.
 pub const WARMUP_STEPS: usize = 2;
 
-/// Where the captured path stands.
+/// Batch shapes that get a captured step: the first two seen (the full batches', and the
+/// epoch's last, shorter batch's). Each holds its buffers and its graph's memory (about one
+/// step's peak) while training runs.
+pub const SHAPES: usize = 2;
+
+/// Where the captured path of one batch shape stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// This many warm-up steps done.
     Warmup(usize),
-    /// The next full batch is captured.
+    /// The next batch of the shape is captured.
     Capture,
-    /// Full batches replay the capture.
+    /// Batches of the shape replay the capture.
     Replay,
-    /// Captured steps were abandoned; every step is ordinary.
+    /// Captured steps were abandoned for the shape; its steps are ordinary.
     Off,
 }
 
@@ -61,10 +69,16 @@ struct Buffers {
 
 /// The captured path's state over one training run.
 pub struct CapturedSteps {
+    /// One per batch shape seen, at most [`SHAPES`].
+    shapes: Vec<ShapeSteps>,
+}
+
+/// The captured path of the batches of one shape.
+struct ShapeSteps {
     phase: Phase,
-    /// Replays since [`take_replays`](Self::take_replays) was last called.
+    /// Replays since [`CapturedSteps::take_replays`] was last called.
     replays: u64,
-    buffers: Option<Buffers>,
+    buffers: Buffers,
     /// The stream of each dropout draw of a step, in order.
     streams: Vec<SharedRng>,
     #[cfg(feature = "cuda")]
@@ -80,19 +94,15 @@ impl Default for CapturedSteps {
 impl CapturedSteps {
     /// Nothing warmed up or captured yet.
     pub fn new() -> Self {
-        CapturedSteps {
-            phase: Phase::Warmup(0),
-            replays: 0,
-            buffers: None,
-            streams: Vec::new(),
-            #[cfg(feature = "cuda")]
-            graph: None,
-        }
+        CapturedSteps { shapes: Vec::new() }
     }
 
     /// The steps replayed since the last call (counted into `TrainingState::captured_steps`).
     pub fn take_replays(&mut self) -> u64 {
-        std::mem::take(&mut self.replays)
+        self.shapes
+            .iter_mut()
+            .map(|s| std::mem::take(&mut s.replays))
+            .sum()
     }
 
     /// One optimisation step on `batch`, collated on the CPU; returns its loss.
@@ -104,20 +114,50 @@ impl CapturedSteps {
         b: usize,
     ) -> Result<f32> {
         let device = run.model.device.clone();
-        let full = batch.x.dim(0)? == run.model.spec.batch_size;
-        let fixed = match (&self.buffers, full, self.phase) {
-            (_, false, _) | (_, _, Phase::Off) => None,
-            (None, true, _) => {
-                self.buffers = Some(Buffers::new(batch, &device)?);
-                self.buffers.as_ref().map(|bufs| bufs.batch.clone())
-            }
-            (Some(bufs), true, _) => fits(&bufs.batch, batch).then(|| bufs.batch.clone()),
-        };
         // Batches come collated on the CPU; on a GPU no step reads its ids there.
         check_ids(batch, run.model.schema.n_items)?;
-        let Some(fixed) = fixed else {
-            return run.train_step(&to_device(batch, &device)?, info, b);
+        let known = self
+            .shapes
+            .iter()
+            .position(|s| fits(&s.buffers.batch, batch));
+        let slot = match known {
+            Some(i) => Some(i),
+            None if self.shapes.len() < SHAPES => {
+                self.shapes.push(ShapeSteps::new(batch, &device)?);
+                Some(self.shapes.len() - 1)
+            }
+            None => None,
         };
+        match slot {
+            Some(i) => self.shapes[i].step(run, batch, info, b),
+            None => run.train_step(&to_device(batch, &device)?, info, b),
+        }
+    }
+}
+
+impl ShapeSteps {
+    /// Nothing warmed up for batches shaped like `batch`; their buffers on `device`.
+    fn new(batch: &Batch, device: &Device) -> Result<Self> {
+        Ok(ShapeSteps {
+            phase: Phase::Warmup(0),
+            replays: 0,
+            buffers: Buffers::new(batch, device)?,
+            streams: Vec::new(),
+            #[cfg(feature = "cuda")]
+            graph: None,
+        })
+    }
+
+    /// One step on `batch` (of this shape): copied into the buffers, then a warm-up step, the
+    /// capture and its first replay, a replay, or an ordinary step, as the phase says.
+    fn step(
+        &mut self,
+        run: &mut TrainRun<'_>,
+        batch: &Batch,
+        info: &EpochInfo,
+        b: usize,
+    ) -> Result<f32> {
+        let fixed = self.buffers.batch.clone();
         upload(&fixed, batch)?;
         match self.phase {
             Phase::Warmup(done) => self.warm_up(run, &fixed, info, b, done),
@@ -145,8 +185,10 @@ impl CapturedSteps {
         {
             self.graph = None;
         }
-        run.observer
-            .message(&format!("{why}; training goes on with uncaptured steps"));
+        let rows = self.buffers.batch.x.dims().first().copied().unwrap_or(0);
+        run.observer.message(&format!(
+            "{why}; batches of {rows} sequences go on with uncaptured steps"
+        ));
     }
 
     /// An ordinary step under static shapes, noting the streams its dropouts draw from.
@@ -202,9 +244,7 @@ impl CapturedSteps {
         #[cfg(feature = "cuda")]
         if let Device::Cuda(dev) = &run.model.device {
             use recblocks_core::nn::cuda::graph;
-            let Some(bufs) = &self.buffers else {
-                return Err(HostError::Other("captured step: no buffers".into()));
-            };
+            let bufs = &self.buffers;
             let (keys, coefficients, loss_buf) = (&bufs.keys, &bufs.coefficients, &bufs.loss);
             let n_keys = self.streams.len();
             if n_keys > KEY_CAPACITY {
@@ -270,7 +310,7 @@ impl CapturedSteps {
         let coefficients = run.adam.advance();
         self.replays += 1;
         #[cfg(feature = "cuda")]
-        if let (Some(graph), Some(bufs)) = (&self.graph, &self.buffers) {
+        if let (Some(graph), bufs) = (&self.graph, &self.buffers) {
             use super::write_in_place::{write, HostValues};
             if !keys.is_empty() {
                 let pairs: Vec<u32> = keys
@@ -365,7 +405,6 @@ fn upload(buffers: &Batch, batch: &Batch) -> Result<()> {
     Ok(())
 }
 
-/// `batch` on `device`.
 /// `batch` copied to `device`.
 pub(crate) fn to_device(batch: &Batch, device: &Device) -> Result<Batch> {
     Ok(Batch {
