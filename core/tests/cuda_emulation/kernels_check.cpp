@@ -3,7 +3,8 @@
 // (`rows.cu`); Adam over a table of parameters, with its guard and its coefficients from memory;
 // the attention biases; the dropout kernels' keys read from memory against keys by value, and the
 // dropout with a residual sum against the dropout plus the residual; the
-// layer norm forward and backward; and the cross-entropy and catalog-loss row kernels.
+// layer norm forward and backward; the cross-entropy and catalog-loss row kernels; and the
+// bias, row-scale and softmax row kernels.
 // Each check prints `ok <name>` or `FAIL <name>: ...`; the exit status is the number of failures.
 // Built and run by `tests/cuda_kernels_on_cpu.rs`.
 #include <algorithm>
@@ -315,6 +316,22 @@ static void check_key_slots() {
   });
   report(act_value == act_slot, "activation dropout key from memory equals key by value",
          "the two differ");
+  // Its backward (ReLU): g · mask · 1[h > 0] with rb_dropout's mask, the key from memory as by
+  // value.
+  auto h = random_values(n, 32), g = random_values(n, 33);
+  std::vector<float> dh_value(n), dh_slot(n), want_dh(n);
+  rb_launch(dim3((unsigned int)(n + 255) / 256), dim3(256), [&] {
+    rb_act_dropout_bwd(h.data(), g.data(), dh_value.data(), n, 0, 1, (unsigned int)key,
+                       (unsigned int)(key >> 32), nullptr, threshold, 1.25f);
+  });
+  rb_launch(dim3((unsigned int)(n + 255) / 256), dim3(256), [&] {
+    rb_act_dropout_bwd(h.data(), g.data(), dh_slot.data(), n, 0, 1, 0, 0, &key, threshold, 1.25f);
+  });
+  for (size_t i = 0; i < n; ++i)
+    want_dh[i] = g[i] * (by_value[i] != 0.0f ? 1.25f : 0.0f) * (h[i] > 0.0f ? 1.0f : 0.0f);
+  report(dh_value == want_dh && dh_value == dh_slot,
+         "activation dropout backward: g times the mask and ReLU's gradient, key from memory",
+         dh_value == want_dh ? "key from memory differs" : "differs from the plain loop");
   // The dropout with its residual sum: rb_dropout's mask, then + r, rounded as the two ops are;
   // the key from memory as by value.
   auto r = random_values(n, 31);
@@ -496,6 +513,48 @@ static void check_cross_entropy(int rows, int c) {
   report(close(dz, want_dx, 1e-5f, detail), name, detail);
 }
 
+// Row-wise kernels: a linear layer's bias and a timeline mask's row scale (one thread per
+// element) against x + b and x·m bit for bit, and the softmax forward and backward (one warp per
+// row, some scores −inf) against plain loops.
+static void check_row_kernels() {
+  char detail[200] = "";
+  const int rows = 37, cols = 70;
+  const unsigned long long n = (unsigned long long)rows * cols;
+  auto x = random_values(n, 70), b = random_values(cols, 71), m = random_values(rows, 72);
+  for (int r = 0; r < rows; r += 3) m[r] = 0.0f;  // masked rows
+  std::vector<float> got(n), want(n);
+  const unsigned int blocks = (unsigned int)((n + 255) / 256);
+  rb_launch(dim3(blocks), dim3(256), [&] { rb_bias_add(x.data(), b.data(), got.data(), n, cols); });
+  for (size_t i = 0; i < n; ++i) want[i] = x[i] + b[i % cols];
+  report(got == want, "bias add", "differs from x + b");
+  rb_launch(dim3(blocks), dim3(256), [&] { rb_row_scale(x.data(), m.data(), got.data(), n, cols); });
+  for (size_t i = 0; i < n; ++i) want[i] = x[i] * m[i / cols];
+  report(got == want, "row scale (timeline mask)", "differs from x times its row's factor");
+
+  auto s = x;
+  for (int r = 0; r < rows; ++r)
+    for (int j = r % 5; j < cols; j += 7) s[size_t(r) * cols + j] = -INFINITY;
+  auto dy = random_values(n, 73);
+  std::vector<float> y(n), dx(n), want_dx(n);
+  rb_launch(dim3((rows + 3) / 4), dim3(128), [&] { rb_softmax_fwd(s.data(), y.data(), rows, cols); });
+  rb_launch(dim3((rows + 3) / 4), dim3(128),
+            [&] { rb_softmax_bwd(y.data(), dy.data(), dx.data(), rows, cols); });
+  for (int r = 0; r < rows; ++r) {
+    const float *sr = &s[size_t(r) * cols];
+    double mx = -INFINITY, sum = 0.0, dot = 0.0;
+    for (int j = 0; j < cols; ++j) mx = std::max(mx, double(sr[j]));
+    for (int j = 0; j < cols; ++j) sum += std::exp(double(sr[j]) - mx);
+    for (int j = 0; j < cols; ++j) want[size_t(r) * cols + j] = float(std::exp(double(sr[j]) - mx) / sum);
+    for (int j = 0; j < cols; ++j) dot += double(dy[size_t(r) * cols + j]) * y[size_t(r) * cols + j];
+    for (int j = 0; j < cols; ++j) {
+      size_t i = size_t(r) * cols + j;
+      want_dx[i] = float(y[i] * (dy[i] - dot));
+    }
+  }
+  report(close(y, want, 1e-5f, detail), "softmax forward (masked scores)", detail);
+  report(close(dx, want_dx, 1e-5f, detail), "softmax backward", detail);
+}
+
 int main() {
   check_sort(1, 5, 1);
   check_sort(1000, 7, 2);
@@ -517,6 +576,7 @@ int main() {
   check_layer_norm(600, 100);
   check_cross_entropy(23, 300);
   check_cross_entropy(9, 1683);
+  check_row_kernels();
   std::printf("%d failed\n", failures);
   return failures;
 }
