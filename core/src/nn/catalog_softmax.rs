@@ -185,17 +185,15 @@ pub(crate) fn chunked_on_device(
     let (Some(ge), true) = (grad_e, want_grad) else {
         return Ok(loss);
     };
-    // ∂loss/∂logits = w·(softmax − onehot)/count; the logits are s·eᵀ/temperature.
+    // ∂loss/∂logits = w·(softmax − onehot)/count; the logits are s·eᵀ/temperature. The sums are
+    // scaled by that factor in the backward pass, together with the upstream gradient: one
+    // product per gradient, not two.
     let k = (count * temperature)?.recip()?;
     let node = LossNode {
         loss: f32::NAN,
         device_loss: Some(loss),
-        grads: (
-            Tensor::cat(&grad_s, 0)?
-                .broadcast_mul(&k)?
-                .reshape(sessions.shape())?,
-            ge.broadcast_mul(&k)?,
-        ),
+        grads: (Tensor::cat(&grad_s, 0)?.reshape(sessions.shape())?, ge),
+        device_scale: Some(k),
     };
     sessions.apply_op2(items, node)
 }
@@ -310,6 +308,7 @@ fn chunked(
         loss,
         device_loss: None,
         grads: (grad_s, grad_e),
+        device_scale: None,
     };
     sessions.apply_op2(items, node)
 }
@@ -412,7 +411,12 @@ struct LossNode {
     /// The loss computed on a device, returned in place of `loss`.
     #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     device_loss: Option<Tensor>,
+    /// The gradients of the sessions and the items (times `device_scale` where one is given).
     grads: (Tensor, Tensor),
+    /// On a device, the factor the gradients are still to be scaled by (a scalar tensor: the
+    /// loss's denominator is not read back).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    device_scale: Option<Tensor>,
 }
 
 impl CustomOp2 for LossNode {
@@ -453,7 +457,11 @@ impl CustomOp2 for LossNode {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         if !matches!(grad.device(), Device::Cpu) {
             let (gs, ge) = &self.grads;
-            return Ok((Some(gs.broadcast_mul(grad)?), Some(ge.broadcast_mul(grad)?)));
+            let g = match &self.device_scale {
+                Some(k) => k.broadcast_mul(grad)?,
+                None => grad.clone(),
+            };
+            return Ok((Some(gs.broadcast_mul(&g)?), Some(ge.broadcast_mul(&g)?)));
         }
         let g = with_f32(grad, |g| g.first().copied())?
             .ok_or_else(|| Error::Msg("catalog softmax loss: empty upstream gradient".into()))?;
