@@ -76,9 +76,13 @@ pub fn catalog_softmax_loss(
     }
     let fits = |t: &Tensor| t.dims() == [m] || t.dims() == lead;
     if !fits(targets) || !fits(weights) {
+        let shapes = match lead.len() {
+            1 => format!("[{m}]"),
+            _ => format!("[{m}] or {lead:?}"),
+        };
         return Err(Error::Msg(format!(
-            "catalog softmax loss: sessions {:?}, so targets and weights must be [{m}] or {lead:?}; \
-             found {:?} and {:?}",
+            "catalog softmax loss: sessions {:?}, so targets and weights must be {shapes}; found \
+             {:?} and {:?}",
             sessions.dims(),
             targets.dims(),
             weights.dims()
@@ -121,7 +125,7 @@ const DEVICE_CHUNK_ELEMENTS: usize = 1 << 26;
 /// The chunked loss on a CUDA device, `rows` rows per chunk: per chunk, the logits from one
 /// matrix product, one kernel (`rb_catalog_rows`) for the rows' weighted losses and the logits'
 /// gradient, and two products for the chunk's share of the factors' gradients. The loss's
-/// denominator (the count of positive losses) is read back once per call.
+/// denominator (the count of positive losses) stays on the device: nothing is read back.
 pub(crate) fn chunked_on_device(
     sessions: &Tensor,
     items: &Tensor,

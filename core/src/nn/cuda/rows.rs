@@ -91,8 +91,11 @@ pub(crate) fn gather_rows(
     (si, li): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
     let dev = &st.device;
-    let d = lt.dims().last().copied().unwrap_or(0);
-    let n_rows = lt.shape().elem_count() / d.max(1);
+    let (lead, d) = match lt.dims() {
+        [lead @ .., d] => (lead, *d),
+        [] => (&[][..], 0),
+    };
+    let n_rows: usize = lead.iter().product();
     let table = f32_view(st, lt, "gathered table")?;
     let ids = u32_view(si, li, "gathered ids")?;
     let m = ids.len();
