@@ -2,10 +2,13 @@
 """recblocks' time per training step, uncaptured and replayed as a CUDA graph (`--cuda-graph`),
 against a plain PyTorch step of the same shape (bench/pytorch_step.py), as a markdown table.
 
-A step's time here is an epoch's training seconds (the median of the epochs after the first, as
-bench/compare_table.py takes them) over its batches: it counts everything an epoch does between
-steps, so it is an upper bound of the step itself. PyTorch's figure is its timed loop of steps on
-one fixed batch.
+Two figures per run. "epoch / batches": an epoch's training seconds (the median of the epochs
+after the first, as bench/compare_table.py takes them) over its batches; it counts everything an
+epoch does between steps (its start, waiting for collated batches, an epoch's last and shorter
+batch), so it is an upper bound of the step itself. "step median": the median over the same
+epochs of each epoch's median step time (`step_ms_median` in `evaluate --json`: a step from its
+batch in hand to its loss read back, which on a GPU waits for the step's work). PyTorch's figure
+is its timed loop of steps on one fixed batch, which the step median matches best.
 
 Usage: step_times.py --dataset ml100k --models sasrec,bert4rec --eager DIR --graph DIR
            --data-dir DIR [--pytorch pytorch_step.json] [--seed 42]
@@ -49,6 +52,21 @@ def fmt(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def step_median(report: dict | None) -> float | None:
+    """The median of the epochs' median step times, leaving out the first epoch (as the epoch
+    times do) when there are more."""
+    if report is None:
+        return None
+    per_epoch = report.get("step_ms_median") or []
+    later = per_epoch[1:] if len(per_epoch) > 1 else per_epoch
+    values = sorted(v for v in later if v is not None)
+    return values[len(values) // 2] if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a / b
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True)
@@ -63,9 +81,11 @@ def main() -> None:
     n_seq = train_sequences(csv)
     print(f"{a.dataset}: {n_seq} training sequences")
     print()
-    print("| model | batches | uncaptured ms/step | graph ms/step | replayed steps "
-          "| graph / uncaptured | PyTorch graph ms/step | graph / PyTorch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| model | batches | ms/step: uncaptured, epoch / batches | graph, epoch / batches "
+          "| uncaptured, step median | graph, step median | replayed steps "
+          "| graph / uncaptured (step median) | PyTorch graph ms/step "
+          "| graph / PyTorch: epoch / batches | graph / PyTorch: step median |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model in a.models.split(","):
         s = spec(a.dataset, model)
         batches = math.ceil(n_seq / s["batch_size"])
@@ -78,13 +98,13 @@ def main() -> None:
         if s.get("cls") == "SASRecModel" and items is not None:
             pt = pytorch_ms(a.pytorch, (items, s["n_factors"], s["session_max_len"],
                                         s["batch_size"]))
-        ratio = None if None in ms else ms[1] / ms[0]
-        vs_pt = None if ms[1] is None or pt is None else ms[1] / pt
+        steps = [step_median(r) for r in (eager, graph)]
         # A run whose capture failed trained uncaptured: its figure is not a replay's.
         replays = None if graph is None else graph.get("captured_steps")
         replayed = "-" if replays is None else (f"{replays}" if replays else "0 (fell back)")
-        print(f"| {model} | {batches} | {fmt(ms[0])} | {fmt(ms[1])} | {replayed} | {fmt(ratio)} "
-              f"| {fmt(pt)} | {fmt(vs_pt)} |")
+        print(f"| {model} | {batches} | {fmt(ms[0])} | {fmt(ms[1])} | {fmt(steps[0])} "
+              f"| {fmt(steps[1])} | {replayed} | {fmt(ratio(steps[1], steps[0]))} | {fmt(pt)} "
+              f"| {fmt(ratio(ms[1], pt))} | {fmt(ratio(steps[1], pt))} |")
 
 
 if __name__ == "__main__":

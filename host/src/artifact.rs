@@ -529,6 +529,7 @@ fn write_train_log(path: &Path, log: &[EpochLog]) -> Result<()> {
         "val_ndcg".into(),
         "seconds".into(),
         "sequences_per_second".into(),
+        "step_ms_median".into(),
     ]];
     for e in log {
         rows.push(vec![
@@ -539,6 +540,9 @@ fn write_train_log(path: &Path, log: &[EpochLog]) -> Result<()> {
             fmt(e.val_ndcg),
             format!("{:.3}", e.seconds),
             format!("{:.1}", e.sequences_per_second),
+            e.step_ms_median
+                .map(|x| format!("{x:.3}"))
+                .unwrap_or_default(),
         ]);
     }
     for r in rows {

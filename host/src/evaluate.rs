@@ -94,6 +94,9 @@ pub struct EvalReport {
     pub fit_seconds: f64,
     /// Training seconds of each epoch.
     pub epoch_seconds: Vec<f64>,
+    /// The median milliseconds of a training step in each epoch
+    /// ([`EpochLog::step_ms_median`](crate::train::fit::EpochLog::step_ms_median)).
+    pub step_ms_median: Vec<Option<f64>>,
     /// Mean training loss of each epoch (the `train_loss` column of `train_log.csv`).
     pub train_loss: Vec<f64>,
     /// Seconds to recommend for every test user.
@@ -221,6 +224,7 @@ pub fn evaluate(
         n_params: model.n_params(),
         fit_seconds,
         epoch_seconds: model.train_log.iter().map(|e| e.seconds).collect(),
+        step_ms_median: model.train_log.iter().map(|e| e.step_ms_median).collect(),
         train_loss: model.train_log.iter().map(|e| e.train_loss).collect(),
         recommend_seconds,
         n_test_users: test_users.len(),

@@ -142,7 +142,7 @@ pub fn run(args: Args) -> Result<()> {
             None => println!("{name:<16} {value:>10.4}"),
         }
     }
-    let median = median(&report.epoch_seconds);
+    let median = recblocks::train::fit::median(&report.epoch_seconds).unwrap_or(0.0);
     println!(
         "fit {:.1} s ({} epochs, median {:.2} s/epoch), recommend {:.2} s",
         report.fit_seconds,
@@ -151,13 +151,4 @@ pub fn run(args: Args) -> Result<()> {
         report.recommend_seconds
     );
     Ok(())
-}
-
-fn median(v: &[f64]) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[s.len() / 2]
 }

@@ -89,6 +89,20 @@ pub struct EpochLog {
     pub seconds: f64,
     /// Training sequences per second.
     pub sequences_per_second: f64,
+    /// The median wall-clock milliseconds of the epoch's training steps, each timed from its
+    /// batch in hand to its loss read back. On a GPU that read waits for the step's work, so
+    /// this is a step's own time, without the epoch's start, the wait for collated batches or
+    /// validation: the figure to set against a PyTorch step timed in a loop. `None` in a state
+    /// saved before it was recorded.
+    #[serde(default)]
+    pub step_ms_median: Option<f64>,
+}
+
+/// The middle value of `values` (the upper one of an even count); `None` for none.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut s = values.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    s.get(s.len() / 2).copied()
 }
 
 /// Early-stopping bookkeeping.
@@ -174,13 +188,14 @@ impl TrainRun<'_> {
             let epoch = info.epoch;
             self.observer.epoch_started(&info);
             let started = Instant::now();
-            let (loss_sum, seen) = match self.train_epoch(&info, started, captured.as_mut()) {
-                Ok(sums) => sums,
-                Err(e) => {
-                    self.observer.epoch_failed(&info, &e);
-                    return Err(e);
-                }
-            };
+            let (loss_sum, seen, step_ms) =
+                match self.train_epoch(&info, started, captured.as_mut()) {
+                    Ok(sums) => sums,
+                    Err(e) => {
+                        self.observer.epoch_failed(&info, &e);
+                        return Err(e);
+                    }
+                };
             let seconds = started.elapsed().as_secs_f64();
             self.observer.epoch_trained(&info);
             let val = self.validate_epoch()?;
@@ -192,6 +207,7 @@ impl TrainRun<'_> {
                 val_ndcg: val.map(|v| v.ndcg),
                 seconds,
                 sequences_per_second: seen as f64 / seconds.max(1e-9),
+                step_ms_median: median(&step_ms),
             };
             self.observer.epoch_done(&info, &entry);
             self.log.push(entry);
@@ -210,8 +226,8 @@ impl TrainRun<'_> {
         Ok(())
     }
 
-    /// One epoch's training batches; returns the batch-size-weighted loss sum and the number of
-    /// sequences seen.
+    /// One epoch's training batches; returns the batch-size-weighted loss sum, the number of
+    /// sequences seen, and each step's wall-clock milliseconds (see [`EpochLog::step_ms_median`]).
     ///
     /// Batches are collated on a second thread, at most two ahead of the step that trains on
     /// them, in the epoch's order: the data stream (shuffling, masking, negatives) is drawn from
@@ -225,7 +241,7 @@ impl TrainRun<'_> {
         info: &EpochInfo,
         started: Instant,
         mut captured: Option<&mut CapturedSteps>,
-    ) -> Result<(f64, usize)> {
+    ) -> Result<(f64, usize, Vec<f64>)> {
         let order = self.epoch_order(self.data.sessions.len());
         let batch_size = self.model.spec.batch_size;
         let (sessions, preparator, sampler, data_rng) = (
@@ -279,12 +295,15 @@ impl TrainRun<'_> {
                 }
             });
             let (mut loss_sum, mut seen) = (0.0f64, 0usize);
+            let mut step_ms = Vec::new();
             for (b, collated) in rx.iter().enumerate() {
                 let (len, batch) = collated?;
+                let step_started = Instant::now();
                 let value = match captured.as_deref_mut() {
                     Some(c) => c.step(self, &batch, info, b)?,
                     None => self.train_step(&batch, info, b)?,
                 };
+                step_ms.push(step_started.elapsed().as_secs_f64() * 1e3);
                 loss_sum += value as f64 * len as f64;
                 seen += len;
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -297,7 +316,7 @@ impl TrainRun<'_> {
                     },
                 );
             }
-            Ok((loss_sum, seen))
+            Ok((loss_sum, seen, step_ms))
         })
     }
 
@@ -453,4 +472,27 @@ pub fn snapshot(model: &AssembledModel) -> Result<BTreeMap<String, Tensor>> {
         out.insert(name.clone(), var.as_tensor().copy()?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_median_is_the_middle_value() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 4.0]), Some(4.0));
+        assert_eq!(median(&[2.0, 8.0, 1.0, 9.0]), Some(8.0));
+    }
+
+    /// A training state saved before steps were timed loads, without a step time.
+    #[test]
+    fn an_epoch_log_without_a_step_time_loads() -> serde_json::Result<()> {
+        let old = r#"{"epoch": 1, "train_loss": 7.1, "val_loss": null, "val_recall": null,
+            "val_ndcg": null, "seconds": 0.5, "sequences_per_second": 1886.0}"#;
+        let e: EpochLog = serde_json::from_str(old)?;
+        assert_eq!((e.epoch, e.step_ms_median), (1, None));
+        Ok(())
+    }
 }

@@ -127,6 +127,13 @@ fn fit_then_evaluate_on_a_csv_log() {
         assert!(v["baseline_popular"][key].as_f64().is_some());
     }
     assert_eq!(v["epoch_seconds"].as_array().unwrap().len(), 1);
+    // A step's median time: positive, and less than the epoch it is part of.
+    let step_ms = v["step_ms_median"][0].as_f64().unwrap();
+    let epoch_ms = 1e3 * v["epoch_seconds"][0].as_f64().unwrap();
+    assert!(
+        step_ms > 0.0 && step_ms <= epoch_ms,
+        "{step_ms} ms of {epoch_ms}"
+    );
     let loss = v["train_loss"].as_array().unwrap();
     assert_eq!(loss.len(), 1);
     assert!(loss[0].as_f64().unwrap() > 0.0);
