@@ -444,6 +444,20 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/philox.rs")),
     ),
     (
+        "src/nn/position_rows.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/position_rows.rs"
+        )),
+    ),
+    (
+        "src/nn/position_rows/tests.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/position_rows/tests.rs"
+        )),
+    ),
+    (
         "src/nn/precomputed.rs",
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),

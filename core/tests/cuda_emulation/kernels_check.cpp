@@ -3,8 +3,8 @@
 // (`rows.cu`); Adam over a table of parameters, with its guard and its coefficients from memory;
 // the attention biases; the dropout kernels' keys read from memory against keys by value, and the
 // dropout with a residual sum against the dropout plus the residual; the
-// layer norm forward and backward; the cross-entropy and catalog-loss row kernels; and the
-// bias, row-scale and softmax row kernels.
+// layer norm forward and backward; the cross-entropy and catalog-loss row kernels; the bias,
+// row-scale and softmax row kernels; and the position rows with their table's gradient.
 // Each check prints `ok <name>` or `FAIL <name>: ...`; the exit status is the number of failures.
 // Built and run by `tests/cuda_kernels_on_cpu.rs`.
 #include <algorithm>
@@ -555,6 +555,35 @@ static void check_row_kernels() {
   report(close(dx, want_dx, 1e-5f, detail), "softmax backward", detail);
 }
 
+// Position rows added to sessions and their table's gradient: against plain loops, bit for bit
+// (one addition per element; the gradient summed in batch order as the loop does).
+static void check_position_rows() {
+  const int b = 5, l = 7, d = 6, n_rows = 9;
+  const unsigned long long n = (unsigned long long)b * l * d;
+  auto x = random_values(n, 80), t = random_values(size_t(n_rows) * d, 81), g = random_values(n, 82);
+  const std::vector<unsigned int> rows = {8, 0, 3, 1, 7, 2, 5};
+  std::vector<float> out(n), want(n), dt(size_t(n_rows) * d, 0.0f), want_dt(dt.size(), 0.0f);
+  rb_launch(dim3((unsigned int)((n + 255) / 256)), dim3(256),
+            [&] { rb_add_position_rows(x.data(), t.data(), rows.data(), out.data(), n, l, d); });
+  for (int s = 0; s < b; ++s)
+    for (int p = 0; p < l; ++p)
+      for (int c = 0; c < d; ++c) {
+        size_t i = (size_t(s) * l + p) * d + c;
+        want[i] = x[i] + t[size_t(rows[p]) * d + c];
+      }
+  report(out == want, "position rows added to sessions", "differs from x + t[rows]");
+  rb_launch(dim3((l * d + 255) / 256), dim3(256),
+            [&] { rb_position_rows_grad(g.data(), rows.data(), dt.data(), b, l, d); });
+  for (int p = 0; p < l; ++p)
+    for (int c = 0; c < d; ++c) {
+      float sum = 0.0f;
+      for (int s = 0; s < b; ++s) sum += g[(size_t(s) * l + p) * d + c];
+      want_dt[size_t(rows[p]) * d + c] = sum;
+    }
+  report(dt == want_dt, "position rows: the table's gradient",
+         "differs from the batch sums in their rows");
+}
+
 int main() {
   check_sort(1, 5, 1);
   check_sort(1000, 7, 2);
@@ -577,6 +606,7 @@ int main() {
   check_cross_entropy(23, 300);
   check_cross_entropy(9, 1683);
   check_row_kernels();
+  check_position_rows();
   std::printf("%d failed\n", failures);
   return failures;
 }

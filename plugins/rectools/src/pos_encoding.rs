@@ -10,7 +10,7 @@ use recblocks_core::{
     candle::Tensor,
     components::PositionalEncoding,
     kwargs::decode_kwargs,
-    nn::{gather_rows, init},
+    nn::{add_position_rows, init, PositionRows},
     serde_json::Value,
     BuildContext, ComponentKind, CoreError, Result,
 };
@@ -32,7 +32,7 @@ pub struct LearnableInversePositionalEncoding {
     /// The rows `session_max_len − 1, …, 0` on the parameters' device, made once: the full-length
     /// input takes them without a copy to the device each step (a captured step could not make
     /// them when they pass 4 KiB, `recblocks_core::nn::capture`).
-    full_rows: Option<Tensor>,
+    full_rows: Option<PositionRows>,
     scale: Option<f64>,
     session_max_len: usize,
 }
@@ -61,7 +61,7 @@ impl LearnableInversePositionalEncoding {
             None
         };
         let full_rows = match &pos_emb {
-            Some(p) => Some(Tensor::new(reversed_rows(l).as_slice(), p.device())?),
+            Some(p) => Some(PositionRows::from_end(l, p.device())?),
             None => None,
         };
         Ok(LearnableInversePositionalEncoding {
@@ -91,20 +91,19 @@ impl PositionalEncoding for LearnableInversePositionalEncoding {
                     ),
                 ));
             }
+            let shorter;
             let rows = match &self.full_rows {
-                Some(rows) if l == self.session_max_len => rows.clone(),
-                _ => Tensor::new(reversed_rows(l).as_slice(), pos_emb.device())?,
+                Some(rows) if l == self.session_max_len => rows,
+                _ => {
+                    shorter = PositionRows::from_end(l, pos_emb.device())?;
+                    &shorter
+                }
             };
-            let pos = gather_rows(pos_emb, &rows)?; // [L, d], row j = pos_emb[L-1-j]
-            x = x.broadcast_add(&pos)?;
+            // x[b, j] + pos_emb[L-1-j]: one graph node on a GPU.
+            x = add_position_rows(&x, pos_emb, rows)?;
         }
         Ok(x)
     }
-}
-
-/// `l − 1, …, 0`: the position rows of a length-`l` input.
-fn reversed_rows(l: usize) -> Vec<u32> {
-    (0..l as u32).rev().collect()
 }
 
 fn build(ctx: &BuildContext<'_>, kwargs: &Value) -> Result<Box<dyn PositionalEncoding>> {

@@ -534,6 +534,32 @@ extern "C" __global__ void rb_row_scale(const float *x, const float *m, float *o
 }
 
 // ---------------------------------------------------------------------------------------------
+// Position rows added to sessions (nn/position_rows.rs): out[b, l, c] = x[b, l, c] + t[rows[l], c]
+// for x [B, L, d] (n = B·L·d); one thread per element.
+
+extern "C" __global__ void rb_add_position_rows(const float *x, const float *t,
+                                                const unsigned int *rows, float *out,
+                                                unsigned long long n, int l, int d) {
+  unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  unsigned long long col = i % (unsigned long long)d;
+  unsigned long long pos = (i / (unsigned long long)d) % (unsigned long long)l;
+  out[i] = x[i] + t[(unsigned long long)rows[pos] * d + col];
+}
+
+// Their table's gradient: dt[rows[p], c] = Σ_b g[b, p, c], summed in batch order; the rows are
+// distinct, so each is written by one thread (dt is zeroed first). One thread per (p, c).
+extern "C" __global__ void rb_position_rows_grad(const float *g, const unsigned int *rows,
+                                                 float *dt, int b, int l, int d) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= l * d) return;
+  int pos = i / d, col = i % d;
+  float s = 0.0f;
+  for (int k = 0; k < b; ++k) s += g[((unsigned long long)k * l + pos) * d + col];
+  dt[(unsigned long long)rows[pos] * d + col] = s;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Attention biases (nn/masks.rs) built on the device from input ids [b, l] (u32): 0 where a query
 // may attend to a key, −inf where not. mode 0: causal, [1, 1, l, l] (ids unused); 1: key
 // padding, [b, 1, 1, l]; 2: RecTools' merged mask, [b, 1, l, l] (causal or padding, the diagonal

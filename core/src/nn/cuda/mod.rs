@@ -962,6 +962,90 @@ pub(crate) fn row_scale(
     ))
 }
 
+/// `x` `[B, L, d]` plus `t[rows[l]]` at each position l (`nn::position_rows`).
+pub(crate) fn add_position_rows(
+    (sx, lx): (&CudaStorage, &Layout),
+    (st, lt): (&CudaStorage, &Layout),
+    (sr, lr): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sx.device;
+    let (_, l, d) = lx.shape().dims3()?;
+    let (n_rows, d_table) = lt.shape().dims2()?;
+    let x = f32_view(sx, lx, "sessions")?;
+    let t = f32_view(st, lt, "position table")?;
+    let rows = u32_view(sr, lr, "position rows")?;
+    if rows.len() != l || d_table != d || d == 0 || t.len() != n_rows * d {
+        return Err(Error::Msg(format!(
+            "position rows: sessions {:?}, a table {:?} and {} rows",
+            lx.dims(),
+            lt.dims(),
+            rows.len()
+        )));
+    }
+    let n = lx.shape().elem_count();
+    let mut out = output(dev, n)?;
+    let f = dev.get_or_load_custom_func("rb_add_position_rows", MODULE, PTX)?;
+    let (n64, l32, d32) = (n as u64, int(l, "positions")?, int(d, "width")?);
+    let mut b = f.builder();
+    b.arg(&x)
+        .arg(&t)
+        .arg(&rows)
+        .arg(&mut out)
+        .arg(&n64)
+        .arg(&l32)
+        .arg(&d32);
+    // SAFETY: rb_add_position_rows(const float* x, const float* t, const u32* rows, float* out,
+    // u64 n, int l, int d): x and out hold n = B·L·d values, rows l, t n_rows·d; every row is
+    // below n_rows (checked on the host when the rows were made, `PositionRows`).
+    unsafe { b.launch(config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_add_position_rows", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        lx.shape().clone(),
+    ))
+}
+
+/// The position table's gradient `[n_rows, d]` from the output's `g` `[B, L, d]`: row `rows[l]`
+/// the sum over the batch of position l's gradient, the other rows 0 (`nn::position_rows`).
+pub(crate) fn position_rows_grad(
+    (sg, lg): (&CudaStorage, &Layout),
+    (sr, lr): (&CudaStorage, &Layout),
+    n_rows: usize,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sg.device;
+    let (b, l, d) = lg.shape().dims3()?;
+    let g = f32_view(sg, lg, "position rows gradient")?;
+    let rows = u32_view(sr, lr, "position rows")?;
+    if rows.len() != l {
+        return Err(Error::Msg(format!(
+            "position rows gradient: {l} positions and {} rows",
+            rows.len()
+        )));
+    }
+    let mut out = dev.alloc_zeros::<f32>((n_rows * d).max(1))?;
+    if l * d > 0 {
+        let f = dev.get_or_load_custom_func("rb_position_rows_grad", MODULE, PTX)?;
+        let (b32, l32, d32) = (int(b, "sessions")?, int(l, "positions")?, int(d, "width")?);
+        int(l * d, "positions times width")?;
+        let mut k = f.builder();
+        k.arg(&g)
+            .arg(&rows)
+            .arg(&mut out)
+            .arg(&b32)
+            .arg(&l32)
+            .arg(&d32);
+        // SAFETY: rb_position_rows_grad(const float* g, const u32* rows, float* dt, int b, int l,
+        // int d): g holds b·l·d values, rows l (distinct, each below n_rows: `PositionRows`), dt
+        // n_rows·d zeros; a thread per (position, column), l·d of them (fits an int, checked).
+        unsafe { k.launch(config(grid(l * d, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
+            .map_err(|e| launch_error("rb_position_rows_grad", e))?;
+    }
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from((n_rows, d)),
+    ))
+}
+
 /// Which attention bias [`attention_bias`] builds (the `mode` of `rb_attention_bias`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BiasKind {

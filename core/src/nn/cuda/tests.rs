@@ -763,6 +763,44 @@ fn cuda_timeline_mask_matches_the_cpu_op() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn cuda_position_rows_match_the_cpu_op() -> Result<()> {
+    // Sessions plus a table's rows by position, as one node: the same values (one addition) and
+    // gradients on both devices; the table's rows that no position reads get none. The GPU's node
+    // against the CPU's composed lookup and broadcast add.
+    use crate::nn::position_rows::{add_position_rows, PositionRows};
+    let Some(dev) = gpu("cuda_position_rows") else {
+        return Ok(());
+    };
+    let wrap = candle_core::Error::wrap;
+    let (b, l, d, n) = (6, 11, 33, 14);
+    let (xc, xg) = pair(&[b, l, d], 93, &dev)?;
+    let (tc, tg) = pair(&[n, d], 94, &dev)?;
+    let rows_c = PositionRows::from_end(l, &Device::Cpu).map_err(wrap)?;
+    let rows_g = PositionRows::from_end(l, &dev).map_err(wrap)?;
+    let yc = add_position_rows(xc.as_tensor(), tc.as_tensor(), &rows_c).map_err(wrap)?;
+    let yg = add_position_rows(xg.as_tensor(), tg.as_tensor(), &rows_g).map_err(wrap)?;
+    assert_close("position rows: values", &yg, &yc, 0.0)?;
+    let gc = weighted_sum(&yc, 95)?.backward()?;
+    let gg = weighted_sum(&yg, 95)?.backward()?;
+    assert_grads_close(
+        "position rows",
+        &gc,
+        &gg,
+        &[("sessions", &xc, &xg), ("table", &tc, &tg)],
+    )?;
+    let unread = gg
+        .get(tg.as_tensor())
+        .map(|g| g.narrow(0, l, n - l)?.flatten_all()?.to_vec1::<f32>())
+        .transpose()?
+        .unwrap_or_default();
+    assert!(
+        unread.len() == (n - l) * d && unread.iter().all(|&v| v == 0.0),
+        "position rows: rows no position reads got a gradient"
+    );
+    Ok(())
+}
+
 /// A node that hands over a [`Precomputed`](crate::nn::precomputed::Precomputed) output.
 struct HandOver(crate::nn::precomputed::Precomputed);
 
