@@ -5,11 +5,11 @@
 //! candidate scores (`rows.cu`), Adam over a table of parameters with its guard and its
 //! coefficients from memory, the attention biases and weights, dropout keys read from memory
 //! (the same masks as keys by value), the layer norm forward and backward, the cross-entropy and
-//! catalog-loss row kernels, the bias, row-scale and softmax row kernels, and the position rows
-//! with their table's gradient: every kernel. This tests the kernels' logic (indexing, the merge
-//! passes, where the barriers are) on machines without a GPU; the GPU tests
-//! (`src/nn/cuda/tests.rs`) check the kernels on a device against the CPU ops. Needs a C++20
-//! compiler: `c++`, or the one `CXX` names.
+//! catalog-loss row kernels and the catalog loss's total, the bias, row-scale and softmax row
+//! kernels, and the position rows with their table's gradient: every kernel. This tests the
+//! kernels' logic (indexing, the merge passes, where the barriers are) on machines without a
+//! GPU; the GPU tests (`src/nn/cuda/tests.rs`) check the kernels on a device against the CPU ops.
+//! Needs a C++20 compiler: `c++`, or the one `CXX` names.
 
 use std::{path::PathBuf, process::Command};
 
@@ -38,7 +38,7 @@ fn the_kernels_match_plain_loops_when_emulated_on_the_cpu() -> Result<(), String
         .map_err(|e| format!("could not run {}: {e}", exe.display()))?;
     let out = String::from_utf8_lossy(&run.stdout);
     let passed = out.lines().filter(|l| l.starts_with("ok ")).count();
-    if !run.status.success() || !out.contains("\n0 failed") || passed < 47 {
+    if !run.status.success() || !out.contains("\n0 failed") || passed < 50 {
         return Err(format!(
             "emulated kernels: {} ({passed} checks passed)\n{out}{}",
             run.status,

@@ -182,17 +182,18 @@ pub(crate) fn chunked_on_device(
         }
         start += r;
     }
-    // The loss and its scale stay on the device (no read-back, so the host keeps queueing work).
+    // The loss and its scale stay on the device (no read-back, so the host keeps queueing work):
+    // one kernel gives Σ l / count(l > 0) and the gradients' factor.
     let l = Tensor::cat(&losses, 0)?;
-    let count = l.gt(0.0)?.to_dtype(DType::F32)?.sum_all()?;
-    let loss = l.sum_all()?.div(&count)?;
+    let total = l.apply_op1_no_bwd(&LossTotal { temperature })?;
+    let loss = total.narrow(0, 0, 1)?.squeeze(0)?;
     let (Some(ge), true) = (grad_e, want_grad) else {
         return Ok(loss);
     };
     // ∂loss/∂logits = w·(softmax − onehot)/count; the logits are s·eᵀ/temperature. The sums are
-    // scaled by that factor in the backward pass, together with the upstream gradient: one
-    // product per gradient, not two.
-    let k = (count * temperature)?.recip()?;
+    // scaled by that factor, 1 / (count · temperature), in the backward pass, together with the
+    // upstream gradient: one product per gradient, not two.
+    let k = total.narrow(0, 1, 1)?.squeeze(0)?;
     let node = LossNode {
         loss: f32::NAN,
         device_loss: Some(loss),
@@ -200,6 +201,40 @@ pub(crate) fn chunked_on_device(
         device_scale: Some(k),
     };
     sessions.apply_op2(items, node)
+}
+
+/// RecTools' loss from the rows' weighted losses `l` `[M]`, with the gradients' factor:
+/// `[Σ l / count(l > 0), 1 / (count · temperature)]` (the loss NaN when no row has a positive
+/// loss). One kernel on a CUDA device, where [`chunked_on_device`] takes it; the CPU form (the
+/// same sums in row order) is its reference.
+struct LossTotal {
+    temperature: f64,
+}
+
+impl candle_core::CustomOp1 for LossTotal {
+    fn name(&self) -> &'static str {
+        "catalog-softmax-total"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let v = super::cpu_slice::storage_f32(s, l, "catalog row losses")?;
+        let sum: f32 = v.iter().sum();
+        let count = v.iter().filter(|&&x| x > 0.0).count() as f32;
+        let t = self.temperature as f32;
+        Ok((
+            CpuStorage::F32(vec![sum / count, 1.0 / (count * t)]),
+            Shape::from(2),
+        ))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        l: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::catalog_loss_total((s, l), self.temperature as f32)
+    }
 }
 
 /// [`chunked_on_device`]'s row pass as a device op over `(z, targets, weights)`, returning the

@@ -3,7 +3,8 @@
 // (`rows.cu`); Adam over a table of parameters, with its guard and its coefficients from memory;
 // the attention biases; the dropout kernels' keys read from memory against keys by value, and the
 // dropout with a residual sum against the dropout plus the residual; the
-// layer norm forward and backward; the cross-entropy and catalog-loss row kernels; the bias,
+// layer norm forward and backward; the cross-entropy and catalog-loss row kernels and the
+// catalog loss's total; the bias,
 // row-scale and softmax row kernels; and the position rows with their table's gradient.
 // Each check prints `ok <name>` or `FAIL <name>: ...`; the exit status is the number of failures.
 // Built and run by `tests/cuda_kernels_on_cpu.rs`.
@@ -584,6 +585,28 @@ static void check_position_rows() {
          "differs from the batch sums in their rows");
 }
 
+// The catalog loss's total over its rows (one block): the sum of the row losses over the count of
+// positive ones, and 1 / (count · temperature), against a plain loop (the sum's order differs:
+// to 1e-6; the count is exact).
+static void check_catalog_loss_total() {
+  char detail[200] = "";
+  for (unsigned long long m : {2ull, 255ull, 5656ull}) {
+    auto l = random_values(m, 90 + (unsigned int)m);
+    for (size_t i = 0; i < m; i += 3) l[i] = 0.0f;  // ignored rows
+    for (auto &v : l) v = std::fabs(v);
+    double sum = 0.0, count = 0.0;
+    for (float v : l) {
+      sum += v;
+      count += v > 0.0f ? 1.0 : 0.0;
+    }
+    std::vector<float> out(2), want = {float(sum / count), float(1.0 / (count * 0.7))};
+    rb_launch(dim3(1), dim3(256), [&] { rb_catalog_loss_total(l.data(), m, 0.7f, out.data()); });
+    char name[100];
+    std::snprintf(name, sizeof name, "catalog loss total over %llu rows", m);
+    report(close(out, want, 1e-6f, detail), name, detail);
+  }
+}
+
 int main() {
   check_sort(1, 5, 1);
   check_sort(1000, 7, 2);
@@ -607,6 +630,7 @@ int main() {
   check_cross_entropy(9, 1683);
   check_row_kernels();
   check_position_rows();
+  check_catalog_loss_total();
   std::printf("%d failed\n", failures);
   return failures;
 }

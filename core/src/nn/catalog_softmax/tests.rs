@@ -204,3 +204,21 @@ fn sessions_of_any_rank_give_the_flattened_loss_without_a_reshape_node() -> Resu
     );
     Ok(())
 }
+
+/// The device path's total: RecTools' `Σ l / count(l > 0)` and the gradients' factor
+/// `1 / (count · temperature)`, by hand; NaN when no row has a positive loss.
+#[test]
+fn the_total_of_the_rows_by_hand() -> Result<()> {
+    let dev = Device::Cpu;
+    let total = |l: &[f32], t: f64| -> Result<Vec<f32>> {
+        Tensor::new(l, &dev)?
+            .apply_op1_no_bwd(&super::LossTotal { temperature: t })?
+            .to_vec1()
+    };
+    // Rows 2 and 3 have a loss (sum 5, count 2); ignored rows have 0.
+    assert_eq!(total(&[2.0, 0.0, 3.0, 0.0], 0.5)?, [2.5, 1.0]);
+    assert_eq!(total(&[1.5], 1.0)?, [1.5, 1.0]);
+    let none = total(&[0.0, 0.0], 1.0)?;
+    assert!(none[0].is_nan() && none[1].is_infinite(), "{none:?}");
+    Ok(())
+}

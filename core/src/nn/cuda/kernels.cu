@@ -534,6 +534,29 @@ extern "C" __global__ void rb_row_scale(const float *x, const float *m, float *o
 }
 
 // ---------------------------------------------------------------------------------------------
+// The catalog softmax loss from its rows' weighted losses l [m] (nn/catalog_softmax.rs): RecTools'
+// Σ l / count(l > 0), and the gradients' factor 1 / (count · temperature); one block of 256
+// threads, each summing a strided share in order, then a fixed tree: the same bits every run.
+// out[0] = the loss (NaN when no row has a positive loss), out[1] = the factor.
+
+extern "C" __global__ void rb_catalog_loss_total(const float *l, unsigned long long m,
+                                                 float temperature, float *out) {
+  __shared__ float scratch[8];
+  float sum = 0.0f, count = 0.0f;
+  for (unsigned long long i = threadIdx.x; i < m; i += blockDim.x) {
+    float v = l[i];
+    sum += v;
+    count += v > 0.0f ? 1.0f : 0.0f;
+  }
+  sum = block_sum(sum, scratch);
+  count = block_sum(count, scratch);
+  if (threadIdx.x == 0) {
+    out[0] = sum / count;
+    out[1] = 1.0f / (count * temperature);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Position rows added to sessions (nn/position_rows.rs): out[b, l, c] = x[b, l, c] + t[rows[l], c]
 // for x [B, L, d] (n = B·L·d); one thread per element.
 

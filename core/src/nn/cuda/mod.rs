@@ -705,6 +705,36 @@ pub(crate) fn catalog_rows(
     ))
 }
 
+/// RecTools' catalog loss from its rows' weighted losses `l` `[m]`, with the gradients' factor:
+/// `[Σ l / count(l > 0), 1 / (count · temperature)]` (`rb_catalog_loss_total`, one block).
+pub(crate) fn catalog_loss_total(
+    (sl, ll): (&CudaStorage, &Layout),
+    temperature: f32,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &sl.device;
+    let l = f32_view(sl, ll, "catalog row losses")?;
+    // The count is summed in f32: exact below 2²⁴ rows.
+    if l.len() >= 1 << 24 {
+        return Err(Error::Msg(format!(
+            "catalog loss: {} rows; the device total counts up to 2^24",
+            l.len()
+        )));
+    }
+    let mut out = output(dev, 2)?;
+    let f = dev.get_or_load_custom_func("rb_catalog_loss_total", MODULE, PTX)?;
+    let m = l.len() as u64;
+    let mut b = f.builder();
+    b.arg(&l).arg(&m).arg(&temperature).arg(&mut out);
+    // SAFETY: rb_catalog_loss_total(const float* l, u64 m, float temperature, float* out): l holds
+    // m values, out 2; one block of BLOCK_THREADS (256, the kernel's block sum).
+    unsafe { b.launch(config(1, BLOCK_THREADS)) }
+        .map_err(|e| launch_error("rb_catalog_loss_total", e))?;
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev.clone()),
+        Shape::from(2),
+    ))
+}
+
 /// A one-element f32 storage holding `v` on `dev`.
 pub(crate) fn scalar(dev: &CudaDevice, v: f32) -> Result<(CudaStorage, Shape)> {
     let host = [v];
