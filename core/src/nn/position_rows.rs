@@ -3,13 +3,13 @@
 //! (`LearnableInversePositionalEncoding` counts the rows from the end, `rows[l] = L − 1 − l`, so
 //! that a left-padded session's last item always reads row 0).
 //!
-//! The composed form is a lookup of the rows ([`gather_rows()`]) broadcast over the batch and added.
-//! On a GPU that is four graph nodes where one does: the lookup, the broadcast, the add, and the
-//! lookup's gradient, a sort of the row ids and a sum by id. Here, where the ops take the forms a
-//! GPU runs ([`crate::nn::fused`]), it is one node: its forward pass one kernel, its table
-//! gradient (each position's gradient summed over the batch, into its row) one more. The rows are
-//! distinct, checked when [`PositionRows`] is made, so every table row takes at most one position's
-//! sum: no order of additions to fix, and the same values as the composed form's.
+//! The composed form is a lookup of the rows ([`gather_rows()`]) broadcast over the batch and
+//! added. On a GPU that is four graph nodes where one does: the lookup, the broadcast, the add,
+//! and the lookup's gradient, a sort of the row ids and a sum by id. Here, where the ops take the
+//! forms a GPU runs ([`crate::nn::fused`]), it is one node: its forward pass one kernel, its
+//! table gradient (each position's gradient summed over the batch, into its row) one more. The
+//! rows are distinct, checked when [`PositionRows`] is made, so every table row takes at most one
+//! position's sum: no order of additions to fix, and the same values as the composed form's.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Shape, Tensor};
 

@@ -4,6 +4,8 @@
 //! Sessions are left-padded, so positions are counted from the end: in a length-`L` input,
 //! position `j` gets `pos_emb[L - 1 - j]` and the most recent item always gets row 0.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 use recblocks_core::{
@@ -91,16 +93,12 @@ impl PositionalEncoding for LearnableInversePositionalEncoding {
                     ),
                 ));
             }
-            let shorter;
             let rows = match &self.full_rows {
-                Some(rows) if l == self.session_max_len => rows,
-                _ => {
-                    shorter = PositionRows::from_end(l, pos_emb.device())?;
-                    &shorter
-                }
+                Some(rows) if l == self.session_max_len => Cow::Borrowed(rows),
+                _ => Cow::Owned(PositionRows::from_end(l, pos_emb.device())?),
             };
             // x[b, j] + pos_emb[L-1-j]: one graph node on a GPU.
-            x = add_position_rows(&x, pos_emb, rows)?;
+            x = add_position_rows(&x, pos_emb, &rows)?;
         }
         Ok(x)
     }
