@@ -25,6 +25,10 @@
 #              SASRec + BERT4Rec, EPOCHS epochs, then synth20k SASRec --quick if time is left;
 #              the summary's step table (bench/gpu/step_times.py) sets its ms/step against the
 #              uncaptured runs and the PyTorch CUDA-graph step of stage 6
+#   5 alloc    recblocks alone on ML-100k SASRec + BERT4Rec with RECBLOCKS_CUDA_ALLOC=driver
+#              (cudarc's two events per buffer, a pool that returns its memory at every
+#              synchronisation), set against stage compare's runs (bench/gpu/ab_table.py);
+#              skipped if short of time
 #   5 lookups  recblocks alone on ML-100k SASRec + BERT4Rec with RECBLOCKS_CUDA_LOOKUPS=candle
 #              (candle's index_select/index_add), set against stage compare's runs
 #              (bench/gpu/ab_table.py); skipped if short of time
@@ -367,6 +371,13 @@ stage_graph() {
   return $rc
 }
 
+stage_alloc() {
+  [ "$DEVICE" != cpu ] || { note "alloc compares two GPU set-ups: skipped"; return 0; }
+  recblocks_ok || { note "no binary (stage 2)"; return 1; }
+  (export RECBLOCKS_CUDA_ALLOC=driver
+   compare ml100k sasrec,bert4rec ml100k-driver-alloc --epochs "$EPOCHS" --systems recblocks)
+}
+
 stage_lookups() {
   [ "$DEVICE" != cpu ] || { note "lookups compares two GPU paths: skipped"; return 0; }
   recblocks_ok || { note "no binary (stage 2)"; return 1; }
@@ -479,6 +490,7 @@ plan=(
   "5 compare 170 60 0"
   "5 synth 80 40 1"
   "5 graph 80 30 0"
+  "5 alloc 50 30 1"
   "5 lookups 50 30 1"
   "5 seeds 60 40 1"
   "5 nodes 50 30 1"
@@ -588,6 +600,9 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
       echo
     fi
   }
+  ab_section alloc ml100k-driver-alloc \
+    "allocations: cudarc's per-buffer events and the driver's pool release against nn::cuda::allocator" \
+    "driver defaults (RECBLOCKS_CUDA_ALLOC=driver)" "nn::cuda::allocator"
   ab_section lookups ml100k-candle-lookups \
     "lookups: candle's index_select/index_add against nn::gather_rows" \
     "candle (RECBLOCKS_CUDA_LOOKUPS=candle)" "nn::gather_rows"

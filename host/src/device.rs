@@ -2,7 +2,8 @@
 //!
 //! CUDA goes through candle's `cuda` feature and core's CUDA kernels, which this crate's `cuda`
 //! feature turns on (off by default: it needs the CUDA toolkit to build). The models' code is the
-//! same on every device; the ops they call take their CUDA forms on a GPU (`docs/gpu.md`).
+//! same on every device; the ops they call take their CUDA forms on a GPU (`docs/gpu.md`). A CUDA
+//! device is set up for training's allocations as it opens (`docs/gpu.md`, "Allocations").
 
 use std::{fmt, str::FromStr};
 
@@ -63,11 +64,28 @@ impl DeviceSpec {
                          toolkit)"
                     )));
                 }
-                Device::new_cuda(n)
-                    .map_err(|e| HostError::Other(format!("cannot open --device {self}: {e}")))
+                let dev = Device::new_cuda(n)
+                    .map_err(|e| HostError::Other(format!("cannot open --device {self}: {e}")))?;
+                prepare_allocations(&dev).map_err(|e| {
+                    HostError::Other(format!("--device {self}: setting up allocations: {e}"))
+                })?;
+                Ok(dev)
             }
         }
     }
+}
+
+/// Sets a CUDA device's allocations up for training, before any tensor is made on it: no
+/// per-buffer CUDA events and a memory pool that keeps its memory between steps
+/// (`recblocks_core::nn::cuda::allocator`; `RECBLOCKS_CUDA_ALLOC=driver` keeps the defaults).
+fn prepare_allocations(dev: &Device) -> candle_core::Result<()> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = dev {
+        let setup = recblocks_core::nn::cuda::allocator::prepare(cuda)?;
+        tracing::debug!(?setup, "CUDA allocations");
+    }
+    let _ = dev;
+    Ok(())
 }
 
 #[cfg(test)]

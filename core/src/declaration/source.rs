@@ -267,6 +267,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/nn/cuda/allocator.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/cuda/allocator.rs"
+        )),
+    ),
+    (
         "src/nn/cuda/graph.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/nn/cuda/graph.rs")),
     ),

@@ -2,7 +2,7 @@
 //! memory pool (where candle's stream-ordered allocations come from) and of the memory CUDA graphs
 //! allocate (a captured training step's temporaries, [`super::graph`]). Unlike a sampled
 //! `nvidia-smi` reading these are exact, and they can be reset between phases (training, then
-//! recommending).
+//! recommending). Also the pool's release threshold, which [`super::allocator`] raises.
 
 use candle_core::{
     cuda_backend::{cudarc::driver::sys, CudaDevice},
@@ -95,7 +95,65 @@ pub fn peak(dev: &CudaDevice) -> Result<DeviceMemory> {
 }
 
 /// Resets the high-water marks to the memory in use now, so that [`peak`] reports the next
-/// phase's.
+/// phase's. The memory the pool holds beyond what is in use (all of it kept when
+/// [`super::allocator::prepare`] raised the release threshold) goes back to the device first, after
+/// the work queued so far, so the next phase's reserved peak is its own.
 pub fn reset_peak(dev: &CudaDevice) -> Result<()> {
+    dev.cuda_stream()
+        .synchronize()
+        .map_err(|e| Error::Msg(format!("CUDA memory statistics: synchronize: {e}")))?;
+    let (pool, _) = pool(dev)?;
+    // SAFETY: `pool` is the device's default pool, from the driver; trimming releases only memory
+    // that no allocation uses (the stream's frees are done: synchronised above).
+    check("trim", unsafe { sys::cuMemPoolTrimTo(pool, 0) })?;
     marks(dev, true).map(|_| ())
+}
+
+/// Sets how many reserved bytes the device's default pool keeps at a synchronisation before it
+/// returns memory to the operating system (the driver's default: 0).
+pub(crate) fn set_release_threshold(dev: &CudaDevice, bytes: u64) -> Result<()> {
+    let (pool, _) = pool(dev)?;
+    attribute("release threshold", |v| {
+        // SAFETY: the attribute is a 64-bit unsigned value (cuuint64_t) and `v` points to a live
+        // u64 holding `bytes`; `pool` is the device's default pool, from the driver.
+        unsafe {
+            v.cast::<u64>().write(bytes);
+            sys::cuMemPoolSetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                v,
+            )
+        }
+    })
+    .map(|_| ())
+}
+
+/// The device's default pool's release threshold, in bytes.
+pub fn release_threshold(dev: &CudaDevice) -> Result<u64> {
+    let (pool, _) = pool(dev)?;
+    attribute("release threshold", |v| {
+        // SAFETY: as above; the driver writes the attribute's 64-bit value into `v`.
+        unsafe {
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                v,
+            )
+        }
+    })
+}
+
+/// The memory the device's default pool holds from the device now, in bytes.
+pub fn reserved_now(dev: &CudaDevice) -> Result<u64> {
+    let (pool, _) = pool(dev)?;
+    attribute("pool reserved now", |v| {
+        // SAFETY: as above.
+        unsafe {
+            sys::cuMemPoolGetAttribute(
+                pool,
+                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+                v,
+            )
+        }
+    })
 }

@@ -29,6 +29,7 @@ use candle_core::{
     Error, Layout, Result, Shape,
 };
 
+pub mod allocator;
 pub mod graph;
 pub mod memory;
 pub(crate) mod rows;

@@ -1198,3 +1198,50 @@ fn cuda_block_nodes_read_their_keys_from_slots() -> Result<()> {
     assert_eq!(by_slot?, by_value?);
     Ok(())
 }
+
+#[test]
+fn cuda_allocator_setup_keeps_pool_memory_and_drops_events() -> Result<()> {
+    // After `prepare`: buffers carry no events, the pool keeps a freed 64 MiB through a
+    // synchronisation, ops still give the CPU's values, and a peak reset gives the memory back.
+    let Some(dev) = gpu("cuda_allocator_setup") else {
+        return Ok(());
+    };
+    let Device::Cuda(cuda) = &dev else {
+        return Err(candle_core::Error::Msg("not a CUDA device".into()));
+    };
+    use super::{
+        allocator::{prepare, AllocatorSetup},
+        memory::{release_threshold, reserved_now, reset_peak},
+    };
+    let setup = prepare(cuda)?;
+    if super::allocator::driver_defaults_requested() {
+        assert_eq!(setup, AllocatorSetup::DriverDefaults);
+        return Ok(());
+    }
+    assert_eq!(setup, AllocatorSetup::Kept);
+    assert!(!cuda.is_event_tracking(), "event tracking still on");
+    assert_eq!(release_threshold(cuda)?, u64::MAX);
+    let mib64 = 64u64 << 20;
+    let big = Tensor::zeros(16usize << 20, DType::F32, &dev)?;
+    dev.synchronize()?;
+    drop(big);
+    dev.synchronize()?;
+    let kept = reserved_now(cuda)?;
+    assert!(
+        kept >= mib64,
+        "the pool kept {kept} bytes of a freed 64 MiB"
+    );
+    let (m, k, n) = (33, 17, 29);
+    let a = Tensor::from_vec(values(m * k, 81), (m, k), &Device::Cpu)?;
+    let b = Tensor::from_vec(values(k * n, 82), (k, n), &Device::Cpu)?;
+    let on_gpu = a.to_device(&dev)?.matmul(&b.to_device(&dev)?)?.exp()?;
+    assert_close("matmul + exp", &on_gpu, &a.matmul(&b)?.exp()?, 1e-5)?;
+    drop(on_gpu);
+    reset_peak(cuda)?;
+    let after = reserved_now(cuda)?;
+    assert!(
+        after + mib64 <= kept,
+        "a peak reset gives kept memory back: {after} bytes against {kept}"
+    );
+    Ok(())
+}
