@@ -285,6 +285,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/nn/cuda/loss_reads.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/cuda/loss_reads.rs"
+        )),
+    ),
+    (
         "src/nn/cuda/memory.rs",
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -399,6 +406,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/src/nn/gather_rows.rs"
+        )),
+    ),
+    (
+        "src/nn/host_targets.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/host_targets.rs"
         )),
     ),
     (

@@ -27,6 +27,7 @@ pub mod feed_forward;
 pub mod fused;
 pub mod gather_dot;
 pub mod gather_rows;
+pub mod host_targets;
 pub mod init;
 pub mod layer_norm;
 pub mod linear;

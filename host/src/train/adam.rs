@@ -303,13 +303,30 @@ impl Adam {
         false
     }
 
-    /// Applies one update from `grads` (CUDA only, see [`all_on_cuda`](Self::all_on_cuda)),
-    /// except that nothing changes unless the value of `guard` (a one-value f32 tensor on the
-    /// device: the step's loss) is finite when the update runs. The host reads nothing, so it can
-    /// go on queueing work; the step is counted either way, as a replayed step counts its own.
+    /// Applies one update from `grads`, except that nothing changes unless the value of `guard`
+    /// (a one-value f32 tensor on the parameters' device: the step's loss) is finite. The step is
+    /// counted either way, as a replayed step counts its own.
+    ///
+    /// Where every parameter is on a CUDA device ([`all_on_cuda`](Self::all_on_cuda)) the update
+    /// kernel reads `guard` when it runs: the host reads nothing, so it can go on queueing work.
+    /// Elsewhere the host reads `guard` first, then updates or not.
     pub fn step_guarded(&mut self, grads: &GradStore, guard: &Tensor) -> candle_core::Result<()> {
         let (k, bias1, bias2) = self.advance_coefficients();
-        self.apply(grads, k, bias1, bias2, None, Some(guard))
+        if self.all_on_cuda() {
+            return self.apply(grads, k, bias1, bias2, None, Some(guard));
+        }
+        let value = guard
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        match value.as_slice() {
+            [v] if v.is_finite() => self.apply(grads, k, bias1, bias2, None, None),
+            [_] => Ok(()),
+            other => Err(candle_core::Error::Msg(format!(
+                "adam: the guard of a step has {} values; expected one",
+                other.len()
+            ))),
+        }
     }
 
     /// Counts one more step and returns its coefficients as the eight f32 that
@@ -567,9 +584,8 @@ mod tests {
         gpu
     }
 
-    /// The parameters of the CUDA tests: 53 of assorted sizes (more than one launch's 48, block
+    /// The parameters of the guarded-step tests: 53 of assorted sizes (more than one launch's 48, block
     /// edges of 256 on both sides, a single value), values and gradient weights.
-    #[cfg(feature = "cuda")]
     fn assorted(dev: &Device) -> candle_core::Result<(BTreeMap<String, Var>, Vec<Tensor>)> {
         let sizes: Vec<usize> = (0..53)
             .map(|i| [1usize, 255, 256, 257, 1000, 37][i % 6] + i)
@@ -588,7 +604,6 @@ mod tests {
     }
 
     /// `Σ_i (p_i · c_i · s).sum()`: gradient c_i·s, exact on both devices.
-    #[cfg(feature = "cuda")]
     fn weighted_loss(
         vars: &BTreeMap<String, Var>,
         weights: &[Tensor],
@@ -608,7 +623,6 @@ mod tests {
     }
 
     /// Every parameter and first moment, on the host.
-    #[cfg(feature = "cuda")]
     fn host_state(vars: &BTreeMap<String, Var>, opt: &Adam) -> candle_core::Result<Vec<Vec<f32>>> {
         let (state, _) = opt.state();
         let mut out = Vec::new();
@@ -714,6 +728,43 @@ mod tests {
             host_state(&vars_b, &guarded)? == before,
             "a NaN loss changed the state"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn guarded_steps_on_the_cpu_equal_plain_steps_and_skip_a_non_finite_loss(
+    ) -> candle_core::Result<()> {
+        let cpu = Device::Cpu;
+        let (vars_a, weights) = assorted(&cpu)?;
+        let (vars_b, _) = assorted(&cpu)?;
+        let mut plain = Adam::new(vars_a.clone(), AdamConfig::rectools(0.01))?;
+        let mut guarded = Adam::new(vars_b.clone(), AdamConfig::rectools(0.01))?;
+        assert!(!guarded.all_on_cuda());
+        let finite = Tensor::from_vec(vec![1.5f32], 1, &cpu)?;
+        for _ in 0..3 {
+            plain.step(&weighted_loss(&vars_a, &weights, 1.0)?)?;
+            guarded.step_guarded(&weighted_loss(&vars_b, &weights, 1.0)?, &finite)?;
+        }
+        assert!(
+            host_state(&vars_a, &plain)? == host_state(&vars_b, &guarded)?,
+            "guarded steps under a finite loss differ from plain steps"
+        );
+        let before = host_state(&vars_b, &guarded)?;
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let bad = Tensor::from_vec(vec![bad], 1, &cpu)?;
+            guarded.step_guarded(&weighted_loss(&vars_b, &weights, 1.0)?, &bad)?;
+        }
+        assert!(
+            host_state(&vars_b, &guarded)? == before,
+            "a non-finite loss changed the state"
+        );
+        assert_eq!(guarded.step_count(), 6, "every step is counted");
+        let two = Tensor::from_vec(vec![1f32, 2.0], 2, &cpu)?;
+        let err = guarded
+            .step_guarded(&weighted_loss(&vars_b, &weights, 1.0)?, &two)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|m| m.contains("2 values; expected one")));
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use recblocks_core::{
     components::{
         trainer::TrainerSettings, DataPreparator, NegativeSampler, Objective, SessionRef,
     },
+    nn::host_targets::HostTargets,
     SharedRng,
 };
 use serde::{Deserialize, Serialize};
@@ -27,6 +28,7 @@ use crate::{
         captured_step::CapturedSteps,
         observer::{BatchProgress, EpochInfo, EpochObserver},
         prepare::PreparedData,
+        queued_steps::{ReadStep, StepQueue},
         rng_state::RngState,
         validation::{validate, ValInputs, ValResult},
     },
@@ -90,10 +92,11 @@ pub struct EpochLog {
     /// Training sequences per second.
     pub sequences_per_second: f64,
     /// The median wall-clock milliseconds of the epoch's training steps, each timed from its
-    /// batch in hand to its loss read back. On a GPU that read waits for the step's work, so
-    /// this is a step's own time, without the epoch's start, the wait for collated batches or
-    /// validation: the figure to set against a PyTorch step timed in a loop. `None` in a state
-    /// saved before it was recorded.
+    /// batch in hand until the step is queued and the loss before it is read back (an
+    /// uncaptured step reads the previous step's loss, a replayed one its own). On a GPU that
+    /// read waits for the device, so in a run of steps this is a step's own time, without the
+    /// epoch's start, the wait for collated batches or validation: the figure to set against a
+    /// PyTorch step timed in a loop. `None` in a state saved before it was recorded.
     #[serde(default)]
     pub step_ms_median: Option<f64>,
 }
@@ -229,6 +232,10 @@ impl TrainRun<'_> {
     /// One epoch's training batches; returns the batch-size-weighted loss sum, the number of
     /// sequences seen, and each step's wall-clock milliseconds (see [`EpochLog::step_ms_median`]).
     ///
+    /// Uncaptured steps are queued one ahead of their loss reads
+    /// ([`queued_steps`](super::queued_steps)): a batch's loss is reported after the next batch's
+    /// step is queued, and the last one at the epoch's end.
+    ///
     /// Batches are collated on a second thread, at most two ahead of the step that trains on
     /// them, in the epoch's order: the data stream (shuffling, masking, negatives) is drawn from
     /// by that thread alone during the epoch, in the same order as one thread would, so a seed
@@ -266,6 +273,13 @@ impl TrainRun<'_> {
                             weights: &sessions[i].weights,
                         })
                         .collect();
+                    // The positions with a target, found here on the CPU and handed to the
+                    // objective with the batch (`host_targets`): it then reads nothing on the
+                    // device, where a read would wait for the step still running.
+                    let positions = |batch: &recblocks_core::batch::Batch| {
+                        recblocks_core::nn::host_targets::positions_with_a_target(&batch.y)
+                            .map_err(HostError::from)
+                    };
                     // On a CUDA device the batch is collated on the CPU, its ids checked there
                     // (the backbone cannot read them on the device without stopping the host),
                     // then copied up. This thread's copies go to its own stream (candle uses the
@@ -277,16 +291,21 @@ impl TrainRun<'_> {
                             .map_err(HostError::from)
                             .and_then(|batch| {
                                 super::captured_step::check_ids(&batch, n_items)?;
+                                let targets = positions(&batch)?;
                                 let batch = super::captured_step::to_device(&batch, &device)?;
                                 device.synchronize()?;
-                                Ok(batch)
+                                Ok((batch, targets))
                             })
                     } else {
                         preparator
                             .collate_train(&refs, n_items, sampler, data_rng, &device)
                             .map_err(HostError::from)
+                            .and_then(|batch| {
+                                let targets = positions(&batch)?;
+                                Ok((batch, targets))
+                            })
                     }
-                    .map(|batch| (chunk.len(), batch));
+                    .map(|(batch, targets)| (chunk.len(), batch, targets));
                     let failed = batch.is_err();
                     // A closed channel: the training side stopped (an error); so do we.
                     if tx.send(batch).is_err() || failed {
@@ -296,31 +315,81 @@ impl TrainRun<'_> {
             });
             let (mut loss_sum, mut seen) = (0.0f64, 0usize);
             let mut step_ms = Vec::new();
-            for (b, collated) in rx.iter().enumerate() {
-                let (len, batch) = collated?;
-                let step_started = Instant::now();
-                let value = match captured.as_deref_mut() {
-                    Some(c) => c.step(self, &batch, info, b)?,
-                    None => self.train_step(&batch, info, b)?,
-                };
-                step_ms.push(step_started.elapsed().as_secs_f64() * 1e3);
-                loss_sum += value as f64 * len as f64;
-                seen += len;
+            let mut queue = StepQueue::new(&self.model.device)?;
+            let mut report = |run: &Self, step: ReadStep| {
+                loss_sum += step.loss as f64 * step.sessions as f64;
+                seen += step.sessions;
                 let secs = started.elapsed().as_secs_f64().max(1e-9);
-                self.observer.batch_done(
+                run.observer.batch_done(
                     info,
                     &BatchProgress {
-                        batch: b + 1,
+                        batch: step.batch + 1,
                         mean_loss: loss_sum / seen as f64,
                         sequences_per_second: seen as f64 / secs,
                     },
                 );
+            };
+            for (b, collated) in rx.iter().enumerate() {
+                let (len, batch, targets) = collated?;
+                let step_started = Instant::now();
+                let read = match captured.as_deref_mut() {
+                    Some(c) => Some(ReadStep {
+                        batch: b,
+                        sessions: len,
+                        loss: c.step(self, &batch, info, b)?,
+                    }),
+                    None => self.queue_step(&batch, targets, &mut queue, info, b, len)?,
+                };
+                step_ms.push(step_started.elapsed().as_secs_f64() * 1e3);
+                if let Some(step) = read {
+                    report(self, step);
+                }
+            }
+            if let Some(step) = queue.finish()? {
+                self.check_loss(step.loss, info, step.batch)?;
+                report(self, step);
             }
             Ok((loss_sum, seen, step_ms))
         })
     }
 
+    /// Queues one optimisation step on `batch` (the `b`-th of the epoch, from 0, of `sessions`
+    /// sessions, whose positions with a target are `targets`), then reads the loss of the step
+    /// queued before it and returns that step ([`queued_steps`](super::queued_steps)). Fails on
+    /// a non-finite loss, naming its batch.
+    fn queue_step(
+        &mut self,
+        batch: &recblocks_core::batch::Batch,
+        targets: Vec<u32>,
+        queue: &mut StepQueue,
+        info: &EpochInfo,
+        b: usize,
+        sessions: usize,
+    ) -> Result<Option<ReadStep>> {
+        // Nodes that hold parameters write their gradients to the scope (nn::param_grads).
+        let scope = recblocks_core::nn::ParamGradScope::enter();
+        let loss = {
+            let _targets = HostTargets::enter(targets.into());
+            self.objective
+                .train_loss(self.model.backbone.as_ref(), batch)?
+        };
+        // The backward pass starts from the scalar loss itself (a reshape of it would be one more
+        // node, a zero-filled buffer and an add on a GPU); the guard and the read take the
+        // reshaped copy.
+        let read = loss.to_dtype(candle_core::DType::F32)?.reshape(1)?;
+        let grads = scope.backward(&loss)?;
+        let guard = queue.guard(&read)?;
+        self.adam.step_guarded(&grads, &guard)?;
+        let previous = queue.push(read, b, sessions)?;
+        if let Some(step) = previous {
+            self.check_loss(step.loss, info, step.batch)?;
+        }
+        Ok(previous)
+    }
+
     /// One optimisation step on `batch` (the `b`-th of the epoch, from 0); returns its loss.
+    /// The captured step's ordinary steps (warm-ups, other shapes) take it: it reads the loss
+    /// before it returns.
     pub(crate) fn train_step(
         &mut self,
         batch: &recblocks_core::batch::Batch,

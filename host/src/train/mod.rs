@@ -6,6 +6,7 @@ pub mod captured_step;
 pub mod fit;
 pub mod observer;
 pub mod prepare;
+mod queued_steps;
 pub mod rng_state;
 pub mod validation;
 mod write_in_place;

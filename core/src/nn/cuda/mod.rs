@@ -31,6 +31,7 @@ use candle_core::{
 
 pub mod allocator;
 pub mod graph;
+pub mod loss_reads;
 pub mod memory;
 pub(crate) mod rows;
 #[cfg(test)]

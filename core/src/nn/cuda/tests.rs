@@ -1245,3 +1245,42 @@ fn cuda_allocator_setup_keeps_pool_memory_and_drops_events() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn cuda_loss_reads_come_back_in_order_while_later_work_is_queued() -> Result<()> {
+    // Two losses copied into page-locked slots, each behind work that takes the GPU milliseconds:
+    // each read waits for its copy and gives its own value (a read that did not wait would find
+    // the slot's old contents), the first while the second and more work are still queued; a
+    // copy overwritten by two later ones is refused.
+    let Some(dev) = gpu("cuda_loss_reads") else {
+        return Ok(());
+    };
+    let Device::Cuda(cuda) = &dev else {
+        return Err(candle_core::Error::Msg("not a CUDA device".into()));
+    };
+    let mut reads = super::loss_reads::LossReads::new(cuda)?;
+    let m = Tensor::from_vec(values(2048 * 2048, 91), (2048, 2048), &dev)?;
+    let slow = |v: f64| -> Result<Tensor> {
+        let mut x = m.clone();
+        for _ in 0..8 {
+            x = x.matmul(&m)?.tanh()?;
+        }
+        // 0 · finite + v: the value is v, known only once the products are done.
+        x.sum_all()?.affine(0.0, v)
+    };
+    let a = Tensor::cat(&[&slow(1.25)?.reshape(1)?, &slow(7.5)?.reshape(1)?], 0)?;
+    let first = reads.queue(&a.narrow(0, 1, 1)?)?;
+    let b = slow(-6.0)?;
+    let second = reads.queue(&b)?;
+    let _busy = slow(0.0)?;
+    assert_eq!(reads.take(first)?, 7.5);
+    assert_eq!(reads.take(second)?, -6.0);
+    let old = reads.queue(&slow(2.0)?)?;
+    reads.queue(&b)?;
+    reads.queue(&b)?;
+    let err = reads.take(old).err().map(|e| e.to_string());
+    assert!(err.is_some_and(|m| m.contains("overwritten")));
+    let two = reads.queue(&a).err().map(|e| e.to_string());
+    assert!(two.is_some_and(|m| m.contains("expected one f32 value")));
+    Ok(())
+}

@@ -15,7 +15,7 @@ use recblocks_core::{
     error::CoreError,
     kind::ComponentKind,
     kwargs::decode_kwargs,
-    nn::{catalog_softmax_loss, gather_rows},
+    nn::{catalog_softmax_loss, gather_rows, host_targets},
     schema::DatasetSchema,
     serde_json::Value,
     spec::ModelSpec,
@@ -282,17 +282,27 @@ impl TargetRows {
             });
         }
         let y = batch.y.to_dtype(DType::U32)?.flatten_all()?;
-        // The positions with a target, read before the sessions are encoded: on a GPU the read
-        // waits for everything queued before it, and here that is only the batch's upload, not
-        // the backbone's forward pass (the host would then queue the loss and the backward pass
-        // while the GPU sat idle).
-        let keep: Vec<u32> = y
-            .to_vec1::<u32>()?
-            .iter()
-            .enumerate()
-            .filter(|(_, &t)| t != 0)
-            .map(|(i, _)| i as u32)
-            .collect();
+        // The positions with a target: from the trainer, which found them on the host
+        // (`host_targets`), else read here. On a GPU a read waits for everything queued before
+        // it, so it comes before the sessions are encoded (the host would otherwise queue the
+        // loss and the backward pass while the GPU sat idle); the trainer's positions spare even
+        // that wait, which would otherwise include the previous step still running.
+        let keep: Vec<u32> = match host_targets::given() {
+            Some(given) => {
+                let n = y.elem_count();
+                if let Some(&bad) = given.iter().find(|&&p| p as usize >= n) {
+                    return Err(CoreError::invalid(
+                        ComponentKind::Objective,
+                        NAME,
+                        format!(
+                            "the trainer gave target position {bad} for a batch of {n} positions"
+                        ),
+                    ));
+                }
+                given.to_vec()
+            }
+            None => host_targets::positions_with_a_target(&y)?,
+        };
         let m = keep.len();
         let idx = Tensor::from_vec(keep, m, y.device())?;
         let item_embs = backbone.item_embeddings(train)?;
@@ -743,6 +753,57 @@ mod tests {
                 "{loss}, static shapes: gradients differ by {diff}"
             );
         }
+    }
+
+    #[test]
+    fn positions_given_by_the_trainer_replace_the_read_of_the_targets() {
+        // The positions the trainer found on the host give the loss and gradients of the
+        // objective's own read, to the bit; they are what the objective scores (other positions
+        // give another loss), and one past the batch is refused.
+        use recblocks_core::nn::host_targets::{positions_with_a_target, HostTargets};
+        use std::rc::Rc;
+        let n = 11;
+        let x = u2(&[0, 0, 2, 3, 4, 5, 6, 7, 0, 8, 9, 10], (3, 4));
+        let y = u2(&[0, 0, 3, 4, 5, 6, 7, 8, 0, 9, 10, 2], (3, 4));
+        let yw = f2(&[1.0; 12], (3, 4));
+        let batch = Batch {
+            x,
+            y: y.clone(),
+            yw,
+            negatives: None,
+        };
+        let obj = TransformerLightningModule::from_spec(
+            &spec(json!({"loss": "softmax"})),
+            &DatasetSchema::new(n - 2, &["PAD", "MASK"]),
+            &json!({}),
+        )
+        .expect("build");
+        let run = |given: Option<Vec<u32>>| {
+            let bb = random_lookup(n, true);
+            let _given = given.map(|p| HostTargets::enter(Rc::from(p)));
+            let loss = obj.train_loss(&bb, &batch)?;
+            let grads = loss.backward()?;
+            let g = grads
+                .get(bb.embs.as_tensor())
+                .ok_or_else(|| CoreError::Other("no gradient".into()))?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok::<_, CoreError>((loss.to_scalar::<f32>()?, g))
+        };
+        let positions = positions_with_a_target(&y).expect("positions");
+        assert_eq!(positions, vec![2, 3, 4, 5, 6, 7, 9, 10, 11]);
+        let read = run(None).expect("read");
+        let given = run(Some(positions.clone())).expect("given");
+        assert_eq!(read.0.to_bits(), given.0.to_bits());
+        assert_eq!(read.1, given.1);
+        let fewer = run(Some(positions[1..].to_vec())).expect("fewer");
+        assert_ne!(read.0.to_bits(), fewer.0.to_bits());
+        let err = run(Some(vec![2, 12])).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|m| m.contains("target position 12 for a batch of 12 positions")),
+            "{err:?}"
+        );
     }
 
     #[test]

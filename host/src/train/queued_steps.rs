@@ -1,0 +1,196 @@
+//! Training steps queued one ahead of their loss reads: the host reads step `k`'s loss after it
+//! has queued step `k + 1`, so on a GPU the device works on step `k + 1` while the host waits for
+//! step `k` and then goes on queueing (an uncaptured step, `fit` without `--cuda-graph`).
+//!
+//! Before, the host read each step's loss right after queueing it, which waits until the GPU has
+//! run the whole step; the host then queued the next step's first kernels while the GPU sat idle,
+//! and the GPU's time and the host's time of a step added up. Now they overlap: a step costs about
+//! the larger of the two.
+//!
+//! What stays as it was:
+//! - **A non-finite loss stops the run with the parameters as they were.** Each update is guarded
+//!   by its step's loss plus the loss before it, not yet read ([`StepQueue::guard`]): a non-finite
+//!   loss makes its own update and the next one change nothing (`Adam::step_guarded`), and the
+//!   host stops at the read of it, naming its batch, before a third step is queued.
+//! - **The figures.** Each batch's loss is the value it was, reported in order, one step later;
+//!   the epoch's last step is read at its end ([`StepQueue::finish`]), before validation.
+//!
+//! On a CUDA device the losses are copied into page-locked memory as each step is queued
+//! (`recblocks_core::nn::cuda::loss_reads`); on other devices the host reads a loss when its turn
+//! comes, which there costs nothing more, and every device runs the same bookkeeping.
+
+use candle_core::{Device, Tensor};
+
+use crate::Result;
+
+/// Where losses are read from.
+enum Reader {
+    /// Read when taken (`to_vec1`).
+    Host,
+    /// Copied into page-locked memory when queued, taken when the copy is done.
+    #[cfg(feature = "cuda")]
+    Cuda(recblocks_core::nn::cuda::loss_reads::LossReads),
+}
+
+/// A queued step whose loss is not read yet.
+struct Pending {
+    /// The step's loss, one f32 value on the device.
+    read: Tensor,
+    #[cfg(feature = "cuda")]
+    queued: Option<recblocks_core::nn::cuda::loss_reads::QueuedLoss>,
+    /// The step's batch: its index in the epoch (from 0) and its number of sessions.
+    batch: usize,
+    sessions: usize,
+}
+
+/// A step whose loss has been read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct ReadStep {
+    /// Its batch's index in the epoch (from 0).
+    pub batch: usize,
+    /// Its batch's sessions.
+    pub sessions: usize,
+    /// Its loss.
+    pub loss: f32,
+}
+
+/// The steps of one epoch whose losses are read one step late (see the module's comment).
+pub(crate) struct StepQueue {
+    reader: Reader,
+    pending: Option<Pending>,
+}
+
+impl StepQueue {
+    /// A queue for steps on `device`; use it from the thread that trains.
+    pub fn new(device: &Device) -> Result<Self> {
+        let reader = match device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(dev) => {
+                Reader::Cuda(recblocks_core::nn::cuda::loss_reads::LossReads::new(dev)?)
+            }
+            _ => Reader::Host,
+        };
+        Ok(StepQueue {
+            reader,
+            pending: None,
+        })
+    }
+
+    /// The guard of the update of a step whose loss is `read`: non-finite when that loss or the
+    /// unread loss of the step before it is. (A sum of two finite losses does not overflow f32.)
+    pub fn guard(&self, read: &Tensor) -> Result<Tensor> {
+        Ok(match &self.pending {
+            Some(p) => (read + &p.read)?,
+            None => read.clone(),
+        })
+    }
+
+    /// Adds the step just queued (its loss `read`, one f32 value, for the epoch's batch `batch`
+    /// of `sessions` sessions), then reads the step before it; returns that step, if any.
+    pub fn push(
+        &mut self,
+        read: Tensor,
+        batch: usize,
+        sessions: usize,
+    ) -> Result<Option<ReadStep>> {
+        let pending = Pending {
+            #[cfg(feature = "cuda")]
+            queued: match &mut self.reader {
+                Reader::Cuda(reads) => Some(reads.queue(&read)?),
+                Reader::Host => None,
+            },
+            read,
+            batch,
+            sessions,
+        };
+        match self.pending.replace(pending) {
+            Some(previous) => self.take(previous).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads the last step queued, if its loss is not read yet (the epoch's end).
+    pub fn finish(&mut self) -> Result<Option<ReadStep>> {
+        match self.pending.take() {
+            Some(p) => self.take(p).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn take(&self, p: Pending) -> Result<ReadStep> {
+        let loss = match &self.reader {
+            #[cfg(feature = "cuda")]
+            Reader::Cuda(reads) => match p.queued {
+                Some(q) => reads.take(q)?,
+                None => first(&p.read)?,
+            },
+            Reader::Host => first(&p.read)?,
+        };
+        Ok(ReadStep {
+            batch: p.batch,
+            sessions: p.sessions,
+            loss,
+        })
+    }
+}
+
+/// The one value of `t`, read on the host (NaN for none).
+fn first(t: &Tensor) -> Result<f32> {
+    Ok(t.flatten_all()?
+        .to_vec1::<f32>()?
+        .first()
+        .copied()
+        .unwrap_or(f32::NAN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loss(v: f32) -> Result<Tensor> {
+        Ok(Tensor::from_vec(vec![v], 1, &Device::Cpu)?)
+    }
+
+    #[test]
+    fn each_loss_comes_back_one_step_late_and_in_order() -> Result<()> {
+        let mut q = StepQueue::new(&Device::Cpu)?;
+        assert_eq!(q.push(loss(1.5)?, 0, 128)?, None);
+        let read = q.push(loss(2.5)?, 1, 128)?;
+        assert_eq!(
+            read,
+            Some(ReadStep {
+                batch: 0,
+                sessions: 128,
+                loss: 1.5
+            })
+        );
+        let last = q.finish()?;
+        assert_eq!(
+            last,
+            Some(ReadStep {
+                batch: 1,
+                sessions: 128,
+                loss: 2.5
+            })
+        );
+        assert_eq!(q.finish()?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_guard_is_not_finite_when_its_loss_or_the_unread_one_before_is() -> Result<()> {
+        let mut q = StepQueue::new(&Device::Cpu)?;
+        let value = |t: Tensor| first(&t);
+        assert_eq!(value(q.guard(&loss(2.0)?)?)?, 2.0);
+        assert_eq!(q.push(loss(f32::NAN)?, 0, 4)?, None);
+        // The next step's guard carries the unread NaN; its own loss is finite.
+        assert!(value(q.guard(&loss(2.0)?)?)?.is_nan());
+        let read = q.push(loss(2.0)?, 1, 4)?;
+        assert!(read.is_some_and(|r| r.batch == 0 && r.loss.is_nan()));
+        assert_eq!(value(q.guard(&loss(1.0)?)?)?, 3.0);
+        let inf = q.push(loss(f32::INFINITY)?, 2, 4)?;
+        assert!(inf.is_some_and(|r| r.loss == 2.0));
+        assert!(!value(q.guard(&loss(1.0)?)?)?.is_finite());
+        Ok(())
+    }
+}
