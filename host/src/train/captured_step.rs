@@ -254,6 +254,10 @@ impl ShapeSteps {
                 )));
             }
             let base = graph::address(keys)?;
+            // The graph's temporaries come from the device's graph memory, not from the pool the
+            // warm-up steps used, which keeps what it reserved (`nn::cuda::allocator`): give the
+            // unused part back first, as the pool did at every synchronisation before.
+            recblocks_core::nn::cuda::memory::give_back_unused(dev)?;
             let _uploads = graph::ConstantUploads::enable(dev);
             let _static = StaticShapes::enter();
             // Everything the body creates is dropped inside it, before the capture ends: the

@@ -337,6 +337,8 @@ impl TrainRun<'_> {
                         batch: b,
                         sessions: len,
                         loss: c.step(self, &batch, info, b)?,
+                        // A replayed step checks its own loss (with its note) as it reads it.
+                        note: None,
                     }),
                     None => self.queue_step(&batch, targets, &mut queue, info, b, len)?,
                 };
@@ -346,7 +348,7 @@ impl TrainRun<'_> {
                 }
             }
             if let Some(step) = queue.finish()? {
-                self.check_loss(step.loss, info, step.batch)?;
+                self.check_read_loss(&step, info)?;
                 report(self, step);
             }
             Ok((loss_sum, seen, step_ms))
@@ -373,16 +375,24 @@ impl TrainRun<'_> {
             self.objective
                 .train_loss(self.model.backbone.as_ref(), batch)?
         };
+        // What the fused blocks noted during this forward pass, kept with the step: its loss is
+        // checked after the next step's forward pass.
+        let note = recblocks_core::nn::fused::take_non_finite_origin();
         // The backward pass starts from the scalar loss itself (a reshape of it would be one more
-        // node, a zero-filled buffer and an add on a GPU); the guard and the read take the
-        // reshaped copy.
-        let read = loss.to_dtype(candle_core::DType::F32)?.reshape(1)?;
+        // node, a zero-filled buffer and an add on a GPU). The guard and the read take a copy
+        // without autograd history: it stays alive until the next step's read, and a tracked
+        // one would keep this step's whole graph (the loss's saved gradients, the sessions) alive
+        // with it.
+        let read = loss
+            .detach()
+            .to_dtype(candle_core::DType::F32)?
+            .reshape(1)?;
         let grads = scope.backward(&loss)?;
         let guard = queue.guard(&read)?;
         self.adam.step_guarded(&grads, &guard)?;
-        let previous = queue.push(read, b, sessions)?;
-        if let Some(step) = previous {
-            self.check_loss(step.loss, info, step.batch)?;
+        let previous = queue.push(read, b, sessions, note)?;
+        if let Some(step) = &previous {
+            self.check_read_loss(step, info)?;
         }
         Ok(previous)
     }
@@ -421,6 +431,23 @@ impl TrainRun<'_> {
         let grads = scope.backward(&loss)?;
         self.adam.step(&grads)?;
         Ok(value)
+    }
+
+    /// Fails on a non-finite loss of a queued step, with what its forward pass noted.
+    fn check_read_loss(&self, step: &ReadStep, info: &EpochInfo) -> Result<()> {
+        if step.loss.is_finite() {
+            return Ok(());
+        }
+        Err(HostError::NonFiniteLoss {
+            epoch: info.epoch,
+            batch: step.batch + 1,
+            value: step.loss,
+            origin: step
+                .note
+                .as_ref()
+                .map(|o| format!("; first: {o}"))
+                .unwrap_or_default(),
+        })
     }
 
     /// Fails on a non-finite loss, naming where a fused block first saw non-finite values.

@@ -41,10 +41,12 @@ struct Pending {
     /// The step's batch: its index in the epoch (from 0) and its number of sessions.
     batch: usize,
     sessions: usize,
+    /// What the fused blocks noted about non-finite values during the step's forward pass.
+    note: Option<String>,
 }
 
 /// A step whose loss has been read.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ReadStep {
     /// Its batch's index in the epoch (from 0).
     pub batch: usize,
@@ -52,6 +54,9 @@ pub(crate) struct ReadStep {
     pub sessions: usize,
     /// Its loss.
     pub loss: f32,
+    /// What the fused blocks noted about non-finite values during its forward pass (where a
+    /// block first produced them), for the error of a non-finite loss.
+    pub note: Option<String>,
 }
 
 /// The steps of one epoch whose losses are read one step late (see the module's comment).
@@ -77,21 +82,24 @@ impl StepQueue {
     }
 
     /// The guard of the update of a step whose loss is `read`: non-finite when that loss or the
-    /// unread loss of the step before it is. (A sum of two finite losses does not overflow f32.)
+    /// unread loss of the step before it is. It is `read + 0 · previous`: 0 times a finite value
+    /// is 0, and times NaN or an infinity NaN (a plain sum of two finite losses could overflow).
     pub fn guard(&self, read: &Tensor) -> Result<Tensor> {
         Ok(match &self.pending {
-            Some(p) => (read + &p.read)?,
+            Some(p) => (read + p.read.affine(0.0, 0.0)?)?,
             None => read.clone(),
         })
     }
 
-    /// Adds the step just queued (its loss `read`, one f32 value, for the epoch's batch `batch`
-    /// of `sessions` sessions), then reads the step before it; returns that step, if any.
+    /// Adds the step just queued (its loss `read`, one f32 value with no autograd history, for
+    /// the epoch's batch `batch` of `sessions` sessions, with `note` from its forward pass), then
+    /// reads the step before it; returns that step, if any.
     pub fn push(
         &mut self,
         read: Tensor,
         batch: usize,
         sessions: usize,
+        note: Option<String>,
     ) -> Result<Option<ReadStep>> {
         let pending = Pending {
             #[cfg(feature = "cuda")]
@@ -102,6 +110,7 @@ impl StepQueue {
             read,
             batch,
             sessions,
+            note,
         };
         match self.pending.replace(pending) {
             Some(previous) => self.take(previous).map(Some),
@@ -130,6 +139,7 @@ impl StepQueue {
             batch: p.batch,
             sessions: p.sessions,
             loss,
+            note: p.note,
         })
     }
 }
@@ -154,14 +164,15 @@ mod tests {
     #[test]
     fn each_loss_comes_back_one_step_late_and_in_order() -> Result<()> {
         let mut q = StepQueue::new(&Device::Cpu)?;
-        assert_eq!(q.push(loss(1.5)?, 0, 128)?, None);
-        let read = q.push(loss(2.5)?, 1, 128)?;
+        assert_eq!(q.push(loss(1.5)?, 0, 128, Some("block 1".into()))?, None);
+        let read = q.push(loss(2.5)?, 1, 100, None)?;
         assert_eq!(
             read,
             Some(ReadStep {
                 batch: 0,
                 sessions: 128,
-                loss: 1.5
+                loss: 1.5,
+                note: Some("block 1".into()),
             })
         );
         let last = q.finish()?;
@@ -169,8 +180,9 @@ mod tests {
             last,
             Some(ReadStep {
                 batch: 1,
-                sessions: 128,
-                loss: 2.5
+                sessions: 100,
+                loss: 2.5,
+                note: None,
             })
         );
         assert_eq!(q.finish()?, None);
@@ -182,15 +194,20 @@ mod tests {
         let mut q = StepQueue::new(&Device::Cpu)?;
         let value = |t: Tensor| first(&t);
         assert_eq!(value(q.guard(&loss(2.0)?)?)?, 2.0);
-        assert_eq!(q.push(loss(f32::NAN)?, 0, 4)?, None);
+        assert_eq!(q.push(loss(f32::NAN)?, 0, 4, None)?, None);
         // The next step's guard carries the unread NaN; its own loss is finite.
         assert!(value(q.guard(&loss(2.0)?)?)?.is_nan());
-        let read = q.push(loss(2.0)?, 1, 4)?;
+        let read = q.push(loss(2.0)?, 1, 4, None)?;
         assert!(read.is_some_and(|r| r.batch == 0 && r.loss.is_nan()));
-        assert_eq!(value(q.guard(&loss(1.0)?)?)?, 3.0);
-        let inf = q.push(loss(f32::INFINITY)?, 2, 4)?;
+        // A finite loss before: the guard is the step's own loss.
+        assert_eq!(value(q.guard(&loss(1.0)?)?)?, 1.0);
+        let inf = q.push(loss(f32::INFINITY)?, 2, 4, None)?;
         assert!(inf.is_some_and(|r| r.loss == 2.0));
         assert!(!value(q.guard(&loss(1.0)?)?)?.is_finite());
+        // Two large finite losses, whose sum would overflow f32: the guard stays finite.
+        q.finish()?;
+        q.push(loss(3e38)?, 3, 4, None)?;
+        assert_eq!(value(q.guard(&loss(3e38)?)?)?, 3e38);
         Ok(())
     }
 }

@@ -193,7 +193,22 @@ fn a_diverging_loss_stops_training_with_a_clear_error() {
         &quiet(Some(3), Some(1)),
     );
     match r {
-        Err(HostError::NonFiniteLoss { epoch, .. }) => assert_eq!(epoch, 1),
+        Err(HostError::NonFiniteLoss {
+            epoch,
+            batch,
+            value,
+            origin,
+        }) => {
+            // The first update (lr 1e30) sends the second batch's forward pass off to NaN; the
+            // error names that batch and the block that first produced non-finite values, even
+            // though the loss is read one step later, after the next forward pass (if any).
+            assert_eq!((epoch, batch), (1, 2), "loss {value}, {origin}");
+            assert!(value.is_nan(), "{value}");
+            assert!(
+                origin.starts_with("; first: the SASRec block turned finite inputs into"),
+                "{origin:?}"
+            );
+        }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("training with lr 1e30 should diverge"),
     }

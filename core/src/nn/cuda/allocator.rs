@@ -39,6 +39,9 @@ pub enum AllocatorSetup {
     /// The device's context already has more than one stream, whose buffers' uses the events
     /// order: they stay on. The pool keeps its memory.
     EventsKept,
+    /// The device has no stream-ordered memory pools (cudarc then allocates with `cuMemAlloc`):
+    /// there is no pool to keep memory in. Buffers carry no events.
+    NoPool,
 }
 
 /// Whether `RECBLOCKS_CUDA_ALLOC=driver` asks for cudarc's and the driver's defaults.
@@ -53,8 +56,11 @@ pub fn prepare(dev: &CudaDevice) -> Result<AllocatorSetup> {
     if driver_defaults_requested() {
         return Ok(AllocatorSetup::DriverDefaults);
     }
-    memory::set_release_threshold(dev, u64::MAX)?;
     let ctx = dev.cuda_stream().context().clone();
+    let pools = ctx.has_async_alloc();
+    if pools {
+        memory::set_release_threshold(dev, u64::MAX)?;
+    }
     if ctx.is_in_multi_stream_mode() {
         return Ok(AllocatorSetup::EventsKept);
     }
@@ -67,5 +73,9 @@ pub fn prepare(dev: &CudaDevice) -> Result<AllocatorSetup> {
     // context has a second stream object cudarc neither records nor waits on the events, so
     // turning them off changes no ordering: it only stops creating them.
     unsafe { dev.disable_event_tracking() };
-    Ok(AllocatorSetup::Kept)
+    Ok(if pools {
+        AllocatorSetup::Kept
+    } else {
+        AllocatorSetup::NoPool
+    })
 }

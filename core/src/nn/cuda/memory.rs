@@ -99,14 +99,27 @@ pub fn peak(dev: &CudaDevice) -> Result<DeviceMemory> {
 /// [`super::allocator::prepare`] raised the release threshold) goes back to the device first, after
 /// the work queued so far, so the next phase's reserved peak is its own.
 pub fn reset_peak(dev: &CudaDevice) -> Result<()> {
-    dev.cuda_stream()
+    give_back_unused(dev)?;
+    marks(dev, true).map(|_| ())
+}
+
+/// Once the work queued on this thread's stream is done, gives the device back the memory the
+/// default pool holds beyond what allocations use (all of it kept when
+/// [`super::allocator::prepare`] raised the release threshold): before a new phase, and before a
+/// CUDA graph is captured, whose allocations come from the device's graph memory instead. A
+/// device without memory pools has nothing to give back.
+pub fn give_back_unused(dev: &CudaDevice) -> Result<()> {
+    let stream = dev.cuda_stream();
+    stream
         .synchronize()
         .map_err(|e| Error::Msg(format!("CUDA memory statistics: synchronize: {e}")))?;
+    if !stream.context().has_async_alloc() {
+        return Ok(());
+    }
     let (pool, _) = pool(dev)?;
     // SAFETY: `pool` is the device's default pool, from the driver; trimming releases only memory
-    // that no allocation uses (the stream's frees are done: synchronised above).
-    check("trim", unsafe { sys::cuMemPoolTrimTo(pool, 0) })?;
-    marks(dev, true).map(|_| ())
+    // that no allocation uses (the driver keeps what backs an allocation or a free not yet done).
+    check("trim", unsafe { sys::cuMemPoolTrimTo(pool, 0) })
 }
 
 /// Sets how many reserved bytes the device's default pool keeps at a synchronisation before it
