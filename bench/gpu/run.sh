@@ -17,7 +17,9 @@
 #              RECBLOCKS_CUDA_TESTS=1), each in its package's directory -> $OUT/tests.log; if
 #              a lookup kernel's test fails, later stages run with RECBLOCKS_CUDA_LOOKUPS=candle
 #   4 smoke    `recblocks fit` of ml100k_sasrec.json on the built-in dataset, 1 epoch, on the GPU
-#              (also warms the driver's JIT cache for candle's kernels)
+#              (also warms the driver's JIT cache for candle's kernels); if it fails, again with
+#              the fallbacks in SMOKE_FALLBACKS, one set after another: the first set that passes
+#              is kept for the later stages ($state/fallback.env) and named in the summary
 #   5 compare  bench/compare.sh on ML-100k, SASRec + BERT4Rec, EPOCHS epochs, seed 42, both
 #              systems, with `nvidia-smi dmon` sampling -> $OUT/dmon.txt; then synth20k SASRec
 #              --quick if time is left
@@ -96,6 +98,9 @@ state=$WORK/state
 # Where the lookup kernels failed their tests (stage 3), the later stages train with candle's ops
 # for lookups instead, so that their timings still come back.
 if [ -e "$state/lookups.candle" ]; then export RECBLOCKS_CUDA_LOOKUPS=candle; fi
+# Where the smoke run (stage 4) failed with the default set-up and passed with fallbacks, the
+# later stages train with those fallbacks too (VAR=value lines).
+if [ -s "$state/fallback.env" ]; then set -a; . "$state/fallback.env"; set +a; fi
 data=${RECBLOCKS_DATA:-$WORK/data}
 wrap=$RB/recblocks-wrap
 # Stage 1's wheels come first on the path; base_py runs the python as it was (torch only).
@@ -316,19 +321,43 @@ stage_tests() {
   [ "$fails" = 0 ]
 }
 
+# Fallback sets for a failed smoke run, `;`-separated, each of space-separated VAR=value: this
+# session's device set-up and loss reads, then also candle's gradient routing and lookups.
+SMOKE_FALLBACKS=${SMOKE_FALLBACKS:-RECBLOCKS_CUDA_ALLOC=driver RECBLOCKS_LOSS_READS=plain;RECBLOCKS_CUDA_ALLOC=driver RECBLOCKS_LOSS_READS=plain RECBLOCKS_PARAM_GRADS=graph RECBLOCKS_CUDA_LOOKUPS=candle}
+
+smoke_fit() { # [VAR=value ...]: one smoke fit with those variables set
+  env "$@" "$wrap" fit bench/specs/ml100k_sasrec.json --device "$DEVICE" --epochs 1 --seed 42 \
+    --threads "$THREADS" --out "$WORK/smoke-model" --force 2>&1 | tee -a "$state/smoke.txt"
+  return "${PIPESTATUS[0]}"
+}
+
 stage_smoke() {
-  rm -f "$state/smoke.ok" "$state/smoke.failed"
+  rm -f "$state/smoke.ok" "$state/smoke.failed" "$state/fallback.env" "$state/smoke.txt"
   recblocks_ok || { note "no binary (stage 2)"; return 1; }
-  local t=$SECONDS
-  if "$wrap" fit bench/specs/ml100k_sasrec.json --device "$DEVICE" --epochs 1 --seed 42 \
-       --threads "$THREADS" --out "$WORK/smoke-model" --force 2>&1 | tee "$state/smoke.txt"; [ "${PIPESTATUS[0]}" = 0 ]; then
+  local t=$SECONDS set vars
+  if smoke_fit; then
     echo "smoke: ok in $((SECONDS - t)) s" | tee -a "$state/smoke.txt"
     touch "$state/smoke.ok"
-  else
-    echo "smoke: FAILED after $((SECONDS - t)) s" | tee -a "$state/smoke.txt"
-    touch "$state/smoke.failed"
-    return 1
+    return 0
   fi
+  echo "smoke: FAILED after $((SECONDS - t)) s" | tee -a "$state/smoke.txt"
+  if [ "$DEVICE" != cpu ]; then
+    IFS=';' read -r -a sets <<< "$SMOKE_FALLBACKS"
+    for set in "${sets[@]}"; do
+      read -r -a vars <<< "$set"
+      echo "smoke: again with $set" | tee -a "$state/smoke.txt"
+      t=$SECONDS
+      if smoke_fit "${vars[@]}"; then
+        echo "smoke: ok with $set in $((SECONDS - t)) s; later stages use it" | tee -a "$state/smoke.txt"
+        printf '%s\n' "${vars[@]}" > "$state/fallback.env"
+        touch "$state/smoke.ok"
+        return 1
+      fi
+      echo "smoke: FAILED with $set" | tee -a "$state/smoke.txt"
+    done
+  fi
+  touch "$state/smoke.failed"
+  return 1
 }
 
 compare() { # dataset models out-name [extra compare.sh args]; RB_ARGS: more recblocks arguments
@@ -631,6 +660,7 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
       echo "**The lookup kernels failed their tests; the later stages ran with RECBLOCKS_CUDA_LOOKUPS=candle.**"
       echo
     fi
+
     grep -E '^test .* \.\.\. ' "$OUT/tests.log" | head -40 | sed 's/^/    /'
     awk '/ panicked at / { getline m; print "    " substr($0, 1, 160) " " substr(m, 1, 200) }' \
       "$OUT/tests.log" | head -10
@@ -639,6 +669,11 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
   if ran smoke && [ -s "$state/smoke.txt" ]; then
     echo "## smoke (1 epoch, built-in dataset)"
     echo
+    if [ -s "$state/fallback.env" ]; then
+      echo "**The smoke run failed with the default set-up; the later stages ran with: $(paste -sd' ' "$state/fallback.env").**"
+      echo
+      grep -E '^(smoke:|Error|error)' "$state/smoke.txt" | head -8
+    fi
     tail -4 "$state/smoke.txt"
   fi
 } > "$OUT/summary.md"

@@ -18,6 +18,8 @@
 //! On a CUDA device the losses are copied into page-locked memory as each step is queued
 //! (`recblocks_core::nn::cuda::loss_reads`); on other devices the host reads a loss when its turn
 //! comes, which there costs nothing more, and every device runs the same bookkeeping.
+//! `RECBLOCKS_LOSS_READS=plain` makes a CUDA device read that way too (a plain read then waits
+//! for the step queued after it as well): a fallback, should the page-locked copies fail.
 
 use candle_core::{Device, Tensor};
 
@@ -70,7 +72,7 @@ impl StepQueue {
     pub fn new(device: &Device) -> Result<Self> {
         let reader = match device {
             #[cfg(feature = "cuda")]
-            Device::Cuda(dev) => {
+            Device::Cuda(dev) if !plain_reads() => {
                 Reader::Cuda(recblocks_core::nn::cuda::loss_reads::LossReads::new(dev)?)
             }
             _ => Reader::Host,
@@ -142,6 +144,13 @@ impl StepQueue {
             note: p.note,
         })
     }
+}
+
+/// Whether `RECBLOCKS_LOSS_READS=plain` asks for plain reads on every device (read once).
+#[cfg(feature = "cuda")]
+fn plain_reads() -> bool {
+    static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *PLAIN.get_or_init(|| std::env::var("RECBLOCKS_LOSS_READS").is_ok_and(|v| v == "plain"))
 }
 
 /// The one value of `t`, read on the host (NaN for none).
