@@ -2,8 +2,17 @@
 //! `torch.cuda.graph` does for a PyTorch step: on a CUDA device the whole step (forward, backward,
 //! Adam) is captured as one CUDA graph, and every batch of that shape replays it. Between
 //! replays the host only copies the batch, the step's dropout keys and Adam's coefficients into
-//! buffers that stay where they are, then reads the loss back. The rules a captured step follows
+//! buffers that stay where they are, and reads a loss back. The rules a captured step follows
 //! are those of [`recblocks_core::nn::capture`].
+//!
+//! As with uncaptured steps (`queued_steps`), a replay's loss is read after the next replay of
+//! its shape is queued: it is copied into page-locked memory as the replay is queued, so the host
+//! writes the next batch and queues the next replay while the GPU runs this one. The next batch's
+//! writes are ordered on the stream after this replay, which has read its batch by then. The
+//! update of a replay is guarded by its loss and the loss of the replay before it (kept in the
+//! loss buffer, not yet read on the host): a non-finite loss blocks its own update and the next
+//! one, and the host stops at its read. Any other step (a warm-up, a capture, another shape's
+//! step, the epoch's end) reads the unread loss first.
 //!
 //! Each batch shape goes through the phases on its own, up to [`SHAPES`] shapes: the full
 //! batches, and an epoch's last, shorter batch (the same size every epoch, so its own capture
@@ -30,7 +39,7 @@ use recblocks_core::{
 
 use crate::{error::HostError, train::observer::EpochInfo, Result};
 
-use super::fit::TrainRun;
+use super::{fit::TrainRun, queued_steps::ReadStep};
 
 /// Ordinary steps before the capture, per batch shape.
 pub const WARMUP_STEPS: usize = 2;
@@ -63,7 +72,8 @@ struct Buffers {
     keys: Tensor,
     /// Adam's step coefficients (8 f32).
     coefficients: Tensor,
-    /// The step's loss.
+    /// The step's loss, written by each replay (the guard of the next replay's update reads it
+    /// first).
     loss: Tensor,
 }
 
@@ -71,6 +81,36 @@ struct Buffers {
 pub struct CapturedSteps {
     /// One per batch shape seen, at most [`SHAPES`].
     shapes: Vec<ShapeSteps>,
+    /// The last replay, when its loss is not read yet.
+    pending: Option<PendingReplay>,
+    /// Page-locked slots for replays' losses (on a CUDA device, made at the first replay).
+    #[cfg(feature = "cuda")]
+    reads: Option<recblocks_core::nn::cuda::loss_reads::LossReads>,
+}
+
+/// A replay whose loss the host has not taken yet.
+struct PendingReplay {
+    /// Its batch shape (an index into [`CapturedSteps::shapes`]).
+    shape: usize,
+    /// Its batch: the index in the epoch (from 0) and the sessions.
+    batch: usize,
+    sessions: usize,
+    loss: ReplayLoss,
+}
+
+/// A replay's loss: read already (and checked), or a copy on its way to the host.
+enum ReplayLoss {
+    Read(f32),
+    #[cfg(feature = "cuda")]
+    Queued(recblocks_core::nn::cuda::loss_reads::QueuedLoss),
+}
+
+/// What one step of a shape did.
+enum Stepped {
+    /// An ordinary step (a warm-up, or the shape's steps are uncaptured): its loss, read.
+    Read(f32),
+    /// A replay (after the capture, the first one): its loss.
+    Replayed(ReplayLoss),
 }
 
 /// The captured path of the batches of one shape.
@@ -94,7 +134,12 @@ impl Default for CapturedSteps {
 impl CapturedSteps {
     /// Nothing warmed up or captured yet.
     pub fn new() -> Self {
-        CapturedSteps { shapes: Vec::new() }
+        CapturedSteps {
+            shapes: Vec::new(),
+            pending: None,
+            #[cfg(feature = "cuda")]
+            reads: None,
+        }
     }
 
     /// The steps replayed since the last call (counted into `TrainingState::captured_steps`).
@@ -105,14 +150,18 @@ impl CapturedSteps {
             .sum()
     }
 
-    /// One optimisation step on `batch`, collated on the CPU; returns its loss.
+    /// One optimisation step on `batch` (the `b`-th of the epoch, from 0, of `sessions`
+    /// sessions), collated on the CPU; returns the steps whose losses became known, in order:
+    /// the replay before it, this step, both or neither (a replay's loss is read after the next
+    /// replay of its shape is queued, see the module's comment).
     pub(crate) fn step(
         &mut self,
         run: &mut TrainRun<'_>,
         batch: &Batch,
         info: &EpochInfo,
         b: usize,
-    ) -> Result<f32> {
+        sessions: usize,
+    ) -> Result<Vec<ReadStep>> {
         let device = run.model.device.clone();
         // Batches come collated on the CPU; on a GPU no step reads its ids there.
         check_ids(batch, run.model.schema.n_items)?;
@@ -128,10 +177,91 @@ impl CapturedSteps {
             }
             None => None,
         };
-        match slot {
-            Some(i) => self.shapes[i].step(run, batch, info, b),
-            None => run.train_step(&to_device(batch, &device)?, info, b),
+        let mut read = Vec::new();
+        // Only a replay of the same shape may be queued behind an unread replay: its update's
+        // guard reads that replay's loss from the shape's loss buffer.
+        let replays_behind = |p: &PendingReplay| {
+            slot == Some(p.shape) && self.shapes[p.shape].phase == Phase::Replay
+        };
+        if !self.pending.as_ref().is_some_and(replays_behind) {
+            read.extend(self.finish(run, info)?);
         }
+        let stepped = match slot {
+            Some(i) => {
+                #[cfg(feature = "cuda")]
+                if self.reads.is_none() && self.shapes[i].phase != Phase::Off {
+                    if let Device::Cuda(dev) = &device {
+                        if !super::queued_steps::plain_reads() {
+                            self.reads =
+                                Some(recblocks_core::nn::cuda::loss_reads::LossReads::new(dev)?);
+                        }
+                    }
+                }
+                #[cfg(feature = "cuda")]
+                let reads = self.reads.as_mut();
+                #[cfg(not(feature = "cuda"))]
+                let reads = None;
+                self.shapes[i].step(run, batch, info, b, reads)?
+            }
+            None => Stepped::Read(run.train_step(&to_device(batch, &device)?, info, b)?),
+        };
+        match stepped {
+            Stepped::Read(loss) => read.push(ReadStep {
+                batch: b,
+                sessions,
+                loss,
+                note: None,
+            }),
+            Stepped::Replayed(loss) => {
+                let replay = PendingReplay {
+                    shape: slot.unwrap_or_default(),
+                    batch: b,
+                    sessions,
+                    loss,
+                };
+                if let Some(before) = self.pending.replace(replay) {
+                    read.push(self.take(run, before, info)?);
+                }
+            }
+        }
+        Ok(read)
+    }
+
+    /// Reads the loss of the last replay, if it is not read yet (the epoch's end, or before a
+    /// step that may not be queued behind it).
+    pub(crate) fn finish(
+        &mut self,
+        run: &TrainRun<'_>,
+        info: &EpochInfo,
+    ) -> Result<Option<ReadStep>> {
+        match self.pending.take() {
+            Some(p) => self.take(run, p, info).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Waits for `p`'s loss (checked: a non-finite one fails, naming its batch).
+    fn take(&self, run: &TrainRun<'_>, p: PendingReplay, info: &EpochInfo) -> Result<ReadStep> {
+        #[cfg_attr(not(feature = "cuda"), allow(clippy::infallible_destructuring_match))]
+        let loss = match p.loss {
+            ReplayLoss::Read(v) => v,
+            #[cfg(feature = "cuda")]
+            ReplayLoss::Queued(q) => {
+                let reads = self.reads.as_ref().ok_or_else(|| {
+                    HostError::Other("a replay's loss was queued with no slots to read".into())
+                })?;
+                let v = reads.take(q)?;
+                run.check_loss(v, info, p.batch)?;
+                v
+            }
+        };
+        let _ = (run, info);
+        Ok(ReadStep {
+            batch: p.batch,
+            sessions: p.sessions,
+            loss,
+            note: None,
+        })
     }
 }
 
@@ -149,34 +279,36 @@ impl ShapeSteps {
     }
 
     /// One step on `batch` (of this shape): copied into the buffers, then a warm-up step, the
-    /// capture and its first replay, a replay, or an ordinary step, as the phase says.
+    /// capture and its first replay, a replay, or an ordinary step, as the phase says. A replay's
+    /// loss goes into `reads` where given (read later), else it is read now.
     fn step(
         &mut self,
         run: &mut TrainRun<'_>,
         batch: &Batch,
         info: &EpochInfo,
         b: usize,
-    ) -> Result<f32> {
+        reads: Option<&mut LossSlots>,
+    ) -> Result<Stepped> {
         let fixed = self.buffers.batch.clone();
         upload(&fixed, batch)?;
-        match self.phase {
-            Phase::Warmup(done) => self.warm_up(run, &fixed, info, b, done),
+        Ok(match self.phase {
+            Phase::Warmup(done) => Stepped::Read(self.warm_up(run, &fixed, info, b, done)?),
             Phase::Capture => match self.capture(run, &fixed) {
                 Ok(()) => {
                     self.phase = Phase::Replay;
-                    self.replay(run, &fixed, info, b)
+                    Stepped::Replayed(self.replay(run, &fixed, info, b, reads)?)
                 }
                 Err(e) => {
                     self.turn_off(
                         run,
                         &format!("the training step could not be captured: {e}"),
                     );
-                    run.train_step(&fixed, info, b)
+                    Stepped::Read(run.train_step(&fixed, info, b)?)
                 }
             },
-            Phase::Replay => self.replay(run, &fixed, info, b),
-            Phase::Off => run.train_step(&fixed, info, b),
-        }
+            Phase::Replay => Stepped::Replayed(self.replay(run, &fixed, info, b, reads)?),
+            Phase::Off => Stepped::Read(run.train_step(&fixed, info, b)?),
+        })
     }
 
     fn turn_off(&mut self, run: &TrainRun<'_>, why: &str) {
@@ -275,18 +407,22 @@ impl ShapeSteps {
                     .objective
                     .train_loss(run.model.backbone.as_ref(), fixed)
                     .map_err(|e| part("forward pass and loss", &e))?;
-                let value = loss.to_dtype(DType::F32)?.reshape(1)?;
+                let value = loss.detach().to_dtype(DType::F32)?.reshape(1)?;
+                // The guard: this loss plus 0 times the loss buffer, which still holds the last
+                // replay's loss (0 before the first): non-finite when either is. The host reads
+                // that loss only after this replay is queued.
+                let guard =
+                    (&value + loss_buf.affine(0.0, 0.0)?).map_err(|e| part("update guard", &e))?;
                 loss_buf
                     .slice_set(&value, 0, 0)
                     .map_err(|e| part("loss copy", &e))?;
                 let grads = scope
                     .backward(&loss)
                     .map_err(|e| part("backward pass", &e))?;
-                // The update reads the loss first and leaves everything as it was when the loss
-                // is not finite, as an uncaptured step stops before its update; the replay then
-                // reports the loss.
+                // The update reads the guard first and leaves everything as it was when it is not
+                // finite, as an uncaptured step's does; the host reports the loss when it reads it.
                 run.adam
-                    .step_reading_coefficients(&grads, coefficients, Some(loss_buf))
+                    .step_reading_coefficients(&grads, coefficients, Some(&guard))
                     .map_err(|e| part("Adam update", &e))?;
                 Ok(())
             });
@@ -301,15 +437,16 @@ impl ShapeSteps {
     }
 
     /// One replay of the captured step on `fixed`: the next keys and coefficients written to
-    /// their buffers, the graph run, the loss read back. On the CPU: the step run directly with
-    /// the keys drawn ahead.
+    /// their buffers, the graph queued, its loss copied into `reads` (or read back at once
+    /// without). On the CPU: the step run directly with the keys drawn ahead, its loss read.
     fn replay(
         &mut self,
         run: &mut TrainRun<'_>,
         fixed: &Batch,
         info: &EpochInfo,
         b: usize,
-    ) -> Result<f32> {
+        reads: Option<&mut LossSlots>,
+    ) -> Result<ReplayLoss> {
         let keys = draw_keys(&self.streams);
         let coefficients = run.adam.advance();
         self.replays += 1;
@@ -329,6 +466,9 @@ impl ShapeSteps {
             }
             write(&bufs.coefficients, HostValues::F32(&coefficients[..]))?;
             graph.replay()?;
+            if let Some(reads) = reads {
+                return Ok(ReplayLoss::Queued(reads.queue(&bufs.loss)?));
+            }
             let value = bufs
                 .loss
                 .to_vec1::<f32>()?
@@ -336,9 +476,9 @@ impl ShapeSteps {
                 .copied()
                 .unwrap_or(f32::NAN);
             run.check_loss(value, info, b)?;
-            return Ok(value);
+            return Ok(ReplayLoss::Read(value));
         }
-        let _ = coefficients;
+        let _ = (coefficients, reads);
         let (out, tape) = {
             let _static = StaticShapes::enter();
             KeyTape::given(keys).run(|| -> Result<f32> {
@@ -355,7 +495,7 @@ impl ShapeSteps {
         };
         let value = out?;
         tape.finish().map_err(HostError::Other)?;
-        Ok(value)
+        Ok(ReplayLoss::Read(value))
     }
 }
 
@@ -381,6 +521,13 @@ impl Buffers {
 
 /// Dropout keys a captured step may use.
 const KEY_CAPACITY: usize = 4096;
+
+/// Where replays' losses are copied to be read later (page-locked slots on a CUDA device).
+#[cfg(feature = "cuda")]
+type LossSlots = recblocks_core::nn::cuda::loss_reads::LossReads;
+/// Where replays' losses are copied to be read later (none without CUDA: read at once).
+#[cfg(not(feature = "cuda"))]
+type LossSlots = std::convert::Infallible;
 
 /// Whether `batch` has the shapes (and dtypes) of the buffers.
 fn fits(buffers: &Batch, batch: &Batch) -> bool {

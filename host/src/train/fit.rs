@@ -92,11 +92,11 @@ pub struct EpochLog {
     /// Training sequences per second.
     pub sequences_per_second: f64,
     /// The median wall-clock milliseconds of the epoch's training steps, each timed from its
-    /// batch in hand until the step is queued and the loss before it is read back (an
-    /// uncaptured step reads the previous step's loss, a replayed one its own). On a GPU that
-    /// read waits for the device, so in a run of steps this is a step's own time, without the
-    /// epoch's start, the wait for collated batches or validation: the figure to set against a
-    /// PyTorch step timed in a loop. `None` in a state saved before it was recorded.
+    /// batch in hand until the step is queued and the loss before it is read back (steps are
+    /// queued one ahead of their loss reads, `queued_steps`). On a GPU that read waits for the
+    /// device, so in a run of steps this is a step's own time, without the epoch's start, the
+    /// wait for collated batches or validation: the figure to set against a PyTorch step timed
+    /// in a loop. `None` in a state saved before it was recorded.
     #[serde(default)]
     pub step_ms_median: Option<f64>,
 }
@@ -332,18 +332,21 @@ impl TrainRun<'_> {
             for (b, collated) in rx.iter().enumerate() {
                 let (len, batch, targets) = collated?;
                 let step_started = Instant::now();
+                // Captured steps check their losses as they read them.
                 let read = match captured.as_deref_mut() {
-                    Some(c) => Some(ReadStep {
-                        batch: b,
-                        sessions: len,
-                        loss: c.step(self, &batch, info, b)?,
-                        // A replayed step checks its own loss (with its note) as it reads it.
-                        note: None,
-                    }),
-                    None => self.queue_step(&batch, targets, &mut queue, info, b, len)?,
+                    Some(c) => c.step(self, &batch, info, b, len)?,
+                    None => self
+                        .queue_step(&batch, targets, &mut queue, info, b, len)?
+                        .into_iter()
+                        .collect(),
                 };
                 step_ms.push(step_started.elapsed().as_secs_f64() * 1e3);
-                if let Some(step) = read {
+                for step in read {
+                    report(self, step);
+                }
+            }
+            if let Some(c) = captured {
+                if let Some(step) = c.finish(self, info)? {
                     report(self, step);
                 }
             }

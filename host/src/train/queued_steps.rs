@@ -148,7 +148,7 @@ impl StepQueue {
 
 /// Whether `RECBLOCKS_LOSS_READS=plain` asks for plain reads on every device (read once).
 #[cfg(feature = "cuda")]
-fn plain_reads() -> bool {
+pub(crate) fn plain_reads() -> bool {
     static PLAIN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *PLAIN.get_or_init(|| std::env::var("RECBLOCKS_LOSS_READS").is_ok_and(|v| v == "plain"))
 }
