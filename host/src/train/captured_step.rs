@@ -390,6 +390,10 @@ impl ShapeSteps {
             // warm-up steps used, which keeps what it reserved (`nn::cuda::allocator`): give the
             // unused part back first, as the pool did at every synchronisation before.
             recblocks_core::nn::cuda::memory::give_back_unused(dev)?;
+            // The update guard's ops (below) are the only ones the warm-up steps do not run:
+            // run them once here, so that their kernels' modules are loaded before the capture
+            // (loading a module while capturing needs a recent driver).
+            (&loss_buf.affine(0.0, 0.0)? + loss_buf)?;
             let _uploads = graph::ConstantUploads::enable(dev);
             let _static = StaticShapes::enter();
             // Everything the body creates is dropped inside it, before the capture ends: the

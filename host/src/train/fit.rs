@@ -92,11 +92,12 @@ pub struct EpochLog {
     /// Training sequences per second.
     pub sequences_per_second: f64,
     /// The median wall-clock milliseconds of the epoch's training steps, each timed from its
-    /// batch in hand until the step is queued and the loss before it is read back (steps are
-    /// queued one ahead of their loss reads, `queued_steps`). On a GPU that read waits for the
-    /// device, so in a run of steps this is a step's own time, without the epoch's start, the
-    /// wait for collated batches or validation: the figure to set against a PyTorch step timed
-    /// in a loop. `None` in a state saved before it was recorded.
+    /// batch in hand until the step is queued and the loss before it is read back (steps, and
+    /// replays of a captured step, are queued one ahead of their loss reads, `queued_steps`; a
+    /// warm-up step reads its own). On a GPU that read waits for the device, so in a run of
+    /// steps this is a step's own time, without the epoch's start, the wait for collated batches
+    /// or validation: the figure to set against a PyTorch step timed in a loop. `None` in a state
+    /// saved before it was recorded.
     #[serde(default)]
     pub step_ms_median: Option<f64>,
 }
@@ -315,7 +316,7 @@ impl TrainRun<'_> {
             });
             let (mut loss_sum, mut seen) = (0.0f64, 0usize);
             let mut step_ms = Vec::new();
-            let mut queue = StepQueue::new(&self.model.device)?;
+            let mut queue = StepQueue::new(&self.model.device);
             let mut report = |run: &Self, step: ReadStep| {
                 loss_sum += step.loss as f64 * step.sessions as f64;
                 seen += step.sessions;

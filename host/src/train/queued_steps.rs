@@ -63,24 +63,36 @@ pub(crate) struct ReadStep {
 
 /// The steps of one epoch whose losses are read one step late (see the module's comment).
 pub(crate) struct StepQueue {
-    reader: Reader,
+    device: Device,
+    /// Made at the first step (an epoch of captured steps never queues one).
+    reader: Option<Reader>,
     pending: Option<Pending>,
 }
 
 impl StepQueue {
     /// A queue for steps on `device`; use it from the thread that trains.
-    pub fn new(device: &Device) -> Result<Self> {
-        let reader = match device {
-            #[cfg(feature = "cuda")]
-            Device::Cuda(dev) if !plain_reads() => {
-                Reader::Cuda(recblocks_core::nn::cuda::loss_reads::LossReads::new(dev)?)
-            }
-            _ => Reader::Host,
-        };
-        Ok(StepQueue {
-            reader,
+    pub fn new(device: &Device) -> Self {
+        StepQueue {
+            device: device.clone(),
+            reader: None,
             pending: None,
-        })
+        }
+    }
+
+    /// Where losses are read from, made at the first use.
+    fn reader(&mut self) -> Result<&mut Reader> {
+        if self.reader.is_none() {
+            self.reader = Some(match &self.device {
+                #[cfg(feature = "cuda")]
+                Device::Cuda(dev) if !plain_reads() => {
+                    Reader::Cuda(recblocks_core::nn::cuda::loss_reads::LossReads::new(dev)?)
+                }
+                _ => Reader::Host,
+            });
+        }
+        self.reader
+            .as_mut()
+            .ok_or_else(|| crate::HostError::Other("no loss reader".into()))
     }
 
     /// The guard of the update of a step whose loss is `read`: non-finite when that loss or the
@@ -103,9 +115,12 @@ impl StepQueue {
         sessions: usize,
         note: Option<String>,
     ) -> Result<Option<ReadStep>> {
+        let reader = self.reader()?;
+        #[cfg(not(feature = "cuda"))]
+        let Reader::Host = reader;
         let pending = Pending {
             #[cfg(feature = "cuda")]
-            queued: match &mut self.reader {
+            queued: match reader {
                 Reader::Cuda(reads) => Some(reads.queue(&read)?),
                 Reader::Host => None,
             },
@@ -131,11 +146,11 @@ impl StepQueue {
     fn take(&self, p: Pending) -> Result<ReadStep> {
         let loss = match &self.reader {
             #[cfg(feature = "cuda")]
-            Reader::Cuda(reads) => match p.queued {
+            Some(Reader::Cuda(reads)) => match p.queued {
                 Some(q) => reads.take(q)?,
                 None => first(&p.read)?,
             },
-            Reader::Host => first(&p.read)?,
+            _ => first(&p.read)?,
         };
         Ok(ReadStep {
             batch: p.batch,
@@ -172,7 +187,7 @@ mod tests {
 
     #[test]
     fn each_loss_comes_back_one_step_late_and_in_order() -> Result<()> {
-        let mut q = StepQueue::new(&Device::Cpu)?;
+        let mut q = StepQueue::new(&Device::Cpu);
         assert_eq!(q.push(loss(1.5)?, 0, 128, Some("block 1".into()))?, None);
         let read = q.push(loss(2.5)?, 1, 100, None)?;
         assert_eq!(
@@ -200,7 +215,7 @@ mod tests {
 
     #[test]
     fn a_guard_is_not_finite_when_its_loss_or_the_unread_one_before_is() -> Result<()> {
-        let mut q = StepQueue::new(&Device::Cpu)?;
+        let mut q = StepQueue::new(&Device::Cpu);
         let value = |t: Tensor| first(&t);
         assert_eq!(value(q.guard(&loss(2.0)?)?)?, 2.0);
         assert_eq!(q.push(loss(f32::NAN)?, 0, 4, None)?, None);
