@@ -697,50 +697,21 @@ mod tests {
         Ok(())
     }
 
-    #[cfg(feature = "cuda")]
-    #[test]
-    fn cuda_guarded_steps_equal_plain_steps_and_skip_a_non_finite_loss() -> candle_core::Result<()>
-    {
-        let Some(gpu) = gpu("cuda_adam_guarded") else {
-            return Ok(());
-        };
-        let (vars_a, weights) = assorted(&gpu)?;
-        let (vars_b, _) = assorted(&gpu)?;
-        let mut plain = Adam::new(vars_a.clone(), AdamConfig::rectools(0.01))?;
-        let mut guarded = Adam::new(vars_b.clone(), AdamConfig::rectools(0.01))?;
-        assert!(
-            guarded.all_on_cuda(),
-            "every parameter's moments on the GPU"
-        );
-        let finite = Tensor::from_vec(vec![1.5f32], 1, &gpu)?;
-        for _ in 0..3 {
-            plain.step(&weighted_loss(&vars_a, &weights, 1.0)?)?;
-            guarded.step_guarded(&weighted_loss(&vars_b, &weights, 1.0)?, &finite)?;
-        }
-        assert!(
-            host_state(&vars_a, &plain)? == host_state(&vars_b, &guarded)?,
-            "guarded steps under a finite loss differ from plain steps"
-        );
-        let before = host_state(&vars_b, &guarded)?;
-        let nan = Tensor::from_vec(vec![f32::NAN], 1, &gpu)?;
-        guarded.step_guarded(&weighted_loss(&vars_b, &weights, 1.0)?, &nan)?;
-        assert!(
-            host_state(&vars_b, &guarded)? == before,
-            "a NaN loss changed the state"
-        );
-        Ok(())
-    }
+    /// A guarded optimizer, its parameters and the loss weights.
+    type Guarded = (Adam, BTreeMap<String, Var>, Vec<Tensor>);
 
-    #[test]
-    fn guarded_steps_on_the_cpu_equal_plain_steps_and_skip_a_non_finite_loss(
-    ) -> candle_core::Result<()> {
-        let cpu = Device::Cpu;
-        let (vars_a, weights) = assorted(&cpu)?;
-        let (vars_b, _) = assorted(&cpu)?;
+    /// Guarded steps on `dev` under a finite loss equal plain steps, and a NaN or infinite loss
+    /// changes nothing; returns the guarded optimizer (6 steps counted) with its parameters.
+    fn guarded_steps_equal_plain_steps_and_skip_non_finite(
+        dev: &Device,
+        on_cuda: bool,
+    ) -> candle_core::Result<Guarded> {
+        let (vars_a, weights) = assorted(dev)?;
+        let (vars_b, _) = assorted(dev)?;
         let mut plain = Adam::new(vars_a.clone(), AdamConfig::rectools(0.01))?;
         let mut guarded = Adam::new(vars_b.clone(), AdamConfig::rectools(0.01))?;
-        assert!(!guarded.all_on_cuda());
-        let finite = Tensor::from_vec(vec![1.5f32], 1, &cpu)?;
+        assert_eq!(guarded.all_on_cuda(), on_cuda, "where the moments are");
+        let finite = Tensor::from_vec(vec![1.5f32], 1, dev)?;
         for _ in 0..3 {
             plain.step(&weighted_loss(&vars_a, &weights, 1.0)?)?;
             guarded.step_guarded(&weighted_loss(&vars_b, &weights, 1.0)?, &finite)?;
@@ -751,7 +722,7 @@ mod tests {
         );
         let before = host_state(&vars_b, &guarded)?;
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let bad = Tensor::from_vec(vec![bad], 1, &cpu)?;
+            let bad = Tensor::from_vec(vec![bad], 1, dev)?;
             guarded.step_guarded(&weighted_loss(&vars_b, &weights, 1.0)?, &bad)?;
         }
         assert!(
@@ -759,9 +730,27 @@ mod tests {
             "a non-finite loss changed the state"
         );
         assert_eq!(guarded.step_count(), 6, "every step is counted");
-        let two = Tensor::from_vec(vec![1f32, 2.0], 2, &cpu)?;
+        Ok((guarded, vars_b, weights))
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn cuda_guarded_steps_equal_plain_steps_and_skip_a_non_finite_loss() -> candle_core::Result<()>
+    {
+        let Some(gpu) = gpu("cuda_adam_guarded") else {
+            return Ok(());
+        };
+        guarded_steps_equal_plain_steps_and_skip_non_finite(&gpu, true).map(|_| ())
+    }
+
+    #[test]
+    fn guarded_steps_on_the_cpu_equal_plain_steps_and_skip_a_non_finite_loss(
+    ) -> candle_core::Result<()> {
+        let (mut guarded, vars, weights) =
+            guarded_steps_equal_plain_steps_and_skip_non_finite(&Device::Cpu, false)?;
+        let two = Tensor::from_vec(vec![1f32, 2.0], 2, &Device::Cpu)?;
         let err = guarded
-            .step_guarded(&weighted_loss(&vars_b, &weights, 1.0)?, &two)
+            .step_guarded(&weighted_loss(&vars, &weights, 1.0)?, &two)
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|m| m.contains("2 values; expected one")));

@@ -143,30 +143,28 @@ pub(crate) fn set_release_threshold(dev: &CudaDevice, bytes: u64) -> Result<()> 
 
 /// The device's default pool's release threshold, in bytes.
 pub fn release_threshold(dev: &CudaDevice) -> Result<u64> {
-    let (pool, _) = pool(dev)?;
-    attribute("release threshold", |v| {
-        // SAFETY: as above; the driver writes the attribute's 64-bit value into `v`.
-        unsafe {
-            sys::cuMemPoolGetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-                v,
-            )
-        }
-    })
+    pool_value(
+        dev,
+        "release threshold",
+        sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+    )
 }
 
 /// The memory the device's default pool holds from the device now, in bytes.
 pub fn reserved_now(dev: &CudaDevice) -> Result<u64> {
+    pool_value(
+        dev,
+        "pool reserved now",
+        sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
+    )
+}
+
+/// One 64-bit attribute of the device's default pool.
+fn pool_value(dev: &CudaDevice, what: &str, attr: sys::CUmemPool_attribute) -> Result<u64> {
     let (pool, _) = pool(dev)?;
-    attribute("pool reserved now", |v| {
-        // SAFETY: as above.
-        unsafe {
-            sys::cuMemPoolGetAttribute(
-                pool,
-                sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT,
-                v,
-            )
-        }
+    attribute(what, |v| {
+        // SAFETY: the attributes read here are 64-bit unsigned values (cuuint64_t), which the
+        // driver writes into `v`, a live u64; `pool` is the device's default pool, from the driver.
+        unsafe { sys::cuMemPoolGetAttribute(pool, attr, v) }
     })
 }
