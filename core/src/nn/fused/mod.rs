@@ -28,9 +28,9 @@ pub(crate) mod products;
 pub(crate) mod sasrec;
 pub(crate) mod self_attention;
 
-use std::sync::{
-    atomic::{AtomicU8, Ordering},
-    Mutex,
+use std::{
+    cell::RefCell,
+    sync::atomic::{AtomicU8, Ordering},
 };
 
 use candle_core::{DType, Device, Tensor};
@@ -155,9 +155,12 @@ pub(crate) fn supports_bias(bias: Option<&Tensor>) -> bool {
 #[cfg(test)]
 pub(crate) mod tests;
 
-/// Where non-finite values first appeared in a fused block since the last
-/// [`take_non_finite_origin`]: the block's name and the first step it happened in.
-static NON_FINITE_ORIGIN: Mutex<Option<String>> = Mutex::new(None);
+thread_local! {
+    /// Where non-finite values first appeared in a fused block run on this thread since the last
+    /// [`take_non_finite_origin`] on it: the block's name and what it produced. Per thread, so
+    /// that trainings running side by side in one process (or tests) see only their own.
+    static NON_FINITE_ORIGIN: RefCell<Option<String>> = const { RefCell::new(None) };
+}
 
 /// Notes `block` as the origin of non-finite values when its input `x` was finite and its output
 /// is not (a block fed NaN is not where the NaN came from). Training carries on: the loss turns
@@ -168,25 +171,24 @@ pub(crate) fn check_finite(block: &str, x: &[f32], out: &[f32]) -> candle_core::
     }
     let input_finite = x.iter().all(|v| v.is_finite());
     if input_finite {
-        let mut origin = NON_FINITE_ORIGIN.lock().unwrap_or_else(|e| e.into_inner());
-        if origin.is_none() {
-            let bad = out.iter().filter(|v| !v.is_finite()).count();
-            *origin = Some(format!(
-                "the {block} turned finite inputs into {bad} non-finite outputs (of {})",
-                out.len()
-            ));
-        }
+        NON_FINITE_ORIGIN.with(|origin| {
+            let mut origin = origin.borrow_mut();
+            if origin.is_none() {
+                let bad = out.iter().filter(|v| !v.is_finite()).count();
+                *origin = Some(format!(
+                    "the {block} turned finite inputs into {bad} non-finite outputs (of {})",
+                    out.len()
+                ));
+            }
+        });
     }
     Ok(())
 }
 
-/// Takes (and clears) what the fused blocks noted: which one first produced NaN or
-/// infinity from finite inputs. A trainer adds it to its non-finite-loss error.
+/// Takes (and clears) what the fused blocks run on this thread noted: which one first produced
+/// NaN or infinity from finite inputs. A trainer adds it to its non-finite-loss error.
 pub fn take_non_finite_origin() -> Option<String> {
-    NON_FINITE_ORIGIN
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .take()
+    NON_FINITE_ORIGIN.with(|origin| origin.borrow_mut().take())
 }
 
 /// Whether a block's output needs a backward pass: its input or a parameter is tracked by

@@ -240,6 +240,13 @@ mod sasrec {
         let nan = Tensor::new(&[f32::NAN; 48], &Device::Cpu)?.reshape((2, 3, 8))?;
         crate::nn::fused::sasrec::forward_t(&block, &nan, None, None, true)?;
         assert_eq!(crate::nn::fused::take_non_finite_origin(), None);
+        // Per thread: a note made here is not another thread's to take.
+        crate::nn::fused::sasrec::forward_t(&block, &x, None, None, true)?;
+        let elsewhere = std::thread::spawn(crate::nn::fused::take_non_finite_origin)
+            .join()
+            .map_err(|_| candle_core::Error::Msg("thread panicked".into()))?;
+        assert_eq!(elsewhere, None);
+        assert!(crate::nn::fused::take_non_finite_origin().is_some());
         Ok(())
     }
 
