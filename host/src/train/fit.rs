@@ -455,21 +455,15 @@ impl TrainRun<'_> {
     }
 
     /// Fails on a non-finite loss, naming where a fused block first saw non-finite values.
+    /// The note is taken either way: it only matters for the step that failed.
     pub(crate) fn check_loss(&self, value: f32, info: &EpochInfo, b: usize) -> Result<()> {
-        if !value.is_finite() {
-            let origin = recblocks_core::nn::fused::take_non_finite_origin()
-                .map(|o| format!("; first: {o}"))
-                .unwrap_or_default();
-            return Err(HostError::NonFiniteLoss {
-                epoch: info.epoch,
-                batch: b + 1,
-                value,
-                origin,
-            });
-        }
-        // A block's note about non-finite values only matters for the step that failed.
-        let _ = recblocks_core::nn::fused::take_non_finite_origin();
-        Ok(())
+        let step = ReadStep {
+            batch: b,
+            sessions: 0,
+            loss: value,
+            note: recblocks_core::nn::fused::take_non_finite_origin(),
+        };
+        self.check_read_loss(&step, info)
     }
 
     fn epoch_order(&self, n: usize) -> Vec<usize> {
