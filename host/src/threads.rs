@@ -1,9 +1,10 @@
 //! How many CPU threads training, evaluation and ranking use (`--threads N`).
 //!
 //! Three pools do the work: rayon's global pool (the matmuls through `gemm`, the fused loss,
-//! norm and softmax kernels, and ranking), and candle's own spinning barrier pool for its
-//! element-wise ops. Both size themselves from environment variables the first time they are
-//! used, so this must run before any tensor is created.
+//! norm and softmax kernels, and ranking), a rayon pool of the same size that a training run on
+//! the CPU makes for itself and runs on ([`training_pool`]), and candle's own spinning barrier
+//! pool for its element-wise ops. rayon's and candle's pools size themselves from environment
+//! variables the first time they are used, so this must run before any tensor is created.
 //!
 //! candle's barrier pool spins while it waits for its workers, and pins them to cores; when the
 //! machine is busy with anything else a descheduled worker stalls every element-wise op (measured:
@@ -62,4 +63,33 @@ pub fn configure(threads: Option<usize>) -> crate::Result<Threads> {
         candle,
         capped_from,
     })
+}
+
+/// A pool of its own for one training run on the CPU, of as many threads as rayon's global pool,
+/// on whose first thread the run's loop then goes (`TrainRun::run`). `None` on other devices,
+/// where the caller is already a rayon thread, or where the threads could not be started (the
+/// run then stays on the caller's thread, as before).
+///
+/// A training step makes a few hundred parallel calls (products, fused kernels, Adam). Made from
+/// a thread outside rayon, each one hands its work to the pool and puts the caller to sleep until
+/// it is done: two thread switches a call, a large share of a step when the model is small. Made
+/// from a thread of the pool, a call splits its work there and the caller works on its share.
+/// The pool is the run's own, not the global one: a thread of the global pool that waits for its
+/// share could take up a whole other training started beside it (the library API and the tests
+/// run several at once), and that training's per-thread state (its gradient scope, its target
+/// positions) would then sit on top of this one's.
+///
+/// Its threads get the main thread's usual stack (8 MiB): the backward pass walks the autograd
+/// graph recursively, and rayon's default of 2 MiB is less than the caller had before.
+pub(crate) fn training_pool(device: &candle_core::Device) -> Option<rayon::ThreadPool> {
+    if !device.is_cpu() || rayon::current_thread_index().is_some() {
+        return None;
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .stack_size(8 << 20)
+        .thread_name(|i| format!("recblocks-train-{i}"))
+        .build()
+        .map_err(|e| tracing::debug!("training stays on the caller's thread: {e}"))
+        .ok()
 }

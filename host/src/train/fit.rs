@@ -174,7 +174,19 @@ pub struct TrainRun<'a> {
 
 impl TrainRun<'_> {
     /// Trains until `state.epochs_done == settings.epochs` or early stopping.
+    ///
+    /// On the CPU the run goes to a thread pool of its own
+    /// ([`training_pool`](crate::threads::training_pool)), so that its parallel calls split their
+    /// work where they are made instead of waking another thread and sleeping.
     pub fn run(&mut self) -> Result<()> {
+        match crate::threads::training_pool(&self.model.device) {
+            Some(pool) => pool.install(|| self.run_epochs()),
+            None => self.run_epochs(),
+        }
+    }
+
+    /// [`run`](Self::run)'s loop over the epochs, on the thread it was called on.
+    fn run_epochs(&mut self) -> Result<()> {
         let n_sessions = self.data.sessions.len();
         if n_sessions == 0 {
             return Err(HostError::TrainingData("no training session".into()));

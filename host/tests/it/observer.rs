@@ -128,3 +128,69 @@ fn a_diverging_loss_is_reported_as_a_failed_epoch() {
         "{events:?}"
     );
 }
+
+/// Notes the name of the thread each event is told on.
+#[derive(Default)]
+struct ThreadNames(Mutex<Vec<String>>);
+
+impl ThreadNames {
+    fn note(&self) {
+        let name = std::thread::current().name().unwrap_or("").to_string();
+        self.0.lock().unwrap().push(name);
+    }
+}
+
+impl EpochObserver for ThreadNames {
+    fn epoch_started(&self, _: &EpochInfo) {
+        self.note();
+    }
+    fn batch_done(&self, _: &EpochInfo, _: &BatchProgress) {
+        self.note();
+    }
+    fn epoch_done(&self, _: &EpochInfo, _: &EpochLog) {
+        self.note();
+    }
+}
+
+/// Fits a small SASRec for 2 epochs; returns the names of the threads the run told its events
+/// on, and its training log.
+fn fit_noting_threads() -> (Vec<String>, Vec<EpochLog>) {
+    let names = Arc::new(ThreadNames::default());
+    let data = small_data();
+    let opts = FitOptions {
+        epochs: Some(2),
+        seed: Some(5),
+        observer: Some(names.clone() as Arc<dyn EpochObserver>),
+        ..FitOptions::default()
+    };
+    let data = TrainData {
+        interactions: &data,
+        item_features: None,
+    };
+    let model = Model::fit(tiny_sasrec(""), data, &registry(), &opts).unwrap();
+    let noted = names.0.lock().unwrap().clone();
+    (noted, model.train_log)
+}
+
+#[test]
+fn a_cpu_run_trains_on_a_pool_of_its_own_unless_called_from_one() {
+    // From a thread outside rayon (this test's): the run's own pool, whose threads split its
+    // parallel calls where they are made.
+    let (names, own_pool) = fit_noting_threads();
+    assert!(!names.is_empty());
+    assert!(
+        names.iter().all(|n| n.starts_with("recblocks-train-")),
+        "{names:?}"
+    );
+    // From a thread of a rayon pool: the run stays on it.
+    let caller = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .thread_name(|i| format!("caller-{i}"))
+        .build()
+        .unwrap();
+    let (names, caller_pool) = caller.install(fit_noting_threads);
+    assert!(names.iter().all(|n| n.starts_with("caller-")), "{names:?}");
+    // Which threads do the work changes no result.
+    let losses = |log: &[EpochLog]| log.iter().map(|e| e.train_loss).collect::<Vec<_>>();
+    assert_eq!(losses(&own_pool), losses(&caller_pool));
+}
