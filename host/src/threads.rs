@@ -81,7 +81,7 @@ pub fn configure(threads: Option<usize>) -> crate::Result<Threads> {
 ///
 /// Its threads get the main thread's usual stack (8 MiB): the backward pass walks the autograd
 /// graph recursively, and rayon's default of 2 MiB is less than the caller had before.
-pub(crate) fn training_pool(device: &candle_core::Device) -> Option<rayon::ThreadPool> {
+pub fn training_pool(device: &candle_core::Device) -> Option<rayon::ThreadPool> {
     if !device.is_cpu() || rayon::current_thread_index().is_some() {
         return None;
     }
