@@ -255,14 +255,17 @@ impl TransformerLightningModule {
 /// targets `y` and weights `w` `[1, M]`, and the item embeddings they are scored against.
 /// Positions without a target add nothing to any of the four losses (neither to the sum nor to
 /// the denominator), so dropping them before the catalog product gives the same loss while never
-/// scoring padding. With static shapes, every position: `h` `[B, L, d]`, `y` and `w` `[B, L]`.
+/// scoring padding. With static shapes, the trainer's fixed-length buffer of them
+/// (`host_targets::fixed`, `[1, capacity, …]`), or else every position: `h` `[B, L, d]`, `y` and
+/// `w` `[B, L]`.
 struct TargetRows {
     h: Tensor,
     y: Tensor,
     w: Tensor,
     item_embs: Tensor,
-    /// The kept flat positions (`b · L + l`), `[M]`; `None`: every position, in order (a step
-    /// with static shapes, [`recblocks_core::nn::capture`]).
+    /// The kept flat positions (`b · L + l`), `[M]` (with static shapes, the trainer's fixed
+    /// buffer of them); `None`: every position, in order (a step with static shapes and no such
+    /// buffer, [`recblocks_core::nn::capture`]).
     idx: Option<Tensor>,
 }
 
@@ -271,8 +274,21 @@ impl TargetRows {
         if recblocks_core::nn::capture::static_shapes() {
             let item_embs = backbone.item_embeddings(train)?;
             let sessions = backbone.encode_sessions(&batch.x, &item_embs, train)?;
-            // A step that may be captured keeps its shapes: every position, in the batch's own
-            // shape (padding has weight 0 and adds nothing to any loss, as when it is dropped).
+            // A step that may be captured keeps its shapes. Where the trainer gave buffers of a
+            // fixed length with the positions that have a target (`host_targets::fixed`): those
+            // positions, then slots with no target and weight 0, which add nothing to any loss.
+            if let Some(fixed) = host_targets::fixed() {
+                let h = gather_rows(&sessions, &fixed.positions.unsqueeze(0)?)?;
+                return Ok(Self {
+                    h,
+                    y: fixed.y.unsqueeze(0)?,
+                    w: fixed.w.to_dtype(batch.yw.dtype())?.unsqueeze(0)?,
+                    item_embs,
+                    idx: Some(fixed.positions),
+                });
+            }
+            // Otherwise every position, in the batch's own shape (padding has weight 0 and adds
+            // nothing to any loss, as when it is dropped).
             return Ok(Self {
                 h: sessions,
                 y: batch.y.to_dtype(DType::U32)?,
@@ -804,6 +820,77 @@ mod tests {
                 .is_some_and(|m| m.contains("target position 12 for a batch of 12 positions")),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn fixed_target_buffers_give_the_loss_of_the_positions_with_a_target() {
+        // Under static shapes (a step that may be captured), the trainer's fixed-length buffers
+        // of the positions with a target give the loss and gradients of the uncaptured step,
+        // which scores those positions alone: the unused slots add nothing. Without the buffers
+        // every position is scored (the same loss here too: padding has no target). The buffers
+        // are what is scored: other values give another loss.
+        use recblocks_core::nn::{
+            capture::StaticShapes,
+            host_targets::{positions_with_a_target, FixedTargets},
+        };
+        let n = 11;
+        let x = u2(&[0, 0, 2, 3, 4, 5, 6, 7, 0, 8, 9, 10], (3, 4));
+        let y = u2(&[0, 0, 3, 4, 5, 6, 7, 8, 0, 9, 10, 2], (3, 4));
+        let yw = f2(
+            &[1.0, 1.0, 0.5, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.25, 1.0],
+            (3, 4),
+        );
+        let batch = Batch {
+            x,
+            y: y.clone(),
+            yw: yw.clone(),
+            negatives: None,
+        };
+        let obj = TransformerLightningModule::from_spec(
+            &spec(json!({"loss": "softmax"})),
+            &DatasetSchema::new(n - 2, &["PAD", "MASK"]),
+            &json!({}),
+        )
+        .expect("build");
+        let positions = positions_with_a_target(&y).expect("positions");
+        let run = |fixed: Option<(usize, &[u32])>| {
+            let bb = random_lookup(n, true);
+            let _static = fixed.map(|_| StaticShapes::enter());
+            let buffers = match fixed {
+                Some((capacity, kept)) => {
+                    let v = FixedTargets::values(&y, &yw, kept, capacity)?
+                        .ok_or_else(|| CoreError::Other("over capacity".into()))?;
+                    let dev = &Device::Cpu;
+                    Some(FixedTargets {
+                        positions: Tensor::from_vec(v.positions, capacity, dev)?,
+                        y: Tensor::from_vec(v.y, capacity, dev)?,
+                        w: Tensor::from_vec(v.w, capacity, dev)?,
+                    })
+                }
+                None => None,
+            };
+            let _given = buffers.as_ref().map(FixedTargets::enter);
+            let loss = obj.train_loss(&bb, &batch)?;
+            let grads = loss.backward()?;
+            let g = grads
+                .get(bb.embs.as_tensor())
+                .ok_or_else(|| CoreError::Other("no gradient".into()))?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            Ok::<_, CoreError>((loss.to_scalar::<f32>()?, g))
+        };
+        let uncaptured = run(None).expect("uncaptured");
+        for capacity in [positions.len(), positions.len() + 3, 12] {
+            let fixed = run(Some((capacity, &positions))).expect("fixed");
+            assert_eq!(
+                uncaptured.0.to_bits(),
+                fixed.0.to_bits(),
+                "capacity {capacity}"
+            );
+            assert_eq!(uncaptured.1, fixed.1, "capacity {capacity}");
+        }
+        let fewer = run(Some((12, &positions[1..]))).expect("fewer");
+        assert_ne!(uncaptured.0.to_bits(), fewer.0.to_bits());
     }
 
     #[test]
