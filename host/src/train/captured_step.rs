@@ -22,9 +22,16 @@
 //! dropout draws from), one capture, then replays. A batch of yet another shape takes an
 //! ordinary step. Every step trains on its batch exactly once, and a replay draws the keys an
 //! ordinary step would draw, in the same order, so training follows the same course as without
-//! capture (to float rounding: a step with static shapes scores the padded positions too, with
-//! weight 0). If a capture fails, that shape's batches go on with ordinary steps and the
+//! capture (to float rounding: a step with static shapes may score positions without a target
+//! too, with weight 0). If a capture fails, that shape's batches go on with ordinary steps and the
 //! observer is told why.
+//!
+//! The positions with a target go in buffers of a fixed length too ([`FixedTargets`]), so that
+//! the step scores those alone, as an uncaptured step does, rather than every position of the
+//! batch: their capacity is the first batch's count with a quarter more room, rounded up to 64
+//! (`target_capacity`), and a batch with more takes an ordinary step. Where that capacity would
+//! be the whole batch (long sessions with a target at almost every position, as SASRec's on
+//! ML-100k), the step scores every position and there are no such buffers.
 //!
 //! On the CPU nothing is captured: the same phases run, and each "replay" runs the step directly
 //! with its keys drawn ahead as a replay's are. That is how the bookkeeping is tested without a
@@ -33,7 +40,10 @@
 use candle_core::{DType, Device, Tensor};
 use recblocks_core::{
     batch::Batch,
-    nn::capture::{draw_keys, KeyTape, StaticShapes},
+    nn::{
+        capture::{draw_keys, KeyTape, StaticShapes},
+        host_targets::{FixedTargets, HostTargets},
+    },
     SharedRng,
 };
 
@@ -119,6 +129,9 @@ struct ShapeSteps {
     /// Replays since [`CapturedSteps::take_replays`] was last called.
     replays: u64,
     buffers: Buffers,
+    /// The buffers of the positions with a target ([`target_capacity`] slots), refilled before
+    /// each step; `None`: the step scores every position.
+    targets: Option<FixedTargets>,
     /// The stream of each dropout draw of a step, in order.
     streams: Vec<SharedRng>,
     #[cfg(feature = "cuda")]
@@ -151,13 +164,15 @@ impl CapturedSteps {
     }
 
     /// One optimisation step on `batch` (the `b`-th of the epoch, from 0, of `sessions`
-    /// sessions), collated on the CPU; returns the steps whose losses became known, in order:
-    /// the replay before it, this step, both or neither (a replay's loss is read after the next
-    /// replay of its shape is queued, see the module's comment).
+    /// sessions, whose positions with a target are `targets`), collated on the CPU; returns the
+    /// steps whose losses became known, in order: the replay before it, this step, both or
+    /// neither (a replay's loss is read after the next replay of its shape is queued, see the
+    /// module's comment).
     pub(crate) fn step(
         &mut self,
         run: &mut TrainRun<'_>,
         batch: &Batch,
+        targets: &[u32],
         info: &EpochInfo,
         b: usize,
         sessions: usize,
@@ -172,11 +187,14 @@ impl CapturedSteps {
         let slot = match known {
             Some(i) => Some(i),
             None if self.shapes.len() < SHAPES => {
-                self.shapes.push(ShapeSteps::new(batch, &device)?);
+                self.shapes.push(ShapeSteps::new(batch, targets, &device)?);
                 Some(self.shapes.len() - 1)
             }
             None => None,
         };
+        // A batch with more positions with a target than its shape's buffers hold takes an
+        // ordinary step.
+        let slot = slot.filter(|&i| self.shapes[i].holds(targets));
         let mut read = Vec::new();
         // Only a replay of the same shape may be queued behind an unread replay: its update's
         // guard reads that replay's loss from the shape's loss buffer.
@@ -201,9 +219,13 @@ impl CapturedSteps {
                 let reads = self.reads.as_mut();
                 #[cfg(not(feature = "cuda"))]
                 let reads = None;
-                self.shapes[i].step(run, batch, info, b, reads)?
+                self.shapes[i].step(run, batch, targets, info, b, reads)?
             }
-            None => Stepped::Read(run.train_step(&to_device(batch, &device)?, info, b)?),
+            None => {
+                // The positions with a target from the host, as an uncaptured step takes them.
+                let _given = HostTargets::enter(targets.into());
+                Stepped::Read(run.train_step(&to_device(batch, &device)?, info, b)?)
+            }
         };
         match stepped {
             Stepped::Read(loss) => read.push(ReadStep {
@@ -266,31 +288,50 @@ impl CapturedSteps {
 }
 
 impl ShapeSteps {
-    /// Nothing warmed up for batches shaped like `batch`; their buffers on `device`.
-    fn new(batch: &Batch, device: &Device) -> Result<Self> {
+    /// Nothing warmed up for batches shaped like `batch` (whose positions with a target are
+    /// `targets`); their buffers on `device`.
+    fn new(batch: &Batch, targets: &[u32], device: &Device) -> Result<Self> {
+        let positions = batch.y.elem_count();
+        let targets = target_capacity(targets.len(), positions)
+            .map(|capacity| FixedTargets::zeros(capacity, device))
+            .transpose()?;
         Ok(ShapeSteps {
             phase: Phase::Warmup(0),
             replays: 0,
             buffers: Buffers::new(batch, device)?,
+            targets,
             streams: Vec::new(),
             #[cfg(feature = "cuda")]
             graph: None,
         })
     }
 
-    /// One step on `batch` (of this shape): copied into the buffers, then a warm-up step, the
-    /// capture and its first replay, a replay, or an ordinary step, as the phase says. A replay's
-    /// loss goes into `reads` where given (read later), else it is read now.
+    /// Whether the buffers of the positions with a target hold `targets` (always, where the
+    /// step scores every position).
+    fn holds(&self, targets: &[u32]) -> bool {
+        self.targets
+            .as_ref()
+            .is_none_or(|t| targets.len() <= t.capacity())
+    }
+
+    /// One step on `batch` (of this shape, its positions with a target `targets`, which the
+    /// buffers hold): copied into the buffers, then a warm-up step, the capture and its first
+    /// replay, a replay, or an ordinary step, as the phase says. A replay's loss goes into
+    /// `reads` where given (read later), else it is read now.
     fn step(
         &mut self,
         run: &mut TrainRun<'_>,
         batch: &Batch,
+        targets: &[u32],
         info: &EpochInfo,
         b: usize,
         reads: Option<&mut LossSlots>,
     ) -> Result<Stepped> {
         let fixed = self.buffers.batch.clone();
         upload(&fixed, batch)?;
+        if let Some(buffers) = &self.targets {
+            upload_targets(buffers, batch, targets)?;
+        }
         Ok(match self.phase {
             Phase::Warmup(done) => Stepped::Read(self.warm_up(run, &fixed, info, b, done)?),
             Phase::Capture => match self.capture(run, &fixed) {
@@ -303,11 +344,16 @@ impl ShapeSteps {
                         run,
                         &format!("the training step could not be captured: {e}"),
                     );
+                    let _given = HostTargets::enter(targets.into());
                     Stepped::Read(run.train_step(&fixed, info, b)?)
                 }
             },
             Phase::Replay => Stepped::Replayed(self.replay(run, &fixed, info, b, reads)?),
-            Phase::Off => Stepped::Read(run.train_step(&fixed, info, b)?),
+            Phase::Off => {
+                // The positions with a target from the host, as an uncaptured step takes them.
+                let _given = HostTargets::enter(targets.into());
+                Stepped::Read(run.train_step(&fixed, info, b)?)
+            }
         })
     }
 
@@ -341,6 +387,7 @@ impl ShapeSteps {
                 ),
                 _ => None,
             };
+            let _targets = self.targets.as_ref().map(FixedTargets::enter);
             KeyTape::counting().run(|| run.train_step(fixed, info, b))
         };
         let value = value?;
@@ -405,7 +452,9 @@ impl ShapeSteps {
             let part = |what: &str, e: &dyn std::fmt::Display| {
                 HostError::Other(format!("in the step's {what}: {e}"))
             };
+            let targets = self.targets.as_ref();
             let (body, tape) = KeyTape::slots(base, n_keys).run(|| -> Result<()> {
+                let _targets = targets.map(FixedTargets::enter);
                 let scope = recblocks_core::nn::ParamGradScope::enter();
                 let loss = run
                     .objective
@@ -485,6 +534,7 @@ impl ShapeSteps {
         let _ = (coefficients, reads);
         let (out, tape) = {
             let _static = StaticShapes::enter();
+            let _targets = self.targets.as_ref().map(FixedTargets::enter);
             KeyTape::given(keys).run(|| -> Result<f32> {
                 let scope = recblocks_core::nn::ParamGradScope::enter();
                 let loss = run
@@ -544,6 +594,34 @@ fn fits(buffers: &Batch, batch: &Batch) -> bool {
             (None, None) => true,
             _ => false,
         }
+}
+
+/// The slots of the buffers of the positions with a target for batches of `positions`
+/// positions, the first of which has `count` with a target: a quarter more, rounded up to a
+/// multiple of 64 (BERT4Rec's targets are drawn position by position, so a batch's count varies
+/// by a few of its standard deviations at most, about √count). `None` where that is not fewer
+/// than the batch's positions: the step then scores every position.
+pub(crate) fn target_capacity(count: usize, positions: usize) -> Option<usize> {
+    let capacity = (count + count.div_ceil(4)).div_ceil(64).max(1) * 64;
+    (capacity < positions).then_some(capacity)
+}
+
+/// Writes the positions with a target of `batch` (`targets`, as many as the buffers hold at
+/// most) and their targets and weights into `buffers`.
+fn upload_targets(buffers: &FixedTargets, batch: &Batch, targets: &[u32]) -> Result<()> {
+    use super::write_in_place::{write, HostValues};
+    let values = FixedTargets::values(&batch.y, &batch.yw, targets, buffers.capacity())?
+        .ok_or_else(|| {
+            HostError::Other(format!(
+                "{} positions with a target for buffers of {}",
+                targets.len(),
+                buffers.capacity()
+            ))
+        })?;
+    write(&buffers.positions, HostValues::U32(&values.positions))?;
+    write(&buffers.y, HostValues::U32(&values.y))?;
+    write(&buffers.w, HostValues::F32(&values.w))?;
+    Ok(())
 }
 
 /// Copies `batch` into the buffers (same shapes, see [`fits`]).
@@ -624,6 +702,36 @@ mod tests {
         };
         upload(&bufs.batch, &next)?;
         assert_eq!(before.to_vec2::<u32>()?, next.x.to_vec2::<u32>()?);
+        Ok(())
+    }
+
+    #[test]
+    fn target_buffers_have_a_quarter_more_room_and_only_where_shorter_than_the_batch() {
+        // BERT4Rec on ML-100k: about 15% of 128 × 50 positions.
+        assert_eq!(target_capacity(900, 6400), Some(1152));
+        assert_eq!(target_capacity(99, 160), Some(128));
+        assert_eq!(target_capacity(0, 640), Some(64));
+        // SASRec on long sessions: a target at almost every position.
+        assert_eq!(target_capacity(6272, 6400), None);
+        assert_eq!(target_capacity(52, 64), None);
+    }
+
+    #[test]
+    fn target_buffers_take_the_batch_values_and_refuse_more_than_they_hold() -> Result<()> {
+        let a = batch(2, 5, false)?;
+        let buffers = FixedTargets::zeros(4, &Device::Cpu)?;
+        upload_targets(&buffers, &a, &[1, 4, 9])?;
+        assert_eq!(buffers.positions.to_vec1::<u32>()?, vec![1, 4, 9, 0]);
+        // y of batch() is i % 7 at position i.
+        assert_eq!(buffers.y.to_vec1::<u32>()?, vec![1, 4, 2, 0]);
+        assert_eq!(buffers.w.to_vec1::<f32>()?, vec![1.0, 1.0, 1.0, 0.0]);
+        let err = upload_targets(&buffers, &a, &[1, 2, 3, 4, 5]).err();
+        assert!(
+            err.as_ref().is_some_and(|e| e
+                .to_string()
+                .contains("5 positions with a target for buffers of 4")),
+            "{err:?}"
+        );
         Ok(())
     }
 

@@ -347,7 +347,7 @@ impl TrainRun<'_> {
                 let step_started = Instant::now();
                 // Captured steps check their losses as they read them.
                 let read = match captured.as_deref_mut() {
-                    Some(c) => c.step(self, &batch, info, b, len)?,
+                    Some(c) => c.step(self, &batch, &targets, info, b, len)?,
                     None => self
                         .queue_step(&batch, targets, &mut queue, info, b, len)?
                         .into_iter()
