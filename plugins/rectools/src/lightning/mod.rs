@@ -771,6 +771,44 @@ mod tests {
         }
     }
 
+    /// Ids of the target-position cases: a catalog of 9 items plus PAD and MASK.
+    const TARGET_CASE_IDS: usize = 11;
+
+    /// Three sessions of four positions, 9 of them with a target (padding has none), weighted
+    /// by `yw`, and RecTools' softmax objective over [`TARGET_CASE_IDS`] ids.
+    fn target_case(yw: &[f32]) -> (Batch, TransformerLightningModule) {
+        let batch = Batch {
+            x: u2(&[0, 0, 2, 3, 4, 5, 6, 7, 0, 8, 9, 10], (3, 4)),
+            y: u2(&[0, 0, 3, 4, 5, 6, 7, 8, 0, 9, 10, 2], (3, 4)),
+            yw: f2(yw, (3, 4)),
+            negatives: None,
+        };
+        let obj = TransformerLightningModule::from_spec(
+            &spec(json!({"loss": "softmax"})),
+            &DatasetSchema::new(TARGET_CASE_IDS - 2, &["PAD", "MASK"]),
+            &json!({}),
+        )
+        .expect("build");
+        (batch, obj)
+    }
+
+    /// One training loss of `obj` on `batch` from the same seeded backbone, and its item table's
+    /// gradient.
+    fn loss_and_table_grad(
+        obj: &TransformerLightningModule,
+        batch: &Batch,
+    ) -> std::result::Result<(f32, Vec<f32>), CoreError> {
+        let bb = random_lookup(TARGET_CASE_IDS, true);
+        let loss = obj.train_loss(&bb, batch)?;
+        let grads = loss.backward()?;
+        let g = grads
+            .get(bb.embs.as_tensor())
+            .ok_or_else(|| CoreError::Other("no gradient".into()))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok((loss.to_scalar::<f32>()?, g))
+    }
+
     #[test]
     fn positions_given_by_the_trainer_replace_the_read_of_the_targets() {
         // The positions the trainer found on the host give the loss and gradients of the
@@ -778,35 +816,12 @@ mod tests {
         // give another loss), and one past the batch is refused.
         use recblocks_core::nn::host_targets::{positions_with_a_target, HostTargets};
         use std::rc::Rc;
-        let n = 11;
-        let x = u2(&[0, 0, 2, 3, 4, 5, 6, 7, 0, 8, 9, 10], (3, 4));
-        let y = u2(&[0, 0, 3, 4, 5, 6, 7, 8, 0, 9, 10, 2], (3, 4));
-        let yw = f2(&[1.0; 12], (3, 4));
-        let batch = Batch {
-            x,
-            y: y.clone(),
-            yw,
-            negatives: None,
-        };
-        let obj = TransformerLightningModule::from_spec(
-            &spec(json!({"loss": "softmax"})),
-            &DatasetSchema::new(n - 2, &["PAD", "MASK"]),
-            &json!({}),
-        )
-        .expect("build");
+        let (batch, obj) = target_case(&[1.0; 12]);
         let run = |given: Option<Vec<u32>>| {
-            let bb = random_lookup(n, true);
             let _given = given.map(|p| HostTargets::enter(Rc::from(p)));
-            let loss = obj.train_loss(&bb, &batch)?;
-            let grads = loss.backward()?;
-            let g = grads
-                .get(bb.embs.as_tensor())
-                .ok_or_else(|| CoreError::Other("no gradient".into()))?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            Ok::<_, CoreError>((loss.to_scalar::<f32>()?, g))
+            loss_and_table_grad(&obj, &batch)
         };
-        let positions = positions_with_a_target(&y).expect("positions");
+        let positions = positions_with_a_target(&batch.y).expect("positions");
         assert_eq!(positions, vec![2, 3, 4, 5, 6, 7, 9, 10, 11]);
         let read = run(None).expect("read");
         let given = run(Some(positions.clone())).expect("given");
@@ -826,62 +841,31 @@ mod tests {
     fn fixed_target_buffers_give_the_loss_of_the_positions_with_a_target() {
         // Under static shapes (a step that may be captured), the trainer's fixed-length buffers
         // of the positions with a target give the loss and gradients of the uncaptured step,
-        // which scores those positions alone: the unused slots add nothing. Without the buffers
-        // every position is scored (the same loss here too: padding has no target). The buffers
-        // are what is scored: other values give another loss.
+        // which scores those positions alone: the unused slots add nothing. The buffers are what
+        // is scored: other values give another loss.
         use recblocks_core::nn::{
             capture::StaticShapes,
             host_targets::{positions_with_a_target, FixedTargets},
         };
-        let n = 11;
-        let x = u2(&[0, 0, 2, 3, 4, 5, 6, 7, 0, 8, 9, 10], (3, 4));
-        let y = u2(&[0, 0, 3, 4, 5, 6, 7, 8, 0, 9, 10, 2], (3, 4));
-        let yw = f2(
-            &[1.0, 1.0, 0.5, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.25, 1.0],
-            (3, 4),
-        );
-        let batch = Batch {
-            x,
-            y: y.clone(),
-            yw: yw.clone(),
-            negatives: None,
-        };
-        let obj = TransformerLightningModule::from_spec(
-            &spec(json!({"loss": "softmax"})),
-            &DatasetSchema::new(n - 2, &["PAD", "MASK"]),
-            &json!({}),
-        )
-        .expect("build");
-        let positions = positions_with_a_target(&y).expect("positions");
-        let run = |fixed: Option<(usize, &[u32])>| {
-            let bb = random_lookup(n, true);
-            let _static = fixed.map(|_| StaticShapes::enter());
-            let buffers = match fixed {
-                Some((capacity, kept)) => {
-                    let v = FixedTargets::values(&y, &yw, kept, capacity)?
-                        .ok_or_else(|| CoreError::Other("over capacity".into()))?;
-                    let dev = &Device::Cpu;
-                    Some(FixedTargets {
-                        positions: Tensor::from_vec(v.positions, capacity, dev)?,
-                        y: Tensor::from_vec(v.y, capacity, dev)?,
-                        w: Tensor::from_vec(v.w, capacity, dev)?,
-                    })
-                }
-                None => None,
+        let (batch, obj) =
+            target_case(&[1.0, 1.0, 0.5, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.25, 1.0]);
+        let positions = positions_with_a_target(&batch.y).expect("positions");
+        let run = |capacity: usize, kept: &[u32]| {
+            let _static = StaticShapes::enter();
+            let v = FixedTargets::values(&batch.y, &batch.yw, kept, capacity)?
+                .ok_or_else(|| CoreError::Other("over capacity".into()))?;
+            let dev = &Device::Cpu;
+            let buffers = FixedTargets {
+                positions: Tensor::from_vec(v.positions, capacity, dev)?,
+                y: Tensor::from_vec(v.y, capacity, dev)?,
+                w: Tensor::from_vec(v.w, capacity, dev)?,
             };
-            let _given = buffers.as_ref().map(FixedTargets::enter);
-            let loss = obj.train_loss(&bb, &batch)?;
-            let grads = loss.backward()?;
-            let g = grads
-                .get(bb.embs.as_tensor())
-                .ok_or_else(|| CoreError::Other("no gradient".into()))?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            Ok::<_, CoreError>((loss.to_scalar::<f32>()?, g))
+            let _given = buffers.enter();
+            loss_and_table_grad(&obj, &batch)
         };
-        let uncaptured = run(None).expect("uncaptured");
+        let uncaptured = loss_and_table_grad(&obj, &batch).expect("uncaptured");
         for capacity in [positions.len(), positions.len() + 3, 12] {
-            let fixed = run(Some((capacity, &positions))).expect("fixed");
+            let fixed = run(capacity, &positions).expect("fixed");
             assert_eq!(
                 uncaptured.0.to_bits(),
                 fixed.0.to_bits(),
@@ -889,7 +873,7 @@ mod tests {
             );
             assert_eq!(uncaptured.1, fixed.1, "capacity {capacity}");
         }
-        let fewer = run(Some((12, &positions[1..]))).expect("fewer");
+        let fewer = run(12, &positions[1..]).expect("fewer");
         assert_ne!(uncaptured.0.to_bits(), fewer.0.to_bits());
     }
 
