@@ -221,11 +221,13 @@ impl CapturedSteps {
                 let reads = None;
                 self.shapes[i].step(run, batch, targets, info, b, reads)?
             }
-            None => {
-                // The positions with a target from the host, as an uncaptured step takes them.
-                let _given = HostTargets::enter(targets.into());
-                Stepped::Read(run.train_step(&to_device(batch, &device)?, info, b)?)
-            }
+            None => Stepped::Read(ordinary_step(
+                run,
+                &to_device(batch, &device)?,
+                targets,
+                info,
+                b,
+            )?),
         };
         match stepped {
             Stepped::Read(loss) => read.push(ReadStep {
@@ -344,16 +346,11 @@ impl ShapeSteps {
                         run,
                         &format!("the training step could not be captured: {e}"),
                     );
-                    let _given = HostTargets::enter(targets.into());
-                    Stepped::Read(run.train_step(&fixed, info, b)?)
+                    Stepped::Read(ordinary_step(run, &fixed, targets, info, b)?)
                 }
             },
             Phase::Replay => Stepped::Replayed(self.replay(run, &fixed, info, b, reads)?),
-            Phase::Off => {
-                // The positions with a target from the host, as an uncaptured step takes them.
-                let _given = HostTargets::enter(targets.into());
-                Stepped::Read(run.train_step(&fixed, info, b)?)
-            }
+            Phase::Off => Stepped::Read(ordinary_step(run, &fixed, targets, info, b)?),
         })
     }
 
@@ -594,6 +591,19 @@ fn fits(buffers: &Batch, batch: &Batch) -> bool {
             (None, None) => true,
             _ => false,
         }
+}
+
+/// An ordinary step on `batch` (on the training device; its positions with a target are
+/// `targets`, given to the objective as an uncaptured step gives them); returns its loss.
+fn ordinary_step(
+    run: &mut TrainRun<'_>,
+    batch: &Batch,
+    targets: &[u32],
+    info: &EpochInfo,
+    b: usize,
+) -> Result<f32> {
+    let _given = HostTargets::enter(targets.into());
+    run.train_step(batch, info, b)
 }
 
 /// The slots of the buffers of the positions with a target for batches of `positions`
