@@ -5,6 +5,9 @@
 
 use std::{env, process::Command};
 
+#[path = "build/launchers.rs"]
+mod launchers;
+
 fn main() {
     // Only this script's own inputs: the source hash is computed by the compiler
     // (`src/declaration/source.rs`), so that rebuilding core from another build graph (a plugin's)
@@ -31,6 +34,7 @@ fn main() {
     );
     if env::var_os("CARGO_FEATURE_CUDA").is_some() {
         compile_kernels();
+        generate_launchers();
     }
     println!("cargo:rustc-env=RECBLOCKS_RUSTC_VERSION={rustc_version}");
     println!("cargo:rustc-env=RECBLOCKS_BUILD_FINGERPRINT={fingerprint}");
@@ -68,5 +72,30 @@ fn compile_kernels() {
             );
             std::process::exit(1);
         }
+    }
+}
+
+/// Typed launchers of the kernels (`src/nn/cuda/launch.rs`) from their signatures in
+/// `kernels.cu` and `rows.cu`, as Rust source in OUT_DIR.
+fn generate_launchers() {
+    println!("cargo:rerun-if-changed=build/launchers.rs");
+    let mut kernels = Vec::new();
+    for src in ["src/nn/cuda/kernels.cu", "src/nn/cuda/rows.cu"] {
+        let parsed = std::fs::read_to_string(src)
+            .map_err(|e| format!("{src}: {e}"))
+            .and_then(|text| launchers::parse_kernels(&text, src));
+        match parsed {
+            Ok(k) => kernels.extend(k),
+            Err(e) => {
+                println!("cargo:warning=kernel launchers: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let out = std::path::PathBuf::from(env::var_os("OUT_DIR").unwrap_or_default())
+        .join("recblocks_launchers.rs");
+    if let Err(e) = std::fs::write(&out, launchers::rust_launchers(&kernels)) {
+        println!("cargo:warning=kernel launchers: {}: {e}", out.display());
+        std::process::exit(1);
     }
 }

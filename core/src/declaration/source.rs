@@ -1,9 +1,9 @@
 //! The source of this crate, hashed into the build fingerprint: a plugin compiled against other
 //! core source is refused even when every symbol name is unchanged. The list is checked against
-//! the `src` directory by a test, so a new file cannot be left out.
+//! the `src` and `build` directories by a test, so a new file cannot be left out.
 
 /// Every source file of this crate (path relative to the crate, bytes), plus the manifest and the
-/// build script.
+/// build script with its module (`build/`).
 pub(crate) const SOURCES: &[(&str, &[u8])] = &[
     (
         "src/batch.rs",
@@ -285,6 +285,13 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         )),
     ),
     (
+        "src/nn/cuda/launch.rs",
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/src/nn/cuda/launch.rs"
+        )),
+    ),
+    (
         "src/nn/cuda/loss_reads.rs",
         include_bytes!(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -525,6 +532,10 @@ pub(crate) const SOURCES: &[(&str, &[u8])] = &[
         "build.rs",
         include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/build.rs")),
     ),
+    (
+        "build/launchers.rs",
+        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/build/launchers.rs")),
+    ),
 ];
 
 /// FNV-1a (64 bits) over every path and file of [`SOURCES`].
@@ -574,11 +585,12 @@ mod tests {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut found = Vec::new();
         rs_files(&root.join("src"), root, &mut found);
+        rs_files(&root.join("build"), root, &mut found);
         found.sort();
         let mut listed: Vec<String> = SOURCES
             .iter()
             .map(|(p, _)| p.to_string())
-            .filter(|p| p.starts_with("src/"))
+            .filter(|p| p.starts_with("src/") || p.starts_with("build/"))
             .collect();
         listed.sort();
         assert_eq!(found, listed, "update core/src/declaration/source.rs");

@@ -23,7 +23,7 @@
 
 use candle_core::{
     cuda_backend::{
-        cudarc::driver::{CudaSlice, CudaView, LaunchArgs, LaunchConfig, PushKernelArg},
+        cudarc::driver::{CudaSlice, CudaView, LaunchConfig},
         CudaDevice, CudaStorage,
     },
     Error, Layout, Result, Shape,
@@ -31,6 +31,7 @@ use candle_core::{
 
 pub mod allocator;
 pub mod graph;
+mod launch;
 pub mod loss_reads;
 pub mod memory;
 pub(crate) mod rows;
@@ -145,35 +146,43 @@ fn masked(
             )));
         }
     }
-    let kernel = if r.is_some() {
-        "rb_dropout_add"
-    } else {
-        "rb_dropout"
-    };
     let mut out = output(dev, n)?;
-    let f = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
-    let n64 = n as u64;
     let m = MaskArgs::new(Some(draw));
-    let mut b = f.builder();
-    b.arg(&x);
-    if let Some(r) = &r {
-        b.arg(r);
-    }
-    b.arg(&mut out).arg(&n64);
-    b.arg(&m.key_lo)
-        .arg(&m.key_hi)
-        .arg(&m.key_slot)
-        .arg(&m.threshold)
-        .arg(&m.scale);
     // One thread per Philox block: 16 blocks per group of 128 elements.
-    let blocks = n.div_ceil(128) * 16;
-    // SAFETY: rb_dropout(const float* x, float* out, u64 n, u32, u32, const u64* key_slot, u32,
-    // float) and rb_dropout_add(const float* x, const float* r, float* out, u64 n, u32, u32,
-    // const u64* key_slot, u32, float) match the arguments, r pushed only for the second (the
-    // slot, where set, is a live key of the capture's key buffer); the kernel touches indices
-    // below n, and x, r and out hold n elements.
-    unsafe { b.launch(config(grid(blocks, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
-        .map_err(|e| launch_error(kernel, e))?;
+    let cfg = config(
+        grid(n.div_ceil(128) * 16, BLOCK_THREADS as usize)?,
+        BLOCK_THREADS,
+    );
+    let n = n as u64;
+    // SAFETY: the kernel touches indices below n, and x, r and out hold n elements; the key
+    // slot, where set, is a live key of the capture's key buffer.
+    unsafe {
+        match &r {
+            Some(r) => launch::rb_dropout_add {
+                x: &x,
+                r,
+                out: &mut out,
+                n,
+                key_lo: m.key_lo,
+                key_hi: m.key_hi,
+                key_slot: &m.key_slot,
+                threshold: m.threshold,
+                scale: m.scale,
+            }
+            .launch(dev, cfg),
+            None => launch::rb_dropout {
+                x: &x,
+                out: &mut out,
+                n,
+                key_lo: m.key_lo,
+                key_hi: m.key_hi,
+                key_slot: &m.key_slot,
+                threshold: m.threshold,
+                scale: m.scale,
+            }
+            .launch(dev, cfg),
+        }
+    }?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         l.shape().clone(),
@@ -226,20 +235,19 @@ pub(crate) fn layer_norm(
         )));
     }
     let mut y = output(dev, rows * d)?;
-    let f = dev.get_or_load_custom_func("rb_layer_norm_fwd", MODULE, PTX)?;
-    let (r, di) = (int(rows, "rows")?, int(d, "width")?);
-    let mut l = f.builder();
-    l.arg(&x)
-        .arg(&w)
-        .arg(&b)
-        .arg(&mut y)
-        .arg(&r)
-        .arg(&di)
-        .arg(&eps);
-    // SAFETY: rb_layer_norm_fwd(const float* x, w, b, float* y, int rows, int d, float eps); x and
-    // y hold rows·d values, w and b d values (checked above); one warp per row.
-    unsafe { l.launch(config(grid(rows, 4)?, ROW_THREADS)) }
-        .map_err(|e| launch_error("rb_layer_norm_fwd", e))?;
+    // SAFETY: x and y hold rows·d values, w and b d values (checked above); one warp per row.
+    unsafe {
+        launch::rb_layer_norm_fwd {
+            x: &x,
+            w: &w,
+            b: &b,
+            y: &mut y,
+            rows: int(rows, "rows")?,
+            d: int(d, "width")?,
+            eps,
+        }
+        .launch(dev, config(grid(rows, 4)?, ROW_THREADS))
+    }?;
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev.clone()),
         lx.shape().clone(),
@@ -277,54 +285,58 @@ pub(crate) fn layer_norm_backward(
     let chunk = LN_CHUNK.max(rows.div_ceil(MAX_GRID_Y));
     let chunks = rows.div_ceil(chunk).max(1);
     let mut partials = output(dev, chunks * 2 * d)?;
-    let (r, di, ch) = (int(rows, "rows")?, int(d, "width")?, int(chunk, "chunk")?);
+    let (r, di) = (int(rows, "rows")?, int(d, "width")?);
     {
         let mut dx = out.slice_mut(0..rows * d);
-        let f = dev.get_or_load_custom_func("rb_layer_norm_bwd_dx", MODULE, PTX)?;
-        let mut l = f.builder();
-        l.arg(&x)
-            .arg(&w)
-            .arg(&g)
-            .arg(&mut dx)
-            .arg(&mut stats)
-            .arg(&r)
-            .arg(&di)
-            .arg(&eps);
-        // SAFETY: rb_layer_norm_bwd_dx(const float* x, w, dy, float* dx, float* stats, int rows,
-        // int d, float eps): x, dy, dx hold rows·d values, w d, stats 2·rows; a warp per row.
-        unsafe { l.launch(config(grid(rows, 4)?, ROW_THREADS)) }
-            .map_err(|e| launch_error("rb_layer_norm_bwd_dx", e))?;
+        // SAFETY: x, dy and dx hold rows·d values, w d, stats 2·rows; a warp per row.
+        unsafe {
+            launch::rb_layer_norm_bwd_dx {
+                x: &x,
+                w: &w,
+                dy: &g,
+                dx: &mut dx,
+                stats: &mut stats,
+                rows: r,
+                d: di,
+                eps,
+            }
+            .launch(dev, config(grid(rows, 4)?, ROW_THREADS))
+        }?;
     }
-    {
-        let f = dev.get_or_load_custom_func("rb_layer_norm_bwd_params", MODULE, PTX)?;
-        let mut l = f.builder();
-        l.arg(&x)
-            .arg(&g)
-            .arg(&stats)
-            .arg(&mut partials)
-            .arg(&r)
-            .arg(&di)
-            .arg(&ch);
-        let cfg = LaunchConfig {
-            grid_dim: (grid(d, 32)?, grid(rows, chunk)?, 1),
-            block_dim: (32, 8, 1),
-            shared_mem_bytes: 0,
-        };
-        // SAFETY: rb_layer_norm_bwd_params(const float* x, dy, stats, float* partials, int rows,
-        // int d, int chunk): the grid covers ⌈d/32⌉ column tiles × `chunks` row chunks, and
-        // partials holds chunks·2·d values; reads stay below rows·d.
-        unsafe { l.launch(cfg) }.map_err(|e| launch_error("rb_layer_norm_bwd_params", e))?;
-    }
+    let cfg = LaunchConfig {
+        grid_dim: (grid(d, 32)?, grid(rows, chunk)?, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: the grid covers ⌈d/32⌉ column tiles × `chunks` row chunks, and partials holds
+    // chunks·2·d values; reads stay below rows·d (x, dy) and 2·rows (stats).
+    unsafe {
+        launch::rb_layer_norm_bwd_params {
+            x: &x,
+            dy: &g,
+            stats: &stats,
+            partials: &mut partials,
+            rows: r,
+            d: di,
+            chunk: int(chunk, "chunk")?,
+        }
+        .launch(dev, cfg)
+    }?;
     {
         let mut dwb = out.slice_mut(rows * d..rows * d + 2 * d);
-        let f = dev.get_or_load_custom_func("rb_sum_partials", MODULE, PTX)?;
-        let (c, width) = (int(chunks, "chunks")?, int(2 * d, "width")?);
-        let mut l = f.builder();
-        l.arg(&partials).arg(&mut dwb).arg(&c).arg(&width);
-        // SAFETY: rb_sum_partials(const float* partials, float* out, int chunks, int width):
-        // partials is [chunks, 2d], out the last 2d values of `out`.
-        unsafe { l.launch(config(grid(2 * d, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
-            .map_err(|e| launch_error("rb_sum_partials", e))?;
+        // SAFETY: partials is [chunks, 2d], out the last 2d values of `out`.
+        unsafe {
+            launch::rb_sum_partials {
+                partials: &partials,
+                out: &mut dwb,
+                chunks: int(chunks, "chunks")?,
+                width: int(2 * d, "width")?,
+            }
+            .launch(
+                dev,
+                config(grid(2 * d, BLOCK_THREADS as usize)?, BLOCK_THREADS),
+            )
+        }?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
@@ -338,13 +350,16 @@ pub(crate) fn softmax(s: &CudaStorage, l: &Layout) -> Result<(CudaStorage, Shape
     let (rows, n) = rows_and_width(l);
     let x = f32_view(s, l, "softmax input")?;
     let mut y = output(dev, rows * n)?;
-    let f = dev.get_or_load_custom_func("rb_softmax_fwd", MODULE, PTX)?;
-    let (r, ni) = (int(rows, "rows")?, int(n, "width")?);
-    let mut b = f.builder();
-    b.arg(&x).arg(&mut y).arg(&r).arg(&ni);
-    // SAFETY: rb_softmax_fwd(const float* x, float* y, int rows, int n); both hold rows·n values.
-    unsafe { b.launch(config(grid(rows, 4)?, ROW_THREADS)) }
-        .map_err(|e| launch_error("rb_softmax_fwd", e))?;
+    // SAFETY: x and y hold rows·n values; a warp per row.
+    unsafe {
+        launch::rb_softmax_fwd {
+            x: &x,
+            y: &mut y,
+            rows: int(rows, "rows")?,
+            n: int(n, "width")?,
+        }
+        .launch(dev, config(grid(rows, 4)?, ROW_THREADS))
+    }?;
     Ok((
         CudaStorage::wrap_cuda_slice(y, dev.clone()),
         l.shape().clone(),
@@ -368,13 +383,17 @@ pub(crate) fn softmax_backward(
         )));
     }
     let mut dx = output(dev, rows * n)?;
-    let f = dev.get_or_load_custom_func("rb_softmax_bwd", MODULE, PTX)?;
-    let (r, ni) = (int(rows, "rows")?, int(n, "width")?);
-    let mut b = f.builder();
-    b.arg(&y).arg(&g).arg(&mut dx).arg(&r).arg(&ni);
-    // SAFETY: rb_softmax_bwd(const float* y, dy, float* dx, int rows, int n); all rows·n values.
-    unsafe { b.launch(config(grid(rows, 4)?, ROW_THREADS)) }
-        .map_err(|e| launch_error("rb_softmax_bwd", e))?;
+    // SAFETY: y, dy (checked) and dx hold rows·n values; a warp per row.
+    unsafe {
+        launch::rb_softmax_bwd {
+            y: &y,
+            dy: &g,
+            dx: &mut dx,
+            rows: int(rows, "rows")?,
+            n: int(n, "width")?,
+        }
+        .launch(dev, config(grid(rows, 4)?, ROW_THREADS))
+    }?;
     Ok((
         CudaStorage::wrap_cuda_slice(dx, dev.clone()),
         ly.shape().clone(),
@@ -398,14 +417,18 @@ pub(crate) fn softmax_cross_entropy(
         )));
     }
     let mut ce = output(dev, m)?;
-    let f = dev.get_or_load_custom_func("rb_softmax_ce_fwd", MODULE, PTX)?;
-    let (mi, ci) = (int(m, "rows")?, int(c, "classes")?);
-    let mut b = f.builder();
-    b.arg(&x).arg(&t).arg(&mut ce).arg(&mi).arg(&ci);
-    // SAFETY: rb_softmax_ce_fwd(const float* x, const u32* t, float* ce, int rows, int c): x is
-    // [m, c], t and ce [m]; one block per row; targets below c (checked by the caller).
-    unsafe { b.launch(config(grid(m, 1)?, BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_softmax_ce_fwd", e))?;
+    // SAFETY: x is [m, c], t and ce [m]; one block per row; a target at or above c gives NaN
+    // without a read.
+    unsafe {
+        launch::rb_softmax_ce_fwd {
+            x: &x,
+            t: &t,
+            ce: &mut ce,
+            rows: int(m, "rows")?,
+            c: int(c, "classes")?,
+        }
+        .launch(dev, config(grid(m, 1)?, BLOCK_THREADS))
+    }?;
     Ok((
         CudaStorage::wrap_cuda_slice(ce, dev.clone()),
         Shape::from(m),
@@ -431,14 +454,18 @@ pub(crate) fn softmax_cross_entropy_backward(
         )));
     }
     let mut dx = output(dev, m * c)?;
-    let f = dev.get_or_load_custom_func("rb_softmax_ce_bwd", MODULE, PTX)?;
-    let (mi, ci) = (int(m, "rows")?, int(c, "classes")?);
-    let mut b = f.builder();
-    b.arg(&x).arg(&t).arg(&g).arg(&mut dx).arg(&mi).arg(&ci);
-    // SAFETY: rb_softmax_ce_bwd(const float* x, const u32* t, const float* g, float* dx, int rows,
-    // int c): x and dx [m, c], t and g [m]; one block per row.
-    unsafe { b.launch(config(grid(m, 1)?, BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_softmax_ce_bwd", e))?;
+    // SAFETY: x and dx are [m, c], t and g [m] (checked); one block per row.
+    unsafe {
+        launch::rb_softmax_ce_bwd {
+            x: &x,
+            t: &t,
+            g: &g,
+            dx: &mut dx,
+            rows: int(m, "rows")?,
+            c: int(c, "classes")?,
+        }
+        .launch(dev, config(grid(m, 1)?, BLOCK_THREADS))
+    }?;
     Ok((
         CudaStorage::wrap_cuda_slice(dx, dev.clone()),
         Shape::from((m, c)),
@@ -644,20 +671,22 @@ pub fn adam_step(
         if blocks == 0 {
             continue;
         }
-        let f = dev.get_or_load_custom_func("rb_adam_step", MODULE, PTX)?;
-        let mut l = f.builder();
-        l.arg(&table).arg(&k).arg(&k_slot).arg(&guard);
-        // SAFETY: rb_adam_step(AdamTable, AdamCoefficients, const AdamCoefficients* k_slot, const
-        // float* guard): the
-        // table (by value) names, for each of its `count` parameters, the parameter and gradient
-        // of n values (checked above) and moments of at least n; block b updates elements of the
-        // parameter whose block range holds b, each below its n. The parameters are written
-        // through addresses taken under a read lock: their storage stays where it is (variables
-        // are updated in place), and all device work runs in order on this one stream. k_slot,
-        // where set, is the address of live coefficients (the capture's buffer), guard of a live
-        // f32 (its loss buffer).
-        unsafe { l.launch(config(grid(blocks, 1)?, BLOCK_THREADS)) }
-            .map_err(|e| launch_error("rb_adam_step", e))?;
+        // SAFETY: the table (by value) names, for each of its `count` parameters, the parameter
+        // and gradient of n values (checked above) and moments of at least n; block b updates
+        // elements of the parameter whose block range holds b, each below its n. The parameters
+        // are written through addresses taken under a read lock: their storage stays where it is
+        // (variables are updated in place), and all device work runs in order on this one
+        // stream. k_slot, where set, is the address of live coefficients (the capture's buffer),
+        // guard of a live f32 (its loss buffer).
+        unsafe {
+            launch::rb_adam_step {
+                table,
+                k,
+                k_slot: &launch::Address::new(k_slot),
+                guard: &launch::Address::new(guard),
+            }
+            .launch(dev, config(grid(blocks, 1)?, BLOCK_THREADS))
+        }?;
         drop(held);
     }
     Ok(())
@@ -686,20 +715,20 @@ pub(crate) fn catalog_rows(
     let mut out = output(dev, r * c + r)?;
     {
         let (mut dz, mut losses) = out.split_at_mut(r * c);
-        let f = dev.get_or_load_custom_func("rb_catalog_rows", MODULE, PTX)?;
-        let (ri, ci) = (int(r, "rows")?, int(c, "classes")?);
-        let mut b = f.builder();
-        b.arg(&z)
-            .arg(&t)
-            .arg(&w)
-            .arg(&mut dz)
-            .arg(&mut losses)
-            .arg(&ri)
-            .arg(&ci);
-        // SAFETY: rb_catalog_rows(const float* z, const u32* t, const float* w, float* dz,
-        // float* losses, int rows, int c): z and dz [r, c], t, w and losses [r]; a block per row.
-        unsafe { b.launch(config(grid(r, 1)?, BLOCK_THREADS)) }
-            .map_err(|e| launch_error("rb_catalog_rows", e))?;
+        // SAFETY: z and dz are [r, c], t, w and losses [r] (checked); a block per row; a target
+        // at or above c gives NaN without a read.
+        unsafe {
+            launch::rb_catalog_rows {
+                z: &z,
+                t: &t,
+                w: &w,
+                dz: &mut dz,
+                losses: &mut losses,
+                rows: int(r, "rows")?,
+                c: int(c, "classes")?,
+            }
+            .launch(dev, config(grid(r, 1)?, BLOCK_THREADS))
+        }?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
@@ -723,14 +752,16 @@ pub(crate) fn catalog_loss_total(
         )));
     }
     let mut out = output(dev, 2)?;
-    let f = dev.get_or_load_custom_func("rb_catalog_loss_total", MODULE, PTX)?;
-    let m = l.len() as u64;
-    let mut b = f.builder();
-    b.arg(&l).arg(&m).arg(&temperature).arg(&mut out);
-    // SAFETY: rb_catalog_loss_total(const float* l, u64 m, float temperature, float* out): l holds
-    // m values, out 2; one block of BLOCK_THREADS (256, the kernel's block sum).
-    unsafe { b.launch(config(1, BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_catalog_loss_total", e))?;
+    // SAFETY: l holds m values, out 2; one block of BLOCK_THREADS (256, the kernel's block sum).
+    unsafe {
+        launch::rb_catalog_loss_total {
+            l: &l,
+            m: l.len() as u64,
+            temperature,
+            out: &mut out,
+        }
+        .launch(dev, config(1, BLOCK_THREADS))
+    }?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         Shape::from(2),
@@ -754,7 +785,7 @@ struct MaskArgs {
     use_mask: i32,
     key_lo: u32,
     key_hi: u32,
-    key_slot: u64,
+    key_slot: launch::Address<u64>,
     threshold: u32,
     scale: f32,
 }
@@ -766,7 +797,7 @@ impl MaskArgs {
                 use_mask: 1,
                 key_lo: d.key as u32,
                 key_hi: (d.key >> 32) as u32,
-                key_slot: d.key_slot,
+                key_slot: launch::Address::new(d.key_slot),
                 threshold: d.threshold,
                 scale: d.scale,
             },
@@ -774,22 +805,11 @@ impl MaskArgs {
                 use_mask: 0,
                 key_lo: 0,
                 key_hi: 0,
-                key_slot: 0,
+                key_slot: launch::Address::NULL,
                 threshold: 0,
                 scale: 1.0,
             },
         }
-    }
-
-    /// Pushes `use_mask, key_lo, key_hi, key_slot, threshold, scale`, the order of the kernels'
-    /// mask parameters.
-    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
-        b.arg(&self.use_mask)
-            .arg(&self.key_lo)
-            .arg(&self.key_hi)
-            .arg(&self.key_slot)
-            .arg(&self.threshold)
-            .arg(&self.scale);
     }
 }
 
@@ -824,33 +844,31 @@ pub(crate) fn attention_weights(
     }
     let mut p = output(dev, rows * k)?;
     let mut y = output(dev, rows * k)?;
-    let f = dev.get_or_load_custom_func("rb_attention_probs_fwd", MODULE, PTX)?;
     let m = MaskArgs::new(drop);
-    let (r, n) = (int(rows, "rows")?, int(k, "keys")?);
-    let (h, q) = (int(shape.heads, "heads")?, int(shape.queries, "queries")?);
-    let (bb, bq) = (
-        int(shape.bias_b, "bias rows")?,
-        int(shape.bias_q, "bias queries")?,
-    );
-    let mut b = f.builder();
-    b.arg(&s)
-        .arg(&bias)
-        .arg(&mut p)
-        .arg(&mut y)
-        .arg(&r)
-        .arg(&n)
-        .arg(&h)
-        .arg(&q)
-        .arg(&bb)
-        .arg(&bq)
-        .arg(&shape.scale);
-    m.push(&mut b);
-    // SAFETY: rb_attention_probs_fwd(const float* s, const float* bias, float* p, float* y, int
-    // rows, int n, int heads, int queries, int bias_b, int bias_q, float scale, int use_mask, u32,
-    // u32, const u64* key_slot, u32, float): s, p and y hold rows·n values; the bias rows read
-    // are below bias_b·bias_q (checked above, unread when bias_b is 0); a warp per row.
-    unsafe { b.launch(config(grid(rows, 4)?, ROW_THREADS)) }
-        .map_err(|e| launch_error("rb_attention_probs_fwd", e))?;
+    // SAFETY: s, p and y hold rows·n values; the bias rows read are below bias_b·bias_q (checked
+    // above, unread when bias_b is 0); a warp per row.
+    unsafe {
+        launch::rb_attention_probs_fwd {
+            s: &s,
+            bias: &bias,
+            p: &mut p,
+            y: &mut y,
+            rows: int(rows, "rows")?,
+            n: int(k, "keys")?,
+            heads: int(shape.heads, "heads")?,
+            queries: int(shape.queries, "queries")?,
+            bias_b: int(shape.bias_b, "bias rows")?,
+            bias_q: int(shape.bias_q, "bias queries")?,
+            scale: shape.scale,
+            use_mask: m.use_mask,
+            key_lo: m.key_lo,
+            key_hi: m.key_hi,
+            key_slot: &m.key_slot,
+            threshold: m.threshold,
+            dscale: m.scale,
+        }
+        .launch(dev, config(grid(rows, 4)?, ROW_THREADS))
+    }?;
     Ok((CudaStorage::wrap_cuda_slice(p, dev.clone()), y))
 }
 
@@ -872,17 +890,25 @@ pub(crate) fn attention_weights_backward(
         )));
     }
     let mut ds = output(dev, rows * k)?;
-    let f = dev.get_or_load_custom_func("rb_attention_probs_bwd", MODULE, PTX)?;
     let m = MaskArgs::new(drop);
-    let (r, n) = (int(rows, "rows")?, int(k, "keys")?);
-    let mut b = f.builder();
-    b.arg(y).arg(&g).arg(&mut ds).arg(&r).arg(&n).arg(&scale);
-    m.push(&mut b);
-    // SAFETY: rb_attention_probs_bwd(const float* y, const float* dp, float* ds, int rows, int n,
-    // float scale, int use_mask, u32, u32, const u64* key_slot, u32, float): y (checked), dp and
-    // ds hold rows·n values.
-    unsafe { b.launch(config(grid(rows, 4)?, ROW_THREADS)) }
-        .map_err(|e| launch_error("rb_attention_probs_bwd", e))?;
+    // SAFETY: y (checked), dp and ds hold rows·n values; a warp per row.
+    unsafe {
+        launch::rb_attention_probs_bwd {
+            y,
+            dp: &g,
+            ds: &mut ds,
+            rows: int(rows, "rows")?,
+            n: int(k, "keys")?,
+            scale,
+            use_mask: m.use_mask,
+            key_lo: m.key_lo,
+            key_hi: m.key_hi,
+            key_slot: &m.key_slot,
+            threshold: m.threshold,
+            dscale: m.scale,
+        }
+        .launch(dev, config(grid(rows, 4)?, ROW_THREADS))
+    }?;
     Ok(CudaStorage::wrap_cuda_slice(ds, dev.clone()))
 }
 
@@ -898,18 +924,25 @@ pub(crate) fn act_dropout(
     let h = f32_view(sh, lh, "activation input")?;
     let mut out = output(dev, n)?;
     let m = MaskArgs::new(drop);
-    let n64 = n as u64;
     let cfg = config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS);
     match grad {
         None => {
-            let f = dev.get_or_load_custom_func("rb_act_dropout_fwd", MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&h).arg(&mut out).arg(&n64).arg(&act);
-            m.push(&mut b);
-            // SAFETY: rb_act_dropout_fwd(const float* h, float* out, u64 n, int act, int
-            // use_mask, u32, u32, const u64* key_slot, u32, float): h and out hold n values; a
-            // thread per element.
-            unsafe { b.launch(cfg) }.map_err(|e| launch_error("rb_act_dropout_fwd", e))?;
+            // SAFETY: h and out hold n values; a thread per element.
+            unsafe {
+                launch::rb_act_dropout_fwd {
+                    h: &h,
+                    out: &mut out,
+                    n: n as u64,
+                    act,
+                    use_mask: m.use_mask,
+                    key_lo: m.key_lo,
+                    key_hi: m.key_hi,
+                    key_slot: &m.key_slot,
+                    threshold: m.threshold,
+                    dscale: m.scale,
+                }
+                .launch(dev, cfg)
+            }?;
         }
         Some((sg, lg)) => {
             let g = f32_view(sg, lg, "activation gradient")?;
@@ -919,14 +952,23 @@ pub(crate) fn act_dropout(
                     g.len()
                 )));
             }
-            let f = dev.get_or_load_custom_func("rb_act_dropout_bwd", MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&h).arg(&g).arg(&mut out).arg(&n64).arg(&act);
-            m.push(&mut b);
-            // SAFETY: rb_act_dropout_bwd(const float* h, const float* g, float* dh, u64 n, int
-            // act, int use_mask, u32, u32, const u64* key_slot, u32, float): h, g (checked) and
-            // dh hold n values.
-            unsafe { b.launch(cfg) }.map_err(|e| launch_error("rb_act_dropout_bwd", e))?;
+            // SAFETY: h, g (checked) and dh hold n values; a thread per element.
+            unsafe {
+                launch::rb_act_dropout_bwd {
+                    h: &h,
+                    g: &g,
+                    dh: &mut out,
+                    n: n as u64,
+                    act,
+                    use_mask: m.use_mask,
+                    key_lo: m.key_lo,
+                    key_hi: m.key_hi,
+                    key_slot: &m.key_slot,
+                    threshold: m.threshold,
+                    dscale: m.scale,
+                }
+                .launch(dev, cfg)
+            }?;
         }
     }
     Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
@@ -949,14 +991,17 @@ pub(crate) fn bias_add(
     }
     let n = rows * cols;
     let mut out = output(dev, n)?;
-    let f = dev.get_or_load_custom_func("rb_bias_add", MODULE, PTX)?;
-    let (n64, c) = (n as u64, int(cols, "columns")?);
-    let mut l = f.builder();
-    l.arg(&x).arg(&b).arg(&mut out).arg(&n64).arg(&c);
-    // SAFETY: rb_bias_add(const float* x, const float* b, float* out, u64 n, int cols): x and out
-    // hold n values, b cols (checked, cols > 0); a thread per element.
-    unsafe { l.launch(config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_bias_add", e))?;
+    // SAFETY: x and out hold n values, b cols (checked, cols > 0); a thread per element.
+    unsafe {
+        launch::rb_bias_add {
+            x: &x,
+            b: &b,
+            out: &mut out,
+            n: n as u64,
+            cols: int(cols, "columns")?,
+        }
+        .launch(dev, config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS))
+    }?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         lx.shape().clone(),
@@ -980,14 +1025,18 @@ pub(crate) fn row_scale(
     }
     let n = rows * cols;
     let mut out = output(dev, n)?;
-    let f = dev.get_or_load_custom_func("rb_row_scale", MODULE, PTX)?;
-    let (n64, c) = (n as u64, int(cols, "columns")?);
-    let mut l = f.builder();
-    l.arg(&x).arg(&m).arg(&mut out).arg(&n64).arg(&c);
-    // SAFETY: rb_row_scale(const float* x, const float* m, float* out, u64 n, int cols): x and
-    // out hold n = rows·cols values, m rows (checked, cols > 0); a thread per element.
-    unsafe { l.launch(config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_row_scale", e))?;
+    // SAFETY: x and out hold n = rows·cols values, m rows (checked, cols > 0); a thread per
+    // element.
+    unsafe {
+        launch::rb_row_scale {
+            x: &x,
+            m: &m,
+            out: &mut out,
+            n: n as u64,
+            cols: int(cols, "columns")?,
+        }
+        .launch(dev, config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS))
+    }?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         lx.shape().clone(),
@@ -1016,21 +1065,20 @@ pub(crate) fn add_position_rows(
     }
     let n = lx.shape().elem_count();
     let mut out = output(dev, n)?;
-    let f = dev.get_or_load_custom_func("rb_add_position_rows", MODULE, PTX)?;
-    let (n64, l32, d32) = (n as u64, int(l, "positions")?, int(d, "width")?);
-    let mut b = f.builder();
-    b.arg(&x)
-        .arg(&t)
-        .arg(&rows)
-        .arg(&mut out)
-        .arg(&n64)
-        .arg(&l32)
-        .arg(&d32);
-    // SAFETY: rb_add_position_rows(const float* x, const float* t, const u32* rows, float* out,
-    // u64 n, int l, int d): x and out hold n = B·L·d values, rows l, t n_rows·d; every row is
-    // below n_rows (checked on the host when the rows were made, `PositionRows`).
-    unsafe { b.launch(config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_add_position_rows", e))?;
+    // SAFETY: x and out hold n = B·L·d values, rows l, t n_rows·d; every row is below n_rows
+    // (checked on the host when the rows were made, `PositionRows`); a thread per element.
+    unsafe {
+        launch::rb_add_position_rows {
+            x: &x,
+            t: &t,
+            rows: &rows,
+            out: &mut out,
+            n: n as u64,
+            l: int(l, "positions")?,
+            d: int(d, "width")?,
+        }
+        .launch(dev, config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS))
+    }?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
         lx.shape().clone(),
@@ -1056,21 +1104,23 @@ pub(crate) fn position_rows_grad(
     }
     let mut out = dev.alloc_zeros::<f32>((n_rows * d).max(1))?;
     if l * d > 0 {
-        let f = dev.get_or_load_custom_func("rb_position_rows_grad", MODULE, PTX)?;
-        let (b32, l32, d32) = (int(b, "sessions")?, int(l, "positions")?, int(d, "width")?);
         int(l * d, "positions times width")?;
-        let mut k = f.builder();
-        k.arg(&g)
-            .arg(&rows)
-            .arg(&mut out)
-            .arg(&b32)
-            .arg(&l32)
-            .arg(&d32);
-        // SAFETY: rb_position_rows_grad(const float* g, const u32* rows, float* dt, int b, int l,
-        // int d): g holds b·l·d values, rows l (distinct, each below n_rows: `PositionRows`), dt
+        // SAFETY: g holds b·l·d values, rows l (distinct, each below n_rows: `PositionRows`), dt
         // n_rows·d zeros; a thread per (position, column), l·d of them (fits an int, checked).
-        unsafe { k.launch(config(grid(l * d, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
-            .map_err(|e| launch_error("rb_position_rows_grad", e))?;
+        unsafe {
+            launch::rb_position_rows_grad {
+                g: &g,
+                rows: &rows,
+                dt: &mut out,
+                b: int(b, "sessions")?,
+                l: int(l, "positions")?,
+                d: int(d, "width")?,
+            }
+            .launch(
+                dev,
+                config(grid(l * d, BLOCK_THREADS as usize)?, BLOCK_THREADS),
+            )
+        }?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
@@ -1141,20 +1191,22 @@ pub(crate) fn attention_bias(
         },
         None => None,
     };
-    let f = dev.get_or_load_custom_func("rb_attention_bias", MODULE, PTX)?;
-    let (n64, li, mode) = (n as u64, int(l, "session length")?, kind as i32);
-    let null = 0u64;
-    let mut lb = f.builder();
-    match &view {
-        Some(v) => lb.arg(v),
-        None => lb.arg(&null),
+    let ids: &dyn launch::Input<u32> = match &view {
+        Some(v) => v,
+        None => &launch::Address::<u32>::NULL,
     };
-    lb.arg(&mut out).arg(&n64).arg(&li).arg(&mode);
-    // SAFETY: rb_attention_bias(const u32* ids, float* out, u64 n, int l, int mode): out holds n
-    // values; ids (read in modes 1 and 2 only, where it is set) holds b·l, checked above, and
-    // every index read is below b·l; a thread per element.
-    unsafe { lb.launch(config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_attention_bias", e))?;
+    // SAFETY: out holds n values; ids (read in modes 1 and 2 only, where it is set) holds b·l,
+    // checked above, and every index read is below b·l; a thread per element.
+    unsafe {
+        launch::rb_attention_bias {
+            ids,
+            out: &mut out,
+            n: n as u64,
+            l: int(l, "session length")?,
+            mode: kind as i32,
+        }
+        .launch(dev, config(grid(n, BLOCK_THREADS as usize)?, BLOCK_THREADS))
+    }?;
     let storage = candle_core::Storage::Cuda(CudaStorage::wrap_cuda_slice(out, dev.clone()));
     Ok(candle_core::Tensor::from_storage(
         storage,

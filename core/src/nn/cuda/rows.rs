@@ -10,13 +10,13 @@
 
 use candle_core::{
     cuda_backend::{
-        cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg},
+        cudarc::driver::{CudaSlice, CudaView, LaunchConfig},
         CudaDevice, CudaStorage,
     },
     Error, Layout, Result, Shape,
 };
 
-use super::{config, f32_view, launch_error, output, u32_view, BLOCK_THREADS, MODULE, PTX};
+use super::{config, f32_view, launch, output, u32_view, BLOCK_THREADS};
 
 /// Entries per sorted tile: `RB_SORT_TILE` in `rows.cu` (the tile kernel's block size).
 const SORT_TILE: usize = 1024;
@@ -52,32 +52,36 @@ fn sorted_keys(dev: &CudaDevice, ids: &CudaView<'_, u32>, n: usize) -> Result<Cu
     // SAFETY: uninitialised; rb_sort_tiles writes every key below n, and each merge pass writes
     // every key of its output (a permutation of its input) before the next reads it.
     let mut a = unsafe { dev.alloc::<u64>(n.max(1)) }?;
-    let f = dev.get_or_load_custom_func("rb_sort_tiles", MODULE, PTX)?;
-    let mut b = f.builder();
-    b.arg(ids).arg(&mut a).arg(&n32);
     let tiles = u32_arg(n.div_ceil(SORT_TILE).max(1), "tiles")?;
-    // SAFETY: rb_sort_tiles(const u32* ids, u64* keys, u32 n) with blocks of RB_SORT_TILE
-    // threads: block b reads and writes entries [1024·b, 1024·(b + 1)) below n; both buffers
-    // hold n values.
-    unsafe { b.launch(config(tiles, SORT_TILE as u32)) }
-        .map_err(|e| launch_error("rb_sort_tiles", e))?;
+    // SAFETY: blocks of RB_SORT_TILE threads: block b reads and writes entries
+    // [1024·b, 1024·(b + 1)) below n; both buffers hold n values.
+    unsafe {
+        launch::rb_sort_tiles {
+            ids,
+            keys: &mut a,
+            n: n32,
+        }
+        .launch(dev, config(tiles, SORT_TILE as u32))
+    }?;
     if n <= SORT_TILE {
         return Ok(a);
     }
     // SAFETY: as above; written in full by the first merge pass.
     let mut b_buf = unsafe { dev.alloc::<u64>(n) }?;
-    let merge = dev.get_or_load_custom_func("rb_merge_runs", MODULE, PTX)?;
     let blocks = u32_arg(n.div_ceil(BLOCK_THREADS as usize), "merge blocks")?;
     let mut run = SORT_TILE;
     while run < n {
-        let run32 = run as u32;
-        let mut b = merge.builder();
-        b.arg(&a).arg(&mut b_buf).arg(&n32).arg(&run32);
-        // SAFETY: rb_merge_runs(const u64* in, u64* out, u32 n, u32 run): thread g < n reads
-        // in[g] and a run of in below n, and writes one slot of out below n (the merged runs are
-        // a permutation of [0, n)); both buffers hold n keys.
-        unsafe { b.launch(config(blocks, BLOCK_THREADS)) }
-            .map_err(|e| launch_error("rb_merge_runs", e))?;
+        // SAFETY: thread g < n reads in[g] and a run of in below n, and writes one slot of out
+        // below n (the merged runs are a permutation of [0, n)); both buffers hold n keys.
+        unsafe {
+            launch::rb_merge_runs {
+                r#in: &a,
+                out: &mut b_buf,
+                n: n32,
+                run: run as u32,
+            }
+            .launch(dev, config(blocks, BLOCK_THREADS))
+        }?;
         std::mem::swap(&mut a, &mut b_buf);
         run *= 2;
     }
@@ -101,20 +105,19 @@ pub(crate) fn gather_rows(
     let m = ids.len();
     let n = m * d;
     let mut out = output(dev, n)?;
-    let (n64, d32, rows32) = (n as u64, u32_arg(d, "width")?, u32_arg(n_rows, "rows")?);
-    let f = dev.get_or_load_custom_func("rb_gather_rows", MODULE, PTX)?;
-    let mut b = f.builder();
-    b.arg(&table)
-        .arg(&ids)
-        .arg(&mut out)
-        .arg(&n64)
-        .arg(&d32)
-        .arg(&rows32);
-    // SAFETY: rb_gather_rows(const float* table, const u32* ids, float* out, u64 n, u32 d,
-    // u32 n_rows): out holds n = m·d values, ids m, table n_rows·d; rows are read only for ids
-    // below n_rows.
-    unsafe { b.launch(config(stride_blocks(n), BLOCK_THREADS)) }
-        .map_err(|e| launch_error("rb_gather_rows", e))?;
+    // SAFETY: out holds n = m·d values, ids m, table n_rows·d; rows are read only for ids below
+    // n_rows; a grid-stride loop over n.
+    unsafe {
+        launch::rb_gather_rows {
+            table: &table,
+            ids: &ids,
+            out: &mut out,
+            n: n as u64,
+            d: u32_arg(d, "width")?,
+            n_rows: u32_arg(n_rows, "rows")?,
+        }
+        .launch(dev, config(stride_blocks(n), BLOCK_THREADS))
+    }?;
     let mut dims = li.dims().to_vec();
     dims.push(d);
     Ok((
@@ -172,33 +175,50 @@ pub(crate) fn sum_rows_by_id(
             u32_arg(d, "width")?,
             u32_arg(n_rows, "rows")?,
         );
-        let null = 0u64;
-        // Short runs, a warp per slot (SUM_LANES slots a block); long runs, a block per
-        // SHORT_RUN slots.
-        for (kernel, slots_per_block) in [
-            ("rb_sum_short_runs", SUM_LANES as usize),
-            ("rb_sum_long_runs", SHORT_RUN),
-        ] {
-            let f = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
-            let mut b = f.builder();
-            b.arg(&keys).arg(&p32).arg(&src);
-            match &scale {
-                Some(v) => b.arg(v),
-                None => b.arg(&null),
-            };
-            b.arg(&per32).arg(&d32).arg(&mut out).arg(&rows32);
-            let cfg = LaunchConfig {
+        let scale: &dyn launch::Input<f32> = match &scale {
+            Some(v) => v,
+            None => &launch::Address::<f32>::NULL,
+        };
+        // Blocks of 32 × SUM_LANES threads over slots of p entries.
+        let cfg = |slots_per_block: usize| -> Result<LaunchConfig> {
+            Ok(LaunchConfig {
                 grid_dim: (u32_arg(p.div_ceil(slots_per_block), "sum blocks")?, 1, 1),
                 block_dim: (32, SUM_LANES, 1),
                 shared_mem_bytes: 0,
-            };
-            // SAFETY: rb_sum_short_runs and rb_sum_long_runs take (const u64* keys, u32 n,
-            // const float* src, const float* scale (null: none), u32 per_row, u32 d, float* out,
-            // u32 n_rows), with blocks of 32 × 8 threads: keys holds p sorted keys of entries
-            // below p; src holds p / per_row rows of d; scale, where given, p values; out n_rows
-            // rows of d, written only for ids below n_rows; slots at or above p are not read.
-            unsafe { b.launch(cfg) }.map_err(|e| launch_error(kernel, e))?;
-        }
+            })
+        };
+        // Short runs, a warp per slot (SUM_LANES slots a block).
+        // SAFETY: keys holds p sorted keys of entries below p; src holds p / per_row rows of d;
+        // scale, where given, p values (null: none); out n_rows rows of d, written only for ids
+        // below n_rows; slots at or above p are not read.
+        unsafe {
+            launch::rb_sum_short_runs {
+                keys: &keys,
+                n: p32,
+                src: &src,
+                scale,
+                per_row: per32,
+                d: d32,
+                out: &mut out,
+                n_rows: rows32,
+            }
+            .launch(dev, cfg(SUM_LANES as usize)?)
+        }?;
+        // Long runs, a block per SHORT_RUN slots.
+        // SAFETY: as for the short runs, the same arguments.
+        unsafe {
+            launch::rb_sum_long_runs {
+                keys: &keys,
+                n: p32,
+                src: &src,
+                scale,
+                per_row: per32,
+                d: d32,
+                out: &mut out,
+                n_rows: rows32,
+            }
+            .launch(dev, cfg(SHORT_RUN)?)
+        }?;
     }
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev.clone()),
@@ -216,7 +236,7 @@ pub(crate) fn gather_dot(
     let (m, d) = lh.shape().dims2()?;
     let (_, k) = li.shape().dims2()?;
     let h = f32_view(sh, lh, "gather-dot rows")?;
-    let out = candidate_kernel("rb_gather_dot", &h, (st, lt), (si, li), (m, k, d), m * k)?;
+    let out = candidate_kernel(Candidates::Scores, &h, (st, lt), (si, li), (m, k, d))?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, sh.device.clone()),
         Shape::from((m, k)),
@@ -232,40 +252,38 @@ pub(crate) fn gather_dot_grad_rows(
     let (m, k) = lg.shape().dims2()?;
     let (_, d) = lt.shape().dims2()?;
     let g = f32_view(sg, lg, "gather-dot gradient")?;
-    let out = candidate_kernel(
-        "rb_gather_dot_grad_rows",
-        &g,
-        (st, lt),
-        (si, li),
-        (m, k, d),
-        m * d,
-    )?;
+    let out = candidate_kernel(Candidates::RowGradient, &g, (st, lt), (si, li), (m, k, d))?;
     Ok((
         CudaStorage::wrap_cuda_slice(out, sg.device.clone()),
         Shape::from((m, d)),
     ))
 }
 
-/// Launches `kernel`, `rb_gather_dot` (`first` = h `[M, d]`, `n` = M·K outputs) or
-/// `rb_gather_dot_grad_rows` (`first` = g `[M, K]`, `n` = M·d outputs): both take
-/// `(const float* first, const float* table, const u32* ids, float* out, u64 n, u32 k, u32 d,
-/// u32 n_rows)`, with `ids` `[M, K]` and `table` `[N, d]`.
+/// Which of the candidate kernels [`candidate_kernel`] launches.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Candidates {
+    /// `rb_gather_dot`: the scores `[M, K]` from the rows h `[M, d]`.
+    Scores,
+    /// `rb_gather_dot_grad_rows`: the rows' gradient `[M, d]` from the scores' g `[M, K]`.
+    RowGradient,
+}
+
+/// Launches `rb_gather_dot` (`first` = h `[M, d]`, M·K outputs) or `rb_gather_dot_grad_rows`
+/// (`first` = g `[M, K]`, M·d outputs), with `ids` `[M, K]` and `table` `[N, d]`.
 fn candidate_kernel(
-    kernel: &str,
+    which: Candidates,
     first: &CudaView<'_, f32>,
     (st, lt): (&CudaStorage, &Layout),
     (si, li): (&CudaStorage, &Layout),
     (m, k, d): (usize, usize, usize),
-    n: usize,
 ) -> Result<CudaSlice<f32>> {
     let dev = &st.device;
     let (n_rows, width) = lt.shape().dims2()?;
     let table = f32_view(st, lt, "gather-dot table")?;
     let ids = u32_view(si, li, "gather-dot ids")?;
-    let first_len = if kernel == "rb_gather_dot" {
-        m * d
-    } else {
-        m * k
+    let (kernel, first_len, n) = match which {
+        Candidates::Scores => ("rb_gather_dot", m * d, m * k),
+        Candidates::RowGradient => ("rb_gather_dot_grad_rows", m * k, m * d),
     };
     if width != d || ids.len() != m * k || first.len() != first_len {
         return Err(Error::Msg(format!(
@@ -281,21 +299,35 @@ fn candidate_kernel(
         u32_arg(d, "width")?,
         u32_arg(n_rows, "rows")?,
     );
-    let f = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
-    let mut b = f.builder();
-    b.arg(first)
-        .arg(&table)
-        .arg(&ids)
-        .arg(&mut out)
-        .arg(&n64)
-        .arg(&k32)
-        .arg(&d32)
-        .arg(&rows32);
-    // SAFETY: both kernels take (const float*, const float*, const u32*, float*, u64, u32, u32,
-    // u32) as pushed; checked above: ids hold m·k values, the table n_rows rows of d, `first` what
-    // the kernel reads (h m·d, or g m·k); out holds the n values the kernel writes (m·k scores,
-    // or m·d row gradients); table rows are read only for ids below n_rows.
-    unsafe { b.launch(config(stride_blocks(n), BLOCK_THREADS)) }
-        .map_err(|e| launch_error(kernel, e))?;
+    let cfg = config(stride_blocks(n), BLOCK_THREADS);
+    // SAFETY: checked above: ids hold m·k values, the table n_rows rows of d, `first` what the
+    // kernel reads (h m·d, or g m·k); out holds the n values the kernel writes (m·k scores, or
+    // m·d row gradients); table rows are read only for ids below n_rows; a grid-stride loop.
+    unsafe {
+        match which {
+            Candidates::Scores => launch::rb_gather_dot {
+                h: first,
+                table: &table,
+                ids: &ids,
+                out: &mut out,
+                n: n64,
+                k: k32,
+                d: d32,
+                n_rows: rows32,
+            }
+            .launch(dev, cfg),
+            Candidates::RowGradient => launch::rb_gather_dot_grad_rows {
+                g: first,
+                table: &table,
+                ids: &ids,
+                out: &mut out,
+                n: n64,
+                k: k32,
+                d: d32,
+                n_rows: rows32,
+            }
+            .launch(dev, cfg),
+        }
+    }?;
     Ok(out)
 }
