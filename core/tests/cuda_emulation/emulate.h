@@ -41,6 +41,7 @@ inline thread_local unsigned int lane = 0;
 #define blockDim rb_emu::block_dim
 #define gridDim rb_emu::grid_dim
 #define __global__
+#define __launch_bounds__(...)
 #define __device__
 #define __forceinline__ inline
 #define __shared__ static

@@ -27,9 +27,11 @@ __device__ __forceinline__ unsigned long long rb_row_key(unsigned int id, unsign
 
 // Sorts the keys of entries [RB_SORT_TILE·b, RB_SORT_TILE·(b + 1)) of `ids` into the same range
 // of `keys` (bitonic sort in shared memory; the tile past the last entry is padded with the
-// largest key, which sorts after every entry's, since n < 2^32 - 1). Block size RB_SORT_TILE.
-extern "C" __global__ void rb_sort_tiles(const unsigned int *ids, unsigned long long *keys,
-                                         unsigned int n) {
+// largest key, which sorts after every entry's, since n < 2^32 - 1). Block size RB_SORT_TILE,
+// which the launch bounds let the compiler count on (at most 64 registers a thread, so a block of
+// 1,024 threads always finds room on an SM).
+extern "C" __global__ void __launch_bounds__(RB_SORT_TILE)
+    rb_sort_tiles(const unsigned int *ids, unsigned long long *keys, unsigned int n) {
   __shared__ unsigned long long s[RB_SORT_TILE];
   unsigned int t = threadIdx.x;
   unsigned long long p = (unsigned long long)blockIdx.x * RB_SORT_TILE + t;
