@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 
 use recblocks::{
     data::{generate_synthetic, SyntheticConfig},
+    device::DeviceSpec,
     train::{BatchProgress, EpochInfo, EpochObserver},
     FitOptions, Model, TrainData,
 };
@@ -50,7 +51,7 @@ fn fit(spec_json: &str, cuda_graph: bool) -> (Vec<f64>, Vec<String>, Model) {
         max_len: 20,
         ..SyntheticConfig::default()
     };
-    fit_on(&data, 3, spec_json, cuda_graph)
+    fit_on(&data, 3, spec_json, cuda_graph, DeviceSpec::Cpu)
 }
 
 fn fit_on(
@@ -58,11 +59,13 @@ fn fit_on(
     epochs: usize,
     spec_json: &str,
     cuda_graph: bool,
+    device: DeviceSpec,
 ) -> (Vec<f64>, Vec<String>, Model) {
     let data = generate_synthetic(data).unwrap();
     let losses = Arc::new(Losses::default());
     let opts = FitOptions {
         epochs: Some(epochs),
+        device,
         observer: Some(losses.clone() as Arc<dyn EpochObserver>),
         cuda_graph,
         ..FitOptions::default()
@@ -100,7 +103,12 @@ fn captured_steps_train_as_ordinary_steps_do() {
         let (captured, messages, captured_model) = fit(json, true);
         assert!(messages.is_empty(), "{name}: {messages:?}");
         assert_eq!(plain.len(), 3 * 21, "{name}: 21 batches an epoch");
-        same_course(name, (&plain, &plain_model), (&captured, &captured_model));
+        same_course(
+            name,
+            (&plain, &plain_model),
+            (&captured, &captured_model),
+            1e-5,
+        );
         // Each epoch: 20 full batches and a short one. The first two full batches warm up, and
         // the short batches of the first two epochs; the third epoch's short batch replays.
         assert_eq!(plain_model.training.captured_steps, 0, "{name}");
@@ -112,16 +120,16 @@ fn captured_steps_train_as_ordinary_steps_do() {
     }
 }
 
-/// Checks that two runs trained alike: every batch's running mean loss agrees to 1e-5
+/// Checks that two runs trained alike: every batch's running mean loss agrees to `tolerance`
 /// (relative), and Adam took as many steps.
-fn same_course(name: &str, plain: (&[f64], &Model), captured: (&[f64], &Model)) {
+fn same_course(name: &str, plain: (&[f64], &Model), captured: (&[f64], &Model), tolerance: f64) {
     assert_eq!(plain.0.len(), captured.0.len(), "{name}: batches");
     let mut worst = 0f64;
     for (i, (a, b)) in plain.0.iter().zip(captured.0).enumerate() {
         let diff = (a - b).abs() / a.abs().max(1e-12);
         worst = worst.max(diff);
         assert!(
-            diff <= 1e-5,
+            diff <= tolerance,
             "{name}: running mean loss after batch {} differs: {a} vs {b}",
             i + 1
         );
@@ -135,6 +143,14 @@ fn same_course(name: &str, plain: (&[f64], &Model), captured: (&[f64], &Model)) 
 
 #[test]
 fn a_batch_with_more_targets_than_the_buffers_hold_takes_an_ordinary_step() {
+    over_capacity_batches_take_ordinary_steps(DeviceSpec::Cpu, 1e-5);
+}
+
+/// Trains, on `device`, runs where some batches have more positions with a target than the
+/// captured step's buffers hold, captured and not, and checks that they train alike (each
+/// batch's running mean loss to `tolerance`) and that some batches replayed and some did not.
+/// Also run on a GPU (`cuda_training`), where those ordinary steps come between replays.
+pub(crate) fn over_capacity_batches_take_ordinary_steps(device: DeviceSpec, tolerance: f64) {
     // Histories of 2 to 60 items in sessions of 60 positions: a batch of 4 has 4 to 236
     // positions with a target, so the buffers sized from the first batch (a quarter more room)
     // are too small for some later ones, which take ordinary steps; the others replay. SASRec
@@ -158,10 +174,15 @@ fn a_batch_with_more_targets_than_the_buffers_hold_takes_an_ordinary_step() {
         ),
     ];
     for (name, json) in &cases {
-        let (plain, _, plain_model) = fit_on(&data, 2, json, false);
-        let (captured, messages, captured_model) = fit_on(&data, 2, json, true);
+        let (plain, _, plain_model) = fit_on(&data, 2, json, false, device);
+        let (captured, messages, captured_model) = fit_on(&data, 2, json, true, device);
         assert!(messages.is_empty(), "{name}: {messages:?}");
-        same_course(name, (&plain, &plain_model), (&captured, &captured_model));
+        same_course(
+            name,
+            (&plain, &plain_model),
+            (&captured, &captured_model),
+            tolerance,
+        );
         // 30 full batches an epoch, the first two warm up: at most 58 replays.
         let replays = captured_model.training.captured_steps;
         eprintln!("{name}: {replays} of 58 batches replayed");

@@ -7,10 +7,13 @@
 //!
 //! The same holds with the step captured as a CUDA graph and replayed (`--cuda-graph`: 2 warm-up
 //! steps, then the capture and 18 replays), and the run must not have fallen back to uncaptured
-//! steps.
+//! steps. And batches with more positions with a target than the captured step's buffers hold
+//! take ordinary steps between the replays, training as an uncaptured run does.
 //!
 //! Without a CUDA device the tests print that they were skipped, unless `RECBLOCKS_CUDA_TESTS=1`
 //! (set on the GPU machine by `bench/gpu/run.sh`), where they fail.
+
+use recblocks::device::DeviceSpec;
 
 use super::fused_paths::{data, fit_on, fit_with_args, COMMON};
 
@@ -24,13 +27,33 @@ fn captured_cuda_and_cpu_training_agree() {
     agree(true);
 }
 
+/// Batches with more positions with a target than a captured step's buffers hold take ordinary
+/// steps between the replays of their shape (`captured_steps`' CPU test, on the GPU): captured
+/// and uncaptured GPU runs train alike, and some batches replay while others do not.
+#[test]
+fn cuda_batches_over_the_target_capacity_take_ordinary_steps_between_replays() {
+    if skipped("captured steps over the target capacity") {
+        return;
+    }
+    super::captured_steps::over_capacity_batches_take_ordinary_steps(DeviceSpec::Cuda(0), 1e-4);
+}
+
+/// Whether there is no CUDA device (the test then prints that it is skipped); with
+/// `RECBLOCKS_CUDA_TESTS=1` a missing device fails the test instead.
+fn skipped(what: &str) -> bool {
+    if candle_core::Device::new_cuda(0).is_ok() {
+        return false;
+    }
+    assert!(
+        std::env::var("RECBLOCKS_CUDA_TESTS").as_deref() != Ok("1"),
+        "RECBLOCKS_CUDA_TESTS=1 but no CUDA device opens"
+    );
+    eprintln!("{what}: skipped, no CUDA device");
+    true
+}
+
 fn agree(cuda_graph: bool) {
-    if candle_core::Device::new_cuda(0).is_err() {
-        assert!(
-            std::env::var("RECBLOCKS_CUDA_TESTS").as_deref() != Ok("1"),
-            "RECBLOCKS_CUDA_TESTS=1 but no CUDA device opens"
-        );
-        eprintln!("cuda training (graph {cuda_graph}): skipped, no CUDA device");
+    if skipped(&format!("cuda training (graph {cuda_graph})")) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
