@@ -80,7 +80,7 @@ fn compile_kernels() {
 fn generate_launchers() {
     println!("cargo:rerun-if-changed=build/launchers.rs");
     let mut kernels = Vec::new();
-    for src in ["src/nn/cuda/kernels.cu", "src/nn/cuda/rows.cu"] {
+    for src in launchers::KERNEL_SOURCES {
         let parsed = std::fs::read_to_string(src)
             .map_err(|e| format!("{src}: {e}"))
             .and_then(|text| launchers::parse_kernels(&text, src));

@@ -12,6 +12,10 @@
 //! Used by core's build script (for the `cuda` feature), and by `tests/kernel_launchers.rs`,
 //! which runs it on the real kernels in every build, with or without CUDA.
 
+/// The CUDA sources whose kernels get launchers (paths relative to core's manifest): every file
+/// with `extern "C" __global__` kernels.
+pub const KERNEL_SOURCES: [&str; 2] = ["src/nn/cuda/kernels.cu", "src/nn/cuda/rows.cu"];
+
 /// One kernel parameter's Rust side.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ParamKind {

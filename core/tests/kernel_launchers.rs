@@ -9,36 +9,31 @@
 #[allow(dead_code)]
 mod launchers;
 
-use launchers::{parse_kernels, rust_launchers, ParamKind};
+use launchers::{parse_kernels, rust_launchers, ParamKind, KERNEL_SOURCES};
 
-fn real_kernels() -> Vec<launchers::Kernel> {
+/// The kernels of the build script's sources, and how many lines there begin
+/// `extern "C" __global__` (a kernel the parser skipped would be missing from the first).
+fn real_kernels() -> (Vec<launchers::Kernel>, usize) {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut kernels = Vec::new();
-    for file in ["src/nn/cuda/kernels.cu", "src/nn/cuda/rows.cu"] {
+    let (mut kernels, mut declared) = (Vec::new(), 0);
+    for file in KERNEL_SOURCES {
         let text = std::fs::read_to_string(root.join(file)).unwrap_or_default();
         assert!(!text.is_empty(), "{file} could not be read");
+        declared += text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("extern \"C\" __global__"))
+            .count();
         match parse_kernels(&text, file) {
             Ok(k) => kernels.extend(k),
             Err(e) => panic!("{e}"),
         }
     }
-    kernels
+    (kernels, declared)
 }
 
 #[test]
 fn every_kernel_gets_a_launcher_with_every_parameter() {
-    let kernels = real_kernels();
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    // As many as the sources declare (a `__global__` the parser skipped would be missing).
-    let declared: usize = ["src/nn/cuda/kernels.cu", "src/nn/cuda/rows.cu"]
-        .iter()
-        .map(|f| {
-            let text = std::fs::read_to_string(root.join(f)).unwrap_or_default();
-            text.lines()
-                .filter(|l| l.trim_start().starts_with("extern \"C\" __global__"))
-                .count()
-        })
-        .sum();
+    let (kernels, declared) = real_kernels();
     assert_eq!(kernels.len(), declared);
     assert!(kernels.len() >= 29, "{} kernels", kernels.len());
     let code = rust_launchers(&kernels);
