@@ -14,7 +14,10 @@
 #               Default 42 (--quick: the first seed only).
 #   --threads   RecTools: torch.set_num_threads; recblocks: `--threads` when the binary has it,
 #               else RAYON_NUM_THREADS (candle's CPU thread count). Default: nproc.
-#   --systems   which systems to run (default both; rectools only when an interpreter is there).
+#   --systems   which systems to run: recblocks, recblocks-graph (recblocks with `--cuda-graph`: its
+#               step captured once as a CUDA graph and replayed; needs --device cuda), rectools.
+#               Default recblocks,rectools (rectools only when an interpreter is there). Every
+#               recblocks row gets its ratio against the RecTools run of the same invocation.
 #   --quick     1 epoch, first seed only (a smoke run).
 #   --device    cpu (default) or cuda: recblocks `--device cuda` (a binary built with
 #               `--features cuda`), RecTools' Lightning accelerator and recommend device.
@@ -24,7 +27,7 @@
 #   bench/.venv is created from that file (large download: torch) and used.
 #   RECBLOCKS_DATA = where datasets are cached (default $HOME/.cache/recblocks-data).
 #   RECBLOCKS_BIN = a prebuilt recblocks binary (default: cargo build --release, then target/release).
-#   RECBLOCKS_ARGS = more arguments for `recblocks evaluate` (e.g. --cuda-graph), split on spaces.
+#   RECBLOCKS_ARGS = more arguments for every `recblocks evaluate` run, split on spaces.
 # Needs python3; peak RSS comes from GNU time (/usr/bin/time), or bench/timev.py where it is
 # missing. Every run also scores the popularity baseline on its split; the summary checks that
 # both systems saw the same split (train/test counts and identical baseline metrics, which depend
@@ -46,11 +49,20 @@ while [ $# -gt 0 ]; do
     --quick) quick=1; shift ;;
     --device) device=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
 if [ "$quick" = 1 ]; then epochs=${epochs:-1}; seeds=${seeds%%,*}; fi
+IFS=, read -r -a system_list <<< "$systems"
+for s in "${system_list[@]}"; do
+  case $s in
+    recblocks|rectools) ;;
+    recblocks-graph)
+      [ "$device" = cuda ] || { echo "--systems recblocks-graph records CUDA graphs: it needs --device cuda" >&2; exit 2; } ;;
+    *) echo "unknown system $s (recblocks, recblocks-graph, rectools)" >&2; exit 2 ;;
+  esac
+done
 epochs=${epochs:-10}
 IFS=, read -r -a dataset_list <<< "$datasets"
 IFS=, read -r -a model_list <<< "$models"
@@ -117,13 +129,15 @@ for ds in "${dataset_list[@]}"; do
     [ -f "$spec" ] || { echo "no spec $spec" >&2; exit 1; }
     for seed in "${seed_list[@]}"; do
       base=$out/${ds}_${model}
-      if want recblocks; then
-        echo "== $ds $model recblocks seed $seed ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2
+      for rb in recblocks recblocks-graph; do
+        want "$rb" || continue
+        graph=(); [ "$rb" = recblocks ] || graph=(--cuda-graph)
+        echo "== $ds $model $rb seed $seed ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2
         env "${rb_env[@]}" "${timer[@]}" "$bin" evaluate "$spec" --data "$csv" --epochs "$epochs" \
           --seed "$seed" --json --quiet --baseline popular --metrics recall,ndcg,mrr,hitrate \
-          --device "$device" "${rb_threads[@]}" "${rb_extra[@]}" \
-          > "${base}_recblocks_s$seed.json" 2> "${base}_recblocks_s$seed.time"
-      fi
+          --device "$device" "${rb_threads[@]}" "${graph[@]}" "${rb_extra[@]}" \
+          > "${base}_${rb}_s$seed.json" 2> "${base}_${rb}_s$seed.time"
+      done
       if [ -n "$py" ]; then
         echo "== $ds $model rectools seed $seed ($(date -u +%T), load $(cut -d' ' -f1 /proc/loadavg))" >&2
         "${timer[@]}" "$py" bench/rectools/run_rectools.py "$spec" --data "$csv" --epochs "$epochs" \

@@ -9,9 +9,11 @@ Columns: s/epoch = median of the epochs after the first (the only epoch when the
 sequences/s = training sequences per epoch / s/epoch, a training sequence being a user with at
 least 2 train interactions (RecTools' `train_min_user_interactions`), i.e. at least 3 rows in the
 log; peak RSS from `/usr/bin/time -v` (MiB); recommend s = top-10 for every test user; metrics
-@10. With several seeds, the row shows medians and a line per seed follows. The ratio row is
-recblocks / RecTools. The split check compares train/test counts and the popularity baseline's
-metrics (which depend on every train and test row) between the two systems.
+@10. With several seeds, the row shows medians and a line per seed follows. Systems: recblocks,
+recblocks-graph (recblocks with `--cuda-graph`, the row "recblocks --cuda-graph") and rectools;
+each recblocks row present gets a ratio row, that row / RecTools. The split check compares
+train/test counts and the popularity baseline's metrics (which depend on every train and test
+row) between recblocks (the uncaptured run, else the captured one) and RecTools.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ import json
 import os
 import statistics
 from collections import Counter
+
+
+# The systems bench/compare.sh runs, RecTools last, and their rows' labels.
+SYSTEMS = ("recblocks", "recblocks-graph", "rectools")
+LABELS = {"recblocks": "recblocks", "recblocks-graph": "recblocks --cuda-graph", "rectools": "rectools"}
 
 
 def s_per_epoch(epochs: list[float]) -> float | None:
@@ -110,6 +117,17 @@ def split_check(a: dict, b: dict) -> str:
     )
 
 
+def replays(report: dict) -> str:
+    """How many of a `--cuda-graph` run's steps replayed its capture (none: it trained uncaptured,
+    and its row is not a captured step's time)."""
+    n = report.get("captured_steps")
+    if n is None:
+        return "recblocks --cuda-graph: the report has no count of replayed steps"
+    if n == 0:
+        return "recblocks --cuda-graph: **no step replayed** (the capture failed; the run trained uncaptured)"
+    return f"recblocks --cuda-graph: {n:,} steps replayed"
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -130,12 +148,12 @@ def main() -> None:
             print("|---|---|---|---|---|---|---|---|---|")
             aggs = {}
             firsts = {}
-            for system in ("recblocks", "rectools"):
+            for system in SYSTEMS:
                 runs = [r for s in seeds if (r := load(a.out, ds, model, system, s)) is not None]
                 if not runs:
                     continue
                 firsts[system] = runs[0]
-                line, aggs[system] = row(system, runs, n_seq)
+                line, aggs[system] = row(LABELS[system], runs, n_seq)
                 print(line)
                 if len(runs) > 1:
                     for s, r in zip(seeds, runs):
@@ -144,17 +162,25 @@ def main() -> None:
                             f"{fmt(r.get('recommend_seconds'))} | {r['metrics'].get('recall@10', 0):.4f} | "
                             f"{r['metrics'].get('ndcg@10', 0):.4f} |"
                         )
-            if len(aggs) == 2:
-                rb, rt = aggs["recblocks"], aggs["rectools"]
+            rt = aggs.get("rectools")
+            if rt is not None:
+                for system in SYSTEMS[:-1]:
+                    rb = aggs.get(system)
+                    if rb is None:
+                        continue
 
-                def ratio(k: str, digits: int = 2) -> str:
-                    return fmt(rb[k] / rt[k], digits) + "×" if rb[k] and rt[k] else "—"
+                    def ratio(k: str, digits: int = 2) -> str:
+                        return fmt(rb[k] / rt[k], digits) + "×" if rb[k] and rt[k] else "—"
 
-                print(
-                    f"| recblocks / RecTools | | | {ratio('s_epoch')} | {ratio('seq_s')} | {ratio('rss')} | "
-                    f"{ratio('reco')} | {ratio('recall', 3)} | {ratio('ndcg', 3)} |"
-                )
-                print(f"\n{split_check(firsts['recblocks'], firsts['rectools'])}")
+                    print(
+                        f"| {LABELS[system]} / RecTools | | | {ratio('s_epoch')} | {ratio('seq_s')} | "
+                        f"{ratio('rss')} | {ratio('reco')} | {ratio('recall', 3)} | {ratio('ndcg', 3)} |"
+                    )
+                ours = next((firsts[s] for s in SYSTEMS[:-1] if s in firsts), None)
+                if ours is not None:
+                    print(f"\n{split_check(ours, firsts['rectools'])}")
+            if "recblocks-graph" in firsts:
+                print(f"\n{replays(firsts['recblocks-graph'])}")
             print()
 
 

@@ -20,13 +20,12 @@
 #              (also warms the driver's JIT cache for candle's kernels); if it fails, again with
 #              the fallbacks in SMOKE_FALLBACKS, one set after another: the first set that passes
 #              is kept for the later stages ($state/fallback.env) and named in the summary
-#   5 compare  bench/compare.sh on ML-100k, SASRec + BERT4Rec, EPOCHS epochs, seed 42, both
-#              systems, with `nvidia-smi dmon` sampling -> $OUT/dmon.txt; then synth20k SASRec
-#              --quick if time is left
-#   5 graph    recblocks alone with `--cuda-graph` (the step captured once and replayed): ML-100k
-#              SASRec + BERT4Rec, EPOCHS epochs, then synth20k SASRec --quick if time is left;
-#              the summary's step table (bench/gpu/step_times.py) sets its ms/step against the
-#              uncaptured runs and the PyTorch CUDA-graph step of stage 6
+#   5 compare  bench/compare.sh on ML-100k, SASRec + BERT4Rec, EPOCHS epochs, seed 42, in one
+#              invocation: recblocks, recblocks with `--cuda-graph` (on a GPU: the step captured
+#              once and replayed; system recblocks-graph) and RecTools, with `nvidia-smi dmon`
+#              sampling -> $OUT/dmon.txt; the summary's step table (bench/gpu/step_times.py)
+#              sets the two recblocks runs' ms/step against the PyTorch CUDA-graph step of stage 6
+#   5 synth    the same on synth20k SASRec, --quick, if time is left
 #   5 seeds    recblocks alone on ML-100k SASRec, seeds SEEDS [1,2,3,4,5], EPOCHS epochs, on the GPU
 #              and on the CPU at once; the summary sets the metrics side by side with their seed
 #              spread (bench/gpu/seed_spread.py); skipped if short of time. It runs before the
@@ -58,7 +57,7 @@
 #   PACK [gpu-pack];  SITE [/tmp/site];  RB [/tmp/rb];  WORK [/tmp/rb-work] (state, data, raw)
 #   RB_LIBS  use this LD_LIBRARY_PATH for recblocks instead of searching (a dry run elsewhere)
 #   BUDGET_<stage>  a stage's time cap in seconds (e.g. BUDGET_tests=120; stage names above,
-#              plus `synth` and `graph` for the synth20k and captured parts of stage 5)
+#              plus `synth` for the synth20k part of stage 5)
 #   TEST_ARGS ["--test-threads 1 cuda"]  libtest arguments of stage 3
 #   PT_SHAPES ["1683:64:50:128;10001:64:50:128"], PT_MODES [eager,compile,graph], PT_STEPS,
 #              PT_REPEATS  for bench/pytorch_step.py
@@ -140,12 +139,14 @@ PY
 }
 
 # A system is compared when its checks passed: RecTools after stage 1, recblocks after stage 2
-# unless the smoke run (stage 4) failed.
+# unless the smoke run (stage 4) failed; on a GPU recblocks runs twice, the second time with
+# `--cuda-graph` (bench/compare.sh's system recblocks-graph).
 rectools_ok() { [ -e "$state/rectools.ok" ]; }
 recblocks_ok() { [ -e "$state/binary.ok" ] && [ -x "$wrap" ] && [ ! -e "$state/smoke.failed" ]; }
 systems() {
   local s=()
   recblocks_ok && s+=(recblocks)
+  recblocks_ok && [ "$DEVICE" != cpu ] && s+=(recblocks-graph)
   rectools_ok && s+=(rectools)
   local IFS=,
   echo "${s[*]}"
@@ -387,20 +388,6 @@ stage_synth() {
   compare synth20k sasrec synth20k --quick
 }
 
-stage_graph() {
-  [ "$DEVICE" != cpu ] || { note "--cuda-graph needs a CUDA device: skipped"; return 0; }
-  recblocks_ok || { note "no binary (stage 2)"; return 1; }
-  local end=$((SECONDS + ${RB_STAGE_BUDGET:-90} - 3)) rc
-  RB_ARGS=--cuda-graph compare ml100k sasrec,bert4rec ml100k-graph --epochs "$EPOCHS" --systems recblocks
-  rc=$?
-  if [ $((end - SECONDS)) -gt 35 ]; then
-    RB_ARGS=--cuda-graph compare synth20k sasrec synth20k-graph --quick --systems recblocks || rc=1
-  else
-    note "synth20k with --cuda-graph: no time left"
-  fi
-  return $rc
-}
-
 stage_alloc() {
   [ "$DEVICE" != cpu ] || { note "alloc compares two GPU set-ups: skipped"; return 0; }
   recblocks_ok || { note "no binary (stage 2)"; return 1; }
@@ -517,9 +504,8 @@ plan=(
   "2 binary 30 5 0"
   "3 tests 90 15 0"
   "4 smoke 60 20 0"
-  "5 compare 170 60 0"
-  "5 synth 80 40 1"
-  "5 graph 80 30 0"
+  "5 compare 220 80 0"
+  "5 synth 110 50 1"
   "5 seeds 60 40 1"
   "5 alloc 50 30 1"
   "5 lookups 50 30 1"
@@ -575,10 +561,10 @@ done
 # Summary: every table in $OUT/summary.md, printed last (only the end of stdout may be kept).
 # Only the stages of this call are reported (the state folder may hold an earlier call's results).
 # A comparison cut short by its timeout still gets a table of the runs that finished.
-for f in ml100k:compare synth20k:synth ml100k-graph:graph synth20k-graph:graph; do
+for f in ml100k:compare synth20k:synth; do
   stage=${f#*:} f=${f%:*} d=$WORK/compare/${f%:*}
   if ran "$stage" && [ -d "$d" ] && [ ! -s "$d/summary.md" ] && compgen -G "$d/*.json" >/dev/null; then
-    models=$(find "$d" -name "${f}_*_s42.json" -printf '%f\n' | sed "s/^${f}_//; s/_\(recblocks\|rectools\)_s42.json$//" | sort -u | paste -sd,)
+    models=$(find "$d" -name "${f}_*_s42.json" -printf '%f\n' | sed "s/^${f}_//; s/_\(recblocks\|recblocks-graph\|rectools\)_s42.json$//" | sort -u | paste -sd,)
     python3 bench/compare_table.py --out "$d" --datasets "$f" --models "$models" --seeds 42 \
       --data-dir "$data" --header "(cut short: the runs that finished)" > "$d/summary.md" 2>/dev/null
   fi
@@ -594,9 +580,8 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
   echo "|---|---|---|---|"
   printf '%s\n' "${statuses[@]}"
   echo
-  for f in ml100k:compare synth20k:synth ml100k-graph:graph synth20k-graph:graph big:big; do
+  for f in ml100k:compare synth20k:synth big:big; do
     if ran "${f#*:}" && [ -s "$WORK/compare/${f%:*}/summary.md" ]; then
-      case ${f%:*} in *-graph) echo "## recblocks --cuda-graph";; esac
       sed '1{/^# /d}' "$WORK/compare/${f%:*}/summary.md"
       echo
       if [ "$DEVICE" != cpu ] && [ "${f%:*}" != big ]; then
@@ -607,14 +592,14 @@ gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/nu
       fi
     fi
   done
-  if ran graph; then
-    for g in ml100k:sasrec,bert4rec synth20k:sasrec; do
-      if [ -d "$WORK/compare/${g%:*}-graph" ]; then
-        echo "## step time, ${g%:*} (bench/gpu/step_times.py)"
+  if [ "$DEVICE" != cpu ]; then
+    for g in ml100k:sasrec,bert4rec:compare synth20k:sasrec:synth; do
+      IFS=: read -r ds models stage <<< "$g"
+      if ran "$stage" && compgen -G "$WORK/compare/$ds/${ds}_*_recblocks-graph_s42.json" >/dev/null; then
+        echo "## step time, $ds (bench/gpu/step_times.py)"
         echo
-        python3 bench/gpu/step_times.py --dataset "${g%:*}" --models "${g#*:}" \
-          --eager "$WORK/compare/${g%:*}" --graph "$WORK/compare/${g%:*}-graph" --data-dir "$data" \
-          --pytorch "$OUT/pytorch_step.json" 2>&1
+        python3 bench/gpu/step_times.py --dataset "$ds" --models "$models" \
+          --runs "$WORK/compare/$ds" --data-dir "$data" --pytorch "$OUT/pytorch_step.json" 2>&1
         echo
       fi
     done

@@ -10,9 +10,10 @@ epochs of each epoch's median step time (`step_ms_median` in `evaluate --json`: 
 batch in hand to its loss read back, which on a GPU waits for the step's work). PyTorch's figure
 is its timed loop of steps on one fixed batch, which the step median matches best.
 
-Usage: step_times.py --dataset ml100k --models sasrec,bert4rec --eager DIR --graph DIR
-           --data-dir DIR [--pytorch pytorch_step.json] [--seed 42]
-DIR: compare.sh output folders (<dataset>_<model>_recblocks_s<seed>.json).
+Usage: step_times.py --dataset ml100k --models sasrec,bert4rec --runs DIR --data-dir DIR
+           [--pytorch pytorch_step.json] [--seed 42]
+DIR: a bench/compare.sh output folder of a run with `--systems recblocks,recblocks-graph,...`
+(<dataset>_<model>_recblocks_s<seed>.json and <dataset>_<model>_recblocks-graph_s<seed>.json).
 """
 
 import argparse
@@ -71,8 +72,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--models", required=True)
-    ap.add_argument("--eager", required=True)
-    ap.add_argument("--graph", required=True)
+    ap.add_argument("--runs", required=True)
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--pytorch", default=None)
     ap.add_argument("--seed", default="42")
@@ -89,8 +89,8 @@ def main() -> None:
     for model in a.models.split(","):
         s = spec(a.dataset, model)
         batches = math.ceil(n_seq / s["batch_size"])
-        eager = load(a.eager, a.dataset, model, "recblocks", a.seed)
-        graph = load(a.graph, a.dataset, model, "recblocks", a.seed)
+        eager = load(a.runs, a.dataset, model, "recblocks", a.seed)
+        graph = load(a.runs, a.dataset, model, "recblocks-graph", a.seed)
         ms = [None if r is None or r["_s_epoch"] is None else 1000.0 * r["_s_epoch"] / batches
               for r in (eager, graph)]
         pt = None
