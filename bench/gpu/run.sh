@@ -27,9 +27,10 @@
 #              sets the two recblocks runs' ms/step against the PyTorch CUDA-graph step of stage 6
 #   5 synth    the same on synth20k SASRec, --quick, if time is left
 #   5 seeds    recblocks alone on ML-100k SASRec, seeds SEEDS [1,2,3,4,5], EPOCHS epochs, on the GPU
-#              and on the CPU at once; the summary sets the metrics side by side with their seed
-#              spread (bench/gpu/seed_spread.py); skipped if short of time. It runs before the
-#              A/B stages below: the issue asks for its figures, theirs only explain a time
+#              and on the CPU at once (the CPU's seeds side by side, THREADS cores each); the
+#              summary sets the metrics side by side with their seed spread
+#              (bench/gpu/seed_spread.py); skipped if short of time. It runs before the A/B
+#              stages below: the issue asks for its figures, theirs only explain a time
 #   5 alloc    recblocks alone on ML-100k SASRec + BERT4Rec with RECBLOCKS_CUDA_ALLOC=driver
 #              (cudarc's two events per buffer, a pool that returns its memory at every
 #              synchronisation), set against stage compare's runs (bench/gpu/ab_table.py);
@@ -415,16 +416,29 @@ stage_seeds() {
   recblocks_ok || { note "no binary (stage 2)"; return 1; }
   mkdir -p "$data"
   [ -s "$data/ml-100k.csv" ] || [ ! -s "$PACK/ml-100k.csv" ] || cp "$PACK/ml-100k.csv" "$data/"
-  local dev pids=() rc=0 p
-  # Both devices at once: the CPU runs take THREADS cores each, the GPU runs the GPU.
-  for dev in cuda cpu; do
-    rm -rf "$WORK/compare/seeds-$dev"
-    RECBLOCKS_DATA=$data RECBLOCKS_BIN=$wrap bash bench/compare.sh --device "$dev" --datasets ml100k \
-      --models sasrec --seeds "$SEEDS" --epochs "$EPOCHS" --threads "$THREADS" --systems recblocks \
-      --out "$WORK/compare/seeds-$dev" > "$state/seeds-$dev.txt" 2>&1 &
+  local pids=() rc=0 p seed seeds slots
+  seeds_run() { # device seeds out-folder log
+    RECBLOCKS_DATA=$data RECBLOCKS_BIN=$wrap bash bench/compare.sh --device "$1" --datasets ml100k \
+      --models sasrec --seeds "$2" --epochs "$EPOCHS" --threads "$THREADS" --systems recblocks \
+      --out "$3" > "$4" 2>&1
+  }
+  rm -rf "$WORK/compare/seeds-cuda" "$WORK/compare/seeds-cpu"
+  # Both devices at once: the GPU's seeds one after another; the CPU's side by side, THREADS
+  # cores each, as many at a time as the cores allow beside the GPU's run (a CPU seed takes
+  # several times a GPU seed's time).
+  seeds_run cuda "$SEEDS" "$WORK/compare/seeds-cuda" "$state/seeds-cuda.txt" &
+  pids+=($!)
+  slots=$(( $(nproc) / THREADS - 1 ))
+  [ "$slots" -ge 1 ] || slots=1
+  IFS=, read -r -a seeds <<< "$SEEDS"
+  for seed in "${seeds[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -gt "$slots" ]; do wait -n; done
+    seeds_run cpu "$seed" "$WORK/compare/seeds-cpu/s$seed" "$state/seeds-cpu-s$seed.txt" &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || rc=1; done
+  # One folder of the CPU's runs, as seed_spread.py reads them.
+  cp "$WORK"/compare/seeds-cpu/s*/*.json "$WORK/compare/seeds-cpu/" 2>/dev/null
   return $rc
 }
 
