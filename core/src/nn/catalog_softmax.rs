@@ -123,9 +123,10 @@ fn detached_rows(sessions: &Tensor) -> Result<Tensor> {
 const DEVICE_CHUNK_ELEMENTS: usize = 1 << 26;
 
 /// The chunked loss on a CUDA device, `rows` rows per chunk: per chunk, the logits from one
-/// matrix product, one kernel (`rb_catalog_rows`) for the rows' weighted losses and the logits'
-/// gradient, and two products for the chunk's share of the factors' gradients. The loss's
-/// denominator (the count of positive losses) stays on the device: nothing is read back.
+/// matrix product, one kernel (`rb_catalog_rows`; two over segments of rows longer than 4,096
+/// logits) for the rows' weighted losses and the logits' gradient, and two products for the
+/// chunk's share of the factors' gradients. The loss's denominator (the count of positive
+/// losses) stays on the device: nothing is read back.
 pub(crate) fn chunked_on_device(
     sessions: &Tensor,
     items: &Tensor,

@@ -512,6 +512,25 @@ static void check_cross_entropy(int rows, int c) {
   report(close(losses, want_losses, 1e-5f, detail), name, detail);
   std::snprintf(name, sizeof name, "catalog rows [%d, %d]: logits gradient", rows, c);
   report(close(dz, want_dx, 1e-5f, detail), name, detail);
+  // The segmented form (two launches over (row, segment) blocks): segments of 64 (the last
+  // partial), 100 (fewer logits than threads: some threads have none), 512 and the whole row.
+  for (int seg : {64, 100, 512, c}) {
+    int segments = (c + seg - 1) / seg;
+    std::vector<float> parts(size_t(rows) * segments * 2, -7.0f), dz2(x.size(), -7.0f),
+        losses2(rows, -7.0f);
+    rb_launch(dim3(rows, segments), dim3(256),
+              [&] { rb_catalog_row_parts(x.data(), t.data(), parts.data(), rows, c, seg); });
+    rb_launch(dim3(rows, segments), dim3(256), [&] {
+      rb_catalog_row_grads(x.data(), t.data(), g.data(), parts.data(), dz2.data(), losses2.data(),
+                           rows, c, seg);
+    });
+    std::snprintf(name, sizeof name, "catalog row segments of %d [%d, %d]: weighted losses", seg,
+                  rows, c);
+    report(close(losses2, want_losses, 1e-5f, detail), name, detail);
+    std::snprintf(name, sizeof name, "catalog row segments of %d [%d, %d]: logits gradient", seg,
+                  rows, c);
+    report(close(dz2, want_dx, 1e-5f, detail), name, detail);
+  }
 }
 
 // Row-wise kernels: a linear layer's bias and a timeline mask's row scale (one thread per

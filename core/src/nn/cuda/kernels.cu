@@ -380,6 +380,82 @@ extern "C" __global__ void rb_catalog_rows(const float *z, const unsigned int *t
   if (threadIdx.x == 0) losses[row] = target ? (lse - zr[tr]) * wr : (tr == 0u ? 0.0f : NAN);
 }
 
+// The same row pass for long rows, in two launches over segments of `seg` logits, a block of
+// 256 threads per (row, segment): grid (rows, segments). One block per row leaves most of a GPU
+// idle where a chunk has few rows (a chunk of a 500k-item catalog holds about 120) and reads each
+// row three times; here every segment has a block and each logit is read twice.
+//
+// rb_catalog_row_parts: per (row, segment), the segment's max m and Σ exp(z − m) (an online
+// softmax per thread, then over the block) into parts[(row·segments + segment)·2 + {0, 1}];
+// rows without a target (t = 0 or t ≥ c) write nothing.
+extern "C" __global__ void rb_catalog_row_parts(const float *z, const unsigned int *t,
+                                                float *parts, int rows, int c, int seg) {
+  __shared__ float scratch[8];
+  int row = blockIdx.x, part = blockIdx.y;
+  if (row >= rows) return;
+  unsigned int tr = t[row];
+  if (tr == 0u || tr >= (unsigned int)c) return;
+  const float *zr = z + (size_t)row * c;
+  int lo = part * seg, hi = min(c, lo + seg);
+  float m = -INFINITY, sum = 0.0f;
+  for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+    float v = zr[j];
+    if (v > m) {
+      sum = sum * expf(m - v) + 1.0f;
+      m = v;
+    } else {
+      sum += expf(v - m);
+    }
+  }
+  float mx = block_max(m, scratch);
+  // A thread without logits (m = −∞) adds 0.
+  float total = block_sum(m == -INFINITY ? 0.0f : sum * expf(m - mx), scratch);
+  if (threadIdx.x == 0) {
+    float *out = parts + ((size_t)row * gridDim.y + part) * 2;
+    out[0] = mx;
+    out[1] = total;
+  }
+}
+
+// rb_catalog_row_grads: per (row, segment), the row's log-sum-exp from its segments' parts
+// (warp 0), then w·(softmax − onehot) into the segment of dz; segment 0 writes the row's weighted
+// loss (lse − z[t])·w. Rows without a target: zeros and loss 0 where t = 0, NaN where t ≥ c, as
+// rb_catalog_rows.
+extern "C" __global__ void rb_catalog_row_grads(const float *z, const unsigned int *t,
+                                                const float *w, const float *parts, float *dz,
+                                                float *losses, int rows, int c, int seg) {
+  __shared__ float row_lse;
+  int row = blockIdx.x, part = blockIdx.y, segments = gridDim.y;
+  if (row >= rows) return;
+  unsigned int tr = t[row];
+  const float *zr = z + (size_t)row * c;
+  float *dr = dz + (size_t)row * c;
+  int lo = part * seg, hi = min(c, lo + seg);
+  if (tr == 0u || tr >= (unsigned int)c) {
+    float fill = tr == 0u ? 0.0f : NAN;
+    for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) dr[j] = fill;
+    if (part == 0 && threadIdx.x == 0) losses[row] = fill;
+    return;
+  }
+  if (threadIdx.x < 32) {
+    const float *pr = parts + (size_t)row * segments * 2;
+    float mx = -INFINITY;
+    for (int k = threadIdx.x; k < segments; k += 32) mx = fmaxf(mx, pr[2 * k]);
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int k = threadIdx.x; k < segments; k += 32) sum += pr[2 * k + 1] * expf(pr[2 * k] - mx);
+    sum = warp_sum(sum);
+    if (threadIdx.x == 0) row_lse = mx + logf(sum);
+  }
+  __syncthreads();
+  float lse = row_lse, wr = w[row];
+  for (int j = lo + threadIdx.x; j < hi; j += blockDim.x) {
+    float v = wr * expf(zr[j] - lse);
+    dr[j] = (j == (int)tr) ? v - wr : v;
+  }
+  if (part == 0 && threadIdx.x == 0) losses[row] = (lse - zr[tr]) * wr;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dropout draws element by element (for kernels that apply a mask inside another pass): the keep
 // decision of element i under `key`, the same function as rb_dropout's.

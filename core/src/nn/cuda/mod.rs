@@ -692,9 +692,19 @@ pub fn adam_step(
     Ok(())
 }
 
+/// Logits per block of the catalog row pass over long rows (`rb_catalog_row_parts` and
+/// `rb_catalog_row_grads`, 16 a thread). A row of at most this many takes one block
+/// (`rb_catalog_rows`).
+const CATALOG_SEGMENT: usize = 4096;
+
 /// The catalog softmax loss's row pass over one chunk of logits `z` `[r, N]` with targets `[r]`
 /// (u32) and weights `[r]`: `[r·N + r]`, the logits' gradient `w·(softmax − onehot)` (row-major)
 /// followed by each row's weighted loss `(lse − z_t)·w`.
+///
+/// Rows up to [`CATALOG_SEGMENT`] logits take a block each (one launch). Longer rows are cut into
+/// segments of that many, a block each, in two launches: the segments' maxima and sums of
+/// exponentials, then the gradient (a large catalog's chunk has few rows: a block per row would
+/// leave most of the GPU idle).
 pub(crate) fn catalog_rows(
     (sz, lz): (&CudaStorage, &Layout),
     (st, lt): (&CudaStorage, &Layout),
@@ -713,7 +723,62 @@ pub(crate) fn catalog_rows(
         )));
     }
     let mut out = output(dev, r * c + r)?;
-    {
+    let segments = c.div_ceil(CATALOG_SEGMENT);
+    if segments > 1 {
+        let (mut dz, mut losses) = out.split_at_mut(r * c);
+        // The grid's second dimension holds at most 65,535 blocks.
+        let segment_blocks = u32::try_from(segments)
+            .ok()
+            .filter(|&b| b <= 65_535)
+            .ok_or_else(|| {
+                Error::Msg(format!(
+                    "catalog loss: {c} classes make {segments} segments of {CATALOG_SEGMENT}; \
+                     a launch takes at most 65,535"
+                ))
+            })?;
+        // Rows without a target leave their parts unwritten, and nothing reads them.
+        let mut parts = output(dev, r * segments * 2)?;
+        let cfg = LaunchConfig {
+            grid_dim: (grid(r, 1)?, segment_blocks, 1),
+            block_dim: (BLOCK_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (rows, classes, seg) = (
+            int(r, "rows")?,
+            int(c, "classes")?,
+            int(CATALOG_SEGMENT, "segment")?,
+        );
+        // SAFETY: z is [r, c], t [r] (checked); the grid is r rows × ⌈c / seg⌉ segments, and
+        // parts holds 2 values per (row, segment): the kernel writes those of rows with a target.
+        unsafe {
+            launch::rb_catalog_row_parts {
+                z: &z,
+                t: &t,
+                parts: &mut parts,
+                rows,
+                c: classes,
+                seg,
+            }
+            .launch(dev, cfg)
+        }?;
+        // SAFETY: as above, with w and losses [r] and dz [r, c]; a row with a target reads the
+        // parts its row's blocks wrote in the launch before (same stream), and every (row,
+        // segment) block writes its segment of dz; segment 0 writes the row's loss.
+        unsafe {
+            launch::rb_catalog_row_grads {
+                z: &z,
+                t: &t,
+                w: &w,
+                parts: &parts,
+                dz: &mut dz,
+                losses: &mut losses,
+                rows,
+                c: classes,
+                seg,
+            }
+            .launch(dev, cfg)
+        }?;
+    } else {
         let (mut dz, mut losses) = out.split_at_mut(r * c);
         // SAFETY: z and dz are [r, c], t, w and losses [r] (checked); a block per row; a target
         // at or above c gives NaN without a read.

@@ -225,16 +225,16 @@ fn cuda_softmax_matches_the_cpu_op_with_masked_scores() -> Result<()> {
     assert_close("softmax input gradient", g, a, 1e-4)
 }
 
-#[test]
-fn cuda_cross_entropy_and_catalog_loss_match_the_cpu_ops() -> Result<()> {
-    let Some(dev) = gpu("cuda_cross_entropy") else {
-        return Ok(());
-    };
-    let (m, d, n) = (333, 64, 1683);
-    let (sc, sg) = pair(&[m, d], 9, &dev)?;
-    let (ec, eg) = pair(&[n, d], 10, &dev)?;
-    // Targets in [0, n), a fifth of them 0 (padding, ignored); weights in [0, 2).
-    let targets: Vec<u32> = values(m, 11)
+/// Targets in `[0, n)` for `m` rows, a fifth of them 0 (padding, ignored), and weights in
+/// `[0, 2)`: each as a (CPU, `dev`) pair.
+#[allow(clippy::type_complexity)]
+fn targets_and_weights(
+    m: usize,
+    n: usize,
+    seed: u64,
+    dev: &Device,
+) -> Result<((Tensor, Tensor), (Tensor, Tensor))> {
+    let targets: Vec<u32> = values(m, seed)
         .iter()
         .enumerate()
         .map(|(i, v)| {
@@ -246,15 +246,87 @@ fn cuda_cross_entropy_and_catalog_loss_match_the_cpu_ops() -> Result<()> {
         })
         .map(|t| t.min(n as u32 - 1))
         .collect();
-    let weights: Vec<f32> = values(m, 12).iter().map(|v| v / 2.0 + 1.0).collect();
-    let (tc, tg) = (
-        Tensor::from_vec(targets.clone(), m, &Device::Cpu)?,
-        Tensor::from_vec(targets, m, &dev)?,
-    );
-    let (wc, wg) = (
-        Tensor::from_vec(weights.clone(), m, &Device::Cpu)?,
-        Tensor::from_vec(weights, m, &dev)?,
-    );
+    let weights: Vec<f32> = values(m, seed + 1).iter().map(|v| v / 2.0 + 1.0).collect();
+    Ok((
+        (
+            Tensor::from_vec(targets.clone(), m, &Device::Cpu)?,
+            Tensor::from_vec(targets, m, dev)?,
+        ),
+        (
+            Tensor::from_vec(weights.clone(), m, &Device::Cpu)?,
+            Tensor::from_vec(weights, m, dev)?,
+        ),
+    ))
+}
+
+/// RecTools' catalog softmax loss and its gradients on the GPU against the CPU's (chunked
+/// there): in one chunk (the default size), in chunks of each size in `chunks`, and with the
+/// sessions as `[1, M, d]` and targets and weights `[1, M]` (the softmax objective's shapes; no
+/// reshape node). Sessions `(sc, sg)`, items `(ec, eg)`, targets and weights as CPU/GPU pairs.
+fn catalog_loss_matches_the_cpu(
+    (sc, sg): (&Var, &Var),
+    (ec, eg): (&Var, &Var),
+    (tc, tg): (&Tensor, &Tensor),
+    (wc, wg): (&Tensor, &Tensor),
+    chunks: &[usize],
+) -> Result<()> {
+    let lc = catalog_softmax_loss(sc.as_tensor(), ec.as_tensor(), tc, wc, 0.7)?;
+    let gc = lc.backward()?;
+    let ways = [None, Some(0)]
+        .into_iter()
+        .chain(chunks.iter().map(|&r| Some(r)));
+    for rows in ways {
+        let lg = match rows {
+            None => catalog_softmax_loss(sg.as_tensor(), eg.as_tensor(), tg, wg, 0.7)?,
+            Some(0) => catalog_softmax_loss(
+                &sg.as_tensor().unsqueeze(0)?,
+                eg.as_tensor(),
+                &tg.unsqueeze(0)?,
+                &wg.unsqueeze(0)?,
+                0.7,
+            )?,
+            Some(r) => crate::nn::catalog_softmax::chunked_on_device(
+                sg.as_tensor(),
+                eg.as_tensor(),
+                tg,
+                wg,
+                0.7,
+                r,
+            )?,
+        };
+        assert_close(
+            &format!("catalog softmax loss, chunks {rows:?}"),
+            &lg,
+            &lc,
+            1e-5,
+        )?;
+        let gg = lg.backward()?;
+        for (what, c, g) in [("sessions", sc, sg), ("items", ec, eg)] {
+            let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
+                return Err(candle_core::Error::Msg(format!(
+                    "catalog loss: no {what} gradient"
+                )));
+            };
+            assert_close(
+                &format!("catalog loss {what} gradient, chunks {rows:?}"),
+                b,
+                a,
+                1e-4,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn cuda_cross_entropy_and_catalog_loss_match_the_cpu_ops() -> Result<()> {
+    let Some(dev) = gpu("cuda_cross_entropy") else {
+        return Ok(());
+    };
+    let (m, d, n) = (333, 64, 1683);
+    let (sc, sg) = pair(&[m, d], 9, &dev)?;
+    let (ec, eg) = pair(&[n, d], 10, &dev)?;
+    let ((tc, tg), (wc, wg)) = targets_and_weights(m, n, 11, &dev)?;
     // The per-row cross-entropy on materialised logits.
     let zc = sc.as_tensor().matmul(&ec.as_tensor().t()?)?;
     let zg = sg.as_tensor().matmul(&eg.as_tensor().t()?)?;
@@ -271,51 +343,39 @@ fn cuda_cross_entropy_and_catalog_loss_match_the_cpu_ops() -> Result<()> {
         };
         assert_close(&format!("cross-entropy {what} gradient"), b, a, 1e-4)?;
     }
-    // RecTools' catalog softmax loss (chunked on the CPU, materialised on the GPU).
-    // One chunk (the default size), seven chunks of 50 rows, and the sessions as `[1, M, d]` with
-    // targets and weights `[1, M]` (the softmax objective's shapes; no reshape node).
-    let lc = catalog_softmax_loss(sc.as_tensor(), ec.as_tensor(), &tc, &wc, 0.7)?;
-    let gc = lc.backward()?;
-    for rows in [None, Some(50), Some(0)] {
-        let lg = match rows {
-            None => catalog_softmax_loss(sg.as_tensor(), eg.as_tensor(), &tg, &wg, 0.7)?,
-            Some(0) => catalog_softmax_loss(
-                &sg.as_tensor().unsqueeze(0)?,
-                eg.as_tensor(),
-                &tg.unsqueeze(0)?,
-                &wg.unsqueeze(0)?,
-                0.7,
-            )?,
-            Some(r) => crate::nn::catalog_softmax::chunked_on_device(
-                sg.as_tensor(),
-                eg.as_tensor(),
-                &tg,
-                &wg,
-                0.7,
-                r,
-            )?,
-        };
-        assert_close(
-            &format!("catalog softmax loss, chunks {rows:?}"),
-            &lg,
-            &lc,
-            1e-5,
-        )?;
-        let gg = lg.backward()?;
-        for (what, c, g) in [("sessions", &sc, &sg), ("items", &ec, &eg)] {
-            let (Some(a), Some(b)) = (gc.get(c.as_tensor()), gg.get(g.as_tensor())) else {
-                return Err(candle_core::Error::Msg(format!(
-                    "catalog loss: no {what} gradient"
-                )));
-            };
-            assert_close(
-                &format!("catalog loss {what} gradient, chunks {rows:?}"),
-                b,
-                a,
-                1e-4,
-            )?;
-        }
-    }
+    // Rows of 1,683 logits: one block a row (`rb_catalog_rows`); seven chunks of 50 rows too.
+    catalog_loss_matches_the_cpu((&sc, &sg), (&ec, &eg), (&tc, &tg), (&wc, &wg), &[50])
+}
+
+#[test]
+fn cuda_catalog_loss_over_rows_longer_than_a_segment_matches_the_cpu_op() -> Result<()> {
+    // Rows of 9,000 logits: three segments of 4,096 a row, two launches
+    // (`rb_catalog_row_parts`, `rb_catalog_row_grads`); in one chunk and in chunks of 40 rows.
+    let Some(dev) = gpu("cuda_catalog_loss_long_rows") else {
+        return Ok(());
+    };
+    let (m, d, n) = (150, 32, 9_000);
+    let (sc, sg) = pair(&[m, d], 15, &dev)?;
+    let (ec, eg) = pair(&[n, d], 16, &dev)?;
+    let ((tc, tg), (wc, wg)) = targets_and_weights(m, n, 17, &dev)?;
+    catalog_loss_matches_the_cpu((&sc, &sg), (&ec, &eg), (&tc, &tg), (&wc, &wg), &[40])?;
+    // A target past the catalog makes the loss NaN, as on the CPU.
+    let mut bad = tc.to_vec1::<u32>()?;
+    bad[1] = n as u32 + 3;
+    let bad = Tensor::from_vec(bad, m, &dev)?;
+    let loss = crate::nn::catalog_softmax::chunked_on_device(
+        sg.as_tensor(),
+        eg.as_tensor(),
+        &bad,
+        &wg,
+        1.0,
+        m,
+    )?;
+    let loss = loss.to_scalar::<f32>()?;
+    assert!(
+        loss.is_nan(),
+        "a target past the catalog gave the loss {loss}"
+    );
     Ok(())
 }
 
