@@ -516,7 +516,7 @@ plan=(
   "0 machine 20 5 0"
   "1 python 60 15 0"
   "2 binary 30 5 0"
-  "3 tests 90 15 0"
+  "3 tests 120 15 0"
   "4 smoke 60 20 0"
   "5 compare 220 80 0"
   "5 synth 110 50 1"

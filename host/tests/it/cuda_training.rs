@@ -1,13 +1,14 @@
 //! Training on a CUDA device against training on the CPU (the `cuda` feature): the same spec,
-//! seed and data, 20 Adam steps with dropout on. The dropout masks are the same function of the
+//! seed and data, 20 Adam steps with dropout on, for SASRec, BERT4Rec, LiGR and ALBERT's shared
+//! layers of both layer types. The dropout masks are the same function of the
 //! seed on both devices (Philox), so the two runs differ only by rounding: the training loss
 //! agrees to 1e-4 (relative) and every weight stays within a few Adam steps of the other run's
 //! (`lr` per step at most; a gradient that is zero in exact arithmetic, like the key projection's
 //! bias, is rounding noise on both sides, which Adam turns into steps of up to `lr`).
 //!
 //! The same holds with the step captured as a CUDA graph and replayed (`--cuda-graph`: 2 warm-up
-//! steps, then the capture and 18 replays), and the run must not have fallen back to uncaptured
-//! steps. And batches with more positions with a target than the captured step's buffers hold
+//! steps, then the capture and 18 replays; SASRec, BERT4Rec and ALBERT's pre-LN layers), and the
+//! run must not have fallen back to uncaptured steps. And batches with more positions with a target than the captured step's buffers hold
 //! take ordinary steps between the replays, training as an uncaptured run does.
 //!
 //! Without a CUDA device the tests print that they were skipped, unless `RECBLOCKS_CUDA_TESTS=1`
@@ -15,7 +16,7 @@
 
 use recblocks::device::DeviceSpec;
 
-use super::fused_paths::{data, fit_on, fit_with_args, COMMON};
+use super::fused_paths::{data, fit_on, fit_with_args, model_cases};
 
 #[test]
 fn cuda_and_cpu_training_agree() {
@@ -58,18 +59,15 @@ fn agree(cuda_graph: bool) {
     }
     let dir = tempfile::tempdir().unwrap();
     let log = data(dir.path());
-    let common = COMMON;
-    let cases = [
-        (
-            "sasrec",
-            format!(r#"{{"cls": "SASRecModel", "n_blocks": 2, {common}}}"#),
-        ),
-        (
-            "bert4rec",
-            format!(r#"{{"cls": "BERT4RecModel", "n_blocks": 2, {common}}}"#),
-        ),
-    ];
-    for (name, spec) in &cases {
+    // Uncaptured: every model of the fused-path runs (SASRec, BERT4Rec, LiGR, ALBERT's shared
+    // layers of both layer types). Captured: SASRec, BERT4Rec and ALBERT's pre-LN layers (shared
+    // weights under a capture, and the fixed target buffers of a masked objective).
+    let captured = ["sasrec", "bert4rec", "albert_preln"];
+    let cases = model_cases()
+        .into_iter()
+        .filter(|(name, _)| !cuda_graph || captured.contains(name));
+    for (name, spec) in cases {
+        let (name, spec) = (&name, &spec);
         let (loss_c, cpu) = fit_on(dir.path(), name, spec, &log, "fused", "cpu");
         let (loss_g, gpu) = if cuda_graph {
             let (loss, weights, stderr) = fit_with_args(

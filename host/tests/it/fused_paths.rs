@@ -117,12 +117,11 @@ pub(crate) fn fit_with_args(
     (loss, weights, stderr)
 }
 
-#[test]
-fn fused_and_generic_blocks_train_to_the_same_weights() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = data(dir.path());
+/// The models these runs train, by name: SASRec, BERT4Rec, LiGR, and ALBERT's shared layers
+/// (2 hidden groups × 2 inner groups) of both layer types, all on [`COMMON`].
+pub(crate) fn model_cases() -> Vec<(&'static str, String)> {
     let common = COMMON;
-    let cases = [
+    vec![
         (
             "sasrec",
             format!(r#"{{"cls": "SASRecModel", "n_blocks": 2, {common}}}"#),
@@ -153,7 +152,14 @@ fn fused_and_generic_blocks_train_to_the_same_weights() {
                 "transformer_layers_kwargs": {{"n_hidden_groups": 2, "n_inner_groups": 2, "layer_type": "SASRec"}}, {common}}}"#
             ),
         ),
-    ];
+    ]
+}
+
+#[test]
+fn fused_and_generic_blocks_train_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = data(dir.path());
+    let cases = model_cases();
     for (name, spec) in &cases {
         let (loss_g, generic) = fit(dir.path(), name, spec, &log, "generic");
         // `nodes`: the model composed on the CPU as a GPU composes it (device ops, and block
