@@ -533,6 +533,50 @@ static void check_cross_entropy(int rows, int c) {
   }
 }
 
+// The segmented catalog row pass against the one-block pass (rb_catalog_rows) on logits with NaN
+// and −∞: a NaN anywhere in a row makes its loss and gradient NaN, and a −∞ (the first logit a
+// thread sees, or one later) adds nothing, on both. Segments of 64 leave the last segment 44
+// logits (at most one a thread), 100 give every thread at most one.
+static void check_catalog_segments_with_nan_and_infinity() {
+  char detail[200] = "";
+  const int rows = 5, c = 300;
+  auto x = random_values(size_t(rows) * c, 62);
+  auto g = random_values(rows, 63);
+  x[0 * c + 299] = NAN;        // row 0: NaN in the last, short segment
+  x[1 * c + 17] = -INFINITY;   // row 1: −∞ after finite logits of its thread
+  x[2 * c + 0] = -INFINITY;    // row 2: −∞ first for thread 0 of segment 0,
+  x[2 * c + 192] = -INFINITY;  //        of segment 3 of 64,
+  x[2 * c + 200] = -INFINITY;  //        and of segment 2 of 100
+  x[3 * c + 5] = NAN;          // row 3: NaN early
+  std::vector<unsigned int> t = {3u, 4u, 5u, 6u, 7u};  // row 4: finite, the control
+  std::vector<float> dz(x.size()), losses(rows);
+  rb_launch(dim3(rows), dim3(256), [&] {
+    rb_catalog_rows(x.data(), t.data(), g.data(), dz.data(), losses.data(), rows, c);
+  });
+  bool nan_where_expected = std::isnan(losses[0]) && std::isnan(losses[3]) &&
+                            std::isfinite(losses[1]) && std::isfinite(losses[2]) &&
+                            std::isfinite(losses[4]);
+  report(nan_where_expected, "catalog rows with NaN and -inf: NaN losses exactly where a NaN is",
+         "");
+  for (int seg : {64, 100}) {
+    int segments = (c + seg - 1) / seg;
+    std::vector<float> parts(size_t(rows) * segments * 2), dz2(x.size()), losses2(rows);
+    rb_launch(dim3(rows, segments), dim3(256),
+              [&] { rb_catalog_row_parts(x.data(), t.data(), parts.data(), rows, c, seg); });
+    rb_launch(dim3(rows, segments), dim3(256), [&] {
+      rb_catalog_row_grads(x.data(), t.data(), g.data(), parts.data(), dz2.data(), losses2.data(),
+                           rows, c, seg);
+    });
+    char name[120];
+    std::snprintf(name, sizeof name,
+                  "catalog row segments of %d with NaN and -inf: losses as rb_catalog_rows", seg);
+    report(close(losses2, losses, 1e-5f, detail), name, detail);
+    std::snprintf(name, sizeof name,
+                  "catalog row segments of %d with NaN and -inf: gradient as rb_catalog_rows", seg);
+    report(close(dz2, dz, 1e-5f, detail), name, detail);
+  }
+}
+
 // Row-wise kernels: a linear layer's bias and a timeline mask's row scale (one thread per
 // element) against x + b and x·m bit for bit, and the softmax forward and backward (one warp per
 // row, some scores −inf) against plain loops.
@@ -647,6 +691,7 @@ int main() {
   check_layer_norm(600, 100);
   check_cross_entropy(23, 300);
   check_cross_entropy(9, 1683);
+  check_catalog_segments_with_nan_and_infinity();
   check_row_kernels();
   check_position_rows();
   check_catalog_loss_total();

@@ -403,13 +403,15 @@ extern "C" __global__ void rb_catalog_row_parts(const float *z, const unsigned i
     if (v > m) {
       sum = sum * expf(m - v) + 1.0f;
       m = v;
-    } else {
+    } else if (v != -INFINITY) {
+      // A NaN lands here and makes the sum NaN, as it makes the row's sum NaN in
+      // rb_catalog_rows; a −∞ adds nothing (before any finite logit, exp(−∞ − (−∞)) would).
       sum += expf(v - m);
     }
   }
   float mx = block_max(m, scratch);
-  // A thread without logits (m = −∞) adds 0.
-  float total = block_sum(m == -INFINITY ? 0.0f : sum * expf(m - mx), scratch);
+  // A thread without logits, or with −∞ only, adds 0; one with NaN keeps it (NaN·0 is NaN).
+  float total = block_sum(sum == 0.0f ? 0.0f : sum * expf(m - mx), scratch);
   if (threadIdx.x == 0) {
     float *out = parts + ((size_t)row * gridDim.y + part) * 2;
     out[0] = mx;

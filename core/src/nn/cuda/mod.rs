@@ -70,10 +70,11 @@ fn u32_view<'a>(s: &'a CudaStorage, l: &Layout, what: &str) -> Result<CudaView<'
     Ok(slice.slice(a..b))
 }
 
-/// A device buffer of `n` f32 that the next kernel on the stream writes in full.
+/// A device buffer of `n` f32 whose elements the kernels after it on the stream write before
+/// reading (in full, except `catalog_rows`' parts, of which only the written ones are read).
 fn output(dev: &CudaDevice, n: usize) -> Result<CudaSlice<f32>> {
-    // SAFETY: the memory is uninitialised; every caller launches a kernel that writes all `n`
-    // elements before anything reads them (work on one stream runs in order).
+    // SAFETY: the memory is uninitialised; every caller launches a kernel that writes each
+    // element before anything reads it (work on one stream runs in order).
     unsafe { dev.alloc::<f32>(n.max(1)) }
 }
 
