@@ -132,11 +132,15 @@ pub struct DeviceMemoryPeak {
 }
 
 /// The device's memory peaks since the last reset, then (`reset`) a reset so that the next phase
-/// is measured on its own; `None` off CUDA devices.
+/// is measured on its own; `None` off CUDA devices and on a CUDA device without memory pools
+/// (whose allocations the driver's pool statistics do not count).
 fn device_peak(device: &candle_core::Device, reset: bool) -> Result<Option<DeviceMemoryPeak>> {
     #[cfg(feature = "cuda")]
     if let candle_core::Device::Cuda(dev) = device {
         use recblocks_core::nn::cuda::memory;
+        if !dev.cuda_stream().context().has_async_alloc() {
+            return Ok(None);
+        }
         let peak = memory::peak(dev)?;
         if reset {
             memory::reset_peak(dev)?;

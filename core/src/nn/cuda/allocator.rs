@@ -50,7 +50,7 @@ pub fn driver_defaults_requested() -> bool {
 }
 
 /// Sets `dev` up for training (see the module's comment): no per-buffer events where they would
-/// never be used, and a default pool that keeps the memory it has reserved. Call it right after
+/// never be used, and a memory pool that keeps the memory it has reserved. Call it right after
 /// opening the device: buffers made before keep their events.
 pub fn prepare(dev: &CudaDevice) -> Result<AllocatorSetup> {
     if driver_defaults_requested() {

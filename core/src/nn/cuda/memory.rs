@@ -1,6 +1,6 @@
-//! Peak device memory as the CUDA driver counts it: the high-water marks of the device's default
-//! memory pool (where candle's stream-ordered allocations come from) and of the memory CUDA graphs
-//! allocate (a captured training step's temporaries, [`super::graph`]). Unlike a sampled
+//! Peak device memory as the CUDA driver counts it: the high-water marks of the device's current
+//! memory pool (where candle's stream-ordered allocations come from; the default pool unless
+//! something in the process set another) and of the memory CUDA graphs allocate (a captured training step's temporaries, [`super::graph`]). Unlike a sampled
 //! `nvidia-smi` reading these are exact, and they can be reset between phases (training, then
 //! recommending). Also the pool's release threshold, which [`super::allocator`] raises.
 
@@ -26,7 +26,8 @@ fn check(what: &str, r: sys::CUresult) -> Result<()> {
     }
 }
 
-/// The device's default memory pool and the device handle, with the context bound.
+/// The device's current memory pool (the one `cuMemAllocAsync` allocates from) and the device
+/// handle, with the context bound.
 fn pool(dev: &CudaDevice) -> Result<(sys::CUmemoryPool, sys::CUdevice)> {
     let stream = dev.cuda_stream();
     let ctx = stream.context();
@@ -35,8 +36,8 @@ fn pool(dev: &CudaDevice) -> Result<(sys::CUmemoryPool, sys::CUdevice)> {
     let cu_dev = ctx.cu_device();
     let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     // SAFETY: `pool` is a valid place for the handle, and `cu_dev` a device of the bound context.
-    check("default pool", unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, cu_dev)
+    check("current pool", unsafe {
+        sys::cuDeviceGetMemPool(&mut pool, cu_dev)
     })?;
     Ok((pool, cu_dev))
 }
@@ -57,7 +58,7 @@ fn marks(dev: &CudaDevice, reset: bool) -> Result<DeviceMemory> {
     let on_pool = |what: &str, attr: P| {
         attribute(what, |v| {
             // SAFETY: the attribute is a 64-bit unsigned value (cuuint64_t) and `v` points to a
-            // live u64; `pool` is the device's default pool, from the driver.
+            // live u64; `pool` is the device's pool, from the driver.
             unsafe {
                 if reset {
                     sys::cuMemPoolSetAttribute(pool, attr, v)
@@ -104,10 +105,11 @@ pub fn reset_peak(dev: &CudaDevice) -> Result<()> {
 }
 
 /// Once the work queued on this thread's stream is done, gives the device back the memory the
-/// default pool holds beyond what allocations use (all of it kept when
-/// [`super::allocator::prepare`] raised the release threshold): before a new phase, and before a
-/// CUDA graph is captured, whose allocations come from the device's graph memory instead. A
-/// device without memory pools has nothing to give back.
+/// pool holds beyond what allocations use (all of it kept when [`super::allocator::prepare`]
+/// raised the release threshold), and the graph memory no live CUDA graph uses (a dropped
+/// captured step's, which the driver otherwise keeps until a trim): before a new phase, and
+/// before a CUDA graph is captured, whose allocations come from the device's graph memory
+/// instead. A device without memory pools has nothing to give back.
 pub fn give_back_unused(dev: &CudaDevice) -> Result<()> {
     let stream = dev.cuda_stream();
     stream
@@ -116,19 +118,24 @@ pub fn give_back_unused(dev: &CudaDevice) -> Result<()> {
     if !stream.context().has_async_alloc() {
         return Ok(());
     }
-    let (pool, _) = pool(dev)?;
-    // SAFETY: `pool` is the device's default pool, from the driver; trimming releases only memory
-    // that no allocation uses (the driver keeps what backs an allocation or a free not yet done).
-    check("trim", unsafe { sys::cuMemPoolTrimTo(pool, 0) })
+    let (pool, cu_dev) = pool(dev)?;
+    // SAFETY: `pool` is the device's pool, from the driver; trimming releases only memory that no
+    // allocation uses (the driver keeps what backs an allocation or a free not yet done).
+    check("trim", unsafe { sys::cuMemPoolTrimTo(pool, 0) })?;
+    // SAFETY: `cu_dev` is the bound context's device; the driver frees only graph memory that no
+    // live graph's allocation holds, after the work queued on it (synchronised above).
+    check("graph memory trim", unsafe {
+        sys::cuDeviceGraphMemTrim(cu_dev)
+    })
 }
 
-/// Sets how many reserved bytes the device's default pool keeps at a synchronisation before it
+/// Sets how many reserved bytes the device's pool keeps at a synchronisation before it
 /// returns memory to the operating system (the driver's default: 0).
 pub(crate) fn set_release_threshold(dev: &CudaDevice, bytes: u64) -> Result<()> {
     let (pool, _) = pool(dev)?;
     attribute("release threshold", |v| {
         // SAFETY: the attribute is a 64-bit unsigned value (cuuint64_t) and `v` points to a live
-        // u64 holding `bytes`; `pool` is the device's default pool, from the driver.
+        // u64 holding `bytes`; `pool` is the device's pool, from the driver.
         unsafe {
             v.cast::<u64>().write(bytes);
             sys::cuMemPoolSetAttribute(
@@ -141,7 +148,7 @@ pub(crate) fn set_release_threshold(dev: &CudaDevice, bytes: u64) -> Result<()> 
     .map(|_| ())
 }
 
-/// The device's default pool's release threshold, in bytes.
+/// The device's pool's release threshold, in bytes.
 pub fn release_threshold(dev: &CudaDevice) -> Result<u64> {
     pool_value(
         dev,
@@ -150,7 +157,7 @@ pub fn release_threshold(dev: &CudaDevice) -> Result<u64> {
     )
 }
 
-/// The memory the device's default pool holds from the device now, in bytes.
+/// The memory the device's pool holds from the device now, in bytes.
 pub fn reserved_now(dev: &CudaDevice) -> Result<u64> {
     pool_value(
         dev,
@@ -159,12 +166,12 @@ pub fn reserved_now(dev: &CudaDevice) -> Result<u64> {
     )
 }
 
-/// One 64-bit attribute of the device's default pool.
+/// One 64-bit attribute of the device's pool.
 fn pool_value(dev: &CudaDevice, what: &str, attr: sys::CUmemPool_attribute) -> Result<u64> {
     let (pool, _) = pool(dev)?;
     attribute(what, |v| {
         // SAFETY: the attributes read here are 64-bit unsigned values (cuuint64_t), which the
-        // driver writes into `v`, a live u64; `pool` is the device's default pool, from the driver.
+        // driver writes into `v`, a live u64; `pool` is the device's pool, from the driver.
         unsafe { sys::cuMemPoolGetAttribute(pool, attr, v) }
     })
 }
