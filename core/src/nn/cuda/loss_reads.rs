@@ -48,10 +48,22 @@ fn driver(what: &str, e: impl std::fmt::Display) -> Error {
 impl Drop for LossReads {
     /// Waits for every copy in flight before the page-locked memory is freed (a run that stops
     /// on an error may leave one).
+    ///
+    /// cudarc's calls first hand back an error recorded earlier in the context (a run that
+    /// stops on an error may have one) and return without waiting: that error is set aside while
+    /// the context is bound and the events are waited for through the driver, then put back.
     fn drop(&mut self) {
+        let ctx = self.stream.context();
+        let earlier = ctx.check_err();
+        let bound = ctx.bind_to_thread();
         for (_, done) in &self.slots {
-            let _ = done.synchronize();
+            // SAFETY: `done` is a live event of this context, owned by the slot until after this
+            // loop; waiting for an event never recorded returns at once. A failure leaves
+            // nothing to do here but to free the slot.
+            let _ = unsafe { sys::cuEventSynchronize(done.cu_event()) };
         }
+        ctx.record_err(bound);
+        ctx.record_err(earlier);
     }
 }
 
