@@ -252,8 +252,11 @@ impl CustomOp3 for FusedLayerNorm {
                 &LayerNormGrad { eps: self.eps },
             )?;
             let dx = packed.narrow(0, 0, r * d)?.reshape(x.shape())?;
-            let dw = packed.narrow(0, r * d, d)?;
-            let db = packed.narrow(0, r * d + d, d)?;
+            // The parameters' gradients may be kept until the optimizer step (a step's gradient
+            // scope): copied out, so that they do not hold the input gradient's rows with them.
+            let dwb = packed.narrow(0, r * d, 2 * d)?.force_contiguous()?;
+            let dw = dwb.narrow(0, 0, d)?;
+            let db = dwb.narrow(0, d, d)?;
             return Ok((Some(dx), Some(dw), Some(db)));
         }
         let (r, d) = x.dims2()?;

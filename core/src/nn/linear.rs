@@ -118,6 +118,8 @@ impl CustomOp2 for BiasAdd {
         s2: &candle_core::CudaStorage,
         l2: &Layout,
     ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        // Rows [r, c] only, as on the CPU (the backward pass sums the rows into the bias).
+        l1.shape().dims2()?;
         crate::nn::cuda::bias_add((s1, l1), (s2, l2))
     }
 
