@@ -1,15 +1,16 @@
 //! Training on a CUDA device against training on the CPU (the `cuda` feature): the same spec,
 //! seed and data, 20 Adam steps with dropout on, for SASRec, BERT4Rec, LiGR and ALBERT's shared
-//! layers of both layer types. The dropout masks are the same function of the
-//! seed on both devices (Philox), so the two runs differ only by rounding: the training loss
-//! agrees to 1e-4 (relative) and every weight stays within a few Adam steps of the other run's
-//! (`lr` per step at most; a gradient that is zero in exact arithmetic, like the key projection's
-//! bias, is rounding noise on both sides, which Adam turns into steps of up to `lr`).
+//! layers of both layer types. The dropout masks are the same function of the seed on both
+//! devices (Philox), so the two runs differ only by rounding: the training loss agrees to 1e-4
+//! (relative) and every weight stays within a few Adam steps of the other run's (`lr` per step at
+//! most; a gradient that is zero in exact arithmetic, like the key projection's bias, is rounding
+//! noise on both sides, which Adam turns into steps of up to `lr`).
 //!
 //! The same holds with the step captured as a CUDA graph and replayed (`--cuda-graph`: 2 warm-up
 //! steps, then the capture and 18 replays; SASRec, BERT4Rec and ALBERT's pre-LN layers), and the
-//! run must not have fallen back to uncaptured steps. And batches with more positions with a target than the captured step's buffers hold
-//! take ordinary steps between the replays, training as an uncaptured run does.
+//! run must not have fallen back to uncaptured steps. And batches with more positions with a
+//! target than the captured step's buffers hold take ordinary steps between the replays,
+//! training as an uncaptured run does.
 //!
 //! Without a CUDA device the tests print that they were skipped, unless `RECBLOCKS_CUDA_TESTS=1`
 //! (set on the GPU machine by `bench/gpu/run.sh`), where they fail.

@@ -723,20 +723,36 @@ pub(crate) fn catalog_rows(
             w.len()
         )));
     }
-    let mut out = output(dev, r * c + r)?;
+    let (rows, classes) = (int(r, "rows")?, int(c, "classes")?);
     let segments = c.div_ceil(CATALOG_SEGMENT);
-    if segments > 1 {
-        let (mut dz, mut losses) = out.split_at_mut(r * c);
-        // The grid's second dimension holds at most 65,535 blocks.
-        let segment_blocks = u32::try_from(segments)
-            .ok()
-            .filter(|&b| b <= 65_535)
-            .ok_or_else(|| {
-                Error::Msg(format!(
-                    "catalog loss: {c} classes make {segments} segments of {CATALOG_SEGMENT}; \
-                     a launch takes at most 65,535"
-                ))
-            })?;
+    // The grid's second dimension holds at most 65,535 blocks.
+    let segment_blocks = u32::try_from(segments)
+        .ok()
+        .filter(|&b| b <= 65_535)
+        .ok_or_else(|| {
+            Error::Msg(format!(
+                "catalog loss: {c} classes make {segments} segments of {CATALOG_SEGMENT}; a \
+                 launch takes at most 65,535"
+            ))
+        })?;
+    let mut out = output(dev, r * c + r)?;
+    let (mut dz, mut losses) = out.split_at_mut(r * c);
+    if segments == 1 {
+        // SAFETY: z and dz are [r, c], t, w and losses [r] (checked); a block per row; a target
+        // at or above c gives NaN without a read.
+        unsafe {
+            launch::rb_catalog_rows {
+                z: &z,
+                t: &t,
+                w: &w,
+                dz: &mut dz,
+                losses: &mut losses,
+                rows,
+                c: classes,
+            }
+            .launch(dev, config(grid(r, 1)?, BLOCK_THREADS))
+        }?;
+    } else {
         // Rows without a target leave their parts unwritten, and nothing reads them.
         let mut parts = output(dev, r * segments * 2)?;
         let cfg = LaunchConfig {
@@ -744,11 +760,7 @@ pub(crate) fn catalog_rows(
             block_dim: (BLOCK_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        let (rows, classes, seg) = (
-            int(r, "rows")?,
-            int(c, "classes")?,
-            int(CATALOG_SEGMENT, "segment")?,
-        );
+        let seg = int(CATALOG_SEGMENT, "segment")?;
         // SAFETY: z is [r, c], t [r] (checked); the grid is r rows × ⌈c / seg⌉ segments, and
         // parts holds 2 values per (row, segment): the kernel writes those of rows with a target.
         unsafe {
@@ -778,22 +790,6 @@ pub(crate) fn catalog_rows(
                 seg,
             }
             .launch(dev, cfg)
-        }?;
-    } else {
-        let (mut dz, mut losses) = out.split_at_mut(r * c);
-        // SAFETY: z and dz are [r, c], t, w and losses [r] (checked); a block per row; a target
-        // at or above c gives NaN without a read.
-        unsafe {
-            launch::rb_catalog_rows {
-                z: &z,
-                t: &t,
-                w: &w,
-                dz: &mut dz,
-                losses: &mut losses,
-                rows: int(r, "rows")?,
-                c: int(c, "classes")?,
-            }
-            .launch(dev, config(grid(r, 1)?, BLOCK_THREADS))
         }?;
     }
     Ok((
