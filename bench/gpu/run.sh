@@ -363,7 +363,7 @@ stage_smoke() {
   return 1
 }
 
-compare() { # dataset models out-name [extra compare.sh args]; RB_ARGS: more recblocks arguments
+compare() { # dataset models out-name [extra compare.sh args]
   local ds=$1 models=$2 name=$3 sys rc
   shift 3
   sys=$(systems)
@@ -375,7 +375,7 @@ compare() { # dataset models out-name [extra compare.sh args]; RB_ARGS: more rec
   dmon_start "compare $ds $models"
   # RECBLOCKS_BIN must name a program even when recblocks is left out (else compare.sh builds).
   RECBLOCKS_DATA=$data RECBLOCKS_BIN=$( recblocks_ok && echo "$wrap" || echo true ) RECTOOLS_PYTHON=$PY \
-    RECBLOCKS_ARGS=${RB_ARGS:-} bash bench/compare.sh --device "$DEVICE" --datasets "$ds" --models "$models" --seeds 42 \
+    bash bench/compare.sh --device "$DEVICE" --datasets "$ds" --models "$models" --seeds 42 \
     --threads "$THREADS" --systems "$sys" --out "$WORK/compare/$name" "$@"
   rc=$?
   dmon_stop
